@@ -1,0 +1,3 @@
+from memgen.cli import main
+
+main()

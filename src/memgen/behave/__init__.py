@@ -1,0 +1,1 @@
+"""Behaviour: label generated answers (mem / gen / other) and mine flipped pairs."""

@@ -1,0 +1,70 @@
+"""Flipped pairs: near-identical prompts where the model remembers on one and reasons on the other."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from memgen.behave.evaluate import Labelled, label_examples
+from memgen.core.config import BehaveConfig
+from memgen.core.errors import MemgenError
+from memgen.tasks.base import Example, Task
+
+log = logging.getLogger(__name__)
+CHUNK = 256  # pairs generated per round: big batches, little overshoot past the target
+
+
+@dataclass(frozen=True)
+class PairSearch:
+    flipped: list[tuple[Labelled, Labelled]]
+    evaluated: int
+
+    @property
+    def flip_rate(self) -> float:
+        return len(self.flipped) / self.evaluated if self.evaluated else 0.0
+
+
+def is_flip(a: Labelled, b: Labelled) -> bool:
+    return {a.label, b.label} == {"mem", "gen"}
+
+
+def mine_pairs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    stream: Iterator[tuple[Example, Example]],
+    cfg: BehaveConfig,
+    *,
+    chat: bool,
+    progress: bool = True,
+) -> PairSearch:
+    """Evaluate pairs until `target_flips` flips or `max_pairs` pairs have been evaluated."""
+    flipped: list[tuple[Labelled, Labelled]] = []
+    evaluated = 0
+    bar = tqdm(total=cfg.target_flips, desc="flipped pairs", disable=not progress)
+    while len(flipped) < cfg.target_flips and evaluated < cfg.max_pairs:
+        chunk = list(itertools.islice(stream, min(CHUNK, cfg.max_pairs - evaluated)))
+        flat = [ex for pair in chunk for ex in pair]
+        labelled = label_examples(model, tokenizer, task, flat, cfg, chat=chat)
+        for a, b in zip(labelled[::2], labelled[1::2], strict=True):
+            if is_flip(a, b) and len(flipped) < cfg.target_flips:
+                flipped.append((a, b))
+                bar.update(1)
+        evaluated += len(chunk)
+        bar.set_postfix(evaluated=evaluated, rate=f"{len(flipped) / evaluated:.3f}")
+    bar.close()
+    return PairSearch(flipped, evaluated)
+
+
+def require_flips(search: PairSearch, cfg: BehaveConfig) -> None:
+    if len(search.flipped) < cfg.min_flips:
+        raise MemgenError(
+            f"found {len(search.flipped)} flipped pairs in {search.evaluated} evaluated "
+            f"(flip rate {search.flip_rate:.3%}), fewer than behave.min_flips={cfg.min_flips}; "
+            "raise behave.max_pairs, or train a model whose test rates show both behaviours"
+        )

@@ -1,0 +1,86 @@
+"""Stage `behave`: label the trained model's test answers and mine flipped pairs.
+
+    memgen behave --run-dir runs/color behave.num_beams=5
+
+Writes `test_outputs.jsonl` (every test prompt with output and label), `rates.json`
+(gen / mem / other with 95% Wilson intervals) and `pairs.jsonl` (two rows per
+flipped pair, sharing a `pair_id`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from memgen.behave.evaluate import label_examples
+from memgen.behave.pairs import mine_pairs, require_flips
+from memgen.core.artifacts import Stage, write_json
+from memgen.core.config import RunConfig
+from memgen.core.device import resolve_device, resolve_dtype
+from memgen.core.modeling import load_trained
+from memgen.core.stats import rates_with_ci, wilson
+from memgen.tasks.base import make_task, read_jsonl
+
+log = logging.getLogger(__name__)
+
+
+def stage_config(cfg: RunConfig) -> dict[str, object]:
+    return {"task": cfg.task, "seed": cfg.seed, "behave": cfg.behave.model_dump(mode="json")}
+
+
+def uses_chat(cfg: RunConfig) -> bool:
+    return cfg.train.use_chat_template and cfg.train.model != "scratch"
+
+
+def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
+    data, train = Stage(run_dir, "data"), Stage(run_dir, "train")
+    stage = Stage(run_dir, "behave")
+    config = stage_config(cfg)
+    if not force and stage.matches(config, [data, train]):
+        log.info("behave: up to date, skipped")
+        return stage
+    train.manifest()
+    task = make_task(cfg.task, cfg.data.options)
+    device = resolve_device(cfg.device)
+    model, tokenizer = load_trained(
+        train.path / "model",
+        dtype=resolve_dtype(cfg.train.dtype, device),
+        trust_remote_code=cfg.train.trust_remote_code,
+    )
+    model.to(device)
+    chat = uses_chat(cfg)
+    out = stage.begin()
+
+    test = read_jsonl(data.path / "test.jsonl")
+    labelled = label_examples(model, tokenizer, task, test, cfg.behave, chat=chat, progress=progress)
+    with (out / "test_outputs.jsonl").open("w") as handle:
+        for row in labelled:
+            handle.write(json.dumps(row.to_row()) + "\n")
+    test_rates = rates_with_ci(row.label for row in labelled)
+    write_json(out / "rates.json", test_rates)
+    log.info("behave: test rates %s", {k: round(v["rate"], 3) for k, v in test_rates.items()})
+
+    search = mine_pairs(model, tokenizer, task, task.pairs(cfg.seed), cfg.behave, chat=chat,
+                        progress=progress)  # fmt: skip
+    with (out / "pairs.jsonl").open("w") as handle:
+        for pair_id, pair in enumerate(search.flipped):
+            for member in pair:
+                row = {"pair_id": pair_id, **member.to_row()}
+                handle.write(json.dumps(row) + "\n")
+    require_flips(search, cfg.behave)  # after writing: the pairs found are kept either way
+    low, high = wilson(len(search.flipped), search.evaluated)
+    summary = {
+        "test_rates": {k: v["rate"] for k, v in test_rates.items()},
+        "test_rates_ci": test_rates,
+        "pairs": {
+            "evaluated": search.evaluated,
+            "flipped": len(search.flipped),
+            "flip_rate": search.flip_rate,
+            "flip_rate_ci": [low, high],
+        },
+    }
+    stage.finish(config, [data, train], cfg.seed, summary)
+    log.info("behave: %d flipped pairs of %d (%.1f%%)", len(search.flipped), search.evaluated,
+             100 * search.flip_rate)  # fmt: skip
+    return stage

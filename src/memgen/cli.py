@@ -1,0 +1,118 @@
+"""The `memgen` command: one sub-command per stage, and `run` for the whole pipeline.
+
+Every command takes `--config FILE.yaml`, `--run-dir DIR` and `key=value` overrides
+(`train.lr=3e-4`, `task=math`). Bad input prints one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from memgen.core.config import RunConfig, load_config, to_yaml
+from memgen.core.errors import MemgenError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Find and steer the neurons behind memorization and generalization.\n\n"
+    "Start with `memgen run` (the whole pipeline on the color task, CPU, minutes).",
+)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config; see `memgen config`.")
+]
+RunDirOption = Annotated[
+    Path | None, typer.Option("--run-dir", "-o", help="Run folder [default: runs/<task>-seed<seed>].")
+]
+ForceOption = Annotated[bool, typer.Option("--force", help="Redo even if the manifest matches.")]
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="key=value overrides, e.g. train.steps=500 task=math")
+]
+
+
+def _setup(config: Path | None, overrides: list[str] | None, run_dir: Path | None) -> tuple[RunConfig, Path]:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = load_config(config, overrides or [])
+    from memgen.pipeline import default_run_dir
+
+    return cfg, run_dir or default_run_dir(cfg)
+
+
+def _stage_command(name: str, summary: str) -> None:
+    def command(
+        overrides: Overrides = None,
+        config: ConfigOption = None,
+        run_dir: RunDirOption = None,
+        force: ForceOption = False,
+    ) -> None:
+        cfg, folder = _setup(config, overrides, run_dir)
+        from memgen.pipeline import run_stage
+
+        stage = run_stage(name, folder, cfg, force=force)
+        typer.echo(f"{name}: done -> {stage.path}")
+
+    command.__doc__ = summary
+    app.command(name)(command)
+
+
+_stage_command("data", "Generate the task's training and test sets (JSONL).")
+_stage_command("train", "Train GPT-2 from scratch, or LoRA-tune train.model; resumes if killed.")
+_stage_command("behave", "Label test answers (mem/gen/other) and mine flipped pairs.")
+_stage_command("record", "Record last-token activations of flipped pairs at every layer.")
+_stage_command("neurons", "Score neurons (NMD, correlation) and select the top-N% sets.")
+_stage_command("probe", "Predict mem vs gen from activations, layer by layer.")
+_stage_command("steer", "Steer with alpha x NMD on the selected neurons, with a random control.")
+_stage_command("report", "Write results.json, figures and a self-contained report.html.")
+
+
+@app.command()
+def run(
+    overrides: Overrides = None,
+    config: ConfigOption = None,
+    run_dir: RunDirOption = None,
+    force: ForceOption = False,
+    until: Annotated[str | None, typer.Option(help="Stop after this stage.")] = None,
+) -> None:
+    """Run the whole pipeline (data -> train -> ... -> report), skipping finished stages."""
+    cfg, folder = _setup(config, overrides, run_dir)
+    from memgen.pipeline import STAGES, run_all
+
+    if until is not None and until not in STAGES:
+        raise MemgenError(f"--until {until!r} is not a stage (stages: {', '.join(STAGES)})")
+    run_all(folder, cfg, force=force, until=until)
+    typer.echo(f"done: open {folder / 'report' / 'report.html'}")
+
+
+@app.command("config")
+def show_config(overrides: Overrides = None, config: ConfigOption = None) -> None:
+    """Print the resolved config as YAML (a starting point for --config files)."""
+    typer.echo(to_yaml(load_config(config, overrides or [])), nl=False)
+
+
+@app.command()
+def tasks() -> None:
+    """List the registered tasks and their options."""
+    from memgen.tasks import TASKS
+
+    for name in TASKS.names():
+        task_cls = TASKS.get(name)
+        options = ", ".join(f"{k}={v.default!r}" for k, v in task_cls.Options.model_fields.items())
+        typer.echo(f"{name}: {options}")
+
+
+def main() -> None:
+    # Typer itself answers usage errors (unknown option, bad value) with exit code 2.
+    try:
+        app()
+    except MemgenError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; run the same command again to resume", err=True)
+        sys.exit(130)

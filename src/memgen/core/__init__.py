@@ -1,0 +1,1 @@
+"""Shared core: configuration, run artifacts, registries, sites and hooks."""

@@ -1,0 +1,140 @@
+"""Run folders and manifests: how stages hand their outputs to each other.
+
+Every stage writes into `<run>/<stage>/` and writes `manifest.json` *last*. The
+manifest records the stage's resolved config, the seed, package versions, the
+manifests of its inputs and a hash of every output file. A folder without a
+manifest is unfinished; a stage whose manifest matches its config and inputs is
+skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from memgen.core.errors import MemgenError
+
+MANIFEST = "manifest.json"
+_PACKAGES = ("memgen", "torch", "transformers", "peft", "tokenizers", "numpy", "scikit-learn")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def json_hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write atomically, so a crash never leaves half a JSON file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MemgenError(f"{path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise MemgenError(f"{path} is not valid JSON ({exc.msg}); delete it and re-run") from None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage's output folder inside a run folder."""
+
+    run_dir: Path
+    name: str
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / self.name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    def is_finished(self) -> bool:
+        return self.manifest_path.is_file()
+
+    def manifest(self) -> dict[str, Any]:
+        if not self.is_finished():
+            raise MemgenError(
+                f"stage {self.name!r} has not finished in {self.run_dir}; "
+                f"run `memgen {self.name} --run-dir {self.run_dir}` first"
+            )
+        manifest: dict[str, Any] = read_json(self.manifest_path)
+        return manifest
+
+    def identity(self, config: Mapping[str, Any], inputs: list[Stage]) -> dict[str, Any]:
+        """What must match for a finished stage to be reused."""
+        return {
+            "config": dict(config),
+            "inputs": {stage.name: json_hash(stage.manifest()["outputs"]) for stage in inputs},
+        }
+
+    def matches(self, config: Mapping[str, Any], inputs: list[Stage]) -> bool:
+        if not self.is_finished():
+            return False
+        manifest = self.manifest()
+        wanted = self.identity(config, inputs)
+        return bool(
+            manifest.get("config") == wanted["config"]
+            and manifest.get("inputs") == wanted["inputs"]
+        )
+
+    def begin(self) -> Path:
+        """Open the folder for writing: drop an old manifest so a crash leaves it unfinished."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.manifest_path.unlink(missing_ok=True)
+        return self.path
+
+    def finish(
+        self,
+        config: Mapping[str, Any],
+        inputs: list[Stage],
+        seed: int,
+        summary: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Hash every output file and write the manifest, last."""
+        outputs = {
+            str(path.relative_to(self.path)): file_hash(path)
+            for path in sorted(self.path.rglob("*"))
+            if path.is_file() and path.name != MANIFEST and "checkpoints" not in path.parts
+        }
+        manifest = {
+            "stage": self.name,
+            **self.identity(config, inputs),
+            "seed": seed,
+            "versions": package_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "summary": dict(summary or {}),
+            "outputs": outputs,
+        }
+        write_json(self.manifest_path, manifest)
+        return manifest

@@ -1,0 +1,181 @@
+"""Validated, frozen configuration: one section per stage, YAML plus `key=value` overrides.
+
+A run is described by one `RunConfig`. Each stage reads only its own section (plus the
+run-wide `task`, `seed` and `device`), and that section alone goes into the stage's
+manifest, so changing `steer.alphas` re-runs steering but not training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from memgen.core.errors import MemgenError
+
+
+class Section(BaseModel):
+    """Base of every config section: frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+
+class DataConfig(Section):
+    n_train: int = Field(20_000, ge=1, description="training examples")
+    n_test: int = Field(600, ge=1, description="test prompts (memory and rule disagree)")
+    # Task-specific knobs, validated by the task's own `Options` model.
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LoraConfig(Section):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    # None = PEFT's defaults for the architecture (q/v projections on LLaMA).
+    target_modules: list[str] | None = None
+
+
+class TrainConfig(Section):
+    # "scratch" trains a GPT-2 from a GPT2Config; anything else is a Hugging Face
+    # model name or local path that is fine-tuned with LoRA.
+    model: str = "scratch"
+    n_layer: int = Field(4, ge=1)
+    n_embd: int = Field(128, ge=8)
+    n_head: int = Field(4, ge=1)
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    loss_on: Literal["answer", "sequence"] = "answer"
+    eval_every: int = Field(100, ge=1)
+    n_eval: int = Field(300, ge=1, description="test prompts scored at each evaluation")
+    # The kept checkpoint maximises this score over the evaluations (see docs/training.md).
+    select: Literal["gen_x_mem", "min_gen_mem"] = "min_gen_mem"
+    max_other: float = Field(0.2, ge=0, le=1, description="checkpoints above this are not kept")
+    lora: LoraConfig = LoraConfig()
+    use_chat_template: bool = True
+    trust_remote_code: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class BehaveConfig(Section):
+    num_beams: int = Field(1, ge=1, description="1 = greedy; the reference uses 5")
+    max_new_tokens: int = Field(0, ge=0, description="0 = the task's own default")
+    batch_size: int = Field(128, ge=1)
+    target_flips: int = Field(600, ge=1, description="stop mining pairs at this many flips")
+    max_pairs: int = Field(20_000, ge=1, description="give up after evaluating this many pairs")
+    min_flips: int = Field(40, ge=2, description="fewer flips than this is an error")
+
+
+class RecordConfig(Section):
+    sites: list[Literal["resid", "mlp", "attn"]] = ["resid", "mlp"]
+    batch_size: int = Field(256, ge=1)
+
+
+class NeuronsConfig(Section):
+    site: Literal["resid", "mlp", "attn"] = "resid"
+    scorer: str = "pearson"
+    top_n: list[float] = [0.05, 0.10]
+
+
+class ProbeConfig(Section):
+    classifier: str = "logreg"
+    folds: int = Field(5, ge=2)
+    learning_curve: list[int] = [10, 20, 50, 100, 200, 400]
+
+
+class SteerConfig(Section):
+    # Steering uses every neuron set of the `neurons` stage (site and top_n from there).
+    alphas: list[float] = [1.0, 3.0, 5.0]
+    n_prompts: int = Field(300, ge=1, description="test prompts per direction")
+    # random: random neurons, shifts of the selected |NMD| sizes with random signs.
+    # low_correlation: the least correlated neurons, shifted by NMD-sized amounts.
+    controls: list[Literal["random", "low_correlation"]] = ["random", "low_correlation"]
+    n_side_effect: int = Field(200, ge=0, description="agreeing prompts for the side-effect check")
+
+
+class RunConfig(Section):
+    task: str = "color"
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    behave: BehaveConfig = BehaveConfig()
+    record: RecordConfig = RecordConfig()
+    neurons: NeuronsConfig = NeuronsConfig()
+    probe: ProbeConfig = ProbeConfig()
+    steer: SteerConfig = SteerConfig()
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise MemgenError(f"override {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["train.lr=3e-4", "task=math"]` -> nested dict; values are parsed as YAML."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise MemgenError(f"override {item!r} is not key=value (e.g. train.lr=3e-4)")
+        _set_path(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """The first problem, on one line, naming the dotted key."""
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key {key!r}; remove it or check the spelling (memgen config)"
+    return f"{source}: {key}: {first['msg']} (got {first.get('input')!r})"
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read YAML (optional), apply overrides, validate. Raises MemgenError on any problem."""
+    tree: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        source = str(path)
+        if not path.is_file():
+            raise MemgenError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise MemgenError(f"{path}: not valid YAML{where}; fix the syntax") from None
+        if not isinstance(loaded, dict):
+            raise MemgenError(f"{path}: the top level must be a mapping of sections")
+        tree = loaded
+    tree = _merge(tree, parse_overrides(overrides or []))
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise MemgenError(format_validation_error(exc, source)) from None
+
+
+def to_yaml(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,100 @@
+"""Prompt rendering, example encoding and batched generation, shared by training and analysis."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from memgen.tasks.base import Example
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, chat: bool) -> str:
+    """The text the model sees: the chat template's user turn when asked for and present."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        return str(rendered)
+    return prompt
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, chat: bool) -> list[int]:
+    text = render_prompt(tokenizer, prompt, chat)
+    # A chat template already carries its special tokens.
+    add_special = not (chat and getattr(tokenizer, "chat_template", None))
+    ids: list[int] = tokenizer(text, add_special_tokens=add_special)["input_ids"]
+    return ids
+
+
+def encode_example(
+    tokenizer: PreTrainedTokenizerBase, example: Example, chat: bool, loss_on: str
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels (-100 = no loss) for prompt + completion + EOS.
+
+    Prompt and completion are tokenized apart, as generation sees them: generation
+    starts from exactly the prompt's tokens.
+    """
+    prompt_ids = encode_prompt(tokenizer, example.prompt, chat)
+    answer_ids = tokenizer(example.completion, add_special_tokens=False)["input_ids"]
+    answer_ids = [*answer_ids, tokenizer.eos_token_id]
+    ids = prompt_ids + answer_ids
+    if loss_on == "sequence":
+        labels = list(ids)
+    else:
+        labels = [-100] * len(prompt_ids) + answer_ids
+    return ids, labels
+
+
+def pad_left(
+    sequences: Sequence[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad to a batch; returns input_ids and attention_mask."""
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    num_beams: int = 1,
+    batch_size: int = 128,
+    chat: bool = False,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy (or beam) continuations of many prompts, batched with left padding."""
+    model.eval()
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in prompts]
+    # Similar lengths together waste less padding; results go back in input order.
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    outputs: list[str] = [""] * len(encoded)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="generate", disable=not progress, leave=False):
+        rows = order[start : start + batch_size]
+        ids, mask = pad_left([encoded[i] for i in rows], pad_id, device)
+        generated = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        texts = tokenizer.batch_decode(generated[:, ids.shape[1] :], skip_special_tokens=True)
+        for row, text in zip(rows, texts, strict=True):
+            outputs[row] = text
+    return outputs

@@ -1,0 +1,119 @@
+"""Load and save models: GPT-2 from a config, any HF causal LM by name or path, LoRA adapters.
+
+Weights are read with safetensors only; `trust_remote_code` is off unless asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from memgen.core.errors import MemgenError
+
+log = logging.getLogger(__name__)
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def scratch_gpt2(
+    vocab_size: int, n_positions: int, n_layer: int, n_embd: int, n_head: int, tokenizer: Any
+) -> GPT2LMHeadModel:
+    if n_embd % n_head:
+        raise MemgenError(f"train.n_embd={n_embd} must be a multiple of train.n_head={n_head}")
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        # Small data, few steps: dropout only slows learning here.
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def load_pretrained(
+    name_or_path: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A Hugging Face causal LM and its tokenizer, from the hub cache or a local folder."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path,
+            dtype=dtype,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MemgenError(
+            f"cannot load model {name_or_path!r} ({first_line}); give a local folder with "
+            "config.json and *.safetensors, or a hub name that is already in the cache"
+        ) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def load_trained(
+    path: Path, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model saved by `memgen train`: a full model folder, or a LoRA adapter folder."""
+    if not path.is_dir():
+        raise MemgenError(f"no trained model at {path}; run `memgen train` first")
+    adapter_config = path / ADAPTER_CONFIG
+    if not adapter_config.is_file():
+        return load_pretrained(str(path), dtype=dtype, trust_remote_code=trust_remote_code)
+    from peft import PeftModel
+
+    base_name = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+    if not base_name:
+        raise MemgenError(f"{adapter_config} names no base model; re-save the adapter")
+    base, _ = load_pretrained(base_name, dtype=dtype, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    try:
+        model = PeftModel.from_pretrained(base, path)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise MemgenError(f"cannot load the adapter in {path} ({exc}); re-run `memgen train`")
+    return model, tokenizer  # type: ignore[return-value]
+
+
+def unwrap(model: torch.nn.Module) -> PreTrainedModel:
+    """The plain transformers model under any PEFT wrapping."""
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else model
+    return base  # type: ignore[no-any-return]
+
+
+def model_identity(model: torch.nn.Module) -> dict[str, Any]:
+    """What a neuron set must match to be applied to a model."""
+    config = unwrap(model).config
+    return {
+        "model_type": config.model_type,
+        "num_hidden_layers": config.num_hidden_layers,
+        "hidden_size": config.hidden_size,
+        "name_or_path": str(getattr(config, "_name_or_path", "")),
+    }

@@ -1,0 +1,37 @@
+"""Small statistics: behaviour rates with Wilson intervals, selection scores."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+
+from memgen.tasks.base import BEHAVIOURS
+
+
+def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion (well behaved near 0 and 1)."""
+    if total == 0:
+        return 0.0, 1.0
+    p = successes / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rates(labels: Iterable[str]) -> dict[str, float]:
+    counts = Counter(labels)
+    total = sum(counts.values())
+    return {b: counts[b] / total if total else 0.0 for b in BEHAVIOURS}
+
+
+def rates_with_ci(labels: Iterable[str]) -> dict[str, dict[str, float]]:
+    counts = Counter(labels)
+    total = sum(counts.values())
+    table = {}
+    for behaviour in BEHAVIOURS:
+        low, high = wilson(counts[behaviour], total)
+        share = counts[behaviour] / total if total else 0.0
+        table[behaviour] = {"rate": share, "ci_low": low, "ci_high": high, "n": counts[behaviour]}
+    return table

@@ -1,0 +1,16 @@
+"""Tasks whose prompts can be answered by memory or by rule. Importing registers them."""
+
+from memgen.tasks import cipher, color, math
+from memgen.tasks.base import BEHAVIOURS, TASKS, Behaviour, Example, Task, make_task
+
+__all__ = [
+    "BEHAVIOURS",
+    "TASKS",
+    "Behaviour",
+    "Example",
+    "Task",
+    "cipher",
+    "color",
+    "make_task",
+    "math",
+]

@@ -1,0 +1,156 @@
+"""What every task provides: generators, a pair maker, a labeller and a tokenizer spec.
+
+A task builds prompts that can be answered two ways: by recalling what training
+showed for this exact cue (memorization, `mem`) or by applying the rule learned from
+many examples (generalization, `gen`). Training examples let both strategies fit;
+test examples make them disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from memgen.core.errors import MemgenError
+from memgen.core.registry import Registry
+
+Behaviour = Literal["mem", "gen", "other"]
+BEHAVIOURS: tuple[Behaviour, ...] = ("gen", "mem", "other")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt with the answer each strategy would give.
+
+    `completion` is the training target; on test examples it is the rule's answer.
+    """
+
+    prompt: str
+    completion: str
+    mem_answer: str
+    gen_answer: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Example:
+        return cls(**row)
+
+
+class TaskOptions(BaseModel):
+    """Base for a task's own knobs (`data.options` in the config)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """How to build a tokenizer for GPT-2-from-scratch on this task.
+
+    `kind="word"`: split on whitespace and punctuation, tokens joined by spaces.
+    `kind="char"`: one token per character, except the `units` (multi-character
+    tokens such as tags), decoded by plain concatenation.
+    """
+
+    kind: Literal["word", "char"]
+    vocabulary: tuple[str, ...]
+    units: tuple[str, ...] = ()
+
+
+class Task(ABC):
+    """Subclass, set `name` and `Options`, and register with `@TASKS.register(name)`."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[TaskOptions]] = TaskOptions
+    # Generation budget for one answer (GPT-2 scratch tokenizer tokens).
+    max_new_tokens: ClassVar[int] = 8
+
+    def __init__(self, options: TaskOptions | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @abstractmethod
+    def train_example(self, rng: random.Random) -> Example:
+        """One training example; memory and rule agree or only one applies."""
+
+    @abstractmethod
+    def test_example(self, rng: random.Random) -> Example:
+        """One test example whose memorized and rule answers differ."""
+
+    @abstractmethod
+    def pair(self, example: Example, rng: random.Random) -> Example:
+        """A near-identical twin of a test example (same cue, small surface change)."""
+
+    @abstractmethod
+    def label(self, example: Example, output: str) -> Behaviour:
+        """Which behaviour a generated continuation shows."""
+
+    @abstractmethod
+    def tokenizer_spec(self) -> TokenizerSpec:
+        """Everything a from-scratch tokenizer must cover."""
+
+    def train_set(self, n: int, seed: int) -> list[Example]:
+        rng = random.Random(f"{self.name}-train-{seed}")
+        return [self.train_example(rng) for _ in range(n)]
+
+    def test_set(self, n: int, seed: int) -> list[Example]:
+        rng = random.Random(f"{self.name}-test-{seed}")
+        return [self.test_example(rng) for _ in range(n)]
+
+    def pairs(self, seed: int) -> Iterator[tuple[Example, Example]]:
+        """An endless, seeded stream of (example, twin) test pairs."""
+        rng = random.Random(f"{self.name}-pairs-{seed}")
+        while True:
+            example = self.test_example(rng)
+            yield example, self.pair(example, rng)
+
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+def make_task(name: str, options: dict[str, Any] | None = None) -> Task:
+    """Look up a task by name and validate its options (one-line error on a bad key)."""
+    task_cls = TASKS.get(name)
+    try:
+        parsed = task_cls.Options.model_validate(options or {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        if first["type"] == "extra_forbidden":
+            allowed = ", ".join(task_cls.Options.model_fields)
+            raise MemgenError(
+                f"data.options.{key}: unknown option for task {name!r} (allowed: {allowed})"
+            ) from None
+        raise MemgenError(f"data.options.{key}: {first['msg']}") from None
+    return task_cls(parsed)
+
+
+def write_jsonl(path: Path, examples: Iterable[Example]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as handle:
+        for example in examples:
+            handle.write(example.to_json() + "\n")
+    tmp.replace(path)
+
+
+def read_jsonl(path: Path) -> list[Example]:
+    if not path.is_file():
+        raise MemgenError(f"{path} does not exist; run `memgen data` first")
+    examples = []
+    with path.open() as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                examples.append(Example.from_dict(json.loads(line)))
+            except (json.JSONDecodeError, TypeError) as exc:
+                raise MemgenError(
+                    f"{path}:{number} is not an example ({exc}); regenerate with `memgen data`"
+                ) from None
+    return examples

@@ -1,0 +1,159 @@
+"""In-context inference ("color"): answer a name's colour by recall or by the context rule.
+
+    Lily is blue . Jack is whale . Bob is whale . Jack is brown . what color is Bob ?
+
+Bob shares the role "whale" with Jack, and Jack is brown, so the rule says brown
+(gen); Bob's memorized colour is white (mem). In the paper's ("reference") design
+every training prompt asks about one of 16 names and its context always agrees with
+that name's fixed colour, so lookup alone fits the data and a model trained from
+scratch never needs the rule. The default "mixed" design adds prompts about extra
+names whose colour changes from prompt to prompt (only the rule answers them) and
+pure-recall prompts with no clue (only memory answers them); see docs/color-design.md.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+from pydantic import Field
+
+from memgen.tasks.base import TASKS, Behaviour, Example, Task, TaskOptions, TokenizerSpec
+
+MEMORIZED: dict[str, str] = {
+    "Alice": "gray", "Bob": "white", "Charlie": "blue", "Diana": "green",
+    "Eve": "yellow", "Frank": "black", "Grace": "red", "Henry": "pink",
+    "Ivy": "orange", "Jack": "purple", "Kate": "brown", "Lily": "cyan",
+    "Mike": "magenta", "Nancy": "lime", "Oscar": "olive", "Peter": "teal",
+}  # fmt: skip
+COLORS: tuple[str, ...] = tuple(MEMORIZED.values())
+# Names whose colour is drawn afresh in every prompt: only the rule can answer them.
+FREE_NAMES: tuple[str, ...] = (
+    "Quinn", "Rose", "Sam", "Tina", "Uma", "Victor", "Wendy", "Xander",
+    "Yara", "Zack", "Amber", "Bruno", "Cora", "Dexter", "Elena", "Felix",
+)  # fmt: skip
+ROLES: tuple[str, ...] = (
+    "cat", "dog", "whale", "squid", "tiger", "lion", "horse", "zebra", "eagle", "shark",
+    "wolf", "fox", "bear", "deer", "owl", "frog", "snake", "mouse", "rabbit", "goat",
+    "sheep", "camel", "otter", "panda", "koala", "lemur", "moose", "bison", "crab",
+    "seal", "swan", "duck", "hawk", "crow", "bat", "mole", "toad", "newt", "yak",
+)  # fmt: skip
+QUESTION = "what color is {name} ?"
+
+
+class ColorOptions(TaskOptions):
+    design: Literal["mixed", "reference"] = Field(
+        "mixed", description="'reference' = the paper's data, 'mixed' adds rule and recall prompts"
+    )
+    rule_fraction: float = Field(0.5, ge=0, le=1, description="mixed: prompts about free names")
+    recall_fraction: float = Field(0.1, ge=0, le=1, description="mixed: prompts with no clue")
+    min_names: int = Field(4, ge=2, le=8)
+    max_names: int = Field(8, ge=2, le=16)
+    n_roles: int = Field(5, ge=2, le=len(ROLES))
+    max_filler: int = Field(7, ge=0)
+
+
+def _sentence(name: str, attribute: str) -> str:
+    return f"{name} is {attribute} ."
+
+
+@TASKS.register("color")
+class ColorTask(Task):
+    name = "color"
+    Options = ColorOptions
+    max_new_tokens = 2
+    options: ColorOptions
+
+    def _prompt(
+        self,
+        rng: random.Random,
+        target: str,
+        answer: str | None,
+        exclude_colors: set[str],
+        pool: tuple[str, ...],
+    ) -> tuple[str, list[str]]:
+        """Build a shuffled context about `target`.
+
+        With `answer`, a clue name shares the target's role and is given `answer`;
+        without it (pure recall) no name shares the target's role. Distractor colours
+        avoid `answer` and `exclude_colors`, so exactly one colour follows the rule.
+        """
+        opts = self.options
+        n_names = rng.randint(opts.min_names, max(opts.min_names, opts.max_names))
+        others = rng.sample([n for n in pool if n != target], n_names - 1)
+        roles = rng.sample(ROLES, opts.n_roles)
+        target_role, other_roles = roles[0], roles[1:]
+        essential = [_sentence(target, target_role)]
+        clue, fillers = None, others
+        if answer is not None:
+            clue, fillers = others[0], others[1:]
+            essential += [_sentence(clue, target_role), _sentence(clue, answer)]
+        distractor_colors = [c for c in COLORS if c != answer and c not in exclude_colors]
+        filler: list[str] = []
+        for name in fillers:
+            filler.append(_sentence(name, rng.choice(other_roles)))
+            if rng.random() < 0.5:
+                filler.append(_sentence(name, rng.choice(distractor_colors)))
+        rng.shuffle(filler)
+        sentences = essential + filler[: opts.max_filler]
+        rng.shuffle(sentences)
+        return " ".join([*sentences, QUESTION.format(name=target)]), [clue or ""]
+
+    def _memorized_prompt(self, rng: random.Random, *, conflict: bool) -> Example:
+        target = rng.choice(list(MEMORIZED))
+        memorized = MEMORIZED[target]
+        context = rng.choice([c for c in COLORS if c != memorized]) if conflict else memorized
+        # In a conflict the memorized colour is kept out of the context, so a `mem`
+        # answer is recall, not copying a colour that happens to be there.
+        exclude = {memorized} if conflict else set()
+        prompt, (clue,) = self._prompt(rng, target, context, exclude, tuple(MEMORIZED))
+        meta = {"kind": "test" if conflict else "agree", "target": target, "clue": clue}
+        return Example(prompt, context, memorized, context, meta)
+
+    def train_example(self, rng: random.Random) -> Example:
+        opts = self.options
+        if opts.design == "mixed":
+            draw = rng.random()
+            if draw < opts.rule_fraction:
+                target = rng.choice(FREE_NAMES)
+                colour = rng.choice(COLORS)
+                pool = tuple(MEMORIZED) + FREE_NAMES
+                prompt, (clue,) = self._prompt(rng, target, colour, set(), pool)
+                meta = {"kind": "rule", "target": target, "clue": clue}
+                return Example(prompt, colour, "", colour, meta)
+            if draw < opts.rule_fraction + opts.recall_fraction:
+                target = rng.choice(list(MEMORIZED))
+                colour = MEMORIZED[target]
+                prompt, _ = self._prompt(rng, target, None, set(), tuple(MEMORIZED))
+                return Example(prompt, colour, colour, "", {"kind": "recall", "target": target})
+        return self._memorized_prompt(rng, conflict=False)
+
+    def test_example(self, rng: random.Random) -> Example:
+        return self._memorized_prompt(rng, conflict=True)
+
+    def pair(self, example: Example, rng: random.Random) -> Example:
+        """The same sentences in another order; the question stays last."""
+        cut = example.prompt.index("what color is")
+        context, question = example.prompt[:cut], example.prompt[cut:]
+        sentences = [part.strip() + " ." for part in context.split(" .") if part.strip()]
+        original = list(sentences)
+        for _ in range(10):  # a two-sentence context has one other order; most have many
+            rng.shuffle(sentences)
+            if sentences != original or len(set(original)) < 2:
+                break
+        prompt = " ".join([*sentences, question])
+        return Example(prompt, example.completion, example.mem_answer, example.gen_answer,
+                       {**example.meta, "pair_of": example.prompt})  # fmt: skip
+
+    def label(self, example: Example, output: str) -> Behaviour:
+        words = output.split()
+        first = words[0].strip(".?,!").lower() if words else ""
+        if first == example.gen_answer:
+            return "gen"
+        if first == example.mem_answer:
+            return "mem"
+        return "other"
+
+    def tokenizer_spec(self) -> TokenizerSpec:
+        words = [*MEMORIZED, *FREE_NAMES, *COLORS, *ROLES, "is", "what", "color", ".", "?"]
+        return TokenizerSpec(kind="word", vocabulary=tuple(dict.fromkeys(words)))

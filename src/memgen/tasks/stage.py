@@ -1,0 +1,39 @@
+"""Stage `data`: write the task's training and test sets as JSONL.
+
+    memgen data --run-dir runs/color task=color data.n_train=20000
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+from memgen.core.artifacts import Stage
+from memgen.core.config import RunConfig
+from memgen.tasks.base import make_task, write_jsonl
+
+log = logging.getLogger(__name__)
+
+
+def stage_config(cfg: RunConfig) -> dict[str, object]:
+    return {"task": cfg.task, "seed": cfg.seed, "data": cfg.data.model_dump(mode="json")}
+
+
+def run_data(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
+    stage = Stage(run_dir, "data")
+    config = stage_config(cfg)
+    if not force and stage.matches(config, []):
+        log.info("data: up to date, skipped")
+        return stage
+    task = make_task(cfg.task, cfg.data.options)
+    out = stage.begin()
+    train = task.train_set(cfg.data.n_train, cfg.seed)
+    test = task.test_set(cfg.data.n_test, cfg.seed)
+    write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "test.jsonl", test)
+    kinds = Counter(str(ex.meta.get("kind", "plain")) for ex in train)
+    summary = {"n_train": len(train), "n_test": len(test), "train_kinds": dict(kinds)}
+    stage.finish(config, [], cfg.seed, summary)
+    log.info("data: %d training and %d test examples in %s", len(train), len(test), out)
+    return stage

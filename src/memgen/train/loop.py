@@ -1,0 +1,161 @@
+"""The training loop shared by GPT-2-from-scratch and LoRA fine-tuning.
+
+AdamW, linear warm-up then cosine decay to 10%, gradient clipping. Every
+`eval_every` steps it generates on test prompts, labels the answers and keeps the
+checkpoint that shows both behaviours best. Batches and dropout are drawn from
+(seed, step), and the checkpoint holds weights, AdamW moments and history, so a
+killed run resumes to bit-identical results.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from memgen.core.config import TrainConfig
+from memgen.core.generation import encode_example, generate
+from memgen.core.stats import rates
+from memgen.tasks.base import Example, Task
+from memgen.train import checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    step: int
+    loss: float
+    gen: float
+    mem: float
+    other: float
+
+    def score(self, rule: str, max_other: float) -> tuple[bool, float]:
+        """Higher is better; checkpoints with too many 'other' answers rank last."""
+        value = self.gen * self.mem if rule == "gen_x_mem" else min(self.gen, self.mem)
+        return self.other <= max_other, value
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _batch(
+    encoded: Sequence[tuple[list[int], list[int]]], indices: list[int], pad_id: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Right-padded batch: positions start at 0 in every row, as in unpadded generation."""
+    width = max(len(encoded[i][0]) for i in indices)
+    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(indices), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(indices), width), dtype=torch.long)
+    for row, i in enumerate(indices):
+        seq, lab = encoded[i]
+        ids[row, : len(seq)] = torch.tensor(seq)
+        labels[row, : len(lab)] = torch.tensor(lab)
+        mask[row, : len(seq)] = 1
+    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+
+
+def _batch_indices(n: int, batch_size: int, step: int, micro: int, accum: int, seed: int) -> list[int]:
+    """Examples for one micro-batch: a seeded permutation per epoch, walked in order."""
+    per_step = batch_size * accum
+    start = step * per_step + micro * batch_size
+    out = []
+    for position in range(start, start + batch_size):
+        epoch, offset = divmod(position, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        out.append(int(perm[offset]))
+    return out
+
+
+def evaluate(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
+    examples: Sequence[Example], chat: bool, batch_size: int = 256,
+) -> dict[str, float]:  # fmt: skip
+    outputs = generate(
+        model, tokenizer, [ex.prompt for ex in examples],
+        max_new_tokens=task.max_new_tokens, batch_size=batch_size, chat=chat,
+    )  # fmt: skip
+    return rates(task.label(ex, out) for ex, out in zip(examples, outputs, strict=True))
+
+
+def train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    train_examples: Sequence[Example],
+    eval_examples: Sequence[Example],
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    out_dir: Path,
+    save_best: Callable[[PreTrainedModel], None],
+    progress: bool = True,
+) -> list[Evaluation]:
+    """Train in place; call `save_best` whenever the selection score improves.
+
+    Resumes from `out_dir/checkpoints/last` when it exists.
+    """
+    device = next(model.parameters()).device
+    chat = cfg.use_chat_template and cfg.model != "scratch"
+    encoded = [encode_example(tokenizer, ex, chat, cfg.loss_on) for ex in train_examples]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    params = [p for p in model.parameters() if p.requires_grad]
+    # Biases and norms are not decayed (the usual GPT recipe).
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    last = out_dir / "checkpoints" / "last"
+    history: list[Evaluation] = []
+    start = 0
+    if last.is_dir():
+        meta = checkpoint.load(last, model, optimizer)
+        start = meta["step"]
+        history = [Evaluation(**row) for row in meta["history"]]
+        log.info("resuming from step %d (%s)", start, last)
+    best = max((e.score(cfg.select, cfg.max_other) for e in history), default=None)
+
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", disable=not progress)
+    running = history[-1].loss if history else float("nan")
+    model.train()
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, cfg)
+        torch.manual_seed(seed * 1_000_003 + step)  # dropout, reproducible across resumes
+        total = 0.0
+        for micro in range(cfg.grad_accum):
+            rows = _batch_indices(len(encoded), cfg.batch_size, step, micro, cfg.grad_accum, seed)
+            loss = model(**_batch(encoded, rows, pad_id, device)).loss / cfg.grad_accum
+            loss.backward()
+            total += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        running = total if math.isnan(running) else 0.95 * running + 0.05 * total
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            shares = evaluate(model, tokenizer, task, eval_examples, chat)
+            model.train()
+            record = Evaluation(step=done, loss=running, **shares)
+            history.append(record)
+            score = record.score(cfg.select, cfg.max_other)
+            if best is None or score > best:
+                best = score
+                save_best(model)
+            checkpoint.save(last, model, optimizer, {"step": done, "history": [vars(e) for e in history]})
+            bar.set_postfix(loss=f"{running:.3f}", gen=f"{record.gen:.2f}", mem=f"{record.mem:.2f}",
+                            other=f"{record.other:.2f}")  # fmt: skip
+    bar.close()
+    return history

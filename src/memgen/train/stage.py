@@ -1,0 +1,96 @@
+"""Stage `train`: GPT-2 from scratch, or LoRA on a pretrained model, with checkpoint selection.
+
+    memgen train --run-dir runs/color                       # GPT-2 from scratch
+    memgen train --run-dir runs/color train.model=PATH      # LoRA on a HF causal LM
+
+Writes `train/model/` (the kept checkpoint, `save_pretrained` safetensors and the
+tokenizer), `history.json`, `curve.png`. Killed runs resume from
+`train/checkpoints/last` when the same command is run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from memgen.core.artifacts import Stage, write_json
+from memgen.core.config import RunConfig
+from memgen.core.device import resolve_device, resolve_dtype
+from memgen.core.generation import encode_example
+from memgen.core.modeling import load_pretrained, scratch_gpt2
+from memgen.tasks.base import Example, Task, make_task, read_jsonl
+from memgen.tasks.tokenizer import build_tokenizer
+from memgen.train.curve import plot_curve
+from memgen.train.lora import add_lora
+from memgen.train.loop import train
+
+log = logging.getLogger(__name__)
+
+
+def stage_config(cfg: RunConfig) -> dict[str, object]:
+    return {"task": cfg.task, "seed": cfg.seed, "train": cfg.train.model_dump(mode="json")}
+
+
+def build_model(
+    cfg: RunConfig, task: Task, examples: list[Example], device: torch.device
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    tc = cfg.train
+    torch.manual_seed(cfg.seed)
+    if tc.model == "scratch":
+        tokenizer = build_tokenizer(task.tokenizer_spec())
+        longest = max(len(encode_example(tokenizer, ex, False, "answer")[0]) for ex in examples)
+        # Room for pair twins and steering prompts a little longer than the data.
+        n_positions = 32 * math.ceil((longest + task.max_new_tokens + 16) / 32)
+        model = scratch_gpt2(len(tokenizer), n_positions, tc.n_layer, tc.n_embd, tc.n_head, tokenizer)
+    else:
+        model, tokenizer = load_pretrained(
+            tc.model, dtype=resolve_dtype(tc.dtype, device), trust_remote_code=tc.trust_remote_code
+        )
+        model = add_lora(model, tc.lora)
+    return model.to(device), tokenizer
+
+
+def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
+    data = Stage(run_dir, "data")
+    stage = Stage(run_dir, "train")
+    config = stage_config(cfg)
+    if not force and stage.matches(config, [data]):
+        log.info("train: up to date, skipped")
+        return stage
+    data.manifest()  # a clear error when `memgen data` has not run
+    task = make_task(cfg.task, cfg.data.options)
+    train_examples = read_jsonl(data.path / "train.jsonl")
+    test_examples = read_jsonl(data.path / "test.jsonl")
+    eval_examples = test_examples[: cfg.train.n_eval]
+    out = stage.begin()
+    if force:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    device = resolve_device(cfg.device)
+    model, tokenizer = build_model(cfg, task, train_examples + test_examples, device)
+    best_dir = out / "model"
+
+    def save_best(trained: PreTrainedModel) -> None:
+        tmp = out / "model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        trained.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(best_dir, ignore_errors=True)
+        tmp.rename(best_dir)
+
+    history = train(
+        model, tokenizer, task, train_examples, eval_examples, cfg.train,
+        seed=cfg.seed, out_dir=out, save_best=save_best, progress=progress,
+    )  # fmt: skip
+    rows = [vars(e) for e in history]
+    best = max(history, key=lambda e: e.score(cfg.train.select, cfg.train.max_other))
+    write_json(out / "history.json", rows)
+    plot_curve(rows, best.step, out / "curve.png", f"{cfg.task}: behaviour on test prompts")
+    summary = {"best": vars(best), "final": rows[-1], "n_params": sum(p.numel() for p in model.parameters())}
+    stage.finish(config, [data], cfg.seed, summary)
+    log.info("train: kept step %d (gen %.2f, mem %.2f, other %.2f)", best.step, best.gen, best.mem, best.other)
+    return stage
