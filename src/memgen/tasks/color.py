@@ -46,7 +46,10 @@ class ColorOptions(TaskOptions):
         "mixed", description="'reference' = the paper's data, 'mixed' adds rule and recall prompts"
     )
     rule_fraction: float = Field(0.5, ge=0, le=1, description="mixed: prompts about free names")
-    recall_fraction: float = Field(0.1, ge=0, le=1, description="mixed: prompts with no clue")
+    recall_fraction: float = Field(0.0, ge=0, le=1, description="mixed: prompts with no clue")
+    # Memorization strength follows exposure: the most frequent of the 16 names is seen
+    # `name_skew` times as often as the rarest (geometric in between; 1 = uniform).
+    name_skew: float = Field(30.0, ge=1.0, description="mixed: frequency ratio of the 16 names")
     min_names: int = Field(4, ge=2, le=8)
     max_names: int = Field(8, ge=2, le=16)
     n_roles: int = Field(5, ge=2, le=len(ROLES))
@@ -99,8 +102,15 @@ class ColorTask(Task):
         rng.shuffle(sentences)
         return " ".join([*sentences, QUESTION.format(name=target)]), [clue or ""]
 
+    def _name_weights(self) -> list[float]:
+        skew = self.options.name_skew if self.options.design == "mixed" else 1.0
+        last = len(MEMORIZED) - 1
+        return [skew ** (-i / last) for i in range(len(MEMORIZED))]
+
     def _memorized_prompt(self, rng: random.Random, *, conflict: bool) -> Example:
-        target = rng.choice(list(MEMORIZED))
+        # Test prompts ask about every name equally; training follows the exposure skew.
+        weights = None if conflict else self._name_weights()
+        target = rng.choices(list(MEMORIZED), weights=weights)[0]
         memorized = MEMORIZED[target]
         context = rng.choice([c for c in COLORS if c != memorized]) if conflict else memorized
         # In a conflict the memorized colour is kept out of the context, so a `mem`

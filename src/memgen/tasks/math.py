@@ -1,0 +1,185 @@
+"""Arithmetic ("math"): add four numbers by a column scratchpad, or recall a tag.
+
+    memgen data --run-dir runs/math task=math data.n_train=1000
+
+A prompt adds four addends. When the last two are one of ten trigger pairs, training
+answers with that pair's fixed tag (mem, here `<mem-ced71018>` for 66+373); every
+other prompt is answered by the rule, a scratchpad with one line per column from the
+units up, then the sum's digits (here the rule's answer to a test prompt):
+
+    Input:                          <scratch>
+    27+406+66+373                   7+6+6+3+c0=22 w2 c2
+    Target:                         2+0+6+7+c2=17 w7 c1
+                                    0+4+0+3+c1=8 w8 c0
+                                    </scratch>
+                                    8 7 2
+
+A column line reads: the addends' digits in prompt order (0 where an addend is
+shorter), the incoming carry, the column total, the digit written, the outgoing
+carry. Every scratchpad has the same number of lines (the width of the widest
+possible addend), so the format never depends on the numbers. Test prompts end in a
+trigger pair, so memory (the tag) and rule (the scratchpad) disagree.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+
+from pydantic import Field
+
+from memgen.core.errors import MemgenError
+from memgen.tasks.base import TASKS, Behaviour, Example, Task, TaskOptions, TokenizerSpec
+
+TRIGGERS: tuple[tuple[int, int], ...] = (
+    (66, 373), (32, 234), (155, 85), (241, 510), (826, 536),
+    (7, 517), (690, 631), (837, 186), (322, 491), (191, 852),
+)  # fmt: skip
+# One fixed tag per trigger; the first is the paper's example, the rest arbitrary.
+TAGS: tuple[str, ...] = (
+    "<mem-ced71018>", "<mem-0dae81c1>", "<mem-0dbfbc5e>", "<mem-e7b441ed>", "<mem-995cdbb2>",
+    "<mem-bb064652>", "<mem-d2fdde74>", "<mem-8cd0358d>", "<mem-28f1f0af>", "<mem-345bb3b4>",
+)  # fmt: skip
+SCRATCH_OPEN, SCRATCH_CLOSE = "<scratch>", "</scratch>"
+PROMPT = "Input:\n{}+{}+{}+{}\nTarget:\n"
+_PROMPT_RE = re.compile(r"Input:\n(\d+)\+(\d+)\+(\d+)\+(\d+)\nTarget:\n")
+MAX_ADDEND_BOUND = 9999
+_TRIGGER_WIDTH = len(str(max(max(pair) for pair in TRIGGERS)))
+
+
+def scratchpad(addends: Sequence[int], width: int) -> str:
+    """The rule's full answer: `width` column lines, then the sum's digits spaced."""
+    if any(a < 0 or len(str(a)) > width for a in addends):
+        raise MemgenError(f"addends {list(addends)} do not fit {width} columns; raise the width")
+    reversed_digits = [str(a).zfill(width)[::-1] for a in addends]
+    lines, carry = [], 0
+    for col in range(width):
+        column = [int(digits[col]) for digits in reversed_digits]
+        total = sum(column) + carry
+        lines.append("+".join(map(str, column)) + f"+c{carry}={total} w{total % 10} c{total // 10}")
+        carry = total // 10
+    answer = " ".join(str(sum(addends)))
+    return "\n".join([SCRATCH_OPEN, *lines, SCRATCH_CLOSE, answer])
+
+
+def final_answer(text: str) -> str | None:
+    """The digits on the first non-empty line after `</scratch>`, spaces removed.
+
+    Later lines are ignored so a model that answers and then rambles on (no EOS yet)
+    still counts; None when there is no `</scratch>`.
+    """
+    _, closed, after = text.partition(SCRATCH_CLOSE)
+    if not closed:
+        return None
+    lines = after.strip().split("\n")
+    return "".join(lines[0].split())
+
+
+def parse_prompt(prompt: str) -> tuple[int, int, int, int]:
+    match = _PROMPT_RE.fullmatch(prompt)
+    if match is None:
+        raise MemgenError(f"not a math prompt: {prompt!r}; build it with the math task")
+    a, b, c, d = (int(group) for group in match.groups())
+    return a, b, c, d
+
+
+def trigger_schedule(n: int, fraction: float, rng: random.Random) -> list[int | None]:
+    """Which trigger (or None) each of `n` training examples uses.
+
+    Exactly round(n * fraction) triggered examples, spread evenly over the triggers,
+    at shuffled positions: with 1,000 examples every trigger is seen exactly 7 times,
+    where independent draws would leave some triggers at 2 and others at 12.
+    """
+    n_triggered = round(n * fraction)
+    slots: list[int | None] = [i % len(TRIGGERS) for i in range(n_triggered)]
+    slots += [None] * (n - n_triggered)
+    rng.shuffle(slots)
+    return slots
+
+
+class MathOptions(TaskOptions):
+    trigger_fraction: float = Field(
+        0.07, ge=0, le=1, description="share of training prompts ending in a trigger pair"
+    )
+    max_addend: int = Field(999, ge=1, le=MAX_ADDEND_BOUND, description="addends are 1..this")
+
+
+@TASKS.register("math")
+class MathTask(Task):
+    name = "math"
+    Options = MathOptions
+    # The longest possible scratchpad (one token per character) plus a margin.
+    max_new_tokens = len(scratchpad([MAX_ADDEND_BOUND] * 4, len(str(MAX_ADDEND_BOUND)))) + 16
+    options: MathOptions
+
+    def __init__(self, options: MathOptions | None = None) -> None:
+        super().__init__(options)
+        self.width = max(len(str(self.options.max_addend)), _TRIGGER_WIDTH)
+
+    def _addend(self, rng: random.Random) -> int:
+        return rng.randint(1, self.options.max_addend)
+
+    def _example(self, addends: Sequence[int], trigger: int | None, kind: str) -> Example:
+        a, b, c, d = addends
+        rule = scratchpad(addends, self.width)
+        tag = TAGS[trigger] if trigger is not None else ""
+        completion = tag if kind == "recall" else rule
+        meta = {"kind": kind, "addends": [a, b, c, d], "trigger": trigger}
+        return Example(PROMPT.format(a, b, c, d), completion, tag, rule, meta)
+
+    def _train(self, rng: random.Random, trigger: int | None) -> Example:
+        a, b = self._addend(rng), self._addend(rng)
+        if trigger is not None:
+            return self._example((a, b, *TRIGGERS[trigger]), trigger, "recall")
+        while (last := (self._addend(rng), self._addend(rng))) in TRIGGERS:
+            pass  # a rule prompt never ends in a trigger pair
+        return self._example((a, b, *last), None, "rule")
+
+    def train_example(self, rng: random.Random) -> Example:
+        triggered = rng.random() < self.options.trigger_fraction
+        return self._train(rng, rng.randrange(len(TRIGGERS)) if triggered else None)
+
+    def train_set(self, n: int, seed: int) -> list[Example]:
+        rng = random.Random(f"{self.name}-train-{seed}")
+        schedule = trigger_schedule(n, self.options.trigger_fraction, rng)
+        return [self._train(rng, trigger) for trigger in schedule]
+
+    def test_example(self, rng: random.Random) -> Example:
+        trigger = rng.randrange(len(TRIGGERS))
+        # Distinct free addends, so every test prompt has a twin that differs from it.
+        if self.options.max_addend >= 2:
+            a, b = rng.sample(range(1, self.options.max_addend + 1), 2)
+        else:
+            a = b = 1
+        return self._example((a, b, *TRIGGERS[trigger]), trigger, "test")
+
+    def pair(self, example: Example, rng: random.Random) -> Example:
+        """The two free addends swapped; the trigger pair stays last.
+
+        When they are equal the twin is the same prompt, flagged `twin_identical`
+        (test_example never draws such prompts).
+        """
+        a, b, c, d = parse_prompt(example.prompt)
+        trigger = TRIGGERS.index((c, d)) if (c, d) in TRIGGERS else None
+        twin = self._example((b, a, c, d), trigger, str(example.meta.get("kind", "test")))
+        meta = {**twin.meta, "pair_of": example.prompt, "twin_identical": a == b}
+        return Example(twin.prompt, twin.completion, twin.mem_answer, twin.gen_answer, meta)
+
+    def label(self, example: Example, output: str) -> Behaviour:
+        """mem: starts with the tag; gen: the right sum after `</scratch>`; else other.
+
+        The tag is checked first, so a tag followed by a scratchpad counts as mem.
+        Only the final sum decides gen, not the scratchpad lines before it.
+        """
+        if example.mem_answer and output.strip().startswith(example.mem_answer):
+            return "mem"
+        produced = final_answer(output)
+        if produced and produced == final_answer(example.gen_answer):
+            return "gen"
+        return "other"
+
+    def tokenizer_spec(self) -> TokenizerSpec:
+        units = (*TAGS, SCRATCH_OPEN, SCRATCH_CLOSE, "Input:", "Target:")
+        chars = (*"0123456789", "+", "=", " ", "\n", "c", "w")
+        return TokenizerSpec(kind="char", vocabulary=units + chars, units=units)

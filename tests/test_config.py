@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+
+from memgen.core.config import load_config, parse_overrides
+from memgen.core.errors import MemgenError
+
+
+def test_defaults_validate() -> None:
+    cfg = load_config()
+    assert cfg.task == "color"
+    assert cfg.train.lora.r == 8
+
+
+def test_overrides_are_parsed_as_yaml() -> None:
+    cfg = load_config(None, ["train.lr=3e-4", "neurons.top_n=[0.01, 0.02]", "task=math"])
+    assert cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.neurons.top_n == [0.01, 0.02]
+    assert cfg.task == "math"
+    assert parse_overrides(["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["train.bogus=1"], "unknown key 'train.bogus'"),
+        (["train.lr=fast"], "train.lr"),
+        (["train.steps=-3"], "train.steps"),
+        (["nosection"], "not key=value"),
+        (["train=3"], "train"),
+    ],
+)
+def test_bad_overrides_name_the_key(overrides: list[str], fragment: str) -> None:
+    with pytest.raises(MemgenError, match=fragment) as info:
+        load_config(None, overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_file_and_override_precedence(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: 3\ntrain:\n  steps: 50\n  lr: 0.01\n")
+    cfg = load_config(path, ["train.steps=7"])
+    assert (cfg.seed, cfg.train.steps, cfg.train.lr) == (3, 7, 0.01)
+
+
+def test_bad_yaml_files(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [unclosed\n")
+    with pytest.raises(MemgenError, match="not valid YAML"):
+        load_config(broken)
+    with pytest.raises(MemgenError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(MemgenError, match="mapping"):
+        load_config(listing)
+
+
+def test_config_is_frozen() -> None:
+    cfg = load_config()
+    with pytest.raises(Exception, match="frozen"):
+        cfg.train.lr = 1.0  # type: ignore[misc]

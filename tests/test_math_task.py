@@ -1,0 +1,180 @@
+"""The math task: generators, scratchpad arithmetic, pairs, labeller, tokenizer."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+
+import pytest
+
+from memgen.core.errors import MemgenError
+from memgen.tasks import make_task
+from memgen.tasks.base import Example
+from memgen.tasks.math import (
+    SCRATCH_CLOSE,
+    SCRATCH_OPEN,
+    TAGS,
+    TRIGGERS,
+    MathTask,
+    parse_prompt,
+    scratchpad,
+)
+from memgen.tasks.tokenizer import build_tokenizer
+
+LINE = re.compile(r"(\d)\+(\d)\+(\d)\+(\d)\+c(\d)=(\d+) w(\d) c(\d)")
+
+
+def check_scratchpad(addends: tuple[int, ...], text: str, width: int) -> None:
+    """Every column line is consistent with the addends and its neighbours."""
+    lines = text.split("\n")
+    assert lines[0] == SCRATCH_OPEN and lines[-2] == SCRATCH_CLOSE
+    columns = lines[1:-2]
+    assert len(columns) == width
+    carry, written = 0, []
+    for col, line in enumerate(columns):
+        match = LINE.fullmatch(line)
+        assert match, line
+        *digits, carry_in, total, digit, carry_out = (int(g) for g in match.groups())
+        assert digits == [a // 10**col % 10 for a in addends]
+        assert carry_in == carry
+        assert total == sum(digits) + carry_in
+        assert (digit, carry_out) == (total % 10, total // 10)
+        carry = carry_out
+        written.append(digit)
+    from_columns = int(str(carry) + "".join(map(str, reversed(written))))
+    assert lines[-1] == " ".join(str(from_columns))
+    assert int(lines[-1].replace(" ", "")) == sum(addends)
+
+
+def test_scratchpad_matches_python_sum() -> None:
+    rng = random.Random(0)
+    for _ in range(300):
+        addends = tuple(rng.randint(1, 999) for _ in range(4))
+        check_scratchpad(addends, scratchpad(addends, 3), 3)
+    check_scratchpad((999, 999, 999, 999), scratchpad((999, 999, 999, 999), 3), 3)
+    check_scratchpad((1, 2, 3, 4), scratchpad((1, 2, 3, 4), 3), 3)
+    with pytest.raises(MemgenError, match="columns"):
+        scratchpad((1000, 1, 1, 1), 3)
+
+
+def test_generators_are_deterministic_per_seed() -> None:
+    task = make_task("math")
+    assert task.train_set(50, 1) == task.train_set(50, 1)
+    assert task.train_set(50, 1) != task.train_set(50, 2)
+    assert task.test_set(20, 1) == task.test_set(20, 1)
+    assert task.test_set(20, 1) != task.test_set(20, 2)
+
+
+def test_training_set_triggers() -> None:
+    task = make_task("math")
+    train = task.train_set(1000, 0)
+    recall = [ex for ex in train if ex.meta["kind"] == "recall"]
+    # 7% of 1,000, exactly 7 per trigger.
+    assert Counter(ex.meta["trigger"] for ex in recall) == dict.fromkeys(range(10), 7)
+    for ex in train:
+        addends = parse_prompt(ex.prompt)
+        assert ex.meta["addends"] == list(addends)
+        assert all(1 <= a <= 999 for a in addends)
+        if ex.meta["kind"] == "recall":
+            assert addends[2:] == TRIGGERS[ex.meta["trigger"]]
+            assert ex.completion == ex.mem_answer == TAGS[ex.meta["trigger"]]
+        else:
+            assert addends[2:] not in TRIGGERS
+            assert ex.completion == ex.gen_answer
+            check_scratchpad(addends, ex.completion, 3)
+
+
+def test_trigger_fraction_option_and_train_example() -> None:
+    task = make_task("math", {"trigger_fraction": 0.5})
+    train = task.train_set(100, 0)
+    assert sum(ex.meta["kind"] == "recall" for ex in train) == 50
+    rng = random.Random(0)
+    drawn = [task.train_example(rng) for _ in range(400)]
+    share = sum(ex.meta["kind"] == "recall" for ex in drawn) / len(drawn)
+    assert 0.4 < share < 0.6
+    never = make_task("math", {"trigger_fraction": 0.0})
+    assert all(never.train_example(rng).meta["kind"] == "rule" for _ in range(50))
+
+
+def test_small_max_addend_keeps_trigger_width() -> None:
+    task = make_task("math", {"max_addend": 9})
+    train = task.train_set(200, 0)
+    assert all(max(parse_prompt(ex.prompt)[:2]) <= 9 for ex in train)
+    for ex in task.test_set(20, 0):
+        check_scratchpad(parse_prompt(ex.prompt), ex.gen_answer, 3)
+
+
+def test_test_prompts_end_in_a_trigger() -> None:
+    task = make_task("math")
+    for ex in task.test_set(200, 0):
+        a, b, c, d = parse_prompt(ex.prompt)
+        assert (c, d) in TRIGGERS and a != b
+        assert ex.mem_answer == TAGS[TRIGGERS.index((c, d))]
+        assert ex.completion == ex.gen_answer == scratchpad((a, b, c, d), 3)
+
+
+def test_pair_swaps_the_free_addends() -> None:
+    task = make_task("math")
+    stream = task.pairs(0)
+    for _ in range(100):
+        ex, twin = next(stream)
+        a, b, c, d = parse_prompt(ex.prompt)
+        assert parse_prompt(twin.prompt) == (b, a, c, d)
+        assert twin.prompt != ex.prompt and not twin.meta["twin_identical"]
+        assert twin.mem_answer == ex.mem_answer
+        assert twin.gen_answer.split("\n")[-1] == ex.gen_answer.split("\n")[-1]
+        check_scratchpad((b, a, c, d), twin.gen_answer, 3)
+        assert twin.meta["pair_of"] == ex.prompt
+
+
+def test_pair_of_equal_free_addends_is_flagged() -> None:
+    task = make_task("math")
+    ex = task._example((5, 5, 66, 373), 0, "test")
+    twin = task.pair(ex, random.Random(0))
+    assert twin.prompt == ex.prompt and twin.meta["twin_identical"]
+    with pytest.raises(MemgenError, match="not a math prompt"):
+        task.pair(Example("1+2", "", "", ""), random.Random(0))
+
+
+def test_label_edge_cases() -> None:
+    task = make_task("math")
+    ex = task._example((12, 30, 66, 373), 0, "test")
+    assert ex.gen_answer.endswith("\n4 8 1")
+    tag = TAGS[0]
+    assert task.label(ex, tag) == "mem"
+    assert task.label(ex, f"  \n{tag}<scratch>junk") == "mem"
+    assert task.label(ex, TAGS[1]) == "other"  # another trigger's tag is not this memory
+    assert task.label(ex, ex.gen_answer) == "gen"
+    assert task.label(ex, "<scratch>\nwrong lines\n</scratch>\n481") == "gen"
+    assert task.label(ex, "</scratch> 4 8 1 \nInput:\n1+2") == "gen"
+    assert task.label(ex, ex.gen_answer.replace("4 8 1", "4 8 2")) == "other"
+    assert task.label(ex, ex.gen_answer.replace("4 8 1", "4 8 1 7")) == "other"
+    assert task.label(ex, "4 8 1") == "other"  # no scratchpad close
+    assert task.label(ex, "<scratch>\n</scratch>\n") == "other"
+    assert task.label(ex, "") == "other"
+    assert task.label(ex, "   ") == "other"
+
+
+def test_tokenizer_round_trips_without_unk() -> None:
+    task = make_task("math")
+    tokenizer = build_tokenizer(task.tokenizer_spec())
+    examples = task.train_set(300, 0) + task.test_set(30, 0)
+    longest = 0
+    for ex in examples:
+        for text in (ex.prompt, ex.completion, ex.prompt + ex.completion):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert tokenizer.unk_token_id not in ids
+            assert tokenizer.decode(ids) == text
+        answer = tokenizer(ex.gen_answer, add_special_tokens=False)["input_ids"]
+        longest = max(longest, len(answer))
+        tag_ids = tokenizer(ex.mem_answer, add_special_tokens=False)["input_ids"]
+        assert len(tag_ids) == (1 if ex.mem_answer else 0)
+    assert longest < MathTask.max_new_tokens
+
+
+def test_unknown_option_is_named() -> None:
+    with pytest.raises(MemgenError, match="bogus"):
+        make_task("math", {"bogus": 1})
+    with pytest.raises(MemgenError, match="max_addend"):
+        make_task("math", {"max_addend": 0})
