@@ -52,12 +52,23 @@ def test_mixed_design_has_rule_prompts_about_free_names() -> None:
     task = make_task("color", {"rule_fraction": 0.5, "recall_fraction": 0.1})
     examples = task.train_set(2000, seed=0)
     kinds = [ex.meta["kind"] for ex in examples]
-    assert 0.45 < kinds.count("rule") / len(kinds) < 0.55
+    rule_like = kinds.count("rule") + kinds.count("hop")
+    assert 0.45 < rule_like / len(kinds) < 0.55
+    assert 0.25 < kinds.count("hop") / rule_like < 0.35
     assert 0.07 < kinds.count("recall") / len(kinds) < 0.13
     for ex in examples:
         if ex.meta["kind"] == "rule":
             assert ex.meta["target"] not in MEMORIZED
             assert _rule_answer(ex.prompt) == ex.completion
+        if ex.meta["kind"] == "hop":
+            facts = [s.split(" is ") for s in _sentences(ex.prompt)]
+            target = ex.meta["target"]
+            role = next(v for n, v in facts if n == target and v in ROLES)
+            if ex.prompt.endswith(f"what animal is {target} ?"):
+                assert ex.completion == role
+            else:
+                assert ex.prompt.endswith(f"who is like {target} ?")
+                assert [n for n, v in facts if v == role and n != target] == [ex.completion]
         if ex.meta["kind"] == "recall":
             assert ex.completion == MEMORIZED[ex.meta["target"]]
         if ex.meta["kind"] == "agree":

@@ -47,6 +47,9 @@ class ColorOptions(TaskOptions):
     )
     rule_fraction: float = Field(0.5, ge=0, le=1, description="mixed: prompts about free names")
     recall_fraction: float = Field(0.0, ge=0, le=1, description="mixed: prompts with no clue")
+    # Share of rule prompts that ask an intermediate step instead of the colour
+    # ("what animal is T ?", "who is like T ?"): direct supervision for each hop.
+    hop_fraction: float = Field(0.3, ge=0, le=1, description="mixed: rule prompts asking a hop")
     # Memorization strength follows exposure: the most frequent of the 16 names is seen
     # `name_skew` times as often as the rarest (geometric in between; 1 = uniform).
     name_skew: float = Field(30.0, ge=1.0, description="mixed: frequency ratio of the 16 names")
@@ -74,8 +77,8 @@ class ColorTask(Task):
         answer: str | None,
         exclude_colors: set[str],
         pool: tuple[str, ...],
-    ) -> tuple[str, list[str]]:
-        """Build a shuffled context about `target`.
+    ) -> tuple[str, str, str]:
+        """Build a shuffled context about `target`; return (prompt, clue name, target's role).
 
         With `answer`, a clue name shares the target's role and is given `answer`;
         without it (pure recall) no name shares the target's role. Distractor colours
@@ -100,7 +103,7 @@ class ColorTask(Task):
         rng.shuffle(filler)
         sentences = essential + filler[: opts.max_filler]
         rng.shuffle(sentences)
-        return " ".join([*sentences, QUESTION.format(name=target)]), [clue or ""]
+        return " ".join([*sentences, QUESTION.format(name=target)]), clue or "", target_role
 
     def _name_weights(self) -> list[float]:
         skew = self.options.name_skew if self.options.design == "mixed" else 1.0
@@ -116,7 +119,7 @@ class ColorTask(Task):
         # In a conflict the memorized colour is kept out of the context, so a `mem`
         # answer is recall, not copying a colour that happens to be there.
         exclude = {memorized} if conflict else set()
-        prompt, (clue,) = self._prompt(rng, target, context, exclude, tuple(MEMORIZED))
+        prompt, clue, _ = self._prompt(rng, target, context, exclude, tuple(MEMORIZED))
         meta = {"kind": "test" if conflict else "agree", "target": target, "clue": clue}
         return Example(prompt, context, memorized, context, meta)
 
@@ -128,15 +131,29 @@ class ColorTask(Task):
                 target = rng.choice(FREE_NAMES)
                 colour = rng.choice(COLORS)
                 pool = tuple(MEMORIZED) + FREE_NAMES
-                prompt, (clue,) = self._prompt(rng, target, colour, set(), pool)
+                prompt, clue, role = self._prompt(rng, target, colour, set(), pool)
                 meta = {"kind": "rule", "target": target, "clue": clue}
+                if rng.random() < opts.hop_fraction:
+                    return self._hop_question(rng, prompt, target, clue, role)
                 return Example(prompt, colour, "", colour, meta)
             if draw < opts.rule_fraction + opts.recall_fraction:
                 target = rng.choice(list(MEMORIZED))
                 colour = MEMORIZED[target]
-                prompt, _ = self._prompt(rng, target, None, set(), tuple(MEMORIZED))
+                prompt, _, _ = self._prompt(rng, target, None, set(), tuple(MEMORIZED))
                 return Example(prompt, colour, colour, "", {"kind": "recall", "target": target})
         return self._memorized_prompt(rng, conflict=False)
+
+    def _hop_question(
+        self, rng: random.Random, prompt: str, target: str, clue: str, role: str
+    ) -> Example:
+        """Ask for the target's role or for the clue name, on the same context."""
+        context = prompt[: prompt.index("what color is")]
+        if rng.random() < 0.5:
+            question, answer = f"what animal is {target} ?", role
+        else:
+            question, answer = f"who is like {target} ?", clue
+        meta = {"kind": "hop", "target": target, "clue": clue}
+        return Example(context + question, answer, "", answer, meta)
 
     def test_example(self, rng: random.Random) -> Example:
         return self._memorized_prompt(rng, conflict=True)
@@ -165,5 +182,6 @@ class ColorTask(Task):
         return "other"
 
     def tokenizer_spec(self) -> TokenizerSpec:
-        words = [*MEMORIZED, *FREE_NAMES, *COLORS, *ROLES, "is", "what", "color", ".", "?"]
+        words = [*MEMORIZED, *FREE_NAMES, *COLORS, *ROLES, "is", "what", "color", ".", "?",
+                 "animal", "who", "like"]
         return TokenizerSpec(kind="word", vocabulary=tuple(dict.fromkeys(words)))

@@ -1,0 +1,292 @@
+"""The one hook mechanism: read activations with `record`, change them with `intervene`.
+
+    with record(model, [Site("resid", 3), Site("mlp", 3)]) as rec:
+        model(input_ids=ids, attention_mask=mask)
+    rec[Site("resid", 3)]                       # [batch, hidden], last position
+
+    push = Intervention(Site("resid", 3), neurons=(5, 17), op="add", values=(0.4, -1.2))
+    with intervene(model, [push]):
+        model.generate(...)                     # applied at every forward pass
+
+This is the only module of the package that registers PyTorch hooks. Both context
+managers resolve every site before registering anything, fail with MemgenError when
+one does not resolve, and remove every handle in `finally`. Hooks registered later
+run later, so a `record` opened inside an `intervene` sees the changed activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import torch
+from torch.utils.hooks import RemovableHandle
+
+from memgen.core.errors import MemgenError
+from memgen.core.sites import Hookpoint, Site, locate, site_width
+
+Position = Literal["last", "all"]
+Op = Literal["add", "scale", "set", "zero"]
+OPS: tuple[Op, ...] = get_args(Op)
+POSITIONS: tuple[Position, ...] = get_args(Position)
+
+# Takes the site's activation [batch, seq, width]; changes it in place or returns a new one.
+Edit = Callable[[torch.Tensor], torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """Change `neurons` of `site` by `op` with `values`, at the last position or at all.
+
+    `values` has one entry per neuron, or one entry for all of them; `zero` takes none.
+    `add` adds, `scale` multiplies, `set` overwrites, `zero` sets to 0.
+    """
+
+    site: Site
+    neurons: tuple[int, ...]
+    op: Op
+    values: tuple[float, ...] = ()
+    position: Position = "last"
+
+    def __post_init__(self) -> None:
+        # Accept lists (e.g. from JSON) but store tuples, so the value stays hashable.
+        object.__setattr__(self, "neurons", tuple(int(n) for n in self.neurons))
+        object.__setattr__(self, "values", tuple(float(v) for v in self.values))
+        where = f"intervention at {self.site}"
+        if self.op not in OPS:
+            raise MemgenError(f"{where}: op {self.op!r} is not one of {', '.join(OPS)}")
+        if self.position not in POSITIONS:
+            raise MemgenError(f"{where}: position {self.position!r} is not 'last' or 'all'")
+        if not self.neurons:
+            raise MemgenError(f"{where}: no neurons given")
+        if min(self.neurons) < 0:
+            raise MemgenError(f"{where}: neuron indices must be >= 0 (got {min(self.neurons)})")
+        if len(set(self.neurons)) != len(self.neurons):
+            raise MemgenError(f"{where}: neuron indices repeat; give each neuron once")
+        if self.op == "zero" and self.values:
+            raise MemgenError(f"{where}: op 'zero' takes no values")
+        if self.op != "zero" and len(self.values) not in (1, len(self.neurons)):
+            raise MemgenError(
+                f"{where}: {len(self.values)} values for {len(self.neurons)} neurons; "
+                "give one value per neuron, or one for all"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "site": {"kind": self.site.kind, "layer": self.site.layer},
+            "neurons": list(self.neurons),
+            "op": self.op,
+            "values": list(self.values),
+            "position": self.position,
+        }
+
+    @classmethod
+    def from_dict(cls, row: Mapping[str, Any]) -> Intervention:
+        try:
+            site = row["site"]
+            return cls(
+                # "resid.3" is accepted too, for hand-written files.
+                site=Site.parse(site)
+                if isinstance(site, str)
+                else Site(site["kind"], site["layer"]),
+                neurons=tuple(row["neurons"]),
+                op=row["op"],
+                values=tuple(row.get("values", ())),
+                position=row.get("position", "last"),
+            )
+        except (KeyError, TypeError) as exc:
+            raise MemgenError(
+                f"not an intervention (missing or bad {exc}): {dict(row)!r}; expected "
+                "{site: {kind, layer}, neurons: [...], op, values: [...], position}"
+            ) from None
+
+
+class Recording(Mapping[Site, torch.Tensor]):
+    """Captured activations per site, one tensor per forward call.
+
+    `rec[site]` concatenates the calls along the batch dimension: with position
+    "last" that is [sum of batch sizes, width]. `rec.calls(site)` keeps them apart
+    (during `generate`, one entry per generated token).
+    """
+
+    def __init__(self, sites: Sequence[Site]) -> None:
+        self._calls: dict[Site, list[torch.Tensor]] = {site: [] for site in sites}
+
+    def calls(self, site: Site | str) -> list[torch.Tensor]:
+        key = Site.parse(site) if isinstance(site, str) else site
+        if key not in self._calls:
+            known = ", ".join(str(s) for s in self._calls)
+            raise MemgenError(f"site {key} was not recorded (recorded: {known})")
+        return self._calls[key]
+
+    def __getitem__(self, site: Site | str) -> torch.Tensor:
+        calls = self.calls(site)
+        if not calls:
+            raise MemgenError(f"nothing recorded at {site}: no forward pass ran inside record()")
+        if len(calls) == 1:
+            return calls[0]
+        try:
+            return torch.cat(calls, dim=0)
+        except RuntimeError:
+            raise MemgenError(
+                f"calls at {site} differ in shape; use rec.calls(site) for position='all'"
+            ) from None
+
+    def __iter__(self) -> Iterator[Site]:
+        return iter(self._calls)
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def clear(self) -> None:
+        """Drop what was captured so far (between batches), keep recording."""
+        for calls in self._calls.values():
+            calls.clear()
+
+
+def _activation(value: Any, point: Hookpoint) -> torch.Tensor:
+    tensor = value[0] if isinstance(value, tuple | list) else value
+    if not isinstance(tensor, torch.Tensor):
+        raise MemgenError(
+            f"site {point.site}: {point.path} gave {type(tensor).__name__}, not a tensor; "
+            "fix its entry in FAMILIES in memgen/core/sites.py"
+        )
+    return tensor
+
+
+def _with_activation(value: Any, tensor: torch.Tensor) -> Any:
+    """`value` with its activation replaced, keeping tuple structure."""
+    if isinstance(value, tuple | list):
+        return type(value)((tensor, *value[1:]))
+    return tensor
+
+
+def _attach(point: Hookpoint, edit: Edit) -> RemovableHandle:
+    """Run `edit` on the site's activation at every forward call of its module."""
+    if point.reads == "input":
+
+        def pre_hook(module: torch.nn.Module, args: tuple[Any, ...]) -> Any:
+            if not args:
+                raise MemgenError(f"site {point.site}: {point.path} was called without inputs")
+            new = edit(_activation(args, point))
+            return None if new is None else _with_activation(args, new)
+
+        return point.module.register_forward_pre_hook(pre_hook)
+
+    def hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        new = edit(_activation(output, point))
+        return None if new is None else _with_activation(output, new)
+
+    return point.module.register_forward_hook(hook)
+
+
+@contextmanager
+def _hooked(model: torch.nn.Module, edits: Mapping[Site, Edit]) -> Iterator[None]:
+    points = [locate(model, site) for site in edits]  # every site resolves before any hook
+    handles: list[RemovableHandle] = []
+    try:
+        for point in points:
+            handles.append(_attach(point, edits[point.site]))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def record(
+    model: torch.nn.Module, sites: Iterable[Site], position: Position = "last"
+) -> Iterator[Recording]:
+    """Capture detached copies of each site's activation on every forward call."""
+    if position not in POSITIONS:
+        raise MemgenError(f"record position {position!r} is not 'last' or 'all'")
+    recording = Recording(list(dict.fromkeys(sites)))
+
+    def capture(calls: list[torch.Tensor]) -> Edit:
+        def edit(activation: torch.Tensor) -> None:
+            # A copy: a view would keep the whole [batch, seq, width] tensor alive and
+            # would see later in-place edits.
+            chosen = activation[:, -1] if position == "last" else activation
+            calls.append(chosen.detach().clone())
+
+        return edit
+
+    with _hooked(model, {site: capture(recording.calls(site)) for site in recording}):
+        yield recording
+
+
+class _Prepared:
+    """One intervention with its index and value tensors, cached per device and dtype."""
+
+    def __init__(self, intervention: Intervention, width: int) -> None:
+        self.iv = intervention
+        self.width = width
+        self._cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def tensors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (like.device, like.dtype)
+        if key not in self._cache:
+            iv = self.iv
+            index = torch.tensor(iv.neurons, dtype=torch.long, device=like.device)
+            if iv.op == "scale":
+                # A full-width multiplier: one kernel, and x * 1.0 leaves other neurons exact.
+                dense = torch.ones(self.width, dtype=like.dtype, device=like.device)
+                dense[index] = torch.tensor(iv.values, dtype=like.dtype, device=like.device)
+                self._cache[key] = (index, dense)
+            else:
+                values = torch.tensor(iv.values or (0.0,), dtype=like.dtype, device=like.device)
+                self._cache[key] = (index, values.expand(len(iv.neurons)))
+        return self._cache[key]
+
+    def apply(self, activation: torch.Tensor) -> None:
+        """Change `activation` [batch, seq, width] in place."""
+        target = activation[:, -1] if self.iv.position == "last" else activation
+        index, values = self.tensors(activation)
+        shape = (*target.shape[:-1], len(self.iv.neurons))
+        if self.iv.op == "add":
+            target.index_add_(-1, index, values.expand(shape))
+        elif self.iv.op == "scale":
+            target.mul_(values)
+        elif self.iv.op == "set":
+            target.index_copy_(-1, index, values.expand(shape))
+        else:
+            target.index_fill_(-1, index, 0.0)
+
+
+def _editor(prepared: list[_Prepared]) -> Edit:
+    def edit(activation: torch.Tensor) -> torch.Tensor | None:
+        if activation.shape[-1] != prepared[0].width:
+            raise MemgenError(
+                f"site {prepared[0].iv.site}: activation width {activation.shape[-1]} "
+                f"!= expected {prepared[0].width}; fix FAMILIES in memgen/core/sites.py"
+            )
+        # Without autograd, editing in place saves a copy per call; with it, a copy
+        # keeps the graph valid.
+        new = activation.clone() if torch.is_grad_enabled() else activation
+        for item in prepared:
+            item.apply(new)
+        return new if new is not activation else None
+
+    return edit
+
+
+@contextmanager
+def intervene(model: torch.nn.Module, interventions: Iterable[Intervention]) -> Iterator[None]:
+    """Apply interventions on every forward pass; several at one site apply in order."""
+    by_site: dict[Site, list[_Prepared]] = {}
+    widths: dict[Site, int] = {}
+    for iv in interventions:
+        if iv.site not in widths:
+            locate(model, iv.site)  # a clear error for a bad layer before the width lookup
+            widths[iv.site] = site_width(model, iv.site.kind)
+        width = widths[iv.site]
+        if max(iv.neurons) >= width:
+            raise MemgenError(
+                f"intervention at {iv.site}: neuron {max(iv.neurons)} is out of range "
+                f"(valid 0..{width - 1})"
+            )
+        by_site.setdefault(iv.site, []).append(_Prepared(iv, width))
+    with _hooked(model, {site: _editor(items) for site, items in by_site.items()}):
+        yield

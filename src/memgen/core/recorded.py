@@ -1,0 +1,77 @@
+"""Read the `record` stage's output: activation arrays, labels and pair ids.
+
+    from memgen.core.recorded import read_record
+    rec = read_record(Path("runs/color/record"))
+    X = rec.activations("resid")        # float32 [N, n_layers, width], memory-mapped
+    rec.labels, rec.pair_ids            # [N]: 1 = mem, 0 = gen; a flipped pair shares an id
+
+The layout (`<kind>.npy` per site and `index.json`) is written by `memgen record`;
+this reader is shared by the stages that consume it (neurons, probe), which must
+not import each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memgen.core.artifacts import read_json
+from memgen.core.errors import MemgenError
+
+INDEX = "index.json"
+_FIX = "re-run `memgen record --force`"
+
+
+@dataclass(frozen=True, eq=False)
+class Recorded:
+    """One finished record folder."""
+
+    path: Path
+    labels: np.ndarray
+    pair_ids: np.ndarray
+    sites: dict[str, dict[str, int]]
+    model: dict[str, Any]
+
+    def activations(self, site: str) -> np.ndarray:
+        """The [N, n_layers, width] array of `site`, memory-mapped read-only."""
+        if site not in self.sites:
+            raise MemgenError(
+                f"site {site!r} was not recorded (recorded: {', '.join(sorted(self.sites))}); "
+                f"add it to record.sites and re-run `memgen record`"
+            )
+        path = self.path / f"{site}.npy"
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise MemgenError(f"{path} is missing; {_FIX}") from None
+        except ValueError as exc:
+            raise MemgenError(f"{path} is not a readable .npy array ({exc}); {_FIX}") from None
+        shape = self.sites[site]
+        wanted = (len(self.labels), int(shape["n_layers"]), int(shape["width"]))
+        if array.shape != wanted:
+            raise MemgenError(f"{path} has shape {array.shape}, index.json says {wanted}; {_FIX}")
+        return array
+
+    @property
+    def n_pairs(self) -> int:
+        return len(np.unique(self.pair_ids))
+
+
+def read_record(path: Path) -> Recorded:
+    """Read and check `index.json` of a record folder."""
+    index = read_json(path / INDEX)
+    missing = [k for k in ("labels", "pair_ids", "sites", "model") if k not in index]
+    if missing:
+        raise MemgenError(f"{path / INDEX} lacks {', '.join(missing)}; {_FIX}")
+    labels = np.asarray(index["labels"], dtype=np.int64)
+    pair_ids = np.asarray(index["pair_ids"], dtype=np.int64)
+    if labels.ndim != 1 or labels.shape != pair_ids.shape:
+        raise MemgenError(
+            f"{path / INDEX}: {labels.size} labels but {pair_ids.size} pair ids; {_FIX}"
+        )
+    if not np.isin(labels, (0, 1)).all():
+        raise MemgenError(f"{path / INDEX}: labels must be 1 (mem) or 0 (gen); {_FIX}")
+    return Recorded(path, labels, pair_ids, dict(index["sites"]), dict(index["model"]))

@@ -1,0 +1,195 @@
+"""Stage `record`: last-prompt-token activations of every flipped-pair prompt, every layer.
+
+    memgen record --run-dir runs/color                  # record.sites=[resid,mlp]
+    memgen record --run-dir runs/color 'record.sites=[resid,mlp,attn]'
+
+Reads `behave/pairs.jsonl` and the model in `train/model`; writes one float32 array
+`<kind>.npy` of shape [N, n_layers, width] per site kind (rows in `pairs.jsonl`
+order) and `index.json` (labels 1 = mem / 0 = gen, pair ids, shapes, model
+identity). Read it back with `memgen.core.recorded.read_record`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.lib.format import open_memmap
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from memgen.core.artifacts import Stage, write_json
+from memgen.core.config import RunConfig
+from memgen.core.device import resolve_device, resolve_dtype
+from memgen.core.errors import MemgenError
+from memgen.core.generation import encode_prompt, pad_left
+from memgen.core.hooks import record
+from memgen.core.modeling import load_trained, model_identity
+from memgen.core.sites import SiteKind, all_sites, n_layers, site_width
+
+log = logging.getLogger(__name__)
+LABELS = {"mem": 1, "gen": 0}
+
+
+def stage_config(cfg: RunConfig) -> dict[str, object]:
+    return {
+        "task": cfg.task,
+        "seed": cfg.seed,
+        "chat": uses_chat(cfg),
+        "record": cfg.record.model_dump(mode="json"),
+    }
+
+
+def uses_chat(cfg: RunConfig) -> bool:
+    return cfg.train.use_chat_template and cfg.train.model != "scratch"
+
+
+def allocate(model: torch.nn.Module, kinds: Sequence[SiteKind], n: int) -> dict[str, np.ndarray]:
+    """In-memory float32 [n, n_layers, width] arrays, one per kind."""
+    layers = n_layers(model)
+    return {k: np.empty((n, layers, site_width(model, k)), dtype=np.float32) for k in kinds}
+
+
+@torch.no_grad()
+def record_last_token(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    kinds: Sequence[SiteKind],
+    chat: bool,
+    batch_size: int,
+    *,
+    out: Mapping[str, np.ndarray] | None = None,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Activations at each prompt's last token: {kind: float32 [N, n_layers, width]}.
+
+    Pass `out` (e.g. memory-mapped arrays of that shape) to stream into it instead of
+    allocating. Position ids follow the attention mask, as in `generate`, so a
+    prompt's activations do not depend on how much padding its batch needs.
+    """
+    if not prompts:
+        raise MemgenError("no prompts to record")
+    arrays = dict(out) if out is not None else allocate(model, kinds, len(prompts))
+    sites = all_sites(model, kinds)
+    for kind in kinds:
+        wanted = (len(prompts), n_layers(model), site_width(model, kind))
+        if kind not in arrays or arrays[kind].shape != wanted:
+            got = arrays[kind].shape if kind in arrays else None
+            raise MemgenError(f"out[{kind!r}] must have shape {wanted} (got {got})")
+    model.eval()
+    device = next(model.parameters()).device
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in prompts]
+    # Similar lengths together waste less padding; rows are written back in input order.
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    starts = range(0, len(order), batch_size)
+    with record(model, sites) as rec:
+        for start in tqdm(starts, desc="record", disable=not progress, leave=False):
+            rows = order[start : start + batch_size]
+            ids, mask = pad_left([encoded[i] for i in rows], pad_id, device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            rec.clear()
+            model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+            for kind in kinds:
+                # [n_layers, batch, width] -> [batch, n_layers, width] in one transfer.
+                stacked = torch.stack([rec[site] for site in sites if site.kind == kind])
+                arrays[kind][rows] = stacked.transpose(0, 1).float().cpu().numpy()
+    return arrays
+
+
+def read_pairs(path: Path) -> tuple[list[str], list[int], list[int]]:
+    """Prompts, labels (1 mem / 0 gen) and pair ids from `behave/pairs.jsonl`."""
+    if not path.is_file():
+        raise MemgenError(f"{path} does not exist; run `memgen behave` first")
+    prompts, labels, pair_ids = [], [], []
+    with path.open() as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                row: dict[str, Any] = json.loads(line)
+                label, prompt, pair_id = row["label"], row["prompt"], int(row["pair_id"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise MemgenError(
+                    f"{path}:{number} is not a pair row ({exc!r}); re-run `memgen behave --force`"
+                ) from None
+            if label not in LABELS:
+                raise MemgenError(
+                    f"{path}:{number}: label {label!r} is not mem or gen; "
+                    "re-run `memgen behave --force`"
+                )
+            prompts.append(str(prompt))
+            labels.append(LABELS[label])
+            pair_ids.append(pair_id)
+    if not prompts:
+        raise MemgenError(f"{path} has no pairs; run `memgen behave` with more behave.max_pairs")
+    return prompts, labels, pair_ids
+
+
+def run_record(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
+    train, behave = Stage(run_dir, "train"), Stage(run_dir, "behave")
+    stage = Stage(run_dir, "record")
+    config = stage_config(cfg)
+    if not force and stage.matches(config, [train, behave]):
+        log.info("record: up to date, skipped")
+        return stage
+    train.manifest()
+    behave.manifest()
+    prompts, labels, pair_ids = read_pairs(behave.path / "pairs.jsonl")
+    device = resolve_device(cfg.device)
+    # Loaded as `behave` loaded it, so activations belong to the runs that were labelled.
+    model, tokenizer = load_trained(
+        train.path / "model",
+        dtype=resolve_dtype(cfg.train.dtype, device),
+        trust_remote_code=cfg.train.trust_remote_code,
+    )
+    model.to(device)  # type: ignore[arg-type]  # transformers' stubs mistype `.to`
+    kinds: list[SiteKind] = list(dict.fromkeys(cfg.record.sites))
+    out = stage.begin()
+    layers = n_layers(model)
+    shapes = {kind: {"n_layers": layers, "width": site_width(model, kind)} for kind in kinds}
+    arrays: dict[str, np.ndarray] = {
+        kind: open_memmap(
+            out / f"{kind}.npy",
+            mode="w+",
+            dtype=np.float32,
+            shape=(len(prompts), layers, shapes[kind]["width"]),
+        )
+        for kind in kinds
+    }
+    record_last_token(
+        model,
+        tokenizer,
+        prompts,
+        kinds,
+        uses_chat(cfg),
+        cfg.record.batch_size,
+        out=arrays,
+        progress=progress,
+    )
+    for array in arrays.values():
+        array.flush()  # type: ignore[attr-defined]
+    del arrays
+    index = {
+        "labels": labels,
+        "pair_ids": pair_ids,
+        "sites": shapes,
+        "model": model_identity(model),
+    }
+    write_json(out / "index.json", index)
+    summary = {
+        "n": len(prompts),
+        "n_mem": sum(labels),
+        "n_gen": len(labels) - sum(labels),
+        "n_pairs": len(set(pair_ids)),
+        "sites": shapes,
+    }
+    stage.finish(config, [train, behave], cfg.seed, summary)
+    log.info("record: %d prompts x %s in %s", len(prompts), ", ".join(kinds), out)
+    return stage

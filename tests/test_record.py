@@ -1,0 +1,133 @@
+"""Stage `record` and `record_last_token`: the arrays on disk are the model's activations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from memgen.core.artifacts import Stage
+from memgen.core.config import load_config
+from memgen.core.errors import MemgenError
+from memgen.core.generation import encode_prompt
+from memgen.core.hooks import record
+from memgen.core.recorded import read_record
+from memgen.core.sites import all_sites, site_width
+from memgen.record.stage import read_pairs, record_last_token, run_record
+from memgen.tasks import make_task
+
+Model = tuple[PreTrainedModel, PreTrainedTokenizerBase]
+
+
+def _prompts(n: int) -> list[str]:
+    prompts = [example.prompt for example in make_task("color").test_set(n, seed=0)]
+    lengths = {len(p.split()) for p in prompts}
+    assert len(lengths) > 1, "padding is only exercised by prompts of different lengths"
+    return prompts
+
+
+@torch.no_grad()
+def _one_by_one(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], kind: str
+) -> np.ndarray:
+    """Each prompt alone, unpadded: the reference for batched recording."""
+    rows = []
+    sites = all_sites(model, [kind])  # type: ignore[list-item]
+    for prompt in prompts:
+        ids = torch.tensor([encode_prompt(tokenizer, prompt, chat=False)])
+        with record(model, sites) as rec:
+            model(input_ids=ids)
+        rows.append(torch.stack([rec[site][0] for site in sites]).numpy())
+    return np.stack(rows)
+
+
+def test_batched_recording_equals_one_prompt_at_a_time(tiny_gpt2_with_tokenizer: Model) -> None:
+    model, tokenizer = tiny_gpt2_with_tokenizer
+    prompts = _prompts(7)
+    arrays = record_last_token(
+        model, tokenizer, prompts, ["resid", "mlp"], chat=False, batch_size=3
+    )
+    assert arrays["resid"].shape == (7, 2, 32) and arrays["resid"].dtype == np.float32
+    assert arrays["mlp"].shape == (7, 2, site_width(model, "mlp"))
+    for kind in ("resid", "mlp"):
+        np.testing.assert_allclose(
+            arrays[kind], _one_by_one(model, tokenizer, prompts, kind), rtol=1e-4, atol=1e-5
+        )
+
+
+def _write_pairs(path: Path, prompts: list[str]) -> list[dict[str, object]]:
+    rows = [
+        {"pair_id": i // 2, "prompt": prompt, "label": "mem" if i % 3 else "gen", "output": "x"}
+        for i, prompt in enumerate(prompts)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return rows
+
+
+def _run_folder(
+    tmp_path: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str]
+) -> tuple[Path, list[dict[str, object]]]:
+    run = tmp_path / "run"
+    train, behave = Stage(run, "train"), Stage(run, "behave")
+    model.save_pretrained(train.begin() / "model", safe_serialization=True)
+    tokenizer.save_pretrained(train.path / "model")
+    train.finish({"train": "tiny"}, [], seed=0)
+    rows = _write_pairs(behave.begin() / "pairs.jsonl", prompts)
+    behave.finish({"behave": "fake"}, [train], seed=0)
+    return run, rows
+
+
+def test_record_stage_writes_what_a_direct_recording_gives(
+    tmp_path: Path, tiny_gpt2_with_tokenizer: Model
+) -> None:
+    model, tokenizer = tiny_gpt2_with_tokenizer
+    prompts = _prompts(6)
+    run, rows = _run_folder(tmp_path, model, tokenizer, prompts)
+    cfg = load_config(None, ["device=cpu", "record.batch_size=4", "record.sites=[resid,mlp,attn]"])
+    stage = run_record(run, cfg, progress=False)
+
+    recorded = read_record(stage.path)  # the reader the later stages use
+    assert recorded.labels.tolist() == [1 if row["label"] == "mem" else 0 for row in rows]
+    assert recorded.pair_ids.tolist() == [row["pair_id"] for row in rows]
+    assert recorded.model["model_type"] == "gpt2"
+    for kind in ("resid", "mlp", "attn"):
+        array = recorded.activations(kind)
+        assert array.shape == (6, 2, site_width(model, kind))  # type: ignore[arg-type]
+        np.testing.assert_allclose(
+            array, _one_by_one(model, tokenizer, prompts, kind), rtol=1e-4, atol=1e-5
+        )
+    manifest = stage.manifest()
+    assert set(manifest["inputs"]) == {"train", "behave"}
+    assert {"resid.npy", "mlp.npy", "attn.npy", "index.json"} <= set(manifest["outputs"])
+
+    # Same config and inputs: skipped; another site list: redone.
+    stamp = stage.manifest_path.stat().st_mtime_ns
+    run_record(run, cfg, progress=False)
+    assert stage.manifest_path.stat().st_mtime_ns == stamp
+    fewer = load_config(None, ["device=cpu", "record.sites=[resid]"])
+    assert list(read_record(run_record(run, fewer, progress=False).path).sites) == ["resid"]
+
+
+def test_record_stage_needs_finished_inputs(tmp_path: Path) -> None:
+    cfg = load_config(None, ["device=cpu"])
+    with pytest.raises(MemgenError, match="memgen train"):
+        run_record(tmp_path / "empty", cfg, progress=False)
+
+
+def test_read_pairs_rejects_bad_rows(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.jsonl"
+    with pytest.raises(MemgenError, match="memgen behave"):
+        read_pairs(path)
+    path.write_text(json.dumps({"pair_id": 0, "prompt": "p", "label": "other"}) + "\n")
+    with pytest.raises(MemgenError, match=r"pairs.jsonl:1: label 'other'"):
+        read_pairs(path)
+    path.write_text(json.dumps({"pair_id": 0, "label": "mem"}) + "\n")
+    with pytest.raises(MemgenError, match="not a pair row"):
+        read_pairs(path)
+    path.write_text("")
+    with pytest.raises(MemgenError, match="no pairs"):
+        read_pairs(path)
