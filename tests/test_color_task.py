@@ -9,7 +9,7 @@ from memgen.tasks.tokenizer import build_tokenizer
 
 
 def _sentences(prompt: str) -> list[str]:
-    cut = prompt.index("what color is")
+    cut = min(i for i in (prompt.find("what "), prompt.find("who ")) if i >= 0)
     return [s.strip() for s in prompt[:cut].split(" .") if s.strip()]
 
 

@@ -1,0 +1,7 @@
+"""Behaviour neurons: score neurons by how they separate mem from gen, select, save, compare."""
+
+from memgen.neurons.neuron_set import NeuronSet, set_name
+from memgen.neurons.scores import SCORERS, score
+from memgen.neurons.selection import layer_share, select_top
+
+__all__ = ["SCORERS", "NeuronSet", "layer_share", "score", "select_top", "set_name"]

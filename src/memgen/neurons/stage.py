@@ -1,0 +1,136 @@
+"""Stage `neurons`: score every neuron at one site, select the top N%, check consistency.
+
+    memgen neurons --run-dir runs/color                         # neurons.site=resid, pearson
+    memgen neurons --run-dir runs/color neurons.scorer=auroc neurons.top_n=[0.01,0.05]
+
+Reads `record/` and writes into `neurons/`:
+- `scores.safetensors`: `nmd` and `score` maps [n_layers, width] (float32) of the site;
+- `top5.json` + `top5.safetensors` (one neuron set per `neurons.top_n`, see neuron_set.py);
+- `consistency.json`: split-half agreement of the selections against chance;
+- `nmd_sorted.png`, `layer_share.png`, `score_by_layer.png`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from memgen.core.artifacts import Stage, write_json
+from memgen.core.config import RunConfig
+from memgen.core.errors import MemgenError
+from memgen.core.recorded import read_record
+from memgen.neurons.consistency import split_half
+from memgen.neurons.figures import plot_layer_share, plot_nmd_heatmap, plot_score_by_layer
+from memgen.neurons.neuron_set import NeuronSet, set_name
+from memgen.neurons.scores import SCORERS, score
+from memgen.neurons.selection import layer_share, select_top
+
+log = logging.getLogger(__name__)
+
+# Random split-halves for the consistency estimate; ten give a stable mean at ten scorings' cost.
+CONSISTENCY_SPLITS = 10
+MIN_PAIRS = 4
+
+
+def stage_config(cfg: RunConfig) -> dict[str, object]:
+    return {"task": cfg.task, "seed": cfg.seed, "neurons": cfg.neurons.model_dump(mode="json")}
+
+
+def _rounded(values: np.ndarray, digits: int = 6) -> list[float]:
+    return [round(float(v), digits) for v in values]
+
+
+def _consistency_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of consistency.json, for the manifest."""
+    summary: dict[str, Any] = {
+        "spearman": report["spearman"]["mean"],
+        "spearman_permuted": report["spearman_permuted"]["mean"],
+    }
+    for row in report["top_n"]:
+        summary[set_name(row["top_n"])] = {
+            "jaccard": row["jaccard"]["mean"],
+            "jaccard_ci": [row["jaccard"]["ci_low"], row["jaccard"]["ci_high"]],
+            "jaccard_permuted": row["jaccard_permuted"]["mean"],
+            "jaccard_chance": row["jaccard_chance"],
+        }
+    return summary
+
+
+def run_neurons(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
+    record = Stage(run_dir, "record")
+    stage = Stage(run_dir, "neurons")
+    config = stage_config(cfg)
+    if not force and stage.matches(config, [record]):
+        log.info("neurons: up to date, skipped")
+        return stage
+    record.manifest()  # a clear error when `memgen record` has not run
+    nc = cfg.neurons
+    SCORERS.get(nc.scorer)  # fail on a misspelt scorer before any work
+    recorded = read_record(record.path)
+    x = recorded.activations(nc.site)
+    y = recorded.labels
+    if recorded.n_pairs < MIN_PAIRS:
+        raise MemgenError(
+            f"neurons: found {recorded.n_pairs} flipped pairs, need at least {MIN_PAIRS}; "
+            "mine more with a larger behave.target_flips"
+        )
+    n_layers, width = x.shape[1:]
+    out = stage.begin()
+
+    nmd = score("nmd", x, y)
+    main = nmd if nc.scorer == "nmd" else score(nc.scorer, x, y)
+    save_file(
+        {"nmd": nmd.astype(np.float32), "score": main.astype(np.float32)},
+        str(out / "scores.safetensors"),
+        metadata={"site": nc.site, "scorer": nc.scorer},
+    )
+
+    shares: dict[str, np.ndarray] = {}
+    meta = {"task": cfg.task, "n_pairs": recorded.n_pairs, "n_rows": len(y)}
+    for fraction in nc.top_n:
+        layers, neurons = select_top(main, fraction)
+        neuron_set = NeuronSet(
+            model=recorded.model,
+            site=nc.site,
+            scorer=nc.scorer,
+            top_n=fraction,
+            n_layers=n_layers,
+            width=width,
+            layers=layers,
+            neurons=neurons,
+            nmd=nmd[layers, neurons],
+            score=main[layers, neurons],
+            meta=meta,
+        )
+        name = set_name(fraction)
+        neuron_set.save(out / name)
+        shares[name] = layer_share(layers, n_layers)
+        log.info("neurons: %s = %d neurons at %s", name, len(neuron_set), nc.site)
+
+    consistency = split_half(
+        x, y, recorded.pair_ids, nc.scorer, nc.top_n, n_splits=CONSISTENCY_SPLITS, seed=cfg.seed
+    )
+    write_json(out / "consistency.json", consistency)
+
+    what = f"{cfg.task}, {nc.site}"
+    plot_nmd_heatmap(nmd, out / "nmd_sorted.png", f"{what}: NMD per layer, sorted")
+    plot_layer_share(shares, out / "layer_share.png", f"{what}: where the top-N neurons sit")
+    plot_score_by_layer(
+        main, out / "score_by_layer.png", f"{what}: |{nc.scorer}| per layer", nc.scorer
+    )
+
+    summary = {
+        "site": nc.site,
+        "scorer": nc.scorer,
+        "n_pairs": recorded.n_pairs,
+        "mean_abs_nmd": _rounded(np.abs(nmd).mean(axis=1)),
+        "layer_share": {name: _rounded(share, 4) for name, share in shares.items()},
+        "consistency": _consistency_summary(consistency),
+    }
+    stage.finish(config, [record], cfg.seed, summary)
+    log.info("neurons: wrote %d neuron sets to %s", len(nc.top_n), out)
+    return stage

@@ -1,0 +1,100 @@
+"""Stage `probe`: how well does each layer's activation predict mem vs gen?
+
+    memgen probe --run-dir runs/color                           # logreg, 5 folds by pair
+    memgen probe --run-dir runs/color probe.classifier=lda probe.folds=10
+
+Reads `record/` (every recorded site) and writes into `probe/`:
+- `per_layer.json`: [{layer, site, accuracy, ci_low, ci_high, n}] cross-validated by pair;
+- `learning_curve.json`: accuracy at the best layer against the number of training pairs;
+- `baseline.json`: majority-class and shuffled-label accuracy;
+- `accuracy.png`, `learning_curve.png`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memgen.core.artifacts import Stage, write_json
+from memgen.core.config import RunConfig
+from memgen.core.recorded import read_record
+from memgen.probe.figures import plot_layer_accuracy, plot_learning_curve
+from memgen.probe.probes import (
+    PROBES,
+    fold_assignment,
+    layer_accuracies,
+    learning_curve,
+    majority_baseline,
+    shuffled_baseline,
+)
+
+log = logging.getLogger(__name__)
+
+
+def stage_config(cfg: RunConfig) -> dict[str, object]:
+    return {"task": cfg.task, "seed": cfg.seed, "probe": cfg.probe.model_dump(mode="json")}
+
+
+def run_probe(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
+    record = Stage(run_dir, "record")
+    stage = Stage(run_dir, "probe")
+    config = stage_config(cfg)
+    if not force and stage.matches(config, [record]):
+        log.info("probe: up to date, skipped")
+        return stage
+    record.manifest()  # a clear error when `memgen record` has not run
+    pc = cfg.probe
+    PROBES.get(pc.classifier)  # fail on a misspelt classifier before any work
+    recorded = read_record(record.path)
+    y, pair_ids = recorded.labels, recorded.pair_ids
+    fold_assignment(pair_ids, pc.folds, cfg.seed)  # too few pairs: fail before writing
+    out = stage.begin()
+
+    per_layer: list[dict[str, Any]] = []
+    for site in recorded.sites:
+        x = recorded.activations(site)
+        for row in layer_accuracies(x, y, pair_ids, pc.classifier, pc.folds, cfg.seed):
+            per_layer.append({"site": site, **row})
+            log.info("probe: %s layer %d accuracy %.3f", site, row["layer"], row["accuracy"])
+    write_json(out / "per_layer.json", per_layer)
+
+    # First maximum wins, so ties go to the earlier site and layer.
+    best = max(per_layer, key=lambda r: r["accuracy"])
+    best_x = np.asarray(recorded.activations(best["site"])[:, best["layer"], :], dtype=np.float32)
+    curve = learning_curve(best_x, y, pair_ids, pc.classifier, pc.learning_curve, seed=cfg.seed)
+    curve.update({"site": best["site"], "layer": best["layer"]})
+    write_json(out / "learning_curve.json", curve)
+    baseline = {
+        "majority": majority_baseline(y, pair_ids, pc.folds, cfg.seed),
+        "shuffled_labels": {
+            "site": best["site"],
+            "layer": best["layer"],
+            **shuffled_baseline(best_x, y, pair_ids, pc.classifier, pc.folds, cfg.seed),
+        },
+    }
+    write_json(out / "baseline.json", baseline)
+
+    what = f"{cfg.task}: {pc.classifier} probe"
+    plot_layer_accuracy(per_layer, out / "accuracy.png", f"{what}, {pc.folds} folds by pair")
+    plot_learning_curve(
+        curve["points"],
+        out / "learning_curve.png",
+        f"{what} at {best['site']} layer {best['layer']}",
+    )
+
+    summary = {
+        "per_layer": [
+            {k: r[k] for k in ("site", "layer", "accuracy", "ci_low", "ci_high")} for r in per_layer
+        ],
+        "best": {k: best[k] for k in ("site", "layer", "accuracy", "ci_low", "ci_high")},
+        "baseline": {name: b["accuracy"] for name, b in baseline.items()},
+        "n_pairs": recorded.n_pairs,
+    }
+    stage.finish(config, [record], cfg.seed, summary)
+    log.info(
+        "probe: best %s layer %d, accuracy %.3f", best["site"], best["layer"], best["accuracy"]
+    )
+    return stage

@@ -1,0 +1,123 @@
+"""Consistency of neuron selections: overlap metrics, chance baselines, split-half agreement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memgen.core.errors import MemgenError
+from memgen.neurons.consistency import (
+    chance_overlap,
+    compare_scores,
+    compare_sets,
+    dice,
+    jaccard,
+    shuffle_within_pairs,
+    split_half,
+    split_pairs,
+)
+from memgen.neurons.neuron_set import NeuronSet
+
+MODEL = {"model_type": "gpt2", "num_hidden_layers": 2, "hidden_size": 32, "name_or_path": ""}
+
+
+def paired_data(signal: float, seed: int = 0, n_pairs: int = 60) -> tuple[np.ndarray, ...]:
+    """Pairs of (mem, gen) rows sharing a random pair-specific offset; 10 neurons carry signal."""
+    rng = np.random.default_rng(seed)
+    pair_ids = np.repeat(np.arange(n_pairs), 2)
+    y = np.tile([1, 0], n_pairs)
+    x = rng.normal(size=(2 * n_pairs, 3, 40)) + rng.normal(size=(n_pairs, 1, 40)).repeat(2, 0)
+    x[y == 1, 2, :10] += signal
+    return x.astype(np.float32), y, pair_ids
+
+
+def test_jaccard_and_dice() -> None:
+    a, b = np.array([1, 2, 3, 4]), np.array([3, 4, 5, 6])
+    assert jaccard(a, a) == 1.0 and dice(a, a) == 1.0
+    assert jaccard(a, b) == pytest.approx(2 / 6)
+    assert dice(a, b) == pytest.approx(4 / 8)
+
+
+def test_chance_overlap_matches_simulation() -> None:
+    rng = np.random.default_rng(0)
+    total, k = 60, 12
+    sims = [jaccard(rng.choice(total, k, replace=False), rng.choice(total, k, replace=False))
+            for _ in range(4000)]  # fmt: skip
+    expected = chance_overlap(k, k, total)
+    assert expected["jaccard"] == pytest.approx(np.mean(sims), abs=0.01)
+    assert expected["dice"] == pytest.approx(k / total)
+    assert chance_overlap(total, total, total)["jaccard"] == pytest.approx(1.0)
+
+
+def test_identical_scores_overlap_fully() -> None:
+    s = np.random.default_rng(0).normal(size=(3, 40))
+    result = compare_scores(s, s.copy(), 0.1)
+    assert result["jaccard"] == 1.0 and result["dice"] == 1.0
+    assert result["spearman"] == pytest.approx(1.0)
+    assert result["chance_jaccard"] < 0.1
+    with pytest.raises(MemgenError, match="same model"):
+        compare_scores(s, s[:2], 0.1)
+
+
+def test_split_pairs_keeps_pairs_together() -> None:
+    pair_ids = np.repeat(np.arange(11), 2)
+    a, b = split_pairs(pair_ids, np.random.default_rng(0))
+    assert len(np.intersect1d(a, b)) == 0 and len(a) + len(b) == len(pair_ids)
+    assert not set(pair_ids[a]) & set(pair_ids[b])
+
+
+def test_shuffle_within_pairs_keeps_each_pair_balanced() -> None:
+    pair_ids = np.repeat(np.arange(50), 2)[::-1].copy()
+    y = np.tile([1, 0], 50)
+    shuffled = shuffle_within_pairs(y, pair_ids, np.random.default_rng(0))
+    assert all(sorted(shuffled[pair_ids == p]) == [0, 1] for p in range(50))
+    assert 0 < (shuffled != y).sum() < len(y)  # some pairs flipped, not all
+
+
+def test_planted_signal_is_consistent_well_above_chance() -> None:
+    x, y, pair_ids = paired_data(signal=2.0)
+    report = split_half(x, y, pair_ids, "pearson", [10 / 120], n_splits=5, seed=0)
+    row = report["top_n"][0]
+    assert row["k"] == 10
+    assert row["jaccard"]["mean"] > 0.6
+    assert row["jaccard"]["mean"] > 5 * row["jaccard_chance"]
+    assert row["jaccard_permuted"]["mean"] < 0.3
+    assert row["jaccard"]["ci_low"] <= row["jaccard"]["mean"] <= row["jaccard"]["ci_high"]
+
+
+def test_pure_noise_is_near_chance() -> None:
+    x, y, pair_ids = paired_data(signal=0.0, seed=1)
+    report = split_half(x, y, pair_ids, "nmd", [0.1], n_splits=8, seed=0)
+    row = report["top_n"][0]
+    assert abs(row["jaccard"]["mean"] - row["jaccard_chance"]) < 0.08
+    assert abs(report["spearman"]["mean"]) < 0.2
+
+
+def test_split_half_is_deterministic_and_needs_pairs() -> None:
+    x, y, pair_ids = paired_data(signal=1.0, n_pairs=12)
+    first = split_half(x, y, pair_ids, "pearson", [0.05], n_splits=3, seed=4)
+    assert first == split_half(x, y, pair_ids, "pearson", [0.05], n_splits=3, seed=4)
+    with pytest.raises(MemgenError, match="at least 4 pairs"):
+        split_half(x[:6], y[:6], pair_ids[:6], "pearson", [0.05], n_splits=3)
+
+
+def make_set(flat: list[int], nmd: list[float], site: str = "resid") -> NeuronSet:
+    idx = np.array(flat)
+    return NeuronSet(
+        model=MODEL, site=site, scorer="pearson", top_n=0.05, n_layers=2, width=32,
+        layers=idx // 32, neurons=idx % 32, nmd=np.array(nmd, dtype=np.float32),
+        score=np.array(nmd, dtype=np.float32),
+    )  # fmt: skip
+
+
+def test_compare_sets() -> None:
+    a = make_set([1, 40, 50], [0.5, -0.2, 0.3])
+    b = make_set([40, 50, 63], [-0.1, -0.3, 0.2])
+    result = compare_sets(a, b)
+    assert result["n_shared"] == 2
+    assert result["jaccard"] == pytest.approx(2 / 4)
+    assert result["sign_agreement"] == pytest.approx(0.5)
+    assert compare_sets(a, a)["jaccard"] == 1.0
+    assert result["chance_jaccard"] == pytest.approx(chance_overlap(3, 3, 64)["jaccard"])
+    with pytest.raises(MemgenError, match="same model and site"):
+        compare_sets(a, make_set([1], [0.1], site="attn"))
