@@ -49,7 +49,9 @@ def test_training_prompts_never_conflict() -> None:
 
 
 def test_mixed_design_has_rule_prompts_about_free_names() -> None:
-    task = make_task("color", {"rule_fraction": 0.5, "recall_fraction": 0.1})
+    task = make_task(
+        "color", {"rule_fraction": 0.5, "recall_fraction": 0.1, "hop_fraction": 0.3}
+    )
     examples = task.train_set(2000, seed=0)
     kinds = [ex.meta["kind"] for ex in examples]
     rule_like = kinds.count("rule") + kinds.count("hop")
@@ -126,5 +128,5 @@ def test_tokenizer_round_trip_and_no_unknowns(tmp_path) -> None:  # type: ignore
 def test_unknown_task_and_option() -> None:
     with pytest.raises(MemgenError, match="did you mean 'color'"):
         make_task("colour")
-    with pytest.raises(MemgenError, match="data.options.bogus"):
+    with pytest.raises(MemgenError, match=r"data\.options\.bogus"):
         make_task("color", {"bogus": 1})

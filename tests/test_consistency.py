@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from memgen.core.errors import MemgenError
+from memgen.core.neuron_set import NeuronSet
 from memgen.neurons.consistency import (
     chance_overlap,
     compare_scores,
@@ -16,7 +17,6 @@ from memgen.neurons.consistency import (
     split_half,
     split_pairs,
 )
-from memgen.neurons.neuron_set import NeuronSet
 
 MODEL = {"model_type": "gpt2", "num_hidden_layers": 2, "hidden_size": 32, "name_or_path": ""}
 

@@ -11,7 +11,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from memgen.core.errors import MemgenError
 from memgen.core.modeling import model_identity
-from memgen.neurons.neuron_set import NeuronSet, set_name
+from memgen.core.neuron_set import NeuronSet, set_name
 
 
 def tiny_gpt2(n_embd: int = 32, n_layer: int = 2) -> GPT2LMHeadModel:

@@ -11,7 +11,7 @@ import pytest
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
-from memgen.neurons.neuron_set import NeuronSet
+from memgen.core.neuron_set import NeuronSet
 from memgen.neurons.scores import SCORERS, score
 from memgen.neurons.selection import layer_counts, layer_share, n_selected, select_top
 from memgen.neurons.stage import run_neurons

@@ -16,10 +16,17 @@ from memgen.tasks.stage import run_data
 from memgen.train.stage import run_train
 
 TINY = [
-    "data.n_train=400", "data.n_test=40", "train.n_eval=40", "train.steps=40",
-    "train.eval_every=10", "train.n_layer=1", "train.n_embd=32", "train.n_head=2",
-    "train.batch_size=16", "train.warmup_steps=5",
-]  # fmt: skip
+    "data.n_train=400",
+    "data.n_test=40",
+    "train.n_eval=40",
+    "train.steps=40",
+    "train.eval_every=10",
+    "train.n_layer=1",
+    "train.n_embd=32",
+    "train.n_head=2",
+    "train.batch_size=16",
+    "train.warmup_steps=5",
+]
 
 
 def test_smoke_run_saves_a_loadable_model(tmp_path: Path) -> None:
@@ -59,8 +66,9 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     data_cmd = _train_command(killed, steps)
     data_cmd[3] = "data"
     subprocess.run(data_cmd, check=True, env=env, capture_output=True)
-    process = subprocess.Popen(_train_command(killed, steps), env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        _train_command(killed, steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     state = killed / "train" / "checkpoints" / "last" / "state.json"
     deadline = time.time() + 120
     while not state.is_file() and time.time() < deadline and process.poll() is None:

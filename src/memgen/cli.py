@@ -28,7 +28,8 @@ ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML config; see `memgen config`.")
 ]
 RunDirOption = Annotated[
-    Path | None, typer.Option("--run-dir", "-o", help="Run folder [default: runs/<task>-seed<seed>].")
+    Path | None,
+    typer.Option("--run-dir", "-o", help="Run folder [default: runs/<task>-seed<seed>]."),
 ]
 ForceOption = Annotated[bool, typer.Option("--force", help="Redo even if the manifest matches.")]
 Overrides = Annotated[
@@ -36,7 +37,9 @@ Overrides = Annotated[
 ]
 
 
-def _setup(config: Path | None, overrides: list[str] | None, run_dir: Path | None) -> tuple[RunConfig, Path]:
+def _setup(
+    config: Path | None, overrides: list[str] | None, run_dir: Path | None
+) -> tuple[RunConfig, Path]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(config, overrides or [])
     from memgen.pipeline import default_run_dir
@@ -87,6 +90,23 @@ def run(
         raise MemgenError(f"--until {until!r} is not a stage (stages: {', '.join(STAGES)})")
     run_all(folder, cfg, force=force, until=until)
     typer.echo(f"done: open {folder / 'report' / 'report.html'}")
+
+
+@app.command()
+def pretrain(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the base model.")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value, e.g. steps=3000 n_embd=192")
+    ] = None,
+    force: ForceOption = False,
+) -> None:
+    """Make a small pretrained LLaMA base (BPE tokenizer, generic text) to LoRA-tune offline."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from memgen.train.pretrain import load_pretrain_config
+    from memgen.train.pretrain import pretrain as build_base
+
+    build_base(out, load_pretrain_config(overrides or []), force=force)
+    typer.echo(f"pretrain: done -> {out}; LoRA-tune it with `memgen run train.model={out}`")
 
 
 @app.command("config")

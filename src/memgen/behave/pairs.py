@@ -1,4 +1,4 @@
-"""Flipped pairs: near-identical prompts where the model remembers on one and reasons on the other."""
+"""Flipped pairs: near-identical prompts, one answered by memory and the other by the rule."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def mine_pairs(
     """Evaluate pairs until `target_flips` flips or `max_pairs` pairs have been evaluated."""
     flipped: list[tuple[Labelled, Labelled]] = []
     evaluated = 0
-    bar = tqdm(total=cfg.target_flips, desc="flipped pairs", disable=not progress)
+    bar = tqdm(total=cfg.target_flips, desc="flipped pairs", disable=None if progress else True)
     while len(flipped) < cfg.target_flips and evaluated < cfg.max_pairs:
         chunk = list(itertools.islice(stream, min(CHUNK, cfg.max_pairs - evaluated)))
         flat = [ex for pair in chunk for ex in pair]

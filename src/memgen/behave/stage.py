@@ -47,13 +47,15 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
         train.path / "model",
         dtype=resolve_dtype(cfg.train.dtype, device),
         trust_remote_code=cfg.train.trust_remote_code,
+        device=device,
     )
-    model.to(device)
     chat = uses_chat(cfg)
     out = stage.begin()
 
     test = read_jsonl(data.path / "test.jsonl")
-    labelled = label_examples(model, tokenizer, task, test, cfg.behave, chat=chat, progress=progress)
+    labelled = label_examples(
+        model, tokenizer, task, test, cfg.behave, chat=chat, progress=progress
+    )
     with (out / "test_outputs.jsonl").open("w") as handle:
         for row in labelled:
             handle.write(json.dumps(row.to_row()) + "\n")
@@ -61,13 +63,13 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
     write_json(out / "rates.json", test_rates)
     log.info("behave: test rates %s", {k: round(v["rate"], 3) for k, v in test_rates.items()})
 
-    search = mine_pairs(model, tokenizer, task, task.pairs(cfg.seed), cfg.behave, chat=chat,
-                        progress=progress)  # fmt: skip
+    search = mine_pairs(
+        model, tokenizer, task, task.pairs(cfg.seed), cfg.behave, chat=chat, progress=progress
+    )
     with (out / "pairs.jsonl").open("w") as handle:
         for pair_id, pair in enumerate(search.flipped):
             for member in pair:
-                row = {"pair_id": pair_id, **member.to_row()}
-                handle.write(json.dumps(row) + "\n")
+                handle.write(json.dumps({"pair_id": pair_id, **member.to_row()}) + "\n")
     require_flips(search, cfg.behave)  # after writing: the pairs found are kept either way
     low, high = wilson(len(search.flipped), search.evaluated)
     summary = {
@@ -81,6 +83,10 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
         },
     }
     stage.finish(config, [data, train], cfg.seed, summary)
-    log.info("behave: %d flipped pairs of %d (%.1f%%)", len(search.flipped), search.evaluated,
-             100 * search.flip_rate)  # fmt: skip
+    log.info(
+        "behave: %d flipped pairs of %d (%.1f%%)",
+        len(search.flipped),
+        search.evaluated,
+        100 * search.flip_rate,
+    )
     return stage

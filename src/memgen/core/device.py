@@ -19,7 +19,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise MemgenError(f"device {name!r} is not a torch device (use auto, cpu, cuda, cuda:1)")
+        raise MemgenError(
+            f"device {name!r} is not a torch device (use auto, cpu, cuda, cuda:1)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MemgenError(f"device {name!r} asked for, but CUDA is not available; use device=cpu")
     return device

@@ -41,10 +41,7 @@ def encode_example(
     answer_ids = tokenizer(example.completion, add_special_tokens=False)["input_ids"]
     answer_ids = [*answer_ids, tokenizer.eos_token_id]
     ids = prompt_ids + answer_ids
-    if loss_on == "sequence":
-        labels = list(ids)
-    else:
-        labels = [-100] * len(prompt_ids) + answer_ids
+    labels = list(ids) if loss_on == "sequence" else [-100] * len(prompt_ids) + answer_ids
     return ids, labels
 
 
@@ -76,16 +73,18 @@ def generate(
     """Greedy (or beam) continuations of many prompts, batched with left padding."""
     model.eval()
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in prompts]
     # Similar lengths together waste less padding; results go back in input order.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     outputs: list[str] = [""] * len(encoded)
     starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="generate", disable=not progress, leave=False):
+    for start in tqdm(starts, desc="generate", disable=None if progress else True, leave=False):
         rows = order[start : start + batch_size]
         ids, mask = pad_left([encoded[i] for i in rows], pad_id, device)
-        generated = model.generate(
+        generated = model.generate(  # type: ignore[operator]
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=max_new_tokens,

@@ -48,6 +48,33 @@ def scratch_gpt2(
     return GPT2LMHeadModel(config)
 
 
+def resolve_model_source(name_or_path: str) -> str:
+    """A local folder as an absolute path (adapters record it), or a hub name unchanged.
+
+    Something that can only be a path (`./x`, `/x`, `a/b/c`, `runs/x` where `runs/`
+    exists) and is not a folder fails here, at once, instead of after the hub's retries.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise MemgenError(
+                f"{path} holds no config.json; give a folder written by save_pretrained "
+                "(or made by `memgen pretrain --out DIR`)"
+            )
+        return str(path.resolve())
+    looks_local = (
+        name_or_path.startswith((".", "/", "~"))
+        or name_or_path.count("/") > 1
+        or (len(path.parts) > 1 and Path(path.parts[0]).is_dir())
+    )
+    if looks_local:
+        raise MemgenError(
+            f"no model folder at {name_or_path}; give a folder with config.json and "
+            "*.safetensors, or a hub name such as meta-llama/Llama-3.2-1B-Instruct"
+        )
+    return name_or_path
+
+
 def load_pretrained(
     name_or_path: str,
     *,
@@ -55,10 +82,9 @@ def load_pretrained(
     trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A Hugging Face causal LM and its tokenizer, from the hub cache or a local folder."""
+    name_or_path = resolve_model_source(name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code
-        )
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             name_or_path,
             dtype=dtype,
@@ -78,9 +104,24 @@ def load_pretrained(
 
 
 def load_trained(
-    path: Path, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
+    path: Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    device: torch.device | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A model saved by `memgen train`: a full model folder, or a LoRA adapter folder."""
+    """A model saved by `memgen train` (a full model folder, or a LoRA adapter folder),
+    in eval mode, on `device` when given."""
+    model, tokenizer = _load_trained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    if device is not None:
+        model.to(device)  # type: ignore[arg-type]
+    model.eval()
+    return model, tokenizer
+
+
+def _load_trained(
+    path: Path, *, dtype: torch.dtype, trust_remote_code: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if not path.is_dir():
         raise MemgenError(f"no trained model at {path}; run `memgen train` first")
     adapter_config = path / ADAPTER_CONFIG
@@ -97,7 +138,9 @@ def load_trained(
     try:
         model = PeftModel.from_pretrained(base, path)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise MemgenError(f"cannot load the adapter in {path} ({exc}); re-run `memgen train`")
+        raise MemgenError(
+            f"cannot load the adapter in {path} ({exc}); re-run `memgen train`"
+        ) from None
     return model, tokenizer  # type: ignore[return-value]
 
 
@@ -105,7 +148,7 @@ def unwrap(model: torch.nn.Module) -> PreTrainedModel:
     """The plain transformers model under any PEFT wrapping."""
     get_base = getattr(model, "get_base_model", None)
     base = get_base() if callable(get_base) else model
-    return base  # type: ignore[no-any-return]
+    return base  # type: ignore[no-any-return,return-value]
 
 
 def model_identity(model: torch.nn.Module) -> dict[str, Any]:

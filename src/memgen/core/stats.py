@@ -29,7 +29,7 @@ def rates(labels: Iterable[str]) -> dict[str, float]:
 def rates_with_ci(labels: Iterable[str]) -> dict[str, dict[str, float]]:
     counts = Counter(labels)
     total = sum(counts.values())
-    table = {}
+    table: dict[str, dict[str, float]] = {}
     for behaviour in BEHAVIOURS:
         low, high = wilson(counts[behaviour], total)
         share = counts[behaviour] / total if total else 0.0

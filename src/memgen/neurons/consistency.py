@@ -27,7 +27,7 @@ import numpy as np
 from scipy.stats import hypergeom, rankdata
 
 from memgen.core.errors import MemgenError
-from memgen.neurons.neuron_set import NeuronSet
+from memgen.core.neuron_set import NeuronSet
 from memgen.neurons.scores import score as run_scorer
 from memgen.neurons.selection import flat_indices, n_selected, ranking
 

@@ -92,7 +92,7 @@ def record_last_token(
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     starts = range(0, len(order), batch_size)
     with record(model, sites) as rec:
-        for start in tqdm(starts, desc="record", disable=not progress, leave=False):
+        for start in tqdm(starts, desc="record", disable=None if progress else True, leave=False):
             rows = order[start : start + batch_size]
             ids, mask = pad_left([encoded[i] for i in rows], pad_id, device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -148,8 +148,8 @@ def run_record(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
         train.path / "model",
         dtype=resolve_dtype(cfg.train.dtype, device),
         trust_remote_code=cfg.train.trust_remote_code,
+        device=device,
     )
-    model.to(device)  # type: ignore[arg-type]  # transformers' stubs mistype `.to`
     kinds: list[SiteKind] = list(dict.fromkeys(cfg.record.sites))
     out = stage.begin()
     layers = n_layers(model)

@@ -39,6 +39,7 @@ ROLES: tuple[str, ...] = (
     "seal", "swan", "duck", "hawk", "crow", "bat", "mole", "toad", "newt", "yak",
 )  # fmt: skip
 QUESTION = "what color is {name} ?"
+REFERENCE_DISTRACTOR_RATE = 0.5
 
 
 class ColorOptions(TaskOptions):
@@ -49,7 +50,7 @@ class ColorOptions(TaskOptions):
     recall_fraction: float = Field(0.0, ge=0, le=1, description="mixed: prompts with no clue")
     # Share of rule prompts that ask an intermediate step instead of the colour
     # ("what animal is T ?", "who is like T ?"): direct supervision for each hop.
-    hop_fraction: float = Field(0.3, ge=0, le=1, description="mixed: rule prompts asking a hop")
+    hop_fraction: float = Field(0.0, ge=0, le=1, description="mixed: rule prompts asking a hop")
     # Memorization strength follows exposure: the most frequent of the 16 names is seen
     # `name_skew` times as often as the rarest (geometric in between; 1 = uniform).
     name_skew: float = Field(30.0, ge=1.0, description="mixed: frequency ratio of the 16 names")
@@ -57,6 +58,9 @@ class ColorOptions(TaskOptions):
     max_names: int = Field(8, ge=2, le=16)
     n_roles: int = Field(5, ge=2, le=len(ROLES))
     max_filler: int = Field(7, ge=0)
+    # mixed: chance that a filler name also gets a (distractor) colour sentence. Fewer
+    # distractors make the rule learnable in minutes on a CPU; the reference uses 0.5.
+    distractor_rate: float = Field(0.2, ge=0, le=1)
 
 
 def _sentence(name: str, attribute: str) -> str:
@@ -95,10 +99,11 @@ class ColorTask(Task):
             clue, fillers = others[0], others[1:]
             essential += [_sentence(clue, target_role), _sentence(clue, answer)]
         distractor_colors = [c for c in COLORS if c != answer and c not in exclude_colors]
+        rate = opts.distractor_rate if opts.design == "mixed" else REFERENCE_DISTRACTOR_RATE
         filler: list[str] = []
         for name in fillers:
             filler.append(_sentence(name, rng.choice(other_roles)))
-            if rng.random() < 0.5:
+            if rng.random() < rate:
                 filler.append(_sentence(name, rng.choice(distractor_colors)))
         rng.shuffle(filler)
         sentences = essential + filler[: opts.max_filler]
@@ -182,6 +187,18 @@ class ColorTask(Task):
         return "other"
 
     def tokenizer_spec(self) -> TokenizerSpec:
-        words = [*MEMORIZED, *FREE_NAMES, *COLORS, *ROLES, "is", "what", "color", ".", "?",
-                 "animal", "who", "like"]
+        words = [
+            *MEMORIZED,
+            *FREE_NAMES,
+            *COLORS,
+            *ROLES,
+            "is",
+            "what",
+            "color",
+            ".",
+            "?",
+            "animal",
+            "who",
+            "like",
+        ]
         return TokenizerSpec(kind="word", vocabulary=tuple(dict.fromkeys(words)))

@@ -1,6 +1,6 @@
 """Stage `data`: write the task's training and test sets as JSONL.
 
-    memgen data --run-dir runs/color task=color data.n_train=20000
+memgen data --run-dir runs/color task=color data.n_train=20000
 """
 
 from __future__ import annotations

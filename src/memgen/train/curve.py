@@ -13,11 +13,15 @@ import matplotlib.pyplot as plt
 COLORS = {"gen": "#1b9e77", "mem": "#d95f02", "other": "#7570b3"}
 
 
-def plot_curve(history: Sequence[dict[str, float]], best_step: int | None, path: Path, title: str) -> None:
+def plot_curve(
+    history: Sequence[dict[str, float]], best_step: int | None, path: Path, title: str
+) -> None:
     steps = [row["step"] for row in history]
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
     for behaviour, color in COLORS.items():
-        ax.plot(steps, [100 * row[behaviour] for row in history], label=behaviour, color=color, lw=2)
+        ax.plot(
+            steps, [100 * row[behaviour] for row in history], label=behaviour, color=color, lw=2
+        )
     if best_step is not None:
         ax.axvline(best_step, color="0.4", ls="--", lw=1, label=f"kept (step {best_step})")
     ax.set_xlabel("training step")

@@ -14,7 +14,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -51,7 +50,10 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 
 
 def _batch(
-    encoded: Sequence[tuple[list[int], list[int]]], indices: list[int], pad_id: int, device: torch.device
+    encoded: Sequence[tuple[list[int], list[int]]],
+    indices: list[int],
+    pad_id: int,
+    device: torch.device,
 ) -> dict[str, torch.Tensor]:
     """Right-padded batch: positions start at 0 in every row, as in unpadded generation."""
     width = max(len(encoded[i][0]) for i in indices)
@@ -63,10 +65,16 @@ def _batch(
         ids[row, : len(seq)] = torch.tensor(seq)
         labels[row, : len(lab)] = torch.tensor(lab)
         mask[row, : len(seq)] = 1
-    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+    return {
+        "input_ids": ids.to(device),
+        "labels": labels.to(device),
+        "attention_mask": mask.to(device),
+    }
 
 
-def _batch_indices(n: int, batch_size: int, step: int, micro: int, accum: int, seed: int) -> list[int]:
+def _batch_indices(
+    n: int, batch_size: int, step: int, micro: int, accum: int, seed: int
+) -> list[int]:
     """Examples for one micro-batch: a seeded permutation per epoch, walked in order."""
     per_step = batch_size * accum
     start = step * per_step + micro * batch_size
@@ -79,13 +87,21 @@ def _batch_indices(n: int, batch_size: int, step: int, micro: int, accum: int, s
 
 
 def evaluate(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
-    examples: Sequence[Example], chat: bool, batch_size: int = 256,
-) -> dict[str, float]:  # fmt: skip
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    examples: Sequence[Example],
+    chat: bool,
+    batch_size: int = 256,
+) -> dict[str, float]:
     outputs = generate(
-        model, tokenizer, [ex.prompt for ex in examples],
-        max_new_tokens=task.max_new_tokens, batch_size=batch_size, chat=chat,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        [ex.prompt for ex in examples],
+        max_new_tokens=task.max_new_tokens,
+        batch_size=batch_size,
+        chat=chat,
+    )
     return rates(task.label(ex, out) for ex, out in zip(examples, outputs, strict=True))
 
 
@@ -109,7 +125,9 @@ def train(
     device = next(model.parameters()).device
     chat = cfg.use_chat_template and cfg.model != "scratch"
     encoded = [encode_example(tokenizer, ex, chat, cfg.loss_on) for ex in train_examples]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     # Biases and norms are not decayed (the usual GPT recipe).
     groups = [
@@ -127,7 +145,13 @@ def train(
         log.info("resuming from step %d (%s)", start, last)
     best = max((e.score(cfg.select, cfg.max_other) for e in history), default=None)
 
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", disable=not progress)
+    bar = tqdm(
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        desc="train",
+        disable=None if progress else True,
+    )
     running = history[-1].loss if history else float("nan")
     model.train()
     for step in bar:
@@ -154,8 +178,14 @@ def train(
             if best is None or score > best:
                 best = score
                 save_best(model)
-            checkpoint.save(last, model, optimizer, {"step": done, "history": [vars(e) for e in history]})
-            bar.set_postfix(loss=f"{running:.3f}", gen=f"{record.gen:.2f}", mem=f"{record.mem:.2f}",
-                            other=f"{record.other:.2f}")  # fmt: skip
+            checkpoint.save(
+                last, model, optimizer, {"step": done, "history": [vars(e) for e in history]}
+            )
+            bar.set_postfix(
+                loss=f"{running:.3f}",
+                gen=f"{record.gen:.2f}",
+                mem=f"{record.mem:.2f}",
+                other=f"{record.other:.2f}",
+            )
     bar.close()
     return history

@@ -7,6 +7,7 @@ from peft import get_peft_model
 from transformers import PreTrainedModel
 
 from memgen.core.config import LoraConfig
+from memgen.core.errors import MemgenError
 
 
 def add_lora(model: PreTrainedModel, cfg: LoraConfig) -> PreTrainedModel:
@@ -18,4 +19,12 @@ def add_lora(model: PreTrainedModel, cfg: LoraConfig) -> PreTrainedModel:
         target_modules=cfg.target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, peft_config)  # type: ignore[return-value]
+    try:
+        return get_peft_model(model, peft_config)  # type: ignore[return-value]
+    except ValueError as exc:
+        # Unknown architecture without targets, or targets that match no module.
+        first_line = str(exc).strip().splitlines()[0]
+        raise MemgenError(
+            f"LoRA cannot wrap this {model.config.model_type} model ({first_line}); set "
+            "train.lora.target_modules to its linear layers, e.g. [q_proj,v_proj]"
+        ) from None

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from memgen.core.artifacts import Stage, write_json
+from memgen.core.artifacts import Stage, file_hash, write_json
 from memgen.core.config import RunConfig
 from memgen.core.device import resolve_device, resolve_dtype
 from memgen.core.generation import encode_example
@@ -26,14 +26,35 @@ from memgen.core.modeling import load_pretrained, scratch_gpt2
 from memgen.tasks.base import Example, Task, make_task, read_jsonl
 from memgen.tasks.tokenizer import build_tokenizer
 from memgen.train.curve import plot_curve
-from memgen.train.lora import add_lora
 from memgen.train.loop import train
+from memgen.train.lora import add_lora
 
 log = logging.getLogger(__name__)
 
 
+def base_identity(name_or_path: str) -> dict[str, str]:
+    """A local base folder's file hashes, so rebuilding the base re-runs training.
+
+    A hub name stands for itself (the hub cache pins its files).
+    """
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        return {"name": name_or_path}
+    files = sorted(
+        p for p in path.iterdir() if p.is_file() and p.suffix in {".json", ".safetensors", ".jinja"}
+    )
+    return {p.name: file_hash(p) for p in files}
+
+
 def stage_config(cfg: RunConfig) -> dict[str, object]:
-    return {"task": cfg.task, "seed": cfg.seed, "train": cfg.train.model_dump(mode="json")}
+    config: dict[str, object] = {
+        "task": cfg.task,
+        "seed": cfg.seed,
+        "train": cfg.train.model_dump(mode="json"),
+    }
+    if cfg.train.model != "scratch":
+        config["base"] = base_identity(cfg.train.model)
+    return config
 
 
 def build_model(
@@ -41,18 +62,23 @@ def build_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tc = cfg.train
     torch.manual_seed(cfg.seed)
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     if tc.model == "scratch":
         tokenizer = build_tokenizer(task.tokenizer_spec())
         longest = max(len(encode_example(tokenizer, ex, False, "answer")[0]) for ex in examples)
         # Room for pair twins and steering prompts a little longer than the data.
         n_positions = 32 * math.ceil((longest + task.max_new_tokens + 16) / 32)
-        model = scratch_gpt2(len(tokenizer), n_positions, tc.n_layer, tc.n_embd, tc.n_head, tokenizer)
+        model = scratch_gpt2(
+            len(tokenizer), n_positions, tc.n_layer, tc.n_embd, tc.n_head, tokenizer
+        )
     else:
         model, tokenizer = load_pretrained(
             tc.model, dtype=resolve_dtype(tc.dtype, device), trust_remote_code=tc.trust_remote_code
         )
         model = add_lora(model, tc.lora)
-    return model.to(device), tokenizer
+    model.to(device)  # type: ignore[arg-type]  # transformers types `to` oddly; it returns self
+    return model, tokenizer
 
 
 def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
@@ -83,14 +109,33 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
         tmp.rename(best_dir)
 
     history = train(
-        model, tokenizer, task, train_examples, eval_examples, cfg.train,
-        seed=cfg.seed, out_dir=out, save_best=save_best, progress=progress,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        task,
+        train_examples,
+        eval_examples,
+        cfg.train,
+        seed=cfg.seed,
+        out_dir=out,
+        save_best=save_best,
+        progress=progress,
+    )
     rows = [vars(e) for e in history]
     best = max(history, key=lambda e: e.score(cfg.train.select, cfg.train.max_other))
     write_json(out / "history.json", rows)
     plot_curve(rows, best.step, out / "curve.png", f"{cfg.task}: behaviour on test prompts")
-    summary = {"best": vars(best), "final": rows[-1], "n_params": sum(p.numel() for p in model.parameters())}
+    summary = {
+        "best": vars(best),
+        "final": rows[-1],
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "n_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
     stage.finish(config, [data], cfg.seed, summary)
-    log.info("train: kept step %d (gen %.2f, mem %.2f, other %.2f)", best.step, best.gen, best.mem, best.other)
+    log.info(
+        "train: kept step %d (gen %.2f, mem %.2f, other %.2f)",
+        best.step,
+        best.gen,
+        best.mem,
+        best.other,
+    )
     return stage

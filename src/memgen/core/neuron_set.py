@@ -1,6 +1,6 @@
 """Neuron-set files: the selected behaviour neurons, saved as JSON metadata + safetensors arrays.
 
-    from memgen.neurons.neuron_set import NeuronSet
+    from memgen.core.neuron_set import NeuronSet
     ns = NeuronSet.load("runs/color/neurons/top5")     # or top5.json / top5.safetensors
     ns.check_compatible(model)                         # MemgenError if made for another model
 
@@ -30,7 +30,6 @@ from memgen.core.artifacts import write_json
 from memgen.core.errors import MemgenError
 from memgen.core.modeling import model_identity
 from memgen.core.sites import SITE_KINDS, SiteKind, site_width
-from memgen.neurons.selection import layer_counts
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +93,8 @@ class NeuronSet:
         return len(self.layers)
 
     def per_layer(self) -> list[int]:
-        return [int(c) for c in layer_counts(self.layers, self.n_layers)]
+        counts = np.bincount(np.asarray(self.layers, dtype=np.int64), minlength=self.n_layers)
+        return [int(c) for c in counts]
 
     def metadata(self) -> dict[str, Any]:
         return {

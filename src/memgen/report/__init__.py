@@ -1,0 +1,1 @@
+"""Report: results.json, the figures as PNG, and a self-contained report.html."""

@@ -1,0 +1,166 @@
+"""A self-contained HTML report: key numbers first, then one section per finding.
+
+Figures are embedded as base64 PNG, so the file opens offline and can be mailed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;
+margin:0;background:#f6f7f9;color:#1d2330}
+main{max-width:1040px;margin:0 auto;padding:28px 22px 60px}
+h1{font-size:26px;margin:0 0 4px}
+h2{font-size:19px;margin:34px 0 8px;border-bottom:1px solid #dde1e7;padding-bottom:6px}
+.sub{color:#5b6475;margin:0 0 22px}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(210px,1fr));gap:12px}
+.card{background:#fff;border:1px solid #e2e5eb;border-radius:10px;padding:14px 16px}
+.card .k{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:#6b7385}
+.card .v{font-size:26px;font-weight:650;margin:4px 0}
+.card .n{font-size:13px;color:#5b6475}
+.ok{color:#127a52}
+.bad{color:#b4232c}
+figure{background:#fff;border:1px solid #e2e5eb;border-radius:10px;
+margin:12px 0;padding:10px;text-align:center}
+figure img{max-width:100%}
+figcaption{font-size:13px;color:#5b6475;margin-top:6px;text-align:left}
+table{border-collapse:collapse;background:#fff;font-size:13px;width:100%;margin:10px 0}
+th,td{border:1px solid #e2e5eb;padding:5px 8px;text-align:right}
+th{background:#eef1f5}
+td:first-child,th:first-child{text-align:left}
+p.note{font-size:14px;line-height:1.5;max-width:860px}
+"""
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _image(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _figure(path: Path | None, caption: str) -> str:
+    if path is None or not path.is_file():
+        return ""
+    return f"<figure>{_image(path)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def _card(title: str, value: str, note: str, good: bool | None = None) -> str:
+    cls = "" if good is None else (" ok" if good else " bad")
+    return (
+        f'<div class="card"><div class="k">{html.escape(title)}</div>'
+        f'<div class="v{cls}">{value}</div><div class="n">{note}</div></div>'
+    )
+
+
+def _steering_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "<tr><th>direction</th><th>top-N</th><th>α</th><th>n</th><th>→gen</th><th>→mem</th>"
+        "<th>→other</th><th>control →gen</th><th>control →mem</th><th>control →other</th></tr>"
+    )
+    body = []
+    for r in rows:
+        t, c = r["targeted"], r["control"] or {}
+        cells = [
+            r["direction"].replace("_", " "),
+            f"{r['top_n']:.0%}",
+            f"{r['alpha']:g}",
+            str(r["n_prompts"]),
+            _pct(t["gen"]),
+            _pct(t["mem"]),
+            _pct(t["other"]),
+            _pct(c.get("gen")),
+            _pct(c.get("mem")),
+            _pct(c.get("other")),
+        ]
+        body.append("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells) + "</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _probe_table(per_layer: list[dict[str, Any]]) -> str:
+    head = "<tr><th>site</th><th>layer</th><th>accuracy</th><th>95% CI</th></tr>"
+    body = "".join(
+        f"<tr><td>{html.escape(str(r['site']))}</td><td>{r['layer']}</td><td>{_pct(r['accuracy'])}</td>"
+        f"<td>{_pct(r['ci_low'])} – {_pct(r['ci_high'])}</td></tr>"
+        for r in per_layer
+    )
+    return f"<table>{head}{body}</table>"
+
+
+def render(results: dict[str, Any], figures: dict[str, Path]) -> str:
+    rates = results["behaviour"]["test_rates"]
+    pairs = results["pairs"]
+    best_probe = results["probe"]["best"]
+    best = results.get("steering_best", {})
+    m2g, g2m = best.get("mem_to_gen"), best.get("gen_to_mem")
+    cards = [
+        _card(
+            "test behaviour",
+            f"{_pct(rates['gen'])} gen",
+            f"{_pct(rates['mem'])} mem · {_pct(rates['other'])} other",
+        ),
+        _card(
+            "flipped pairs",
+            str(pairs["flipped"]),
+            f"of {pairs['evaluated']} pairs ({_pct(pairs.get('flip_rate'))})",
+        ),
+        _card(
+            "best probe",
+            _pct(best_probe["accuracy"]),
+            f"{html.escape(str(best_probe['site']))} layer {best_probe['layer']}",
+            best_probe["accuracy"] >= 0.92,
+        ),
+    ]
+    for label, row, target in (("steer mem → gen", m2g, "gen"), ("steer gen → mem", g2m, "mem")):
+        if row:
+            control = (row["control"] or {}).get(target)
+            cards.append(
+                _card(
+                    label,
+                    _pct(row["targeted"][target]),
+                    f"top {row['top_n']:.0%}, α={row['alpha']:g}; control {_pct(control)}",
+                    row["targeted"][target] >= 0.8,
+                )
+            )
+    title = f"memgen · {results['task']} · {results['model']} · seed {results['seed']}"
+    sections = [
+        "<h2>1. Training: both behaviours emerge</h2>",
+        '<p class="note">Share of test prompts (memory and rule disagree) answered by the rule '
+        "(gen), by recall (mem) or otherwise, during training. The dashed line is the kept "
+        "checkpoint.</p>",
+        _figure(figures.get("curve"), "Behaviour on test prompts vs training step."),
+        "<h2>2. Where the behaviours differ: neurons</h2>",
+        '<p class="note">NMD = mean activation on memorized minus generalized members of '
+        "flipped pairs, per neuron, sorted within each layer. Positive neurons lean memorization, "
+        "negative ones generalization.</p>",
+        _figure(figures.get("nmd"), "Sorted NMD per layer."),
+        _figure(
+            figures.get("share"),
+            "Share of the selected (top-N% by |correlation|) neurons per layer.",
+        ),
+        "<h2>3. Predicting the behaviour</h2>",
+        _figure(
+            figures.get("probe"), "Held-out accuracy per layer (pairs never split across folds)."
+        ),
+        _figure(figures.get("learning_curve"), "Accuracy at the best layer vs number of pairs."),
+        _probe_table(results["probe"]["per_layer"]),
+        "<h2>4. Steering</h2>",
+        '<p class="note">Prompts the unsteered model answered by memory, steered toward '
+        "generalization, and the reverse; each targeted setting beside its random control "
+        "(same number of neurons, shifts of the same sizes).</p>",
+        _figure(figures.get("steering"), "Transition shares under steering."),
+        _steering_table(results["steering"]),
+    ]
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body><main><h1>{html.escape(title)}</h1>"
+        f'<p class="sub">Neuron-level differentiation of memorization and generalization '
+        f"(arXiv 2412.18497), reproduced with memgen.</p><div class='cards'>{''.join(cards)}</div>"
+        f"{''.join(sections)}</main></body></html>"
+    )

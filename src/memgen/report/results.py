@@ -1,0 +1,42 @@
+"""Assemble `results.json` from the stages' manifests (schema: docs/results-schema.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from memgen.core.artifacts import Stage
+from memgen.core.config import RunConfig
+
+
+def _summary(stage: Stage) -> dict[str, Any]:
+    summary: dict[str, Any] = stage.manifest().get("summary", {})
+    return summary
+
+
+def collect(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
+    train = _summary(Stage(run_dir, "train"))
+    behave = _summary(Stage(run_dir, "behave"))
+    neurons = _summary(Stage(run_dir, "neurons"))
+    probe = _summary(Stage(run_dir, "probe"))
+    steer = _summary(Stage(run_dir, "steer"))
+    return {
+        "task": cfg.task,
+        "model": cfg.train.model,
+        "seed": cfg.seed,
+        "training": {
+            "selected": train.get("best"),
+            "final": train.get("final"),
+            "n_params": train.get("n_params"),
+        },
+        "behaviour": {"test_rates": behave["test_rates"], "test_rates_ci": behave["test_rates_ci"]},
+        "pairs": behave["pairs"],
+        "neurons": neurons,
+        "probe": {
+            "per_layer": probe["per_layer"],
+            "best": probe["best"],
+            **{k: v for k, v in probe.items() if k not in ("per_layer", "best")},
+        },
+        "steering": steer["rows"],
+        "steering_best": steer["best"],
+    }

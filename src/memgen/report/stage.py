@@ -1,0 +1,51 @@
+"""Stage `report`: `results.json`, the figures as PNG, and a self-contained `report.html`.
+
+memgen report --run-dir runs/color-seed0
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from memgen.core.artifacts import Stage, write_json
+from memgen.core.config import RunConfig
+from memgen.report.html import render
+from memgen.report.results import collect
+
+log = logging.getLogger(__name__)
+INPUTS = ("train", "behave", "neurons", "probe", "steer")
+# Report figure name -> where its stage writes it.
+FIGURES = {
+    "curve": "train/curve.png",
+    "nmd": "neurons/nmd_sorted.png",
+    "share": "neurons/layer_share.png",
+    "probe": "probe/accuracy.png",
+    "learning_curve": "probe/learning_curve.png",
+    "steering": "steer/steering.png",
+}
+
+
+def run_report(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
+    stage = Stage(run_dir, "report")
+    inputs = [Stage(run_dir, name) for name in INPUTS]
+    config = {"task": cfg.task, "seed": cfg.seed}
+    if not force and stage.matches(config, inputs):
+        log.info("report: up to date, skipped")
+        return stage
+    for needed in inputs:
+        needed.manifest()
+    out = stage.begin()
+    results = collect(run_dir, cfg)
+    write_json(out / "results.json", results)
+    write_json(run_dir / "results.json", results)
+    figures = {}
+    for name, relative in FIGURES.items():
+        source = run_dir / relative
+        if source.is_file():
+            figures[name] = shutil.copyfile(source, out / f"{name}.png")
+    (out / "report.html").write_text(render(results, figures))
+    stage.finish(config, inputs, cfg.seed, {"figures": sorted(figures)})
+    log.info("report: %s", out / "report.html")
+    return stage

@@ -1,0 +1,1 @@
+"""Steering: shift selected neurons by alpha x NMD at inference time, with controls."""

@@ -1,0 +1,180 @@
+"""Stage `steer`: transition tables for steering mem -> gen and gen -> mem, with controls.
+
+    memgen steer --run-dir runs/color-seed0 steer.alphas=[1,3,5]
+
+For each neuron set of the `neurons` stage (top-N%) and each alpha, the test
+prompts the unsteered model answered by memory are steered toward generalization
+(and vice versa); the table gives the share that become gen / mem / other, for the
+targeted intervention and for each control. A side-effect check measures accuracy
+on prompts where memory and rule agree, under the same steering.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from memgen.behave.evaluate import label_examples
+from memgen.core.artifacts import Stage, write_json
+from memgen.core.config import RunConfig
+from memgen.core.device import resolve_device, resolve_dtype
+from memgen.core.hooks import Intervention, intervene
+from memgen.core.modeling import load_trained
+from memgen.core.neuron_set import NeuronSet, set_name
+from memgen.core.stats import rates
+from memgen.steer.api import Direction, steering_interventions
+from memgen.steer.controls import control_interventions
+from memgen.steer.figures import plot_steering
+from memgen.tasks.base import Example, Task, make_task, read_jsonl
+
+log = logging.getLogger(__name__)
+# direction -> (behaviour of the prompts steered, behaviour steered toward)
+DIRECTIONS: dict[str, tuple[str, Direction]] = {
+    "mem_to_gen": ("mem", "gen"),
+    "gen_to_mem": ("gen", "mem"),
+}
+
+
+def stage_config(cfg: RunConfig) -> dict[str, object]:
+    return {
+        "task": cfg.task,
+        "seed": cfg.seed,
+        "steer": cfg.steer.model_dump(mode="json"),
+        "behave": cfg.behave.model_dump(mode="json"),
+    }
+
+
+def _read_labelled(path: Path) -> list[tuple[Example, str]]:
+    with path.open() as handle:
+        rows = [json.loads(line) for line in handle]
+    return [(Example.from_dict(row["example"]), row["label"]) for row in rows]
+
+
+class Steerer:
+    """Generates and labels answers under a list of interventions."""
+
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, cfg: RunConfig
+    ) -> None:
+        self.model, self.tokenizer, self.task, self.cfg = model, tokenizer, task, cfg
+        self.chat = cfg.train.use_chat_template and cfg.train.model != "scratch"
+
+    def shares(
+        self, examples: Sequence[Example], interventions: list[Intervention]
+    ) -> dict[str, float]:
+        with intervene(self.model, interventions):
+            labelled = label_examples(
+                self.model, self.tokenizer, self.task, examples, self.cfg.behave, chat=self.chat
+            )
+        return rates(row.label for row in labelled)
+
+    def accuracy(self, examples: Sequence[Example], interventions: list[Intervention]) -> float:
+        """Share of prompts answered with the training target (memory and rule agree)."""
+        with intervene(self.model, interventions):
+            labelled = label_examples(
+                self.model, self.tokenizer, self.task, examples, self.cfg.behave, chat=self.chat
+            )
+        hits = [row.label != "other" for row in labelled]
+        return float(np.mean(hits)) if hits else float("nan")
+
+
+def best_settings(rows: list[dict[str, Any]], max_other: float = 0.10) -> dict[str, dict[str, Any]]:
+    """Per direction: the setting with the largest target share among those with few 'other'."""
+    best: dict[str, dict[str, Any]] = {}
+    for direction, (_, target) in DIRECTIONS.items():
+        candidates = [r for r in rows if r["direction"] == direction]
+        clean = [r for r in candidates if r["targeted"]["other"] <= max_other] or candidates
+        if clean:
+            best[direction] = max(clean, key=lambda r: (r["targeted"][target], -r["alpha"]))
+    return best
+
+
+def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
+    data, train = Stage(run_dir, "data"), Stage(run_dir, "train")
+    behave, neurons = Stage(run_dir, "behave"), Stage(run_dir, "neurons")
+    stage = Stage(run_dir, "steer")
+    config = stage_config(cfg)
+    inputs = [train, behave, neurons]
+    if not force and stage.matches(config, inputs):
+        log.info("steer: up to date, skipped")
+        return stage
+    neurons.manifest()
+    task = make_task(cfg.task, cfg.data.options)
+    device = resolve_device(cfg.device)
+    model, tokenizer = load_trained(
+        train.path / "model",
+        dtype=resolve_dtype(cfg.train.dtype, device),
+        trust_remote_code=cfg.train.trust_remote_code,
+        device=device,
+    )
+    steerer = Steerer(model, tokenizer, task, cfg)
+    labelled = _read_labelled(behave.path / "test_outputs.jsonl")
+    scores = load_file(str(neurons.path / "scores.safetensors"))
+    nmd, score = scores["nmd"], scores["score"]
+    agree = [ex for ex in read_jsonl(data.path / "train.jsonl") if ex.mem_answer == ex.gen_answer][
+        : cfg.steer.n_side_effect
+    ]
+    out = stage.begin()
+    rng = np.random.default_rng(cfg.seed)
+    baseline_accuracy = steerer.accuracy(agree, []) if agree else None
+    rows: list[dict[str, Any]] = []
+    settings = [(f, a) for f in cfg.neurons.top_n for a in cfg.steer.alphas]
+    bar = tqdm(
+        total=len(settings) * len(DIRECTIONS), desc="steer", disable=None if progress else True
+    )
+    for direction, (source, toward) in DIRECTIONS.items():
+        prompts = [ex for ex, label in labelled if label == source][: cfg.steer.n_prompts]
+        if not prompts:
+            log.warning("steer: no test prompt answered %r; %s skipped", source, direction)
+            bar.update(len(settings))
+            continue
+        for fraction, alpha in settings:
+            neuron_set = NeuronSet.load(neurons.path / set_name(fraction))
+            neuron_set.check_compatible(model)
+            targeted = steering_interventions(neuron_set, alpha, toward)  # type: ignore[arg-type]
+            controls = {
+                kind: steerer.shares(
+                    prompts, control_interventions(kind, neuron_set, nmd, score, alpha, toward, rng)
+                )  # type: ignore[arg-type]
+                for kind in cfg.steer.controls
+            }
+            row: dict[str, Any] = {
+                "direction": direction,
+                "top_n": fraction,
+                "alpha": alpha,
+                "n_prompts": len(prompts),
+                "n_neurons": len(neuron_set.nmd),
+                "targeted": steerer.shares(prompts, targeted),
+                "control": next(iter(controls.values()), None),
+                "controls": controls,
+            }
+            if agree:
+                row["side_effect"] = {
+                    "agree_accuracy": steerer.accuracy(agree, targeted),
+                    "baseline": baseline_accuracy,
+                }
+            rows.append(row)
+            bar.update(1)
+    bar.close()
+    best = best_settings(rows)
+    write_json(out / "steering.json", {"rows": rows, "best": best})
+    plot_steering(rows, out / "steering.png")
+    stage.finish(config, inputs, cfg.seed, {"rows": rows, "best": best})
+    for direction, row in best.items():
+        log.info(
+            "steer: best %s top_n=%s alpha=%s -> %s (control %s)",
+            direction,
+            row["top_n"],
+            row["alpha"],
+            row["targeted"],
+            row["control"],
+        )
+    return stage

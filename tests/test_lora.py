@@ -1,0 +1,175 @@
+"""LoRA on a pretrained model: the real data and train stages on tiny random models of five
+families saved as local folders; the adapter, its reload, the frozen base, and bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from memgen.core.config import load_config
+from memgen.core.errors import MemgenError
+from memgen.core.generation import generate
+from memgen.core.modeling import load_trained, unwrap
+from memgen.tasks import make_task
+from memgen.tasks.base import read_jsonl
+from memgen.tasks.stage import run_data
+from memgen.tasks.tokenizer import build_tokenizer
+from memgen.train.stage import build_model, run_train
+
+TINY = [
+    "data.n_train=64", "data.n_test=12", "train.n_eval=12", "train.steps=3",
+    "train.eval_every=3", "train.batch_size=8", "train.warmup_steps=1", "train.lr=0.02",
+    "train.max_other=1.0", "device=cpu",
+]  # fmt: skip
+
+
+def _tiny(family: str, tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> PreTrainedModel:
+    ids = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    llama_like = {
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, **ids,
+    }  # fmt: skip
+    torch.manual_seed(seed)
+    if family == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, **ids))
+    if family == "gpt_neox":
+        config = GPTNeoXConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=128, **ids,
+        )  # fmt: skip
+        return GPTNeoXForCausalLM(config)
+    classes = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "mistral": (MistralConfig, MistralForCausalLM),
+    }
+    config_cls, model_cls = classes[family]
+    return model_cls(config_cls(**llama_like))
+
+
+def _save_base(family: str, folder: Path, seed: int = 0) -> Path:
+    tokenizer = build_tokenizer(make_task("color").tokenizer_spec())
+    _tiny(family, tokenizer, seed).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "mistral", "gpt_neox"])
+def test_lora_training_saves_an_adapter_that_reloads_exactly(family: str, tmp_path: Path) -> None:
+    base_dir = _save_base(family, tmp_path / "base")
+    base_weights = load_file(base_dir / "model.safetensors")
+    run = tmp_path / "run"
+    cfg = load_config(None, [f"train.model={base_dir}", *TINY])
+    run_data(run, cfg)
+    stage = run_train(run, cfg, progress=False)
+
+    adapter = stage.path / "model"
+    files = {p.name for p in adapter.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= files
+    assert not files & {"model.safetensors", "pytorch_model.bin", "config.json"}
+    saved = load_file(adapter / "adapter_model.safetensors")
+    assert saved and all("lora_" in name for name in saved)
+    # LoRA's B starts at zero: a non-zero B means the adapter was trained and saved.
+    assert any(t.abs().sum() > 0 for name, t in saved.items() if "lora_B" in name)
+    # Only adapter weights were trainable, so the base stayed frozen.
+    trainable = load_file(stage.path / "checkpoints" / "last" / "trainable.safetensors")
+    assert trainable and all("lora_" in name for name in trainable)
+    base_config = json.loads((adapter / "adapter_config.json").read_text())
+    assert Path(base_config["base_model_name_or_path"]) == base_dir.resolve()
+
+    loaded, tokenizer = load_trained(adapter)
+    for name, tensor in unwrap(loaded).state_dict().items():
+        plain = name.replace(".base_layer", "")
+        if "lora_" not in name and plain in base_weights:
+            assert torch.equal(tensor, base_weights[plain]), name
+
+    # The trained model as it was in memory: the same base and LoRA wrapping, with the
+    # trainable weights of the last step (the only evaluation, so the kept one).
+    task = make_task("color")
+    examples = read_jsonl(run / "data" / "test.jsonl")
+    trained, _ = build_model(cfg, task, examples, torch.device("cpu"))
+    trained.load_state_dict(trainable, strict=False)
+    prompts = [ex.prompt for ex in examples]
+    ids = tokenizer(prompts[:4], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(**ids).logits, trained.eval()(**ids).logits)
+    expected = generate(trained, tokenizer, prompts, max_new_tokens=3)
+    assert generate(loaded, tokenizer, prompts, max_new_tokens=3) == expected
+
+
+def test_loss_on_sequence_trains_too(tmp_path: Path) -> None:
+    base_dir = _save_base("llama", tmp_path / "base")
+    cfg = load_config(None, [f"train.model={base_dir}", "train.loss_on=sequence", *TINY])
+    run_data(tmp_path / "run", cfg)
+    stage = run_train(tmp_path / "run", cfg, progress=False)
+    history = json.loads((stage.path / "history.json").read_text())
+    assert history[-1]["step"] == 3 and history[-1]["loss"] > 0
+    assert (stage.path / "model" / "adapter_model.safetensors").is_file()
+
+
+def test_rebuilding_the_base_reruns_training(tmp_path: Path) -> None:
+    base_dir = _save_base("llama", tmp_path / "base")
+    cfg = load_config(None, [f"train.model={base_dir}", *TINY])
+    run_data(tmp_path / "run", cfg)
+    stage = run_train(tmp_path / "run", cfg, progress=False)
+    first = stage.manifest()["created"], stage.manifest_path.stat().st_mtime_ns
+    run_train(tmp_path / "run", cfg, progress=False)  # unchanged base: skipped
+    assert (stage.manifest()["created"], stage.manifest_path.stat().st_mtime_ns) == first
+    _save_base("llama", base_dir, seed=1)
+    run_train(tmp_path / "run", cfg, progress=False)
+    assert stage.manifest_path.stat().st_mtime_ns != first[1]
+
+
+def test_remote_code_is_not_run_by_default(tmp_path: Path) -> None:
+    base_dir = _save_base("llama", tmp_path / "base")
+    marker = tmp_path / "remote_code_ran"
+    # A model folder that asks for its own code, which would leave a marker if imported.
+    (base_dir / "custom.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "from transformers import LlamaConfig as CustomConfig\n"
+        "from transformers import LlamaForCausalLM as CustomModel\n"
+    )
+    config = json.loads((base_dir / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "custom.CustomConfig",
+                          "AutoModelForCausalLM": "custom.CustomModel"}  # fmt: skip
+    (base_dir / "config.json").write_text(json.dumps(config))
+    cfg = load_config(None, [f"train.model={base_dir}", *TINY])
+    assert cfg.train.trust_remote_code is False
+    model, _ = build_model(cfg, make_task("color"), [], torch.device("cpu"))
+    assert type(unwrap(model)) is LlamaForCausalLM
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["missing", "no_config"])
+def test_a_bad_model_path_is_a_one_line_error(kind: str, tmp_path: Path) -> None:
+    path = tmp_path / "models" / "nothing"
+    if kind == "no_config":
+        path.mkdir(parents=True)
+    cfg = load_config(None, [f"train.model={path}", *TINY])
+    run_data(tmp_path / "run", cfg)
+    with pytest.raises(MemgenError) as info:
+        run_train(tmp_path / "run", cfg, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    assert not (tmp_path / "run" / "train" / "manifest.json").exists()
