@@ -49,9 +49,7 @@ def test_training_prompts_never_conflict() -> None:
 
 
 def test_mixed_design_has_rule_prompts_about_free_names() -> None:
-    task = make_task(
-        "color", {"rule_fraction": 0.5, "recall_fraction": 0.1, "hop_fraction": 0.3}
-    )
+    task = make_task("color", {"rule_fraction": 0.5, "recall_fraction": 0.1, "hop_fraction": 0.3})
     examples = task.train_set(2000, seed=0)
     kinds = [ex.meta["kind"] for ex in examples]
     rule_like = kinds.count("rule") + kinds.count("hop")

@@ -16,7 +16,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "steer": "memgen.steer.api",
+    "steer": "memgen.steering.api",
     "NeuronSet": "memgen.core.neuron_set",
     "Site": "memgen.core.sites",
     "Intervention": "memgen.core.hooks",

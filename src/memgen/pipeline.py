@@ -28,7 +28,7 @@ STAGES: dict[str, str] = {
     "record": "memgen.record.stage:run_record",
     "neurons": "memgen.neurons.stage:run_neurons",
     "probe": "memgen.probe.stage:run_probe",
-    "steer": "memgen.steer.stage:run_steer",
+    "steer": "memgen.steering.stage:run_steer",
     "report": "memgen.report.stage:run_report",
 }
 

@@ -291,18 +291,30 @@ def _mean_loss(model: LlamaForCausalLM, rows: torch.Tensor, batch_size: int) -> 
 
 
 @torch.no_grad()
-def lookup_accuracy(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, n: int = 200
-) -> float:
-    """Share of held-out key-value questions answered from context: the copying a LoRA
-    run on the color task can build on (chance is well under 0.2)."""
-    rng = random.Random("pretrain-lookup-probe")
-    questions = [_facts(rng) for _ in range(n)]
-    outputs = generate(model, tokenizer, [q for q, _ in questions], max_new_tokens=3, chat=True)
-    hits = [
-        out.split()[:1] == [answer] for out, (_, answer) in zip(outputs, questions, strict=True)
-    ]
-    return sum(hits) / n
+def copy_skills(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, n: int = 150
+) -> dict[str, float]:
+    """Accuracy on held-out probes of copying from context, the skill a LoRA run on the
+    color task builds on: continue a repeated list, answer "key ?" after "key is value ."
+    facts, and answer a key-value question in the chat format."""
+    rng = random.Random("pretrain-copy-probe")
+    probes: dict[str, list[tuple[str, str, bool]]] = {"repeat": [], "lookup": [], "chat": []}
+    for _ in range(n):
+        words = _repeat(rng).split("\n")[0].removeprefix("list: ").split()
+        half = len(words) // 2
+        prompt = f"list: {' '.join(words)}\nagain: {' '.join(words[:half])}"
+        probes["repeat"].append((prompt, words[half], False))
+        *facts, last = _lookups(rng).strip().split("\n")
+        key, answer = last.split(" ? ")
+        probes["lookup"].append(("\n".join([*facts, f"{key} ?"]), answer, False))
+        probes["chat"].append((*_facts(rng), True))
+    scores = {}
+    for name, rows in probes.items():
+        prompts = [prompt for prompt, _, _ in rows]
+        outputs = generate(model, tokenizer, prompts, max_new_tokens=3, chat=rows[0][2])
+        hits = [out.split()[:1] == [ans] for out, (_, ans, _) in zip(outputs, rows, strict=True)]
+        scores[name] = sum(hits) / len(hits)
+    return scores
 
 
 def _samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast) -> dict[str, str]:
@@ -367,7 +379,7 @@ def pretrain(out: Path, cfg: PretrainConfig, *, force: bool = False, progress: b
         "corpus_tokens": rows.numel(),
         "held_out_loss": _mean_loss(model, eval_rows, cfg.batch_size),
         "curve": curve,
-        "lookup_accuracy": lookup_accuracy(model, tokenizer),
+        "copy_skills": copy_skills(model, tokenizer),
         "samples": _samples(model, tokenizer),
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -381,9 +393,9 @@ def pretrain(out: Path, cfg: PretrainConfig, *, force: bool = False, progress: b
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(out)
     log.info(
-        "pretrain: held-out loss %.3f, lookup accuracy %.2f, %.0f s -> %s",
+        "pretrain: held-out loss %.3f, copy skills %s, %.0f s -> %s",
         info["held_out_loss"],
-        info["lookup_accuracy"],
+        info["copy_skills"],
         info["seconds"],
         out,
     )

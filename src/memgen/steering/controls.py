@@ -14,7 +14,7 @@ import numpy as np
 
 from memgen.core.hooks import Intervention
 from memgen.core.neuron_set import NeuronSet
-from memgen.steer.api import Direction, shift_interventions
+from memgen.steering.api import Direction, shift_interventions
 
 
 def control_interventions(

@@ -30,9 +30,9 @@ from memgen.core.hooks import Intervention, intervene
 from memgen.core.modeling import load_trained
 from memgen.core.neuron_set import NeuronSet, set_name
 from memgen.core.stats import rates
-from memgen.steer.api import Direction, steering_interventions
-from memgen.steer.controls import control_interventions
-from memgen.steer.figures import plot_steering
+from memgen.steering.api import Direction, steering_interventions
+from memgen.steering.controls import control_interventions
+from memgen.steering.figures import plot_steering
 from memgen.tasks.base import Example, Task, make_task, read_jsonl
 
 log = logging.getLogger(__name__)

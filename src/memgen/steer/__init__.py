@@ -1,1 +1,0 @@
-"""Steering: shift selected neurons by alpha x NMD at inference time, with controls."""
