@@ -58,9 +58,11 @@ def test_steer_removes_its_hooks_and_refuses_other_models(
 ) -> None:
     model = make_tiny("gpt2")
     neurons = _neuron_set(model, [0, 1], [1, 2])
-    with pytest.raises(RuntimeError, match="boom"):
-        with memgen.steer(model, neurons, alpha=1.0, toward="gen"):
-            raise RuntimeError("boom")
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        memgen.steer(model, neurons, alpha=1.0, toward="gen"),
+    ):
+        raise RuntimeError("boom")
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     other = make_tiny("llama")
     with (
