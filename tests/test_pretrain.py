@@ -102,6 +102,8 @@ def test_tiny_pretrain_saves_a_loadable_deterministic_base(tmp_path: Path) -> No
     assert tokenizer.chat_template and tokenizer.eos_token == EOS and tokenizer.pad_token
     info = json.loads((base / "pretrain.json").read_text())
     assert info["config"]["steps"] == 3 and info["held_out_loss"] > 0
+    assert set(info["copy_skills"]) == {"repeat", "lookup", "chat"}
+    assert all(0 <= v <= 1 for v in info["copy_skills"].values())
     assert (base / "model.safetensors").is_file()
 
     # Same seed, same bytes; a matching folder is not rebuilt.

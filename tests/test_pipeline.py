@@ -1,0 +1,88 @@
+"""The whole pipeline on a tiny model, the results schema, stage skipping and CLI errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from memgen.core.artifacts import Stage
+from memgen.core.config import load_config
+from memgen.pipeline import STAGES, run_all
+
+# A small context (2-3 names) and many pure-recall prompts make both behaviours appear
+# early in training of a 2-layer model (the kept checkpoint shows about 20% gen, 30% mem).
+TINY = [
+    "data.n_train=3000", "data.n_test=80", "data.options.min_names=2",
+    "data.options.max_names=3", "data.options.rule_fraction=0.3",
+    "data.options.recall_fraction=0.4", "train.steps=400", "train.eval_every=50",
+    "train.n_eval=60", "train.n_layer=2", "train.n_embd=64", "train.n_head=2", "train.lr=3e-3",
+    "train.batch_size=32", "train.warmup_steps=20", "train.max_other=1.0",
+    "behave.min_flips=10", "behave.max_pairs=3000", "behave.target_flips=40",
+    "probe.folds=2", "probe.learning_curve=[5,10]", "neurons.top_n=[0.1]",
+    "steer.alphas=[3]", "steer.n_prompts=20", "steer.n_side_effect=20",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    run_all(run_dir, load_config(None, TINY))
+    return run_dir
+
+
+def test_results_follow_the_documented_schema(tiny_run: Path) -> None:
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert set(results["behaviour"]["test_rates"]) == {"gen", "mem", "other"}
+    assert sum(results["behaviour"]["test_rates"].values()) == pytest.approx(1.0)
+    assert results["pairs"]["flipped"] >= 10
+    assert results["pairs"]["evaluated"] >= results["pairs"]["flipped"]
+    layers = results["probe"]["per_layer"]
+    assert {row["site"] for row in layers} == {"resid", "mlp"}
+    for row in layers:
+        assert row["ci_low"] <= row["accuracy"] <= row["ci_high"]
+    assert set(results["probe"]["best"]) >= {"layer", "site", "accuracy"}
+    for row in results["steering"]:
+        assert row["direction"] in ("mem_to_gen", "gen_to_mem")
+        assert set(row) >= {"top_n", "alpha", "n_prompts", "targeted", "control"}
+        assert sum(row["targeted"].values()) == pytest.approx(1.0)
+        assert sum(row["control"].values()) == pytest.approx(1.0)
+
+
+def test_report_is_self_contained(tiny_run: Path) -> None:
+    html = (tiny_run / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4
+    assert "http://" not in html and "https://" not in html
+    assert (tiny_run / "report" / "steering.png").is_file()
+
+
+def test_a_second_run_skips_every_stage(tiny_run: Path) -> None:
+    stamps = {name: Stage(tiny_run, name).manifest_path.stat().st_mtime for name in STAGES}
+    run_all(tiny_run, load_config(None, TINY))
+    assert stamps == {name: Stage(tiny_run, name).manifest_path.stat().st_mtime for name in STAGES}
+    # Changing a steering knob redoes steering and the report only.
+    run_all(tiny_run, load_config(None, [*TINY, "steer.alphas=[1]"]))
+    changed = {n for n in STAGES if Stage(tiny_run, n).manifest_path.stat().st_mtime != stamps[n]}
+    assert changed == {"steer", "report"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "train.bogus=1"], "unknown key 'train.bogus'"),
+        (["run", "task=colr"], "did you mean 'color'"),
+        (["train", "--run-dir", "{tmp}/empty"], "memgen data"),
+        (["run", "--until", "nowhere"], "not a stage"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    done = subprocess.run([sys.executable, "-m", "memgen", *args], capture_output=True, text=True,
+                          cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
