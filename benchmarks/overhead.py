@@ -26,7 +26,7 @@ from memgen.core.hooks import record
 from memgen.core.modeling import model_identity
 from memgen.core.neuron_set import NeuronSet
 from memgen.core.sites import all_sites, n_layers, site_width
-from memgen.steer.api import steer
+from memgen.steering.api import steer
 from memgen.tasks import make_task
 from memgen.tasks.tokenizer import build_tokenizer
 

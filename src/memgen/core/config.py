@@ -44,7 +44,7 @@ class TrainConfig(Section):
     n_layer: int = Field(4, ge=1)
     n_embd: int = Field(128, ge=8)
     n_head: int = Field(4, ge=1)
-    steps: int = Field(3000, ge=1)
+    steps: int = Field(1500, ge=1)
     batch_size: int = Field(64, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -52,7 +52,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.1, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     loss_on: Literal["answer", "sequence"] = "answer"
-    eval_every: int = Field(100, ge=1)
+    eval_every: int = Field(150, ge=1)
     n_eval: int = Field(300, ge=1, description="test prompts scored at each evaluation")
     # The kept checkpoint maximises this score over the evaluations (see docs/training.md).
     select: Literal["gen_x_mem", "min_gen_mem"] = "min_gen_mem"

@@ -46,7 +46,7 @@ class ColorOptions(TaskOptions):
     design: Literal["mixed", "reference"] = Field(
         "mixed", description="'reference' = the paper's data, 'mixed' adds rule and recall prompts"
     )
-    rule_fraction: float = Field(0.5, ge=0, le=1, description="mixed: prompts about free names")
+    rule_fraction: float = Field(0.6, ge=0, le=1, description="mixed: prompts about free names")
     recall_fraction: float = Field(0.0, ge=0, le=1, description="mixed: prompts with no clue")
     # Share of rule prompts that ask an intermediate step instead of the colour
     # ("what animal is T ?", "who is like T ?"): direct supervision for each hop.

@@ -17,7 +17,10 @@ log = logging.getLogger(__name__)
 
 
 def stage_config(cfg: RunConfig) -> dict[str, object]:
-    return {"task": cfg.task, "seed": cfg.seed, "data": cfg.data.model_dump(mode="json")}
+    """The resolved task options are part of the identity: a changed default regenerates."""
+    options = make_task(cfg.task, cfg.data.options).options.model_dump(mode="json")
+    data = {**cfg.data.model_dump(mode="json"), "options": options}
+    return {"task": cfg.task, "seed": cfg.seed, "data": data}
 
 
 def run_data(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:

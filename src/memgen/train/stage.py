@@ -32,18 +32,23 @@ from memgen.train.lora import add_lora
 log = logging.getLogger(__name__)
 
 
+# The files of a Hugging Face model folder that decide what the model computes.
+_BASE_FILES = (
+    "*.safetensors", "config.json", "generation_config.json", "tokenizer*",
+    "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt",
+)  # fmt: skip
+
+
 def base_identity(name_or_path: str) -> dict[str, str]:
-    """A local base folder's file hashes, so rebuilding the base re-runs training.
+    """A local base folder's model-file hashes, so rebuilding the base re-runs training.
 
     A hub name stands for itself (the hub cache pins its files).
     """
     path = Path(name_or_path).expanduser()
     if not path.is_dir():
         return {"name": name_or_path}
-    files = sorted(
-        p for p in path.iterdir() if p.is_file() and p.suffix in {".json", ".safetensors", ".jinja"}
-    )
-    return {p.name: file_hash(p) for p in files}
+    files = {p for pattern in _BASE_FILES for p in path.glob(pattern) if p.is_file()}
+    return {p.name: file_hash(p) for p in sorted(files)}
 
 
 def stage_config(cfg: RunConfig) -> dict[str, object]:
