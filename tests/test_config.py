@@ -60,3 +60,10 @@ def test_config_is_frozen() -> None:
     cfg = load_config()
     with pytest.raises(Exception, match="frozen"):
         cfg.train.lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/*.yaml")))
+def test_shipped_configs_validate(path: Path) -> None:
+    cfg = load_config(path)
+    if path.name == "color-default.yaml":
+        assert cfg == load_config()  # the default run, written out
