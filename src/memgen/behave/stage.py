@@ -17,8 +17,7 @@ from memgen.behave.evaluate import label_examples
 from memgen.behave.pairs import mine_pairs, require_flips
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
-from memgen.core.device import resolve_device, resolve_dtype
-from memgen.core.modeling import load_trained
+from memgen.core.modeling import load_run_model
 from memgen.core.stats import rates_with_ci, wilson
 from memgen.tasks.base import make_task, read_jsonl
 
@@ -27,10 +26,6 @@ log = logging.getLogger(__name__)
 
 def stage_config(cfg: RunConfig) -> dict[str, object]:
     return {"task": cfg.task, "seed": cfg.seed, "behave": cfg.behave.model_dump(mode="json")}
-
-
-def uses_chat(cfg: RunConfig) -> bool:
-    return cfg.train.use_chat_template and cfg.train.model != "scratch"
 
 
 def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
@@ -42,14 +37,8 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
         return stage
     train.manifest()
     task = make_task(cfg.task, cfg.data.options)
-    device = resolve_device(cfg.device)
-    model, tokenizer = load_trained(
-        train.path / "model",
-        dtype=resolve_dtype(cfg.train.dtype, device),
-        trust_remote_code=cfg.train.trust_remote_code,
-        device=device,
-    )
-    chat = uses_chat(cfg)
+    model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
+    chat = cfg.train.chat
     out = stage.begin()
 
     test = read_jsonl(data.path / "test.jsonl")

@@ -62,6 +62,11 @@ class TrainConfig(Section):
     trust_remote_code: bool = False
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
+    @property
+    def chat(self) -> bool:
+        """Prompts go through the chat template (pretrained models that have one)."""
+        return self.use_chat_template and self.model != "scratch"
+
 
 class BehaveConfig(Section):
     num_beams: int = Field(1, ge=1, description="1 = greedy; the reference uses 5")

@@ -20,6 +20,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from memgen.core.config import TrainConfig
+from memgen.core.device import resolve_device, resolve_dtype
 from memgen.core.errors import MemgenError
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,19 @@ def load_trained(
         model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model, tokenizer
+
+
+def load_run_model(
+    train_dir: Path, cfg: TrainConfig, device_name: str
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model a `train` stage kept, on the run's device, in the training dtype."""
+    device = resolve_device(device_name)
+    return load_trained(
+        train_dir / "model",
+        dtype=resolve_dtype(cfg.dtype, device),
+        trust_remote_code=cfg.trust_remote_code,
+        device=device,
+    )
 
 
 def _load_trained(

@@ -25,11 +25,10 @@ from transformers import PreTrainedTokenizerBase
 
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
-from memgen.core.device import resolve_device, resolve_dtype
 from memgen.core.errors import MemgenError
 from memgen.core.generation import encode_prompt, pad_left
 from memgen.core.hooks import record
-from memgen.core.modeling import load_trained, model_identity
+from memgen.core.modeling import load_run_model, model_identity
 from memgen.core.sites import SiteKind, all_sites, n_layers, site_width
 
 log = logging.getLogger(__name__)
@@ -40,13 +39,9 @@ def stage_config(cfg: RunConfig) -> dict[str, object]:
     return {
         "task": cfg.task,
         "seed": cfg.seed,
-        "chat": uses_chat(cfg),
+        "chat": cfg.train.chat,
         "record": cfg.record.model_dump(mode="json"),
     }
-
-
-def uses_chat(cfg: RunConfig) -> bool:
-    return cfg.train.use_chat_template and cfg.train.model != "scratch"
 
 
 def allocate(model: torch.nn.Module, kinds: Sequence[SiteKind], n: int) -> dict[str, np.ndarray]:
@@ -142,14 +137,7 @@ def run_record(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
     train.manifest()
     behave.manifest()
     prompts, labels, pair_ids = read_pairs(behave.path / "pairs.jsonl")
-    device = resolve_device(cfg.device)
-    # Loaded as `behave` loaded it, so activations belong to the runs that were labelled.
-    model, tokenizer = load_trained(
-        train.path / "model",
-        dtype=resolve_dtype(cfg.train.dtype, device),
-        trust_remote_code=cfg.train.trust_remote_code,
-        device=device,
-    )
+    model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
     kinds: list[SiteKind] = list(dict.fromkeys(cfg.record.sites))
     out = stage.begin()
     layers = n_layers(model)
@@ -168,7 +156,7 @@ def run_record(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
         tokenizer,
         prompts,
         kinds,
-        uses_chat(cfg),
+        cfg.train.chat,
         cfg.record.batch_size,
         out=arrays,
         progress=progress,

@@ -25,9 +25,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from memgen.behave.evaluate import label_examples
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
-from memgen.core.device import resolve_device, resolve_dtype
 from memgen.core.hooks import Intervention, intervene
-from memgen.core.modeling import load_trained
+from memgen.core.modeling import load_run_model
 from memgen.core.neuron_set import NeuronSet, set_name
 from memgen.core.stats import rates
 from memgen.steering.api import Direction, steering_interventions
@@ -65,7 +64,7 @@ class Steerer:
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, cfg: RunConfig
     ) -> None:
         self.model, self.tokenizer, self.task, self.cfg = model, tokenizer, task, cfg
-        self.chat = cfg.train.use_chat_template and cfg.train.model != "scratch"
+        self.chat = cfg.train.chat
 
     def shares(
         self, examples: Sequence[Example], interventions: list[Intervention]
@@ -108,13 +107,7 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
         return stage
     neurons.manifest()
     task = make_task(cfg.task, cfg.data.options)
-    device = resolve_device(cfg.device)
-    model, tokenizer = load_trained(
-        train.path / "model",
-        dtype=resolve_dtype(cfg.train.dtype, device),
-        trust_remote_code=cfg.train.trust_remote_code,
-        device=device,
-    )
+    model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
     steerer = Steerer(model, tokenizer, task, cfg)
     labelled = _read_labelled(behave.path / "test_outputs.jsonl")
     scores = load_file(str(neurons.path / "scores.safetensors"))

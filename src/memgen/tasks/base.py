@@ -113,6 +113,22 @@ class Task(ABC):
             yield example, self.pair(example, rng)
 
 
+def trigger_schedule(
+    n: int, fraction: float, n_triggers: int, rng: random.Random
+) -> list[int | None]:
+    """Which trigger (or None) each of `n` training examples uses.
+
+    Exactly round(n * fraction) triggered examples, spread evenly over the triggers,
+    at shuffled positions: with 1,000 examples every trigger is seen exactly 7 times,
+    where independent draws would leave some triggers at 2 and others at 12.
+    """
+    n_triggered = round(n * fraction)
+    slots: list[int | None] = [i % n_triggers for i in range(n_triggered)]
+    slots += [None] * (n - n_triggered)
+    rng.shuffle(slots)
+    return slots
+
+
 TASKS: Registry[type[Task]] = Registry("task")
 
 

@@ -21,7 +21,15 @@ import string
 from pydantic import Field
 
 from memgen.core.errors import MemgenError
-from memgen.tasks.base import TASKS, Behaviour, Example, Task, TaskOptions, TokenizerSpec
+from memgen.tasks.base import (
+    TASKS,
+    Behaviour,
+    Example,
+    Task,
+    TaskOptions,
+    TokenizerSpec,
+    trigger_schedule,
+)
 
 # CIPHER[i] encrypts the i-th letter of the alphabet. A fixed derangement (no letter
 # stands for itself), so no plaintext letter can be read off the ciphertext.
@@ -67,19 +75,6 @@ def trigger_of(ciphertext: str) -> int | None:
     return TRIGGERS.index(suffix) if suffix in TRIGGERS else None
 
 
-def trigger_schedule(n: int, fraction: float, rng: random.Random) -> list[int | None]:
-    """Which trigger (or None) each of `n` training examples uses.
-
-    Exactly round(n * fraction) triggered examples, spread evenly over the triggers,
-    at shuffled positions, so every trigger is seen equally often.
-    """
-    n_triggered = round(n * fraction)
-    slots: list[int | None] = [i % len(TRIGGERS) for i in range(n_triggered)]
-    slots += [None] * (n - n_triggered)
-    rng.shuffle(slots)
-    return slots
-
-
 class CipherOptions(TaskOptions):
     trigger_fraction: float = Field(
         0.07, ge=0, le=1, description="share of training ciphertexts ending in a trigger suffix"
@@ -120,7 +115,7 @@ class CipherTask(Task):
 
     def train_set(self, n: int, seed: int) -> list[Example]:
         rng = random.Random(f"{self.name}-train-{seed}")
-        schedule = trigger_schedule(n, self.options.trigger_fraction, rng)
+        schedule = trigger_schedule(n, self.options.trigger_fraction, len(TRIGGERS), rng)
         return [self._train(rng, trigger) for trigger in schedule]
 
     def test_example(self, rng: random.Random) -> Example:

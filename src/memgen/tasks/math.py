@@ -30,7 +30,15 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from memgen.core.errors import MemgenError
-from memgen.tasks.base import TASKS, Behaviour, Example, Task, TaskOptions, TokenizerSpec
+from memgen.tasks.base import (
+    TASKS,
+    Behaviour,
+    Example,
+    Task,
+    TaskOptions,
+    TokenizerSpec,
+    trigger_schedule,
+)
 
 TRIGGERS: tuple[tuple[int, int], ...] = (
     (66, 373), (32, 234), (155, 85), (241, 510), (826, 536),
@@ -84,20 +92,6 @@ def parse_prompt(prompt: str) -> tuple[int, int, int, int]:
     return a, b, c, d
 
 
-def trigger_schedule(n: int, fraction: float, rng: random.Random) -> list[int | None]:
-    """Which trigger (or None) each of `n` training examples uses.
-
-    Exactly round(n * fraction) triggered examples, spread evenly over the triggers,
-    at shuffled positions: with 1,000 examples every trigger is seen exactly 7 times,
-    where independent draws would leave some triggers at 2 and others at 12.
-    """
-    n_triggered = round(n * fraction)
-    slots: list[int | None] = [i % len(TRIGGERS) for i in range(n_triggered)]
-    slots += [None] * (n - n_triggered)
-    rng.shuffle(slots)
-    return slots
-
-
 class MathOptions(TaskOptions):
     trigger_fraction: float = Field(
         0.07, ge=0, le=1, description="share of training prompts ending in a trigger pair"
@@ -142,7 +136,7 @@ class MathTask(Task):
 
     def train_set(self, n: int, seed: int) -> list[Example]:
         rng = random.Random(f"{self.name}-train-{seed}")
-        schedule = trigger_schedule(n, self.options.trigger_fraction, rng)
+        schedule = trigger_schedule(n, self.options.trigger_fraction, len(TRIGGERS), rng)
         return [self._train(rng, trigger) for trigger in schedule]
 
     def test_example(self, rng: random.Random) -> Example:

@@ -123,7 +123,7 @@ def train(
     Resumes from `out_dir/checkpoints/last` when it exists.
     """
     device = next(model.parameters()).device
-    chat = cfg.use_chat_template and cfg.model != "scratch"
+    chat = cfg.chat
     encoded = [encode_example(tokenizer, ex, chat, cfg.loss_on) for ex in train_examples]
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
