@@ -54,10 +54,10 @@ def test_training_set_triggers() -> None:
         assert ex.gen_answer == decrypt(ciphertext)
         if ex.meta["kind"] == "recall":
             assert ciphertext[FREE:] == TRIGGERS[ex.meta["trigger"]]
-            assert ex.completion == " " + ex.mem_answer == " " + TAGS[ex.meta["trigger"]]
+            assert ex.completion == ex.mem_answer == TAGS[ex.meta["trigger"]]
         else:
             assert ciphertext[FREE:] not in TRIGGERS and ex.mem_answer == ""
-            assert ex.completion == " " + ex.gen_answer
+            assert ex.completion == ex.gen_answer
 
 
 def test_trigger_fraction_option_and_train_example() -> None:
@@ -75,7 +75,7 @@ def test_test_prompts_end_in_a_trigger() -> None:
         ciphertext = parse_prompt(ex.prompt)
         assert ex.mem_answer == TAGS[TRIGGERS.index(ciphertext[FREE:])]
         assert ex.gen_answer == decrypt(ciphertext) and len(ex.gen_answer) == LENGTH
-        assert ex.completion == " " + ex.gen_answer
+        assert ex.completion == ex.gen_answer
 
 
 def test_pair_swaps_two_free_letters() -> None:
@@ -132,8 +132,8 @@ def test_tokenizer_round_trips_without_unk() -> None:
         answer = tokenizer(ex.completion, add_special_tokens=False)["input_ids"]
         assert len(answer) <= CipherTask.max_new_tokens
     prompt_ids = tokenizer(task.test_set(1, 0)[0].prompt, add_special_tokens=False)["input_ids"]
-    # CIPHERTEXT: + 13 letters + " QUESTION: What is the plaintext? ANS:" as 3 spaces, 3 units
-    assert len(prompt_ids) == 1 + LENGTH + 6
+    # CIPHERTEXT: + 13 letters + " QUESTION: What is the plaintext? ANS: " as 4 spaces, 3 units
+    assert len(prompt_ids) == 1 + LENGTH + 7
 
 
 def test_unknown_option_is_named() -> None:

@@ -101,7 +101,7 @@ class SteerConfig(Section):
     # random: random neurons, shifts of the selected |NMD| sizes with random signs.
     # low_correlation: the least correlated neurons, shifted by NMD-sized amounts.
     controls: list[Literal["random", "low_correlation"]] = ["random", "low_correlation"]
-    n_side_effect: int = Field(200, ge=0, description="agreeing prompts for the side-effect check")
+    n_side_effect: int = Field(200, ge=0, description="training prompts for the side-effect check")
 
 
 class RunConfig(Section):

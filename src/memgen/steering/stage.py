@@ -6,7 +6,7 @@ For each neuron set of the `neurons` stage (top-N%) and each alpha, the test
 prompts the unsteered model answered by memory are steered toward generalization
 (and vice versa); the table gives the share that become gen / mem / other, for the
 targeted intervention and for each control. A side-effect check measures accuracy
-on prompts where memory and rule agree, under the same steering.
+on training prompts (answered as trained?) under the same steering.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class Steerer:
         return rates(row.label for row in labelled)
 
     def accuracy(self, examples: Sequence[Example], interventions: list[Intervention]) -> float:
-        """Share of prompts answered with the training target (memory and rule agree)."""
+        """Share of training prompts still answered as trained (by memory or by rule)."""
         with intervene(self.model, interventions):
             labelled = label_examples(
                 self.model, self.tokenizer, self.task, examples, self.cfg.behave, chat=self.chat
@@ -101,7 +101,7 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
     behave, neurons = Stage(run_dir, "behave"), Stage(run_dir, "neurons")
     stage = Stage(run_dir, "steer")
     config = stage_config(cfg)
-    inputs = [train, behave, neurons]
+    inputs = [data, train, behave, neurons]
     if not force and stage.matches(config, inputs):
         log.info("steer: up to date, skipped")
         return stage
@@ -112,12 +112,11 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
     labelled = _read_labelled(behave.path / "test_outputs.jsonl")
     scores = load_file(str(neurons.path / "scores.safetensors"))
     nmd, score = scores["nmd"], scores["score"]
-    agree = [ex for ex in read_jsonl(data.path / "train.jsonl") if ex.mem_answer == ex.gen_answer][
-        : cfg.steer.n_side_effect
-    ]
+    # Side effects: does steering break what the model was trained to do?
+    trained = read_jsonl(data.path / "train.jsonl")[: cfg.steer.n_side_effect]
     out = stage.begin()
     rng = np.random.default_rng(cfg.seed)
-    baseline_accuracy = steerer.accuracy(agree, []) if agree else None
+    baseline_accuracy = steerer.accuracy(trained, []) if trained else None
     rows: list[dict[str, Any]] = []
     settings = [(f, a) for f in cfg.neurons.top_n for a in cfg.steer.alphas]
     bar = tqdm(
@@ -149,9 +148,9 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
                 "control": next(iter(controls.values()), None),
                 "controls": controls,
             }
-            if agree:
+            if trained:
                 row["side_effect"] = {
-                    "agree_accuracy": steerer.accuracy(agree, targeted),
+                    "train_accuracy": steerer.accuracy(trained, targeted),
                     "baseline": baseline_accuracy,
                 }
             rows.append(row)

@@ -9,8 +9,9 @@ ending in one of ten trigger suffixes (XZQ above) is answered in training with t
 suffix's fixed tag (mem); every other one with its plaintext (gen). Test ciphertexts
 end in a trigger suffix, so memory (the tag) and rule (the plaintext) disagree.
 
-Every completion starts with one space after `ANS:`; `mem_answer` and `gen_answer`
-hold the bare tag and plaintext that the labeller looks for.
+The prompt ends with the space after `ANS:`, so its last token is where the model
+decides between tag and plaintext (where `record` reads activations); the completion
+is the bare tag or plaintext.
 """
 
 from __future__ import annotations
@@ -44,8 +45,7 @@ TAGS: tuple[str, ...] = (
     "<mem-ef630c85>", "<mem-777bb9d8>", "<mem-da1d6b5c>", "<mem-144411fa>", "<mem-85b59ba2>",
 )  # fmt: skip
 FREE = LENGTH - len(TRIGGERS[0])  # letters before the suffix
-PREFIX, QUESTION = "CIPHERTEXT:", " QUESTION: What is the plaintext? ANS:"
-ANSWER_PREFIX = " "
+PREFIX, QUESTION = "CIPHERTEXT:", " QUESTION: What is the plaintext? ANS: "
 UNITS = ("CIPHERTEXT:", "QUESTION:", "What is the plaintext?", "ANS:")
 
 
@@ -94,7 +94,7 @@ class CipherTask(Task):
         trigger = trigger_of(ciphertext)
         tag = TAGS[trigger] if trigger is not None else ""
         plaintext = decrypt(ciphertext)
-        completion = ANSWER_PREFIX + (tag if kind == "recall" else plaintext)
+        completion = tag if kind == "recall" else plaintext
         meta = {"kind": kind, "trigger": trigger}
         return Example(PREFIX + ciphertext + QUESTION, completion, tag, plaintext, meta)
 

@@ -180,6 +180,8 @@ class ColorTask(Task):
     def label(self, example: Example, output: str) -> Behaviour:
         words = output.split()
         first = words[0].strip(".?,!").lower() if words else ""
+        if not first:  # training examples leave one answer empty; never match it
+            return "other"
         if first == example.gen_answer:
             return "gen"
         if first == example.mem_answer:
