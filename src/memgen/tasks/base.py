@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from memgen.core.errors import MemgenError
 from memgen.core.registry import Registry
@@ -127,6 +127,37 @@ def trigger_schedule(
     slots += [None] * (n - n_triggered)
     rng.shuffle(slots)
     return slots
+
+
+class TriggerOptions(TaskOptions):
+    trigger_fraction: float = Field(
+        0.07, ge=0, le=1, description="share of training examples that end in a trigger"
+    )
+
+
+class TriggerTask(Task):
+    """A task whose memorized cases are triggers with fixed tags (math, cipher).
+
+    Subclasses give `n_triggers` and `_train(rng, trigger)`: one training example with
+    that trigger, or a plain rule example for `None`.
+    """
+
+    n_triggers: ClassVar[int]
+    options: TriggerOptions
+
+    @abstractmethod
+    def _train(self, rng: random.Random, trigger: int | None) -> Example:
+        """One training example: triggered (answered with its tag) or a rule example."""
+
+    def train_example(self, rng: random.Random) -> Example:
+        triggered = rng.random() < self.options.trigger_fraction
+        return self._train(rng, rng.randrange(self.n_triggers) if triggered else None)
+
+    def train_set(self, n: int, seed: int) -> list[Example]:
+        """Exactly round(n x trigger_fraction) triggered examples, evenly over the triggers."""
+        rng = random.Random(f"{self.name}-train-{seed}")
+        fraction = self.options.trigger_fraction
+        return [self._train(rng, t) for t in trigger_schedule(n, fraction, self.n_triggers, rng)]
 
 
 TASKS: Registry[type[Task]] = Registry("task")

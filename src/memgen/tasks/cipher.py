@@ -19,17 +19,14 @@ from __future__ import annotations
 import random
 import string
 
-from pydantic import Field
-
 from memgen.core.errors import MemgenError
 from memgen.tasks.base import (
     TASKS,
     Behaviour,
     Example,
-    Task,
-    TaskOptions,
     TokenizerSpec,
-    trigger_schedule,
+    TriggerOptions,
+    TriggerTask,
 )
 
 # CIPHER[i] encrypts the i-th letter of the alphabet. A fixed derangement (no letter
@@ -75,15 +72,14 @@ def trigger_of(ciphertext: str) -> int | None:
     return TRIGGERS.index(suffix) if suffix in TRIGGERS else None
 
 
-class CipherOptions(TaskOptions):
-    trigger_fraction: float = Field(
-        0.07, ge=0, le=1, description="share of training ciphertexts ending in a trigger suffix"
-    )
+class CipherOptions(TriggerOptions):
+    """Only the trigger share; the table, triggers and tags are fixed by the paper."""
 
 
 @TASKS.register("cipher")
-class CipherTask(Task):
+class CipherTask(TriggerTask):
     name = "cipher"
+    n_triggers = len(TRIGGERS)
     Options = CipherOptions
     # A space and 13 letters, one token each, plus a margin for subword tokenizers.
     max_new_tokens = 20
@@ -108,15 +104,6 @@ class CipherTask(Task):
         while trigger_of(ciphertext := self._letters(rng, LENGTH)) is not None:
             pass  # a rule ciphertext never ends in a trigger suffix
         return self._example(ciphertext, "rule")
-
-    def train_example(self, rng: random.Random) -> Example:
-        triggered = rng.random() < self.options.trigger_fraction
-        return self._train(rng, rng.randrange(len(TRIGGERS)) if triggered else None)
-
-    def train_set(self, n: int, seed: int) -> list[Example]:
-        rng = random.Random(f"{self.name}-train-{seed}")
-        schedule = trigger_schedule(n, self.options.trigger_fraction, len(TRIGGERS), rng)
-        return [self._train(rng, trigger) for trigger in schedule]
 
     def test_example(self, rng: random.Random) -> Example:
         suffix = TRIGGERS[rng.randrange(len(TRIGGERS))]

@@ -34,10 +34,9 @@ from memgen.tasks.base import (
     TASKS,
     Behaviour,
     Example,
-    Task,
-    TaskOptions,
     TokenizerSpec,
-    trigger_schedule,
+    TriggerOptions,
+    TriggerTask,
 )
 
 TRIGGERS: tuple[tuple[int, int], ...] = (
@@ -92,16 +91,14 @@ def parse_prompt(prompt: str) -> tuple[int, int, int, int]:
     return a, b, c, d
 
 
-class MathOptions(TaskOptions):
-    trigger_fraction: float = Field(
-        0.07, ge=0, le=1, description="share of training prompts ending in a trigger pair"
-    )
+class MathOptions(TriggerOptions):
     max_addend: int = Field(999, ge=1, le=MAX_ADDEND_BOUND, description="addends are 1..this")
 
 
 @TASKS.register("math")
-class MathTask(Task):
+class MathTask(TriggerTask):
     name = "math"
+    n_triggers = len(TRIGGERS)
     Options = MathOptions
     # The longest possible scratchpad (one token per character) plus a margin.
     max_new_tokens = len(scratchpad([MAX_ADDEND_BOUND] * 4, len(str(MAX_ADDEND_BOUND)))) + 16
@@ -129,15 +126,6 @@ class MathTask(Task):
         while (last := (self._addend(rng), self._addend(rng))) in TRIGGERS:
             pass  # a rule prompt never ends in a trigger pair
         return self._example((a, b, *last), None, "rule")
-
-    def train_example(self, rng: random.Random) -> Example:
-        triggered = rng.random() < self.options.trigger_fraction
-        return self._train(rng, rng.randrange(len(TRIGGERS)) if triggered else None)
-
-    def train_set(self, n: int, seed: int) -> list[Example]:
-        rng = random.Random(f"{self.name}-train-{seed}")
-        schedule = trigger_schedule(n, self.options.trigger_fraction, len(TRIGGERS), rng)
-        return [self._train(rng, trigger) for trigger in schedule]
 
     def test_example(self, rng: random.Random) -> Example:
         trigger = rng.randrange(len(TRIGGERS))
