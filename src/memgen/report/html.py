@@ -108,7 +108,7 @@ def render(results: dict[str, Any], figures: dict[str, Path]) -> str:
         _card(
             "flipped pairs",
             str(pairs["flipped"]),
-            f"of {pairs['evaluated']} pairs ({_pct(pairs.get('flip_rate'))})",
+            f"of {pairs['evaluated']:,} pairs ({_pct(pairs.get('flip_rate'))})",
         ),
         _card(
             "best probe",
