@@ -32,10 +32,8 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
     data, train = Stage(run_dir, "data"), Stage(run_dir, "train")
     stage = Stage(run_dir, "behave")
     config = stage_config(cfg)
-    if not force and stage.matches(config, [data, train]):
-        log.info("behave: up to date, skipped")
+    if stage.up_to_date(config, [data, train], force):
         return stage
-    train.manifest()
     task = make_task(cfg.task, cfg.data.options)
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
     chat = cfg.train.chat

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import time
@@ -22,6 +23,7 @@ from typing import Any
 
 from memgen.core.errors import MemgenError
 
+log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 _PACKAGES = ("memgen", "torch", "transformers", "peft", "tokenizers", "numpy", "scikit-learn")
 
@@ -107,6 +109,19 @@ class Stage:
             manifest.get("config") == wanted["config"]
             and manifest.get("inputs") == wanted["inputs"]
         )
+
+    def up_to_date(self, config: Mapping[str, Any], inputs: list[Stage], force: bool) -> bool:
+        """Whether a finished run with this config and inputs can be reused (logged).
+
+        Otherwise every input must have finished: a missing one fails here, naming the
+        command that makes it, before any work is done.
+        """
+        if not force and self.matches(config, inputs):
+            log.info("%s: up to date, skipped", self.name)
+            return True
+        for stage in inputs:
+            stage.manifest()
+        return False
 
     def begin(self) -> Path:
         """Open the folder for writing: drop an old manifest so a crash leaves it unfinished."""

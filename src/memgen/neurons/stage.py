@@ -64,10 +64,8 @@ def run_neurons(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     record = Stage(run_dir, "record")
     stage = Stage(run_dir, "neurons")
     config = stage_config(cfg)
-    if not force and stage.matches(config, [record]):
-        log.info("neurons: up to date, skipped")
+    if stage.up_to_date(config, [record], force):
         return stage
-    record.manifest()  # a clear error when `memgen record` has not run
     nc = cfg.neurons
     SCORERS.get(nc.scorer)  # fail on a misspelt scorer before any work
     recorded = read_record(record.path)

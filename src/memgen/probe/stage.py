@@ -42,10 +42,8 @@ def run_probe(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     record = Stage(run_dir, "record")
     stage = Stage(run_dir, "probe")
     config = stage_config(cfg)
-    if not force and stage.matches(config, [record]):
-        log.info("probe: up to date, skipped")
+    if stage.up_to_date(config, [record], force):
         return stage
-    record.manifest()  # a clear error when `memgen record` has not run
     pc = cfg.probe
     PROBES.get(pc.classifier)  # fail on a misspelt classifier before any work
     recorded = read_record(record.path)

@@ -131,11 +131,8 @@ def run_record(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
     train, behave = Stage(run_dir, "train"), Stage(run_dir, "behave")
     stage = Stage(run_dir, "record")
     config = stage_config(cfg)
-    if not force and stage.matches(config, [train, behave]):
-        log.info("record: up to date, skipped")
+    if stage.up_to_date(config, [train, behave], force):
         return stage
-    train.manifest()
-    behave.manifest()
     prompts, labels, pair_ids = read_pairs(behave.path / "pairs.jsonl")
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
     kinds: list[SiteKind] = list(dict.fromkeys(cfg.record.sites))

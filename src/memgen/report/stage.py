@@ -31,11 +31,8 @@ def run_report(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     stage = Stage(run_dir, "report")
     inputs = [Stage(run_dir, name) for name in INPUTS]
     config = {"task": cfg.task, "seed": cfg.seed}
-    if not force and stage.matches(config, inputs):
-        log.info("report: up to date, skipped")
+    if stage.up_to_date(config, inputs, force):
         return stage
-    for needed in inputs:
-        needed.manifest()
     out = stage.begin()
     results = collect(run_dir, cfg)
     write_json(out / "results.json", results)

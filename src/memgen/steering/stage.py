@@ -102,10 +102,8 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
     stage = Stage(run_dir, "steer")
     config = stage_config(cfg)
     inputs = [data, train, behave, neurons]
-    if not force and stage.matches(config, inputs):
-        log.info("steer: up to date, skipped")
+    if stage.up_to_date(config, inputs, force):
         return stage
-    neurons.manifest()
     task = make_task(cfg.task, cfg.data.options)
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
     steerer = Steerer(model, tokenizer, task, cfg)

@@ -26,8 +26,7 @@ def stage_config(cfg: RunConfig) -> dict[str, object]:
 def run_data(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     stage = Stage(run_dir, "data")
     config = stage_config(cfg)
-    if not force and stage.matches(config, []):
-        log.info("data: up to date, skipped")
+    if stage.up_to_date(config, [], force):
         return stage
     task = make_task(cfg.task, cfg.data.options)
     out = stage.begin()

@@ -90,10 +90,8 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
     data = Stage(run_dir, "data")
     stage = Stage(run_dir, "train")
     config = stage_config(cfg)
-    if not force and stage.matches(config, [data]):
-        log.info("train: up to date, skipped")
+    if stage.up_to_date(config, [data], force):
         return stage
-    data.manifest()  # a clear error when `memgen data` has not run
     task = make_task(cfg.task, cfg.data.options)
     train_examples = read_jsonl(data.path / "train.jsonl")
     test_examples = read_jsonl(data.path / "test.jsonl")
