@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -36,6 +37,7 @@ VOCAB = 100
 HIDDEN = 32
 INTERMEDIATE = 64
 LAYERS = 2
+POSITIONS = 128
 _COMMON = {"vocab_size": VOCAB, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
 _LLAMA_LIKE = {
     "hidden_size": HIDDEN,
@@ -43,33 +45,34 @@ _LLAMA_LIKE = {
     "num_hidden_layers": LAYERS,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
-    "max_position_embeddings": 64,
+    "max_position_embeddings": POSITIONS,
     **_COMMON,
 }
 
 
-def _gpt2() -> PreTrainedModel:
-    config = GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=64, **_COMMON)
+def _gpt2(ids: dict[str, Any]) -> PreTrainedModel:
+    config = GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=POSITIONS, **ids)
     return GPT2LMHeadModel(config)
 
 
-def _neox() -> PreTrainedModel:
+def _neox(ids: dict[str, Any]) -> PreTrainedModel:
     config = GPTNeoXConfig(
         hidden_size=HIDDEN,
         intermediate_size=INTERMEDIATE,
         num_hidden_layers=LAYERS,
         num_attention_heads=4,
-        max_position_embeddings=64,
-        **_COMMON,
+        max_position_embeddings=POSITIONS,
+        **ids,
     )
     return GPTNeoXForCausalLM(config)
 
 
-BUILDERS: dict[str, Callable[[], PreTrainedModel]] = {
+# Each builder takes the vocabulary size and special-token ids.
+BUILDERS: dict[str, Callable[[dict[str, Any]], PreTrainedModel]] = {
     "gpt2": _gpt2,
-    "llama": lambda: LlamaForCausalLM(LlamaConfig(**_LLAMA_LIKE)),
-    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**_LLAMA_LIKE)),
-    "mistral": lambda: MistralForCausalLM(MistralConfig(**_LLAMA_LIKE)),
+    "llama": lambda ids: LlamaForCausalLM(LlamaConfig(**{**_LLAMA_LIKE, **ids})),
+    "qwen2": lambda ids: Qwen2ForCausalLM(Qwen2Config(**{**_LLAMA_LIKE, **ids})),
+    "mistral": lambda ids: MistralForCausalLM(MistralConfig(**{**_LLAMA_LIKE, **ids})),
     "gpt_neox": _neox,
 }
 FAMILY_NAMES = tuple(BUILDERS)
@@ -85,10 +88,15 @@ LORA_TARGETS = {
 }
 
 
-def build_tiny(family: str, lora: bool = False, seed: int = 0) -> PreTrainedModel:
-    """A 2-layer random model of `family`, optionally LoRA-wrapped with non-zero adapters."""
+def build_tiny(
+    family: str, lora: bool = False, seed: int = 0, token_ids: dict[str, Any] | None = None
+) -> PreTrainedModel:
+    """A 2-layer random model of `family`, optionally LoRA-wrapped with non-zero adapters.
+
+    `token_ids` overrides the vocabulary size and special-token ids (to match a tokenizer).
+    """
     torch.manual_seed(seed)
-    model = BUILDERS[family]()
+    model = BUILDERS[family]({**_COMMON, **(token_ids or {})})
     if lora:
         config = LoraConfig(
             r=4,

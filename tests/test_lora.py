@@ -8,20 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    LlamaConfig,
     LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
 )
 
+from conftest import build_tiny
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
 from memgen.core.generation import generate
@@ -46,26 +38,7 @@ def _tiny(family: str, tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Pre
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
-    llama_like = {
-        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, **ids,
-    }  # fmt: skip
-    torch.manual_seed(seed)
-    if family == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, **ids))
-    if family == "gpt_neox":
-        config = GPTNeoXConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=128, **ids,
-        )  # fmt: skip
-        return GPTNeoXForCausalLM(config)
-    classes = {
-        "llama": (LlamaConfig, LlamaForCausalLM),
-        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-        "mistral": (MistralConfig, MistralForCausalLM),
-    }
-    config_cls, model_cls = classes[family]
-    return model_cls(config_cls(**llama_like))
+    return build_tiny(family, seed=seed, token_ids=ids)
 
 
 def _save_base(family: str, folder: Path, seed: int = 0) -> Path:
