@@ -43,6 +43,10 @@ def test_results_follow_the_documented_schema(tiny_run: Path) -> None:
     for row in layers:
         assert row["ci_low"] <= row["accuracy"] <= row["ci_high"]
     assert set(results["probe"]["best"]) >= {"layer", "site", "accuracy"}
+    # The answer readout at the last layer is the greedy choice that labelled the pairs.
+    readout = results["probe"]["readout"]
+    assert [row["layer"] for row in readout] == [0, 1]
+    assert readout[-1]["paired_accuracy"] == 1.0 and readout[-1]["accuracy"] == 1.0
     for row in results["steering"]:
         assert row["direction"] in ("mem_to_gen", "gen_to_mem")
         assert set(row) >= {"top_n", "alpha", "n_prompts", "targeted", "control"}

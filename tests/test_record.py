@@ -61,7 +61,14 @@ def test_batched_recording_equals_one_prompt_at_a_time(tiny_gpt2_with_tokenizer:
 
 def _write_pairs(path: Path, prompts: list[str]) -> list[dict[str, object]]:
     rows = [
-        {"pair_id": i // 2, "prompt": prompt, "label": "mem" if i % 3 else "gen", "output": "x"}
+        {
+            "pair_id": i // 2,
+            "prompt": prompt,
+            "label": "mem" if i % 3 else "gen",
+            "output": "x",
+            "mem_answer": "white",
+            "gen_answer": "brown",
+        }
         for i, prompt in enumerate(prompts)
     ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -100,9 +107,20 @@ def test_record_stage_writes_what_a_direct_recording_gives(
         np.testing.assert_allclose(
             array, _one_by_one(model, tokenizer, prompts, kind), rtol=1e-4, atol=1e-5
         )
+    # The answer readout at the last layer is the model's own white-minus-brown logit.
+    margins = recorded.answer_margins()
+    assert margins is not None and margins.shape == (6, 2)
+    white, brown = tokenizer.convert_tokens_to_ids(["white", "brown"])
+    for row, prompt in enumerate(prompts):
+        ids = torch.tensor([encode_prompt(tokenizer, prompt, chat=False)])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, -1]
+        assert margins[row, -1] == pytest.approx((logits[white] - logits[brown]).item(), abs=1e-4)
     manifest = stage.manifest()
     assert set(manifest["inputs"]) == {"train", "behave"}
-    assert {"resid.npy", "mlp.npy", "attn.npy", "index.json"} <= set(manifest["outputs"])
+    assert {"resid.npy", "mlp.npy", "attn.npy", "index.json", "answer_margin.npy"} <= set(
+        manifest["outputs"]
+    )
 
     # Same config and inputs: skipped; another site list: redone.
     stamp = stage.manifest_path.stat().st_mtime_ns
@@ -122,6 +140,8 @@ def test_read_pairs_rejects_bad_rows(tmp_path: Path) -> None:
     path = tmp_path / "pairs.jsonl"
     with pytest.raises(MemgenError, match="memgen behave"):
         read_pairs(path)
+    path.write_text(json.dumps({"pair_id": 0, "prompt": "p", "label": "mem"}) + "\n")
+    assert read_pairs(path).answers is None  # no answers: the readout is skipped
     path.write_text(json.dumps({"pair_id": 0, "prompt": "p", "label": "other"}) + "\n")
     with pytest.raises(MemgenError, match=r"pairs.jsonl:1: label 'other'"):
         read_pairs(path)

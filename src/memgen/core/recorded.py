@@ -4,6 +4,7 @@
     rec = read_record(Path("runs/color/record"))
     X = rec.activations("resid")        # float32 [N, n_layers, width], memory-mapped
     rec.labels, rec.pair_ids            # [N]: 1 = mem, 0 = gen; a flipped pair shares an id
+    rec.answer_margins()                # [N, n_layers] logit-lens readout, or None
 
 The layout (`<kind>.npy` per site and `index.json`) is written by `memgen record`;
 this reader is shared by the stages that consume it (neurons, probe), which must
@@ -22,6 +23,7 @@ from memgen.core.artifacts import read_json
 from memgen.core.errors import MemgenError
 
 INDEX = "index.json"
+READOUT = "answer_margin.npy"
 _FIX = "re-run `memgen record --force`"
 
 
@@ -34,6 +36,7 @@ class Recorded:
     pair_ids: np.ndarray
     sites: dict[str, dict[str, int]]
     model: dict[str, Any]
+    readout: str | None = None
 
     def activations(self, site: str) -> np.ndarray:
         """The [N, n_layers, width] array of `site`, memory-mapped read-only."""
@@ -55,6 +58,19 @@ class Recorded:
             raise MemgenError(f"{path} has shape {array.shape}, index.json says {wanted}; {_FIX}")
         return array
 
+    def answer_margins(self) -> np.ndarray | None:
+        """The [N, n_layers] answer readout (`memgen.record.readout`); None if not recorded."""
+        if self.readout is None:
+            return None
+        path = self.path / self.readout
+        try:
+            margins = np.load(path, allow_pickle=False)
+        except (FileNotFoundError, ValueError) as exc:
+            raise MemgenError(f"{path} is not readable ({exc}); {_FIX}") from None
+        if margins.ndim != 2 or len(margins) != len(self.labels):
+            raise MemgenError(f"{path} has shape {margins.shape}, not [N, n_layers]; {_FIX}")
+        return margins
+
     @property
     def n_pairs(self) -> int:
         return len(np.unique(self.pair_ids))
@@ -74,4 +90,5 @@ def read_record(path: Path) -> Recorded:
         )
     if not np.isin(labels, (0, 1)).all():
         raise MemgenError(f"{path / INDEX}: labels must be 1 (mem) or 0 (gen); {_FIX}")
-    return Recorded(path, labels, pair_ids, dict(index["sites"]), dict(index["model"]))
+    readout = str(index["readout"]) if index.get("readout") else None
+    return Recorded(path, labels, pair_ids, dict(index["sites"]), dict(index["model"]), readout)

@@ -67,21 +67,24 @@ class Family:
     """Where one architecture keeps its decoder layers and each site kind inside a layer.
 
     `places[kind]` is (module path inside a layer, "" for the layer itself; whether the
-    site is that module's input or output).
+    site is that module's input or output). `final_norm` is the norm between the last
+    layer and the unembedding, which the logit lens applies to every layer.
     """
 
     layers: str
     places: Mapping[SiteKind, tuple[str, Reads]]
+    final_norm: str
 
 
-def _llama_like(layers: str = "model.layers") -> Family:
+def _llama_like() -> Family:
     return Family(
-        layers,
+        "model.layers",
         {
             "resid": ("", "output"),
             "mlp": ("mlp.down_proj", "input"),
             "attn": ("self_attn", "output"),
         },
+        "model.norm",
     )
 
 
@@ -89,6 +92,7 @@ FAMILIES: dict[str, Family] = {
     "gpt2": Family(
         "transformer.h",
         {"resid": ("", "output"), "mlp": ("mlp.c_proj", "input"), "attn": ("attn", "output")},
+        "transformer.ln_f",
     ),
     "gpt_neox": Family(
         "gpt_neox.layers",
@@ -97,6 +101,7 @@ FAMILIES: dict[str, Family] = {
             "mlp": ("mlp.dense_4h_to_h", "input"),
             "attn": ("attention", "output"),
         },
+        "gpt_neox.final_layer_norm",
     ),
     "llama": _llama_like(),
     "mistral": _llama_like(),
@@ -146,6 +151,12 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     if not isinstance(layers, torch.nn.ModuleList):
         raise MemgenError(f"{fam.layers!r} is not a list of layers; fix FAMILIES in sites.py")
     return layers
+
+
+def final_norm(model: torch.nn.Module) -> torch.nn.Module:
+    """The norm applied to the last layer's output before the unembedding."""
+    fam = family(model)
+    return _submodule(unwrap(model), fam.final_norm, "the final norm")
 
 
 def n_layers(model: torch.nn.Module) -> int:

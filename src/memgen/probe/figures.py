@@ -30,9 +30,24 @@ def _finish(ax: Any, fig: Any, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def plot_layer_accuracy(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
-    """One line per site kind with its 95% Wilson band."""
+def plot_layer_accuracy(
+    rows: Sequence[Mapping[str, Any]],
+    path: Path,
+    title: str,
+    readout: Sequence[Mapping[str, Any]] = (),
+) -> None:
+    """One line per site kind with its 95% Wilson band; the answer readout dashed."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    if readout:
+        ax.plot(
+            [int(r["layer"]) for r in readout],
+            [100 * r["paired_accuracy"] for r in readout],
+            color="0.25",
+            ls=":",
+            marker="s",
+            lw=1.5,
+            label="answer readout, within pairs",
+        )
     for site in dict.fromkeys(str(row["site"]) for row in rows):
         mine = sorted((r for r in rows if r["site"] == site), key=lambda r: int(r["layer"]))
         layers = [int(r["layer"]) for r in mine]

@@ -204,3 +204,43 @@ def learning_curve(
         summary = {"accuracy": float(np.mean(values)), "ci_low": float(low), "ci_high": float(high)}
         points.append({"n_pairs": n, **summary, "values": values})
     return {"classifier": classifier, "repeats": repeats, "n_test_pairs": n_test, "points": points}
+
+
+def readout_accuracies(
+    margins: np.ndarray, y: np.ndarray, pair_ids: np.ndarray
+) -> list[dict[str, float]]:
+    """Per layer, how well the answer readout's margin [N, L] predicts the behaviour.
+
+    `accuracy` reads each prompt alone (margin > 0 -> mem); `paired_accuracy` is the
+    share of flipped pairs whose mem member has the larger margin (chance 50%). No
+    fitting, so no folds. Rows with a NaN margin (answers sharing a first token) and
+    their pair partners are left out.
+    """
+    margins, y, pair_ids = np.asarray(margins), np.asarray(y), np.asarray(pair_ids)
+    usable = ~np.isnan(margins).any(axis=1)
+    mem_row: dict[int, int] = {}
+    gen_row: dict[int, int] = {}
+    for row in np.flatnonzero(usable):
+        (mem_row if y[row] == 1 else gen_row)[int(pair_ids[row])] = int(row)
+    both = sorted(mem_row.keys() & gen_row.keys())
+    if not both:
+        return []
+    mem = np.array([mem_row[p] for p in both])
+    gen = np.array([gen_row[p] for p in both])
+    keep = np.concatenate([mem, gen])
+    rows = []
+    for layer in range(margins.shape[1]):
+        alone = accuracy((margins[keep, layer] > 0).astype(np.int64), y[keep])
+        paired = int((margins[mem, layer] > margins[gen, layer]).sum())
+        low, high = wilson(paired, len(both))
+        rows.append(
+            {
+                "layer": layer,
+                **alone,
+                "paired_accuracy": paired / len(both),
+                "paired_ci_low": low,
+                "paired_ci_high": high,
+                "n_pairs": len(both),
+            }
+        )
+    return rows

@@ -7,6 +7,8 @@ Reads `record/` (every recorded site) and writes into `probe/`:
 - `per_layer.json`: [{layer, site, accuracy, ci_low, ci_high, n}] cross-validated by pair;
 - `learning_curve.json`: accuracy at the best layer against the number of training pairs;
 - `baseline.json`: majority-class and shuffled-label accuracy;
+- `readout.json`: per layer, the behaviour read from the logit-lens answer margin
+  (`memgen.record.readout`), alone and within pairs; empty when not recorded;
 - `accuracy.png`, `learning_curve.png`.
 """
 
@@ -28,6 +30,7 @@ from memgen.probe.probes import (
     layer_accuracies,
     learning_curve,
     majority_baseline,
+    readout_accuracies,
     shuffled_baseline,
 )
 
@@ -58,6 +61,9 @@ def run_probe(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
             per_layer.append({"site": site, **row})
             log.info("probe: %s layer %d accuracy %.3f", site, row["layer"], row["accuracy"])
     write_json(out / "per_layer.json", per_layer)
+    margins = recorded.answer_margins()
+    readout = [] if margins is None else readout_accuracies(margins, y, pair_ids)
+    write_json(out / "readout.json", readout)
 
     # First maximum wins, so ties go to the earlier site and layer.
     best = max(per_layer, key=lambda r: r["accuracy"])
@@ -76,7 +82,9 @@ def run_probe(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     write_json(out / "baseline.json", baseline)
 
     what = f"{cfg.task}: {pc.classifier} probe"
-    plot_layer_accuracy(per_layer, out / "accuracy.png", f"{what}, {pc.folds} folds by pair")
+    plot_layer_accuracy(
+        per_layer, out / "accuracy.png", f"{what}, {pc.folds} folds by pair", readout
+    )
     plot_learning_curve(
         curve["points"],
         out / "learning_curve.png",
@@ -90,6 +98,10 @@ def run_probe(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
         "best": {k: best[k] for k in ("site", "layer", "accuracy", "ci_low", "ci_high")},
         "baseline": {name: b["accuracy"] for name, b in baseline.items()},
         "n_pairs": recorded.n_pairs,
+        "readout": [
+            {k: r[k] for k in ("layer", "accuracy", "ci_low", "ci_high", "paired_accuracy")}
+            for r in readout
+        ],
     }
     stage.finish(config, [record], cfg.seed, summary)
     log.info(

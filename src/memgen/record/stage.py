@@ -5,8 +5,10 @@
 
 Reads `behave/pairs.jsonl` and the model in `train/model`; writes one float32 array
 `<kind>.npy` of shape [N, n_layers, width] per site kind (rows in `pairs.jsonl`
-order) and `index.json` (labels 1 = mem / 0 = gen, pair ids, shapes, model
-identity). Read it back with `memgen.core.recorded.read_record`.
+order), `answer_margin.npy` [N, n_layers] (the logit-lens answer readout, see
+`memgen.record.readout`; needs the resid site) and `index.json` (labels 1 = mem /
+0 = gen, pair ids, shapes, model identity). Read it back with
+`memgen.core.recorded.read_record`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,9 @@ from memgen.core.errors import MemgenError
 from memgen.core.generation import encode_prompt, pad_left
 from memgen.core.hooks import record
 from memgen.core.modeling import load_run_model, model_identity
+from memgen.core.recorded import READOUT
 from memgen.core.sites import SiteKind, all_sites, n_layers, site_width
+from memgen.record.readout import answer_margins, first_tokens
 
 log = logging.getLogger(__name__)
 LABELS = {"mem": 1, "gen": 0}
@@ -100,11 +105,24 @@ def record_last_token(
     return arrays
 
 
-def read_pairs(path: Path) -> tuple[list[str], list[int], list[int]]:
-    """Prompts, labels (1 mem / 0 gen) and pair ids from `behave/pairs.jsonl`."""
+@dataclass(frozen=True)
+class PairRows:
+    """The rows of `behave/pairs.jsonl`, column by column (labels: 1 mem / 0 gen)."""
+
+    prompts: list[str]
+    labels: list[int]
+    pair_ids: list[int]
+    # None when a row lacks them (a pairs file written by hand); the readout is skipped.
+    answers: tuple[list[str], list[str]] | None
+
+
+def read_pairs(path: Path) -> PairRows:
+    """Read and check `behave/pairs.jsonl`."""
     if not path.is_file():
         raise MemgenError(f"{path} does not exist; run `memgen behave` first")
     prompts, labels, pair_ids = [], [], []
+    mem_answers: list[str | None] = []
+    gen_answers: list[str | None] = []
     with path.open() as handle:
         for number, line in enumerate(handle, 1):
             try:
@@ -122,9 +140,14 @@ def read_pairs(path: Path) -> tuple[list[str], list[int], list[int]]:
             prompts.append(str(prompt))
             labels.append(LABELS[label])
             pair_ids.append(pair_id)
+            mem_answers.append(row.get("mem_answer"))
+            gen_answers.append(row.get("gen_answer"))
     if not prompts:
         raise MemgenError(f"{path} has no pairs; run `memgen behave` with more behave.max_pairs")
-    return prompts, labels, pair_ids
+    mems = [a for a in mem_answers if isinstance(a, str)]
+    gens = [a for a in gen_answers if isinstance(a, str)]
+    answers = (mems, gens) if len(mems) == len(gens) == len(prompts) else None
+    return PairRows(prompts, labels, pair_ids, answers)
 
 
 def run_record(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
@@ -133,7 +156,7 @@ def run_record(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
     config = stage_config(cfg)
     if stage.up_to_date(config, [train, behave], force):
         return stage
-    prompts, labels, pair_ids = read_pairs(behave.path / "pairs.jsonl")
+    pairs = read_pairs(behave.path / "pairs.jsonl")
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
     kinds: list[SiteKind] = list(dict.fromkeys(cfg.record.sites))
     out = stage.begin()
@@ -144,37 +167,44 @@ def run_record(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
             out / f"{kind}.npy",
             mode="w+",
             dtype=np.float32,
-            shape=(len(prompts), layers, shapes[kind]["width"]),
+            shape=(len(pairs.prompts), layers, shapes[kind]["width"]),
         )
         for kind in kinds
     }
     record_last_token(
         model,
         tokenizer,
-        prompts,
+        pairs.prompts,
         kinds,
         cfg.train.chat,
         cfg.record.batch_size,
         out=arrays,
         progress=progress,
     )
+    readout = None
+    if "resid" in arrays and pairs.answers is not None:
+        mem_ids, gen_ids = (first_tokens(tokenizer, answers) for answers in pairs.answers)
+        margins = answer_margins(model, arrays["resid"], mem_ids, gen_ids)
+        readout = READOUT
+        np.save(out / readout, margins)
     for array in arrays.values():
         array.flush()  # type: ignore[attr-defined]
     del arrays
     index = {
-        "labels": labels,
-        "pair_ids": pair_ids,
+        "labels": pairs.labels,
+        "pair_ids": pairs.pair_ids,
         "sites": shapes,
         "model": model_identity(model),
+        "readout": readout,
     }
     write_json(out / "index.json", index)
     summary = {
-        "n": len(prompts),
-        "n_mem": sum(labels),
-        "n_gen": len(labels) - sum(labels),
-        "n_pairs": len(set(pair_ids)),
+        "n": len(pairs.labels),
+        "n_mem": sum(pairs.labels),
+        "n_gen": len(pairs.labels) - sum(pairs.labels),
+        "n_pairs": len(set(pairs.pair_ids)),
         "sites": shapes,
     }
     stage.finish(config, [train, behave], cfg.seed, summary)
-    log.info("record: %d prompts x %s in %s", len(prompts), ", ".join(kinds), out)
+    log.info("record: %d prompts x %s in %s", len(pairs.labels), ", ".join(kinds), out)
     return stage

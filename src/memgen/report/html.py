@@ -146,7 +146,10 @@ def render(results: dict[str, Any], figures: dict[str, Path]) -> str:
         ),
         "<h2>3. Predicting the behaviour</h2>",
         _figure(
-            figures.get("probe"), "Held-out accuracy per layer (pairs never split across folds)."
+            figures.get("probe"),
+            "Held-out accuracy per layer (pairs never split across folds). Dotted: the answer "
+            "readout, which fits nothing: the logit lens compares each prompt's two answers, and "
+            "the mem member should score higher; at the last layer it is 100% by construction.",
         ),
         _figure(figures.get("learning_curve"), "Accuracy at the best layer vs number of pairs."),
         _probe_table(results["probe"]["per_layer"]),
