@@ -24,7 +24,8 @@ def _finish(ax: Any, fig: Any, path: Path, title: str) -> None:
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(frameon=False)
+    # Outside the axes: the curves can sit anywhere between chance and 100%.
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -37,7 +38,7 @@ def plot_layer_accuracy(
     readout: Sequence[Mapping[str, Any]] = (),
 ) -> None:
     """One line per site kind with its 95% Wilson band; the answer readout dashed."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.0, 3.6), dpi=120)
     if readout:
         ax.plot(
             [int(r["layer"]) for r in readout],
@@ -46,7 +47,7 @@ def plot_layer_accuracy(
             ls=":",
             marker="s",
             lw=1.5,
-            label="answer readout, within pairs",
+            label="answer readout\n(within pairs)",
         )
     for site in dict.fromkeys(str(row["site"]) for row in rows):
         mine = sorted((r for r in rows if r["site"] == site), key=lambda r: int(r["layer"]))
@@ -62,7 +63,7 @@ def plot_layer_accuracy(
 
 def plot_learning_curve(points: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
     """Accuracy against the number of training pairs, with the spread over repeats."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.0, 3.6), dpi=120)
     sizes = [int(p["n_pairs"]) for p in points]
     ax.plot(sizes, [100 * p["accuracy"] for p in points], marker="o", lw=2, label="mean")
     ax.fill_between(
