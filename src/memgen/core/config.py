@@ -86,6 +86,10 @@ class NeuronsConfig(Section):
     site: Literal["resid", "mlp", "attn"] = "resid"
     scorer: str = "pearson"
     top_n: list[float] = [0.05, 0.10]
+    # Ten split-halves give a stable mean at the cost of ten scorings.
+    consistency_splits: int = Field(
+        10, ge=1, description="seeded split-halves of the pairs for the consistency check"
+    )
 
 
 class ProbeConfig(Section):

@@ -31,8 +31,6 @@ from memgen.neurons.selection import layer_share, select_top
 
 log = logging.getLogger(__name__)
 
-# Random split-halves for the consistency estimate; ten give a stable mean at ten scorings' cost.
-CONSISTENCY_SPLITS = 10
 MIN_PAIRS = 4
 
 
@@ -110,7 +108,7 @@ def run_neurons(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
         log.info("neurons: %s = %d neurons at %s", name, len(neuron_set), nc.site)
 
     consistency = split_half(
-        x, y, recorded.pair_ids, nc.scorer, nc.top_n, n_splits=CONSISTENCY_SPLITS, seed=cfg.seed
+        x, y, recorded.pair_ids, nc.scorer, nc.top_n, n_splits=nc.consistency_splits, seed=cfg.seed
     )
     write_json(out / "consistency.json", consistency)
 
