@@ -90,3 +90,46 @@ def test_bad_input_is_one_line_and_exit_code_2(
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], done.stderr
     assert "Traceback" not in done.stderr
+
+
+# Cipher on a 2-layer model: with 30% triggered examples, the kept checkpoint (step 500)
+# shows both behaviours (about 12% gen, 52% mem) and about 40 flips in 2,300 pairs.
+TINY_CIPHER = [
+    "task=cipher", "data.n_train=3000", "data.n_test=80", "data.options.trigger_fraction=0.3",
+    "train.steps=1000", "train.eval_every=100", "train.n_eval=60", "train.n_layer=2",
+    "train.n_embd=64", "train.n_head=2", "train.lr=3e-3", "train.batch_size=32",
+    "train.warmup_steps=20", "train.max_other=1.0", "behave.min_flips=6",
+    "behave.max_pairs=3000", "behave.target_flips=40", "probe.folds=2",
+    "probe.learning_curve=[3,6]", "neurons.top_n=[0.1]", "steer.alphas=[1]",
+    "steer.n_prompts=20", "steer.n_side_effect=20",
+]  # fmt: skip
+
+
+def test_cipher_runs_every_stage(tmp_path: Path) -> None:
+    run_all(tmp_path, load_config(None, TINY_CIPHER))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["task"] == "cipher" and results["pairs"]["flipped"] >= 6
+    assert {row["site"] for row in results["probe"]["per_layer"]} == {"resid", "mlp"}
+    assert results["probe"]["readout"][-1]["paired_accuracy"] == 1.0
+    assert {row["direction"] for row in results["steering"]} == {"mem_to_gen", "gen_to_mem"}
+    assert (tmp_path / "report" / "report.html").is_file()
+
+
+def test_math_runs_to_pair_mining_and_stops_with_the_fix(tmp_path: Path) -> None:
+    """A tiny model cannot learn the scratchpad, so math stops at behave: one line, exit 2.
+
+    The full math pipeline is measured with `configs/gpt2-math-cpu.yaml` (docs/findings.md).
+    """
+    args = ["task=math", "data.n_train=500", "data.n_test=20", "train.steps=30",
+            "train.eval_every=30", "train.n_eval=10", "train.n_layer=1", "train.n_embd=32",
+            "train.n_head=2", "train.max_other=1.0", "behave.max_pairs=40",
+            "behave.min_flips=2"]  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "memgen", "run", "--run-dir", "run", *args],
+                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "behave.max_pairs" in errors[0], done.stderr
+    # The finished stages stay finished: a rerun with more pairs starts at behave.
+    for name in ("data", "train"):
+        assert Stage(tmp_path / "run", name).manifest_path.is_file()
+    assert (tmp_path / "run" / "behave" / "rates.json").is_file()
