@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -58,6 +58,37 @@ def pad_left(
     return ids.to(device), mask.to(device)
 
 
+def pad_id_of(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that left padding uses: the pad token, else EOS."""
+    pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else tokenizer.eos_token_id)
+
+
+def padded_batches(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    chat: bool,
+    batch_size: int,
+    device: torch.device,
+    desc: str,
+    progress: bool = False,
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """(rows, input_ids, attention_mask) batches of `prompts`, left-padded.
+
+    Similar lengths go together, which wastes less padding; `rows` are the prompts'
+    positions in `prompts`, so callers write results back in input order.
+    """
+    pad_id = pad_id_of(tokenizer)
+    encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=desc, disable=None if progress else True, leave=False):
+        rows = order[start : start + batch_size]
+        ids, mask = pad_left([encoded[i] for i in rows], pad_id, device)
+        yield rows, ids, mask
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -73,24 +104,24 @@ def generate(
     """Greedy (or beam) continuations of many prompts, batched with left padding."""
     model.eval()
     device = next(model.parameters()).device
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    outputs: list[str] = [""] * len(prompts)
+    batches = padded_batches(
+        tokenizer,
+        prompts,
+        chat=chat,
+        batch_size=batch_size,
+        device=device,
+        desc="generate",
+        progress=progress,
     )
-    encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in prompts]
-    # Similar lengths together waste less padding; results go back in input order.
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    outputs: list[str] = [""] * len(encoded)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="generate", disable=None if progress else True, leave=False):
-        rows = order[start : start + batch_size]
-        ids, mask = pad_left([encoded[i] for i in rows], pad_id, device)
+    for rows, ids, mask in batches:
         generated = model.generate(  # type: ignore[operator]
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=max_new_tokens,
             num_beams=num_beams,
             do_sample=False,
-            pad_token_id=pad_id,
+            pad_token_id=pad_id_of(tokenizer),
             eos_token_id=tokenizer.eos_token_id,
         )
         texts = tokenizer.batch_decode(generated[:, ids.shape[1] :], skip_special_tokens=True)

@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.lib.format import open_memmap
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
-from memgen.core.generation import encode_prompt, pad_left
+from memgen.core.generation import padded_batches
 from memgen.core.hooks import record
 from memgen.core.modeling import load_run_model, model_identity
 from memgen.core.recorded import READOUT
@@ -84,17 +83,17 @@ def record_last_token(
             raise MemgenError(f"out[{kind!r}] must have shape {wanted} (got {got})")
     model.eval()
     device = next(model.parameters()).device
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batches = padded_batches(
+        tokenizer,
+        prompts,
+        chat=chat,
+        batch_size=batch_size,
+        device=device,
+        desc="record",
+        progress=progress,
     )
-    encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in prompts]
-    # Similar lengths together waste less padding; rows are written back in input order.
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    starts = range(0, len(order), batch_size)
     with record(model, sites) as rec:
-        for start in tqdm(starts, desc="record", disable=None if progress else True, leave=False):
-            rows = order[start : start + batch_size]
-            ids, mask = pad_left([encoded[i] for i in rows], pad_id, device)
+        for rows, ids, mask in batches:
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             rec.clear()
             model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)

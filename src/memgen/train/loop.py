@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.config import TrainConfig
-from memgen.core.generation import encode_example, generate
+from memgen.core.generation import encode_example, generate, pad_id_of
 from memgen.core.stats import rates
 from memgen.tasks.base import Example, Task
 from memgen.train import checkpoint
@@ -125,9 +125,7 @@ def train(
     device = next(model.parameters()).device
     chat = cfg.chat
     encoded = [encode_example(tokenizer, ex, chat, cfg.loss_on) for ex in train_examples]
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    pad_id = pad_id_of(tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
     # Biases and norms are not decayed (the usual GPT recipe).
     groups = [
