@@ -1,6 +1,7 @@
 """The whole pipeline on a tiny model, the results schema, stage skipping and CLI errors."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,26 @@ def test_a_second_run_skips_every_stage(tiny_run: Path) -> None:
     assert changed == {"steer", "report"}
 
 
+def test_compare_a_run_with_its_copy(tiny_run: Path, tmp_path: Path) -> None:
+    """The same weights: the neuron indices correspond, and every selection agrees exactly."""
+    copy = shutil.copytree(tiny_run, tmp_path / "copy")
+    out = tmp_path / "compare"
+    done = subprocess.run([sys.executable, "-m", "memgen", "compare", str(tiny_run), str(copy),
+                           "--out", str(out)], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    comparison = json.loads((out / "compare.json").read_text())
+    results = json.loads((tiny_run / "results.json").read_text())
+    first = comparison["runs"][0]
+    assert first["probe_best"] == results["probe"]["best"]["accuracy"]
+    assert first["gen"] == results["behaviour"]["test_rates"]["gen"]
+    summary = comparison["summary"]["color"]["probe_best"]
+    assert summary["n"] == 2 and summary["sd"] == 0.0
+    (pair,) = comparison["neurons"]
+    assert pair["neurons_correspond"] and pair["why"] == "same trained weights"
+    assert pair["overlap"]["0.1"]["jaccard"] == 1.0 and pair["layer_profile_distance"]["0.1"] == 0
+    assert (out / "compare.png").is_file() and "same trained weights" in done.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -78,6 +99,8 @@ def test_a_second_run_skips_every_stage(tiny_run: Path) -> None:
         (["run", "task=colr"], "did you mean 'color'"),
         (["train", "--run-dir", "{tmp}/empty"], "memgen data"),
         (["run", "--until", "nowhere"], "not a stage"),
+        (["compare", "{tmp}", "{tmp}/other"], "memgen run --run-dir"),
+        (["compare", "{tmp}"], "at least two run folders"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(

@@ -109,6 +109,22 @@ def pretrain(
     typer.echo(f"pretrain: done -> {out}; LoRA-tune it with `memgen run train.model={out}`")
 
 
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Finished run folders (two or more).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the comparison.")] = Path(
+        "runs/compare"
+    ),
+) -> None:
+    """Compare finished runs (seeds, tasks): spread of the results, agreement of the neurons."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from memgen.report.compare import format_table, write_comparison
+
+    comparison = write_comparison(runs, out)
+    typer.echo(format_table(comparison))
+    typer.echo(f"compare: done -> {out}")
+
+
 @app.command("config")
 def show_config(overrides: Overrides = None, config: ConfigOption = None) -> None:
     """Print the resolved config as YAML (a starting point for --config files)."""

@@ -1,0 +1,227 @@
+"""Compare finished runs: how much the headline numbers vary, and whether the neurons agree.
+
+    memgen compare runs/color-seed0 runs/color-seed1 runs/color-seed2 --out runs/compare
+
+One seed is one draw. For runs of the same task (seeds, configs) this tabulates each
+run's headline numbers with their mean, standard deviation and 95% t-interval, so a
+result comes with its spread. For each pair of runs it compares the behaviour
+neurons, but index by index only where neuron j of layer l is the same unit in both
+runs: the same trained weights, or LoRA adapters on the same base model (the paper's
+inter-task question). Two models trained from scratch are a different matter: hidden
+units are defined only up to a permutation, so index overlap would be meaningless.
+For them, and for every pair, the layer profiles (the share of selected neurons per
+layer) are compared instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
+from scipy import stats
+
+from memgen.core.artifacts import Stage, read_json, write_json
+from memgen.core.errors import MemgenError
+from memgen.neurons.consistency import compare_scores
+from memgen.neurons.selection import layer_share, select_top
+
+# Headline numbers: name -> path into results.json (docs/results-schema.md).
+METRICS: dict[str, str] = {
+    "gen": "behaviour.test_rates.gen",
+    "mem": "behaviour.test_rates.mem",
+    "other": "behaviour.test_rates.other",
+    "flip_rate": "pairs.flip_rate",
+    "probe_best": "probe.best.accuracy",
+    "mem_to_gen": "steering_best.mem_to_gen.targeted.gen",
+    "mem_to_gen_control": "steering_best.mem_to_gen.control.gen",
+    "gen_to_mem": "steering_best.gen_to_mem.targeted.mem",
+    "gen_to_mem_control": "steering_best.gen_to_mem.control.mem",
+    "split_half_spearman": "neurons.consistency.spearman",
+}
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """What `compare` needs from one run folder."""
+
+    name: str
+    results: dict[str, Any]
+    train_manifest: dict[str, Any]
+    site: str
+    top_n: list[float]
+    score: np.ndarray  # [layers, width]
+
+    @classmethod
+    def load(cls, run_dir: Path, name: str) -> FinishedRun:
+        fix = f"finish it with `memgen run --run-dir {run_dir}`"
+        if not (run_dir / "results.json").is_file():
+            raise MemgenError(f"{run_dir} has no results.json; {fix}")
+        try:
+            scores = load_file(str(run_dir / "neurons" / "scores.safetensors"))
+        except (FileNotFoundError, SafetensorError, OSError) as exc:
+            raise MemgenError(f"{run_dir}/neurons/scores.safetensors: {exc}; {fix}") from None
+        neurons = Stage(run_dir, "neurons").manifest()["config"]["neurons"]
+        return cls(
+            name=name,
+            results=read_json(run_dir / "results.json"),
+            train_manifest=Stage(run_dir, "train").manifest(),
+            site=str(neurons["site"]),
+            top_n=[float(f) for f in neurons["top_n"]],
+            score=scores["score"],
+        )
+
+    @property
+    def task(self) -> str:
+        return str(self.results.get("task"))
+
+    def metric(self, path: str) -> float | None:
+        value: Any = self.results
+        for key in path.split("."):
+            if not isinstance(value, dict) or key not in value:
+                return None
+            value = value[key]
+        return float(value) if isinstance(value, int | float) else None
+
+    def layer_profile(self, fraction: float) -> np.ndarray:
+        """Share of the top-`fraction` neurons that sit in each layer."""
+        layers, _ = select_top(self.score, fraction)
+        return layer_share(layers, self.score.shape[0])
+
+
+def _model_weights(manifest: dict[str, Any]) -> dict[str, str]:
+    outputs: dict[str, str] = manifest.get("outputs", {})
+    return {k: v for k, v in outputs.items() if k.endswith(".safetensors")}
+
+
+def correspondence(train_a: dict[str, Any], train_b: dict[str, Any]) -> str | None:
+    """Why neuron (layer, j) is the same unit in both runs' models, or None if it is not."""
+    weights_a, weights_b = _model_weights(train_a), _model_weights(train_b)
+    if weights_a and weights_a == weights_b:
+        return "same trained weights"
+    base_a = train_a.get("config", {}).get("train", {}).get("model")
+    base_b = train_b.get("config", {}).get("train", {}).get("model")
+    if base_a == base_b and base_a not in (None, "scratch"):
+        return f"fine-tuned from the same base ({base_a})"
+    return None
+
+
+def summarise(values: Sequence[float]) -> dict[str, float | int | None]:
+    """Mean, sample sd and the 95% t-interval of the mean (None below two values)."""
+    array = np.asarray(values, dtype=np.float64)
+    n = len(array)
+    mean = float(array.mean())
+    if n < 2:
+        return {"n": n, "mean": mean, "sd": None, "ci_low": None, "ci_high": None,
+                "min": mean, "max": mean}  # fmt: skip
+    sd = float(array.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / np.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half,
+            "min": float(array.min()), "max": float(array.max())}  # fmt: skip
+
+
+def neuron_agreement(a: FinishedRun, b: FinishedRun) -> dict[str, Any]:
+    """Index overlap where the neurons correspond; layer-profile distance always."""
+    row: dict[str, Any] = {"runs": [a.name, b.name]}
+    fractions = [f for f in a.top_n if f in b.top_n]
+    if a.site != b.site or a.score.shape != b.score.shape:
+        row["comparable"] = False
+        shapes = f"{a.site} {a.score.shape} vs {b.site} {b.score.shape}"
+        row["why"] = f"different site or shape ({shapes}); compare runs recorded alike"
+        return row
+    # Total variation distance: the share of selected neurons that would have to move
+    # to another layer to turn one profile into the other (0 = same, 1 = disjoint).
+    row["layer_profile_distance"] = {
+        f"{f:g}": 0.5 * float(np.abs(a.layer_profile(f) - b.layer_profile(f)).sum())
+        for f in fractions
+    }
+    why = correspondence(a.train_manifest, b.train_manifest)
+    row["comparable"] = True
+    row["neurons_correspond"] = why is not None
+    row["why"] = why or "trained separately: hidden units do not correspond index by index"
+    if why is not None:
+        row["overlap"] = {f"{f:g}": compare_scores(a.score, b.score, f) for f in fractions}
+    return row
+
+
+def compare_runs(run_dirs: Sequence[Path]) -> dict[str, Any]:
+    if len(run_dirs) < 2:
+        raise MemgenError("give at least two run folders to compare")
+    names = [path.name for path in run_dirs]
+    if len(set(names)) < len(names):
+        names = [str(path) for path in run_dirs]
+    runs = [FinishedRun.load(path, name) for path, name in zip(run_dirs, names, strict=True)]
+    per_run: list[dict[str, Any]] = [
+        {"run": run.name, "task": run.task, "seed": run.results.get("seed"),
+         "model": run.results.get("model"),
+         **{key: run.metric(path) for key, path in METRICS.items()}}
+        for run in runs
+    ]  # fmt: skip
+    summary: dict[str, dict[str, Any]] = {}
+    for task in dict.fromkeys(run.task for run in runs):
+        rows = [row for row in per_run if row["task"] == task]
+        summary[task] = {
+            key: summarise(values)
+            for key in METRICS
+            if (values := [row[key] for row in rows if row[key] is not None])
+        }
+    pairs = [neuron_agreement(a, b) for a, b in itertools.combinations(runs, 2)]
+    profiles = {run.name: {f"{f:g}": run.layer_profile(f).tolist() for f in run.top_n}
+                for run in runs}  # fmt: skip
+    return {"runs": per_run, "summary": summary, "neurons": pairs, "layer_profiles": profiles}
+
+
+def format_table(comparison: dict[str, Any]) -> str:
+    """A plain-text table: one line per run, then mean and 95% CI per task."""
+    columns = ["gen", "mem", "other", "flip_rate", "probe_best", "mem_to_gen", "gen_to_mem"]
+    labels = [row["run"] for row in comparison["runs"]] + ["95% CI half-width"]
+    width = max(len(label) for label in labels + [f"mean ({t})" for t in comparison["summary"]]) + 2
+
+    def cell(value: float | None) -> str:
+        return f"{100 * value:>11.1f}" if value is not None else f"{'-':>11}"
+
+    lines = ["run".ljust(width) + "".join(f"{c:>11}" for c in columns)]
+    for row in comparison["runs"]:
+        lines.append(row["run"].ljust(width) + "".join(cell(row[c]) for c in columns))
+    for task, table in comparison["summary"].items():
+        means = [cell(table[c]["mean"] if c in table else None) for c in columns]
+        lines.append(f"mean ({task})".ljust(width) + "".join(means))
+        spread = []
+        for c in columns:
+            entry = table.get(c, {})
+            low, high = entry.get("ci_low"), entry.get("ci_high")
+            text = f"±{50 * (high - low):.1f}" if low is not None and high is not None else "-"
+            spread.append(f"{text:>11}")
+        lines.append("95% CI half-width".ljust(width) + "".join(spread))
+    lines.append("")
+    for pair in comparison["neurons"]:
+        head = f"{pair['runs'][0]} vs {pair['runs'][1]}: "
+        if not pair["comparable"]:
+            lines.append(head + pair["why"])
+            continue
+        parts = [f"layer-profile distance {v:.2f} (top {float(k):.0%})"
+                 for k, v in pair["layer_profile_distance"].items()]  # fmt: skip
+        for key, overlap in pair.get("overlap", {}).items():
+            parts.append(
+                f"top {float(key):.0%} Jaccard {overlap['jaccard']:.2f} "
+                f"(chance {overlap['chance_jaccard']:.3f}), Spearman {overlap['spearman']:.2f}"
+            )
+        lines.append(head + "; ".join(parts) + f" [{pair['why']}]")
+    return "\n".join(lines)
+
+
+def write_comparison(run_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
+    """compare.json, compare.txt and compare.png in `out`."""
+    from memgen.report.compare_figure import plot_comparison
+
+    comparison = compare_runs(run_dirs)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "compare.json", comparison)
+    (out / "compare.txt").write_text(format_table(comparison) + "\n")
+    plot_comparison(comparison, out / "compare.png")
+    return comparison

@@ -1,0 +1,59 @@
+"""The `compare` figure: headline numbers per run with their mean and 95% CI, and layer profiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+SHOWN = ["gen", "mem", "other", "flip_rate", "probe_best", "mem_to_gen", "gen_to_mem"]
+
+
+def plot_comparison(comparison: dict[str, Any], path: Path) -> None:
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(12.0, 3.8), dpi=120, gridspec_kw={"width_ratios": [3, 2]}
+    )
+    tasks = list(comparison["summary"])
+    spread = 0.5 / max(1, len(tasks))
+    for offset, task in enumerate(tasks):
+        rows = [row for row in comparison["runs"] if row["task"] == task]
+        shift = (offset - (len(tasks) - 1) / 2) * spread
+        for i, metric in enumerate(SHOWN):
+            values = [100 * row[metric] for row in rows if row[metric] is not None]
+            left.scatter([i + shift] * len(values), values, s=18, alpha=0.7,
+                         color=f"C{offset}", label=task if i == 0 else None)  # fmt: skip
+            entry = comparison["summary"][task].get(metric)
+            if entry and entry["ci_low"] is not None:
+                left.errorbar(
+                    i + shift + 0.08,
+                    100 * entry["mean"],
+                    yerr=[[100 * (entry["mean"] - entry["ci_low"])],
+                          [100 * (entry["ci_high"] - entry["mean"])]],
+                    color="black", capsize=3, marker="_", markersize=10,
+                )  # fmt: skip
+    left.set_xticks(range(len(SHOWN)), [m.replace("_", " ") for m in SHOWN], fontsize=8)
+    left.set_ylabel("%  (black: mean, 95% CI)")
+    left.set_ylim(-2, 102)
+    left.grid(alpha=0.3, axis="y")
+    left.legend(frameon=False, fontsize=8)
+    left.set_title("headline numbers, one dot per run", fontsize=10)
+    fraction = None
+    for name, profiles in comparison["layer_profiles"].items():
+        if profiles:
+            fraction = next(iter(profiles))  # each run's first top-N set
+            shares = profiles[fraction]
+            right.plot(range(len(shares)), [100 * s for s in shares], marker="o", label=name)
+    right.xaxis.get_major_locator().set_params(integer=True)
+    right.set_xlabel("layer")
+    right.set_ylabel("share of selected neurons (%)")
+    top = f"top {float(fraction):.0%} " if fraction else ""
+    right.set_title(f"where the {top}neurons sit", fontsize=10)
+    right.grid(alpha=0.3)
+    right.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
