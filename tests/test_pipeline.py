@@ -50,7 +50,8 @@ def test_results_follow_the_documented_schema(tiny_run: Path) -> None:
     assert readout[-1]["paired_accuracy"] == 1.0 and readout[-1]["accuracy"] == 1.0
     for row in results["steering"]:
         assert row["direction"] in ("mem_to_gen", "gen_to_mem")
-        assert set(row) >= {"top_n", "alpha", "n_prompts", "targeted", "control"}
+        assert set(row) >= {"top_n", "alpha", "n_prompts", "targeted", "control", "shift"}
+        assert row["shift"]["sd"] > 0 and row["shift"]["relative_norm"] > 0
         assert sum(row["targeted"].values()) == pytest.approx(1.0)
         assert sum(row["control"].values()) == pytest.approx(1.0)
 

@@ -15,6 +15,7 @@ from memgen.core.modeling import model_identity
 from memgen.core.neuron_set import NeuronSet
 from memgen.core.sites import Site
 from memgen.steering.controls import control_interventions
+from memgen.steering.stage import activation_scale, shift_size
 
 
 def _neuron_set(model: PreTrainedModel, layers: list[int], neurons: list[int]) -> NeuronSet:
@@ -114,3 +115,20 @@ def test_controls_match_count_and_shift_sizes() -> None:
     low = control_interventions("low_correlation", ns, nmd, score, 2.0, "gen", rng)
     lowest = set(np.argsort(np.abs(score).ravel())[:6].tolist())
     assert {i.site.layer * width + n for i in low for n in i.neurons} == lowest
+
+
+def test_shift_size_against_a_plain_numpy_reference() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (300, 3, 8)) * np.array([1.0, 2.0, 4.0])[None, :, None]
+    layers, neurons = np.array([0, 2, 2]), np.array([5, 1, 7])
+    ns = NeuronSet(model={}, site="resid", scorer="pearson", top_n=0.1, n_layers=3, width=8,
+                   layers=layers, neurons=neurons, nmd=np.array([0.5, -1.0, 2.0]),
+                   score=np.ones(3))  # fmt: skip
+    sd, mean_norm = activation_scale(x, chunk=64)  # chunks that do not divide 300
+    np.testing.assert_allclose(sd, x.std(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(mean_norm, np.linalg.norm(x, axis=2).mean(axis=0), rtol=1e-10)
+    found = shift_size(ns, 3.0, sd, mean_norm)
+    shifts = 3.0 * np.array([0.5, 1.0, 2.0])
+    assert found["sd"] == pytest.approx(np.median(shifts / x.std(axis=0)[layers, neurons]))
+    per_layer = [shifts[:1] / mean_norm[0], np.linalg.norm(shifts[1:]) / mean_norm[2]]
+    assert found["relative_norm"] == pytest.approx(max(float(np.max(v)) for v in per_layer))

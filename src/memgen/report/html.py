@@ -61,16 +61,20 @@ def _card(title: str, value: str, note: str, good: bool | None = None) -> str:
 
 def _steering_table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "<tr><th>direction</th><th>top-N</th><th>α</th><th>n</th><th>→gen</th><th>→mem</th>"
-        "<th>→other</th><th>control →gen</th><th>control →mem</th><th>control →other</th></tr>"
+        "<tr><th>direction</th><th>top-N</th><th>α</th><th>shift (sd)</th><th>shift / ‖h‖</th>"
+        "<th>n</th><th>→gen</th><th>→mem</th><th>→other</th><th>control →gen</th>"
+        "<th>control →mem</th><th>control →other</th></tr>"
     )
     body = []
     for r in rows:
         t, c = r["targeted"], r["control"] or {}
+        shift = r.get("shift") or {}
         cells = [
             r["direction"].replace("_", " "),
             f"{r['top_n']:.0%}",
             f"{r['alpha']:g}",
+            f"{shift['sd']:.2f}" if "sd" in shift else "–",
+            _pct(shift.get("relative_norm")),
             str(r["n_prompts"]),
             _pct(t["gen"]),
             _pct(t["mem"]),
@@ -156,7 +160,9 @@ def render(results: dict[str, Any], figures: dict[str, Path]) -> str:
         "<h2>4. Steering</h2>",
         '<p class="note">Prompts the unsteered model answered by memory, steered toward '
         "generalization, and the reverse; each targeted setting beside its random control "
-        "(same number of neurons, shifts of the same sizes).</p>",
+        "(same number of neurons, shifts of the same sizes). The shift columns say how hard "
+        "α × NMD pushes: the median selected neuron's shift in its own standard deviations, "
+        "and the shift's norm over the layer's mean activation norm (largest layer).</p>",
         _figure(figures.get("steering"), "Transition shares under steering."),
         _steering_table(results["steering"]),
     ]

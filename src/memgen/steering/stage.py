@@ -28,6 +28,7 @@ from memgen.core.config import RunConfig
 from memgen.core.hooks import Intervention, intervene
 from memgen.core.modeling import load_run_model
 from memgen.core.neuron_set import NeuronSet, set_name
+from memgen.core.recorded import read_record
 from memgen.core.stats import rates
 from memgen.steering.api import Direction, steering_interventions
 from memgen.steering.controls import control_interventions
@@ -85,6 +86,48 @@ class Steerer:
         return float(np.mean(hits)) if hits else float("nan")
 
 
+def activation_scale(activations: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-neuron standard deviation [L, W] and mean vector norm per layer [L], in chunks.
+
+    `activations` is the record stage's [N, L, W] memory map; chunks keep a large model's
+    recording from being copied into memory at once.
+    """
+    n = activations.shape[0]
+    total = np.zeros(activations.shape[1:])
+    squares = np.zeros(activations.shape[1:])
+    norms = np.zeros(activations.shape[1])
+    for start in range(0, n, chunk):
+        x = np.asarray(activations[start : start + chunk], dtype=np.float64)
+        total += x.sum(axis=0)
+        squares += (x * x).sum(axis=0)
+        norms += np.linalg.norm(x, axis=2).sum(axis=0)
+    mean = total / n
+    sd = np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
+    return sd, norms / n
+
+
+def shift_size(
+    neuron_set: NeuronSet, alpha: float, sd: np.ndarray, mean_norm: np.ndarray
+) -> dict[str, float]:
+    """How hard alpha x NMD pushes, against the recorded activations' spread and size.
+
+    `sd`: the median selected neuron's shift in units of its own standard deviation.
+    `relative_norm`: the largest, over layers, of the shift vector's norm over the mean
+    norm of that layer's activation vector. The same alpha can be a nudge for one model
+    and a shove that breaks another; these two numbers say which.
+    """
+    layers, neurons = np.asarray(neuron_set.layers), np.asarray(neuron_set.neurons)
+    shifts = alpha * np.abs(np.asarray(neuron_set.nmd, dtype=np.float64))
+    spread = sd[layers, neurons]
+    in_sd = np.divide(shifts, spread, out=np.full_like(shifts, np.inf), where=spread > 0)
+    relative = [
+        float(np.linalg.norm(shifts[layers == layer]) / mean_norm[layer])
+        for layer in np.unique(layers)
+        if mean_norm[layer] > 0
+    ]
+    return {"sd": float(np.median(in_sd)), "relative_norm": max(relative, default=0.0)}
+
+
 def best_settings(rows: list[dict[str, Any]], max_other: float = 0.10) -> dict[str, dict[str, Any]]:
     """Per direction: the setting with the largest target share among those with few 'other'."""
     best: dict[str, dict[str, Any]] = {}
@@ -99,9 +142,9 @@ def best_settings(rows: list[dict[str, Any]], max_other: float = 0.10) -> dict[s
 def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
     data, train = Stage(run_dir, "data"), Stage(run_dir, "train")
     behave, neurons = Stage(run_dir, "behave"), Stage(run_dir, "neurons")
-    stage = Stage(run_dir, "steer")
+    record, stage = Stage(run_dir, "record"), Stage(run_dir, "steer")
     config = stage_config(cfg)
-    inputs = [data, train, behave, neurons]
+    inputs = [data, train, behave, record, neurons]
     if stage.up_to_date(config, inputs, force):
         return stage
     task = make_task(cfg.task, cfg.data.options)
@@ -110,6 +153,8 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
     labelled = _read_labelled(behave.path / "test_outputs.jsonl")
     scores = load_file(str(neurons.path / "scores.safetensors"))
     nmd, score = scores["nmd"], scores["score"]
+    recorded = read_record(record.path)
+    scales: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # site -> (sd, mean norm)
     # Side effects: does steering break what the model was trained to do?
     trained = read_jsonl(data.path / "train.jsonl")[: cfg.steer.n_side_effect]
     out = stage.begin()
@@ -129,6 +174,8 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
         for fraction, alpha in settings:
             neuron_set = NeuronSet.load(neurons.path / set_name(fraction))
             neuron_set.check_compatible(model)
+            if neuron_set.site not in scales:
+                scales[neuron_set.site] = activation_scale(recorded.activations(neuron_set.site))
             targeted = steering_interventions(neuron_set, alpha, toward)  # type: ignore[arg-type]
             controls = {
                 kind: steerer.shares(
@@ -142,6 +189,7 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
                 "alpha": alpha,
                 "n_prompts": len(prompts),
                 "n_neurons": len(neuron_set.nmd),
+                "shift": shift_size(neuron_set, alpha, *scales[neuron_set.site]),
                 "targeted": steerer.shares(prompts, targeted),
                 "control": next(iter(controls.values()), None),
                 "controls": controls,
