@@ -125,8 +125,13 @@ def summarise(values: Sequence[float]) -> dict[str, float | int | None]:
             "min": float(array.min()), "max": float(array.max())}  # fmt: skip
 
 
-def neuron_agreement(a: FinishedRun, b: FinishedRun) -> dict[str, Any]:
-    """Index overlap where the neurons correspond; layer-profile distance always."""
+def neuron_agreement(
+    a: FinishedRun, b: FinishedRun, profiles: dict[str, dict[float, np.ndarray]]
+) -> dict[str, Any]:
+    """Index overlap where the neurons correspond; layer-profile distance always.
+
+    `profiles` maps each run's name to its layer profile per top-N fraction.
+    """
     row: dict[str, Any] = {"runs": [a.name, b.name]}
     fractions = [f for f in a.top_n if f in b.top_n]
     if a.site != b.site or a.score.shape != b.score.shape:
@@ -137,7 +142,7 @@ def neuron_agreement(a: FinishedRun, b: FinishedRun) -> dict[str, Any]:
     # Total variation distance: the share of selected neurons that would have to move
     # to another layer to turn one profile into the other (0 = same, 1 = disjoint).
     row["layer_profile_distance"] = {
-        f"{f:g}": 0.5 * float(np.abs(a.layer_profile(f) - b.layer_profile(f)).sum())
+        f"{f:g}": 0.5 * float(np.abs(profiles[a.name][f] - profiles[b.name][f]).sum())
         for f in fractions
     }
     why = correspondence(a.train_manifest, b.train_manifest)
@@ -170,10 +175,13 @@ def compare_runs(run_dirs: Sequence[Path]) -> dict[str, Any]:
             for key in METRICS
             if (values := [row[key] for row in rows if row[key] is not None])
         }
-    pairs = [neuron_agreement(a, b) for a, b in itertools.combinations(runs, 2)]
-    profiles = {run.name: {f"{f:g}": run.layer_profile(f).tolist() for f in run.top_n}
-                for run in runs}  # fmt: skip
-    return {"runs": per_run, "summary": summary, "neurons": pairs, "layer_profiles": profiles}
+    profiles = {run.name: {f: run.layer_profile(f) for f in run.top_n} for run in runs}
+    pairs = [neuron_agreement(a, b, profiles) for a, b in itertools.combinations(runs, 2)]
+    layer_profiles = {
+        name: {f"{f:g}": shares.tolist() for f, shares in by_fraction.items()}
+        for name, by_fraction in profiles.items()
+    }
+    return {"runs": per_run, "summary": summary, "neurons": pairs, "layer_profiles": layer_profiles}
 
 
 def format_table(comparison: dict[str, Any]) -> str:
