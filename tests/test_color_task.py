@@ -1,4 +1,5 @@
 import random
+from collections import Counter
 
 import pytest
 
@@ -73,6 +74,26 @@ def test_mixed_design_has_rule_prompts_about_free_names() -> None:
             assert ex.completion == MEMORIZED[ex.meta["target"]]
         if ex.meta["kind"] == "agree":
             assert ex.completion == MEMORIZED[ex.meta["target"]] == _rule_answer(ex.prompt)
+
+
+def test_conflict_prompts_answer_memory_against_the_context() -> None:
+    task = make_task("color", {"conflict_fraction": 0.2})
+    examples = task.train_set(2000, seed=0)
+    conflicts = [ex for ex in examples if ex.meta["kind"] == "conflict"]
+    assert 0.17 < len(conflicts) / len(examples) < 0.23
+    for ex in conflicts:
+        memorized = MEMORIZED[ex.meta["target"]]
+        assert ex.completion == ex.mem_answer == memorized
+        assert _rule_answer(ex.prompt) not in (None, memorized)
+        assert memorized not in ex.prompt.split()
+    # Conflicts follow the training exposure skew, like the agreeing prompts.
+    counts = Counter(ex.meta["target"] for ex in conflicts)
+    assert counts["Alice"] > 5 * counts["Peter"]
+
+
+def test_fractions_over_one_are_refused() -> None:
+    with pytest.raises(MemgenError, match=r"conflict_fraction = 1\.1 > 1"):
+        make_task("color", {"rule_fraction": 0.6, "conflict_fraction": 0.5})
 
 
 def test_prompt_sizes_follow_the_reference() -> None:

@@ -176,7 +176,9 @@ def make_task(name: str, options: dict[str, Any] | None = None) -> Task:
             raise MemgenError(
                 f"data.options.{key}: unknown option for task {name!r} (allowed: {allowed})"
             ) from None
-        raise MemgenError(f"data.options.{key}: {first['msg']}") from None
+        where = f"data.options.{key}" if key else "data.options"
+        message = first["msg"].removeprefix("Value error, ")
+        raise MemgenError(f"{where}: {message}") from None
     return task_cls(parsed)
 
 

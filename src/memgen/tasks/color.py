@@ -7,8 +7,9 @@ Bob shares the role "whale" with Jack, and Jack is brown, so the rule says brown
 every training prompt asks about one of 16 names and its context always agrees with
 that name's fixed colour, so lookup alone fits the data and a model trained from
 scratch never needs the rule. The default "mixed" design adds prompts about extra
-names whose colour changes from prompt to prompt (only the rule answers them) and
-pure-recall prompts with no clue (only memory answers them); see docs/color-design.md.
+names whose colour changes from prompt to prompt (only the rule answers them), and
+optionally pure-recall prompts with no clue (only memory answers them) or conflicts in
+which memory overrules the context; see docs/color-design.md.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from memgen.tasks.base import TASKS, Behaviour, Example, Task, TaskOptions, TokenizerSpec
 
@@ -48,6 +49,11 @@ class ColorOptions(TaskOptions):
     )
     rule_fraction: float = Field(0.6, ge=0, le=1, description="mixed: prompts about free names")
     recall_fraction: float = Field(0.0, ge=0, le=1, description="mixed: prompts with no clue")
+    # Share of prompts about a memorized name whose context gives another colour, answered
+    # with the memorized one: as math and cipher triggers do, memory must override the rule.
+    conflict_fraction: float = Field(
+        0.0, ge=0, le=1, description="mixed: memorized-name prompts that overrule the context"
+    )
     # Share of rule prompts that ask an intermediate step instead of the colour
     # ("what animal is T ?", "who is like T ?"): direct supervision for each hop.
     hop_fraction: float = Field(0.0, ge=0, le=1, description="mixed: rule prompts asking a hop")
@@ -61,6 +67,16 @@ class ColorOptions(TaskOptions):
     # mixed: chance that a filler name also gets a (distractor) colour sentence. Fewer
     # distractors make the rule learnable in minutes on a CPU; the reference uses 0.5.
     distractor_rate: float = Field(0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _fractions_fit(self) -> ColorOptions:
+        total = self.rule_fraction + self.recall_fraction + self.conflict_fraction
+        if total > 1:
+            raise ValueError(
+                f"rule_fraction + recall_fraction + conflict_fraction = {total:g} > 1; "
+                "lower one of them (the rest of the prompts agree with memory)"
+            )
+        return self
 
 
 def _sentence(name: str, attribute: str) -> str:
@@ -115,9 +131,12 @@ class ColorTask(Task):
         last = len(MEMORIZED) - 1
         return [skew ** (-i / last) for i in range(len(MEMORIZED))]
 
-    def _memorized_prompt(self, rng: random.Random, *, conflict: bool) -> Example:
+    def _memorized_prompt(
+        self, rng: random.Random, *, conflict: bool, weighted: bool | None = None
+    ) -> Example:
         # Test prompts ask about every name equally; training follows the exposure skew.
-        weights = None if conflict else self._name_weights()
+        weighted = not conflict if weighted is None else weighted
+        weights = self._name_weights() if weighted else None
         target = rng.choices(list(MEMORIZED), weights=weights)[0]
         memorized = MEMORIZED[target]
         context = rng.choice([c for c in COLORS if c != memorized]) if conflict else memorized
@@ -146,6 +165,11 @@ class ColorTask(Task):
                 colour = MEMORIZED[target]
                 prompt, _, _ = self._prompt(rng, target, None, set(), tuple(MEMORIZED))
                 return Example(prompt, colour, colour, "", {"kind": "recall", "target": target})
+            end = opts.rule_fraction + opts.recall_fraction + opts.conflict_fraction
+            if draw < end:
+                example = self._memorized_prompt(rng, conflict=True, weighted=True)
+                meta = {**example.meta, "kind": "conflict"}
+                return Example(example.prompt, example.mem_answer, example.mem_answer, "", meta)
         return self._memorized_prompt(rng, conflict=False)
 
     def _hop_question(
