@@ -98,6 +98,11 @@ def test_compare_a_run_with_its_copy(tiny_run: Path, tmp_path: Path) -> None:
     [
         (["run", "train.bogus=1"], "unknown key 'train.bogus'"),
         (["run", "task=colr"], "did you mean 'color'"),
+        (["config", "task=colr"], "did you mean 'color'"),
+        (
+            ["config", "data.options.rule_fraction=0.9", "data.options.conflict_fraction=0.2"],
+            "data.options: rule_fraction + recall_fraction + conflict_fraction = 1.1 > 1",
+        ),
         (["train", "--run-dir", "{tmp}/empty"], "memgen data"),
         (["run", "--until", "nowhere"], "not a stage"),
         (["compare", "{tmp}", "{tmp}/other"], "memgen run --run-dir"),

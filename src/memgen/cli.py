@@ -37,11 +37,20 @@ Overrides = Annotated[
 ]
 
 
+def _load(config: Path | None, overrides: list[str] | None) -> RunConfig:
+    """The validated config, its task name and task options included (before any work)."""
+    cfg = load_config(config, overrides or [])
+    from memgen.tasks import make_task
+
+    make_task(cfg.task, cfg.data.options)
+    return cfg
+
+
 def _setup(
     config: Path | None, overrides: list[str] | None, run_dir: Path | None
 ) -> tuple[RunConfig, Path]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_config(config, overrides or [])
+    cfg = _load(config, overrides)
     from memgen.pipeline import default_run_dir
 
     return cfg, run_dir or default_run_dir(cfg)
@@ -128,7 +137,7 @@ def compare(
 @app.command("config")
 def show_config(overrides: Overrides = None, config: ConfigOption = None) -> None:
     """Print the resolved config as YAML (a starting point for --config files)."""
-    typer.echo(to_yaml(load_config(config, overrides or [])), nl=False)
+    typer.echo(to_yaml(_load(config, overrides)), nl=False)
 
 
 @app.command()
