@@ -131,12 +131,9 @@ class ColorTask(Task):
         last = len(MEMORIZED) - 1
         return [skew ** (-i / last) for i in range(len(MEMORIZED))]
 
-    def _memorized_prompt(
-        self, rng: random.Random, *, conflict: bool, weighted: bool | None = None
-    ) -> Example:
+    def _memorized_prompt(self, rng: random.Random, *, conflict: bool, training: bool) -> Example:
         # Test prompts ask about every name equally; training follows the exposure skew.
-        weighted = not conflict if weighted is None else weighted
-        weights = self._name_weights() if weighted else None
+        weights = self._name_weights() if training else None
         target = rng.choices(list(MEMORIZED), weights=weights)[0]
         memorized = MEMORIZED[target]
         context = rng.choice([c for c in COLORS if c != memorized]) if conflict else memorized
@@ -167,10 +164,10 @@ class ColorTask(Task):
                 return Example(prompt, colour, colour, "", {"kind": "recall", "target": target})
             end = opts.rule_fraction + opts.recall_fraction + opts.conflict_fraction
             if draw < end:
-                example = self._memorized_prompt(rng, conflict=True, weighted=True)
+                example = self._memorized_prompt(rng, conflict=True, training=True)
                 meta = {**example.meta, "kind": "conflict"}
                 return Example(example.prompt, example.mem_answer, example.mem_answer, "", meta)
-        return self._memorized_prompt(rng, conflict=False)
+        return self._memorized_prompt(rng, conflict=False, training=True)
 
     def _hop_question(
         self, rng: random.Random, prompt: str, target: str, clue: str, role: str
@@ -185,7 +182,7 @@ class ColorTask(Task):
         return Example(context + question, answer, "", answer, meta)
 
     def test_example(self, rng: random.Random) -> Example:
-        return self._memorized_prompt(rng, conflict=True)
+        return self._memorized_prompt(rng, conflict=True, training=False)
 
     def pair(self, example: Example, rng: random.Random) -> Example:
         """The same sentences in another order; the question stays last."""
