@@ -7,10 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.numpy import load_file
 
 from memgen.core.artifacts import Stage
 from memgen.core.config import load_config
+from memgen.core.errors import MemgenError
 from memgen.pipeline import STAGES, run_all
+from memgen.steering.bound import run_bound
 
 # A small context (2-3 names) and many pure-recall prompts make both behaviours appear
 # early in training of a 2-layer model (the kept checkpoint shows about 20% gen, 30% mem).
@@ -54,6 +57,22 @@ def test_results_follow_the_documented_schema(tiny_run: Path) -> None:
         assert row["shift"]["sd"] > 0 and row["shift"]["relative_norm"] > 0
         assert sum(row["targeted"].values()) == pytest.approx(1.0)
         assert sum(row["control"].values()) == pytest.approx(1.0)
+
+
+def test_the_bound_stage_fits_each_layer_and_refuses_a_bad_one(tiny_run: Path) -> None:
+    cfg = load_config(None, [*TINY, "bound.steps=5"])
+    stage = run_bound(tiny_run, cfg)
+    rows = stage.manifest()["summary"]["rows"]
+    assert rows and {row["layer"] for row in rows} == {0, 1}
+    for row in rows:
+        assert 0.0 <= row["fit"] <= 1.0
+        assert sum(row["held_out"].values()) == pytest.approx(1.0)
+        assert row["n_fit"] + row["n_held_out"] <= 2 * cfg.bound.n_prompts
+    shifts = load_file(str(stage.path / "shifts.safetensors"))
+    assert set(shifts) == {f"{row['direction']}/{row['site']}.{row['layer']}" for row in rows}
+    assert all(vector.shape == (64,) for vector in shifts.values())
+    with pytest.raises(MemgenError, match="out of range"):
+        run_bound(tiny_run, load_config(None, [*TINY, "bound.layers=[7]"]))
 
 
 def test_report_is_self_contained(tiny_run: Path) -> None:
@@ -104,6 +123,8 @@ def test_compare_a_run_with_its_copy(tiny_run: Path, tmp_path: Path) -> None:
             "data.options: rule_fraction + recall_fraction + conflict_fraction = 1.1 > 1",
         ),
         (["train", "--run-dir", "{tmp}/empty"], "memgen data"),
+        (["bound", "--run-dir", "{tmp}/empty"], "memgen train"),
+        (["bound", "bound.lr=0"], "bound.lr"),
         (["run", "--until", "nowhere"], "not a stage"),
         (["compare", "{tmp}", "{tmp}/other"], "memgen run --run-dir"),
         (["compare", "{tmp}"], "at least two run folders"),

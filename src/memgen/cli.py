@@ -81,6 +81,7 @@ _stage_command("neurons", "Score neurons (NMD, correlation) and select the top-N
 _stage_command("probe", "Predict mem vs gen from activations, layer by layer.")
 _stage_command("steer", "Steer with alpha x NMD on the selected neurons, with a random control.")
 _stage_command("report", "Write results.json, figures and a self-contained report.html.")
+_stage_command("bound", "Fit the best shared shift per layer: how far could any steering go?")
 
 
 @app.command()

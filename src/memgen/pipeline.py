@@ -31,12 +31,16 @@ STAGES: dict[str, str] = {
     "steer": "memgen.steering.stage:run_steer",
     "report": "memgen.report.stage:run_report",
 }
+# Stages `memgen run` leaves out: each is its own command, run on a finished run.
+EXTRA_STAGES: dict[str, str] = {
+    "bound": "memgen.steering.bound:run_bound",
+}
 
 StageRunner = Callable[..., Stage]
 
 
 def stage_runner(name: str) -> StageRunner:
-    module, function = STAGES[name].split(":")
+    module, function = {**STAGES, **EXTRA_STAGES}[name].split(":")
     runner: StageRunner = getattr(importlib.import_module(module), function)
     return runner
 

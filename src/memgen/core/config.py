@@ -108,6 +108,15 @@ class SteerConfig(Section):
     n_side_effect: int = Field(200, ge=0, description="training prompts for the side-effect check")
 
 
+class BoundConfig(Section):
+    # `memgen bound`: the best shared shift per layer, fitted on half the prompts.
+    site: Literal["resid", "mlp", "attn"] = "resid"
+    layers: list[int] | None = Field(None, description="layers to fit; default all")
+    n_prompts: int = Field(300, ge=2, description="test prompts per direction, halved")
+    steps: int = Field(150, ge=1, description="Adam steps per fitted shift")
+    lr: float = Field(0.1, gt=0)
+
+
 class RunConfig(Section):
     task: str = "color"
     seed: int = 0
@@ -119,6 +128,7 @@ class RunConfig(Section):
     neurons: NeuronsConfig = NeuronsConfig()
     probe: ProbeConfig = ProbeConfig()
     steer: SteerConfig = SteerConfig()
+    bound: BoundConfig = BoundConfig()
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -8,10 +8,11 @@
     with intervene(model, [push]):
         model.generate(...)                     # applied at every forward pass
 
-This is the only module of the package that registers PyTorch hooks. Both context
-managers resolve every site before registering anything, fail with MemgenError when
-one does not resolve, and remove every handle in `finally`. Hooks registered later
-run later, so a `record` opened inside an `intervene` sees the changed activations.
+This is the only module of the package that registers PyTorch hooks; `edit` runs any
+function at a site, for what `Intervention` cannot say. All three context managers
+resolve every site before registering anything, fail with MemgenError when one does
+not resolve, and remove every handle in `finally`. Hooks registered later run later,
+so a `record` opened inside an `intervene` sees the changed activations.
 """
 
 from __future__ import annotations
@@ -193,6 +194,17 @@ def _hooked(model: torch.nn.Module, edits: Mapping[Site, Edit]) -> Iterator[None
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def edit(model: torch.nn.Module, edits: Mapping[Site, Edit]) -> Iterator[None]:
+    """Run a function on each site's activation [batch, seq, width] at every forward pass.
+
+    For what an `Intervention` cannot say, such as a shift that is being trained: the
+    function may return a new tensor (autograd flows through it) or change it in place.
+    """
+    with _hooked(model, edits):
+        yield
 
 
 @contextmanager
