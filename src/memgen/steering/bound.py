@@ -33,7 +33,7 @@ from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
 from memgen.core.sites import Site, n_layers, site_width
 from memgen.steering.api import Direction, shift_interventions
-from memgen.steering.stage import DIRECTIONS, Steerer, _read_labelled, activation_scale
+from memgen.steering.stage import DIRECTIONS, Steerer, activation_scale, read_labelled
 from memgen.tasks.base import Example, make_task
 
 log = logging.getLogger(__name__)
@@ -179,10 +179,10 @@ def run_bound(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     layers = list(range(depth)) if bc.layers is None else bc.layers
     if bad := [layer for layer in layers if not 0 <= layer < depth]:
         raise MemgenError(f"bound.layers {bad} out of range: the model has layers 0..{depth - 1}")
-    # The residual norm at each layer says how large a fitted shift is.
+    # The site's mean activation norm per layer puts each fitted shift's size in scale.
     _, mean_norm = activation_scale(read_record(record.path).activations(bc.site))
     steerer = Steerer(model, tokenizer, task, cfg)
-    labelled = _read_labelled(behave.path / "test_outputs.jsonl")
+    labelled = read_labelled(behave.path / "test_outputs.jsonl")
     out = stage.begin()
     rows: list[dict[str, Any]] = []
     shifts: dict[str, np.ndarray] = {}  # "direction/site.layer" -> the fitted vector

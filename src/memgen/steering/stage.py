@@ -52,7 +52,7 @@ def stage_config(cfg: RunConfig) -> dict[str, object]:
     }
 
 
-def _read_labelled(path: Path) -> list[tuple[Example, str]]:
+def read_labelled(path: Path) -> list[tuple[Example, str]]:
     with path.open() as handle:
         rows = [json.loads(line) for line in handle]
     return [(Example.from_dict(row["example"]), row["label"]) for row in rows]
@@ -150,7 +150,7 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
     task = make_task(cfg.task, cfg.data.options)
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
     steerer = Steerer(model, tokenizer, task, cfg)
-    labelled = _read_labelled(behave.path / "test_outputs.jsonl")
+    labelled = read_labelled(behave.path / "test_outputs.jsonl")
     scores = load_file(str(neurons.path / "scores.safetensors"))
     nmd, score = scores["nmd"], scores["score"]
     recorded = read_record(record.path)
