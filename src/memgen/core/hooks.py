@@ -217,13 +217,13 @@ def record(
     recording = Recording(list(dict.fromkeys(sites)))
 
     def capture(calls: list[torch.Tensor]) -> Edit:
-        def edit(activation: torch.Tensor) -> None:
+        def keep(activation: torch.Tensor) -> None:
             # A copy: a view would keep the whole [batch, seq, width] tensor alive and
             # would see later in-place edits.
             chosen = activation[:, -1] if position == "last" else activation
             calls.append(chosen.detach().clone())
 
-        return edit
+        return keep
 
     with _hooked(model, {site: capture(recording.calls(site)) for site in recording}):
         yield recording
@@ -268,7 +268,7 @@ class _Prepared:
 
 
 def _editor(prepared: list[_Prepared]) -> Edit:
-    def edit(activation: torch.Tensor) -> torch.Tensor | None:
+    def apply_all(activation: torch.Tensor) -> torch.Tensor | None:
         if activation.shape[-1] != prepared[0].width:
             raise MemgenError(
                 f"site {prepared[0].iv.site}: activation width {activation.shape[-1]} "
@@ -281,7 +281,7 @@ def _editor(prepared: list[_Prepared]) -> Edit:
             item.apply(new)
         return new if new is not activation else None
 
-    return edit
+    return apply_all
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
-from memgen.core.generation import encode_prompt, pad_id_of, pad_left
+from memgen.core.generation import encode_prompt, pad_id_of, pad_left, padded_batches
 from memgen.core.hooks import Intervention, edit
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
@@ -101,49 +101,25 @@ def fit_shift(
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
+            hits = 0
+            batches = padded_batches(
+                tokenizer, [ex.prompt for ex in examples], chat=chat,
+                batch_size=batch_size, device=device, desc="fit",
+            )  # fmt: skip
             with torch.no_grad():
-                hits = [
-                    (logits_of(rows).argmax(-1) == targets[torch.as_tensor(rows)])
-                    .float()
-                    .sum()
-                    .item()
-                    for rows in np.array_split(np.arange(len(examples)), -(-len(examples) // 64))
-                ]
+                for batch_rows, ids, mask in batches:
+                    logits = model(input_ids=ids, attention_mask=mask).logits[:, -1]
+                    hits += int((logits.argmax(-1) == targets[batch_rows]).sum())
     finally:
         for parameter in trainable:
             parameter.requires_grad_(True)
-    return shift.detach().cpu().numpy().astype(np.float64), float(sum(hits) / len(examples))
+    return shift.detach().cpu().numpy().astype(np.float64), hits / len(examples)
 
 
 def split_half(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A seeded split of range(n) into a fitting half and a held-out half."""
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[: n // 2]), np.sort(order[n // 2 :])
-
-
-def bound_row(
-    direction: str,
-    site: Site,
-    shift: np.ndarray,
-    fit: float,
-    n_fit: int,
-    held_out: dict[str, float],
-    n_held_out: int,
-    mean_norm: float,
-) -> dict[str, Any]:
-    """One row of `bound.json`: a fitted shift, how well it fits, and what it does held out."""
-    norm = float(np.linalg.norm(shift))
-    return {
-        "direction": direction,
-        "site": site.kind,
-        "layer": site.layer,
-        "n_fit": n_fit,
-        "fit": fit,
-        "n_held_out": n_held_out,
-        "held_out": held_out,
-        "shift_norm": norm,
-        "relative_norm": norm / mean_norm if mean_norm > 0 else float("inf"),
-    }
 
 
 def as_interventions(site: Site, shift: np.ndarray) -> list[Intervention]:
@@ -210,18 +186,14 @@ def run_bound(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
             )
             shifts[f"{direction}/{site}"] = shift.astype(np.float32)
             shares = steerer.shares(held_out, as_interventions(site, shift))
-            rows.append(
-                bound_row(
-                    direction,
-                    site,
-                    shift,
-                    fit,
-                    len(fitting),
-                    shares,
-                    len(held_out),
-                    float(mean_norm[layer]),
-                )
-            )
+            norm, scale = float(np.linalg.norm(shift)), float(mean_norm[layer])
+            rows.append({
+                "direction": direction, "site": site.kind, "layer": layer,
+                "n_fit": len(fitting), "fit": fit,
+                "n_held_out": len(held_out), "held_out": shares,
+                "shift_norm": norm,
+                "relative_norm": norm / scale if scale > 0 else float("inf"),
+            })  # fmt: skip
             log.info(
                 "bound: %s %s fit %.2f, held out %s (shift %.1fx the mean norm)",
                 direction,
