@@ -6,6 +6,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.errors import MemgenError
+from memgen.core.generation import encode_prompt, left_padded_positions, pad_id_of, pad_left
 from memgen.core.hooks import intervene
 from memgen.core.sites import Site
 from memgen.steering.bound import as_interventions, fit_shift, split_half
@@ -66,3 +67,18 @@ def test_split_half_is_seeded_and_disjoint() -> None:
     assert len(fit) == 5 and len(held) == 6
     assert sorted([*fit, *held]) == list(range(11))
     assert np.array_equal(split_half(11, seed=3)[0], fit)
+
+
+def test_left_padded_positions_make_a_batch_match_each_prompt_alone(
+    tiny_gpt2_with_tokenizer: tuple[PreTrainedModel, PreTrainedTokenizerBase],
+) -> None:
+    model, tokenizer = tiny_gpt2_with_tokenizer
+    prompts = [PROMPTS[0], "Bob is cat . what color is Bob ?"]  # different lengths
+    encoded = [encode_prompt(tokenizer, p, False) for p in prompts]
+    ids, mask = pad_left(encoded, pad_id_of(tokenizer), torch.device("cpu"))
+    assert mask[1].sum() < mask.shape[1]  # the short prompt is padded
+    with torch.no_grad():
+        batch = model(input_ids=ids, attention_mask=mask, position_ids=left_padded_positions(mask))
+        for row, seq in enumerate(encoded):
+            alone = model(input_ids=torch.tensor([seq])).logits[0, -1]
+            torch.testing.assert_close(batch.logits[row, -1], alone, atol=1e-5, rtol=1e-5)

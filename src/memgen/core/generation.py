@@ -58,6 +58,15 @@ def pad_left(
     return ids.to(device), mask.to(device)
 
 
+def left_padded_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for a left-padded batch: each row's first real token is position 0.
+
+    `generate` derives these itself; a plain forward pass does not, and without them a
+    row's positions (and so its activations) would depend on how much padding it got.
+    """
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def pad_id_of(tokenizer: PreTrainedTokenizerBase) -> int:
     """The id that left padding uses: the pad token, else EOS."""
     pad = tokenizer.pad_token_id

@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
-from memgen.core.generation import padded_batches
+from memgen.core.generation import left_padded_positions, padded_batches
 from memgen.core.hooks import record
 from memgen.core.modeling import load_run_model, model_identity
 from memgen.core.recorded import READOUT
@@ -94,7 +94,7 @@ def record_last_token(
     )
     with record(model, sites) as rec:
         for rows, ids, mask in batches:
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            positions = left_padded_positions(mask)
             rec.clear()
             model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
             for kind in kinds:

@@ -27,7 +27,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
-from memgen.core.generation import encode_prompt, pad_id_of, pad_left, padded_batches
+from memgen.core.generation import (
+    encode_prompt,
+    left_padded_positions,
+    pad_id_of,
+    pad_left,
+    padded_batches,
+)
 from memgen.core.hooks import Intervention, edit
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
@@ -87,9 +93,14 @@ def fit_shift(
     generator = np.random.default_rng(seed)
     optimiser = torch.optim.Adam([shift], lr=lr)
 
+    def batch_logits(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Next-token logits at the last position, positions counted as `generate` does."""
+        positions = left_padded_positions(mask)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        return logits[:, -1].float()
+
     def logits_of(rows: np.ndarray) -> torch.Tensor:
-        ids, mask = pad_left([encoded[i] for i in rows], pad_id_of(tokenizer), device)
-        return model(input_ids=ids, attention_mask=mask).logits[:, -1].float()
+        return batch_logits(*pad_left([encoded[i] for i in rows], pad_id_of(tokenizer), device))
 
     try:
         with edit(model, {site: add_shift}):
@@ -108,8 +119,7 @@ def fit_shift(
             )  # fmt: skip
             with torch.no_grad():
                 for batch_rows, ids, mask in batches:
-                    logits = model(input_ids=ids, attention_mask=mask).logits[:, -1]
-                    hits += int((logits.argmax(-1) == targets[batch_rows]).sum())
+                    hits += int((batch_logits(ids, mask).argmax(-1) == targets[batch_rows]).sum())
     finally:
         for parameter in trainable:
             parameter.requires_grad_(True)
