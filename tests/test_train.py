@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from memgen.core.config import load_config
 from memgen.core.generation import generate
 from memgen.tasks.stage import run_data
+from memgen.train.loop import Evaluation, stalled
 from memgen.train.stage import run_train
 
 TINY = [
@@ -83,3 +84,42 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     expected = json.loads((straight / "train" / "history.json").read_text())
     resumed = json.loads((killed / "train" / "history.json").read_text())
     assert resumed == expected
+
+
+def _evaluation(step: int, gen: float, mem: float, other: float) -> Evaluation:
+    return Evaluation(step=step, loss=1.0, gen=gen, mem=mem, other=other)
+
+
+def test_stalled_counts_evaluations_since_an_eligible_best() -> None:
+    cfg = load_config(None, ["train.patience=2", "train.max_other=0.2"]).train
+    rising = [_evaluation(10, 0.5, 0.1, 0.4), _evaluation(20, 0.4, 0.3, 0.3)]
+    peak = [_evaluation(30, 0.45, 0.4, 0.15)]
+    assert not stalled(rising + peak, cfg)
+    # A tie does not beat the kept checkpoint; two evaluations without a better one stop it.
+    assert not stalled([*rising, *peak, _evaluation(40, 0.4, 0.55, 0.05)], cfg)
+    assert stalled([*rising, *peak, _evaluation(40, 0.4, 0.55, 0.05), peak[0]], cfg)
+    # While no checkpoint meets max_other, training goes on however long the best stands.
+    assert not stalled([*rising, *rising, *rising], cfg)
+    off = load_config(None, ["train.patience=null"]).train
+    assert not stalled([*peak, *rising, *rising], off)
+
+
+def test_training_stops_early_and_a_rerun_does_not_train_on(tmp_path: Path) -> None:
+    # A learning rate of 1e-9 leaves the model as it started, so every evaluation ties
+    # the first and the run stops after `patience` more.
+    overrides = [
+        *(o for o in TINY if not o.startswith("train.steps")),
+        "train.steps=60",
+        "train.lr=1e-9",
+        "train.max_other=1.0",
+        "train.patience=2",
+    ]
+    cfg = load_config(None, overrides)
+    run_data(tmp_path, cfg)
+    stage = run_train(tmp_path, cfg, progress=False)
+    history = json.loads((stage.path / "history.json").read_text())
+    assert [row["step"] for row in history] == [10, 20, 30]
+    # Killed after stopping but before the manifest: the rerun resumes and stops at once.
+    stage.manifest_path.unlink()
+    run_train(tmp_path, cfg, progress=False)
+    assert json.loads((stage.path / "history.json").read_text()) == history

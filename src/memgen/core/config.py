@@ -54,9 +54,12 @@ class TrainConfig(Section):
     loss_on: Literal["answer", "sequence"] = "answer"
     eval_every: int = Field(150, ge=1)
     n_eval: int = Field(300, ge=1, description="test prompts scored at each evaluation")
-    # The kept checkpoint maximises this score over the evaluations (see docs/training.md).
+    # The kept checkpoint maximises this score over the evaluations (docs/color-design.md).
     select: Literal["gen_x_mem", "min_gen_mem"] = "min_gen_mem"
     max_other: float = Field(0.2, ge=0, le=1, description="checkpoints above this are not kept")
+    patience: int | None = Field(
+        3, ge=1, description="stop after this many evaluations without a better kept checkpoint"
+    )
     lora: LoraConfig = LoraConfig()
     use_chat_template: bool = True
     trust_remote_code: bool = False

@@ -2,7 +2,8 @@
 
 AdamW, linear warm-up then cosine decay to 10%, gradient clipping. Every
 `eval_every` steps it generates on test prompts, labels the answers and keeps the
-checkpoint that shows both behaviours best. Batches and dropout are drawn from
+checkpoint that shows both behaviours best; with `patience` it stops once that
+checkpoint has gone unbeaten for that many evaluations. Batches and dropout are drawn from
 (seed, step), and the checkpoint holds weights, AdamW moments and history, so a
 killed run resumes to bit-identical results.
 """
@@ -40,6 +41,20 @@ class Evaluation:
         """Higher is better; checkpoints with too many 'other' answers rank last."""
         value = self.gen * self.mem if rule == "gen_x_mem" else min(self.gen, self.mem)
         return self.other <= max_other, value
+
+
+def stalled(history: Sequence[Evaluation], cfg: TrainConfig) -> bool:
+    """Whether the kept checkpoint is eligible and `cfg.patience` evaluations have not beaten it.
+
+    The learning-rate schedule still spans `cfg.steps`, so stopping early keeps the same
+    checkpoint a full run would have kept, unless a later evaluation would have beaten it.
+    """
+    if cfg.patience is None or not history:
+        return False
+    scores = [e.score(cfg.select, cfg.max_other) for e in history]
+    best_at = scores.index(max(scores))  # the first best is the one kept
+    eligible = scores[best_at][0]
+    return eligible and len(history) - 1 - best_at >= cfg.patience
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -143,6 +158,8 @@ def train(
         log.info("resuming from step %d (%s)", start, last)
     best = max((e.score(cfg.select, cfg.max_other) for e in history), default=None)
 
+    if stalled(history, cfg):
+        start = cfg.steps  # killed after stopping early: nothing left to do
     bar = tqdm(
         range(start, cfg.steps),
         initial=start,
@@ -185,5 +202,12 @@ def train(
                 mem=f"{record.mem:.2f}",
                 other=f"{record.other:.2f}",
             )
+            if stalled(history, cfg):
+                log.info(
+                    "stopping at step %d: %d evaluations without a better checkpoint",
+                    done,
+                    cfg.patience,
+                )
+                break
     bar.close()
     return history

@@ -135,8 +135,9 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
     }
     stage.finish(config, [data], cfg.seed, summary)
     log.info(
-        "train: kept step %d (gen %.2f, mem %.2f, other %.2f)",
+        "train: kept step %d of %d trained (gen %.2f, mem %.2f, other %.2f)",
         best.step,
+        history[-1].step,
         best.gen,
         best.mem,
         best.other,
