@@ -28,6 +28,13 @@ def test_overrides_are_parsed_as_yaml() -> None:
         (["train.steps=-3"], "train.steps"),
         (["nosection"], "not key=value"),
         (["train=3"], "train"),
+        (["steer.alphas=[1,2"], "not valid YAML"),
+        (["seed=-1"], "seed"),
+        (["neurons.top_n=[]"], "neurons.top_n"),
+        (["neurons.top_n=[5]"], "neurons.top_n"),  # 5 meant as 5%
+        (["neurons.top_n=[0.05,0.050000001]"], "twice"),
+        (["behave.target_flips=10"], "above target_flips"),
+        (["train.patience=0"], "train.patience"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides: list[str], fragment: str) -> None:
@@ -54,6 +61,10 @@ def test_bad_yaml_files(tmp_path: Path) -> None:
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(MemgenError, match="mapping"):
         load_config(listing)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00train")
+    with pytest.raises(MemgenError, match="not UTF-8"):
+        load_config(binary)
 
 
 def test_config_is_frozen() -> None:

@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from conftest import _LLAMA_LIKE, FAMILY_NAMES, LAYERS
 from memgen.core.errors import MemgenError
-from memgen.core.hooks import Intervention, intervene, record
+from memgen.core.hooks import Intervention, Recording, intervene, record
 from memgen.core.modeling import unwrap
 from memgen.core.sites import SITE_KINDS, Site, all_sites, resolve, site_width
 
@@ -272,6 +272,18 @@ def test_intervention_json_round_trip() -> None:
     assert hash(Intervention.from_dict(row)) == hash(iv)
     assert Intervention.from_dict({**row, "neurons": [4, 1, 9]}).neurons == (4, 1, 9)
     assert Intervention.from_dict({**row, "site": "mlp.2"}) == iv
+    assert Intervention.from_dict({**row, "neurons": [4.0, 1, 9]}).neurons == (4, 1, 9)
+    with pytest.raises(MemgenError, match="not an intervention"):
+        Intervention.from_dict({**row, "values": ["x", 1, 2]})
+
+
+def test_recording_is_a_mapping_of_its_sites() -> None:
+    rec = Recording([Site("resid", 0)])
+    assert Site("resid", 0) in rec and "resid.0" in rec
+    assert "mlp.1" not in rec and "not-a-site" not in rec
+    assert rec.get(Site("mlp", 1), "absent") == "absent"
+    with pytest.raises(MemgenError, match="was not recorded"):
+        rec["mlp.1"]
 
 
 @pytest.mark.parametrize(
@@ -284,6 +296,8 @@ def test_intervention_json_round_trip() -> None:
         ({"neurons": (-1,)}, ">= 0"),
         ({"values": (1.0, 2.0, 3.0)}, "one value per neuron"),
         ({"op": "zero", "values": (1.0,)}, "takes no values"),
+        ({"neurons": (1.9,)}, "whole numbers"),
+        ({"neurons": "12"}, "whole numbers"),
     ],
 )
 def test_bad_interventions_are_errors(kwargs: dict, message: str) -> None:

@@ -134,11 +134,15 @@ def test_remote_code_is_not_run_by_default(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("kind", ["missing", "no_config"])
+@pytest.mark.parametrize("kind", ["missing", "no_config", "truncated_weights"])
 def test_a_bad_model_path_is_a_one_line_error(kind: str, tmp_path: Path) -> None:
     path = tmp_path / "models" / "nothing"
     if kind == "no_config":
         path.mkdir(parents=True)
+    if kind == "truncated_weights":
+        _save_base("llama", path)
+        weights = path / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:64])
     cfg = load_config(None, [f"train.model={path}", *TINY])
     run_data(tmp_path / "run", cfg)
     with pytest.raises(MemgenError) as info:
@@ -146,3 +150,11 @@ def test_a_bad_model_path_is_a_one_line_error(kind: str, tmp_path: Path) -> None
     message = str(info.value)
     assert "\n" not in message and str(path) in message
     assert not (tmp_path / "run" / "train" / "manifest.json").exists()
+
+
+def test_a_corrupt_adapter_config_is_a_one_line_error(tmp_path: Path) -> None:
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{not json")
+    with pytest.raises(MemgenError, match="not valid JSON"):
+        load_trained(folder)

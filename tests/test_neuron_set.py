@@ -75,6 +75,14 @@ def test_corrupt_file(tmp_path: Path, model: GPT2LMHeadModel, damaged: str) -> N
         NeuronSet.load(tmp_path / "top5")
 
 
+def test_malformed_field(tmp_path: Path, model: GPT2LMHeadModel) -> None:
+    make_set(model).save(tmp_path / "top5")
+    path = tmp_path / "top5.json"
+    path.write_text(path.read_text().replace('"top_n": 0.05', '"top_n": "five"'))
+    with pytest.raises(MemgenError, match="malformed field"):
+        NeuronSet.load(tmp_path / "top5")
+
+
 def test_mismatched_lengths(tmp_path: Path, model: GPT2LMHeadModel) -> None:
     from safetensors.numpy import load_file, save_file
 

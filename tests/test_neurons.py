@@ -12,6 +12,7 @@ from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
 from memgen.core.neuron_set import NeuronSet
+from memgen.core.recorded import read_record
 from memgen.neurons.scores import SCORERS, score
 from memgen.neurons.selection import layer_counts, layer_share, n_selected, select_top
 from memgen.neurons.stage import run_neurons
@@ -190,3 +191,13 @@ def test_neurons_stage_errors(tmp_path: Path) -> None:
         run_neurons(tmp_path, load_config(None, ["neurons.site=mlp"]))
     with pytest.raises(MemgenError, match="did you mean"):
         run_neurons(tmp_path, load_config(None, ["neurons.scorer=pearsn"]))
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_a_damaged_activation_file_is_a_one_line_error(tmp_path: Path, damage: str) -> None:
+    write_record(tmp_path)
+    path = tmp_path / "record" / "resid.npy"
+    path.write_bytes(b"" if damage == "empty" else path.read_bytes()[:40])
+    with pytest.raises(MemgenError, match=r"not a readable \.npy") as info:
+        read_record(tmp_path / "record").activations("resid")
+    assert "\n" not in str(info.value)

@@ -123,6 +123,7 @@ def test_compare_a_run_with_its_copy(tiny_run: Path, tmp_path: Path) -> None:
             "data.options: rule_fraction + recall_fraction + conflict_fraction = 1.1 > 1",
         ),
         (["train", "--run-dir", "{tmp}/empty"], "memgen data"),
+        (["data", "--run-dir", "/dev/null"], "is a file"),
         (["bound", "--run-dir", "{tmp}/empty"], "memgen train"),
         (["bound", "bound.lr=0"], "bound.lr"),
         (["run", "--until", "nowhere"], "not a stage"),

@@ -53,7 +53,10 @@ def _setup(
     cfg = _load(config, overrides)
     from memgen.pipeline import default_run_dir
 
-    return cfg, run_dir or default_run_dir(cfg)
+    folder = run_dir or default_run_dir(cfg)
+    if folder.exists() and not folder.is_dir():
+        raise MemgenError(f"--run-dir {folder} is a file; name a folder")
+    return cfg, folder
 
 
 def _stage_command(name: str, summary: str) -> None:

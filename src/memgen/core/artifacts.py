@@ -105,9 +105,12 @@ class Stage:
             return False
         manifest = self.manifest()
         wanted = self.identity(config, inputs)
+        # Existence, not hashes: rehashing gigabytes of activations on every skip is slow.
+        outputs_there = all((self.path / name).is_file() for name in manifest.get("outputs", {}))
         return bool(
             manifest.get("config") == wanted["config"]
             and manifest.get("inputs") == wanted["inputs"]
+            and outputs_there
         )
 
     def up_to_date(self, config: Mapping[str, Any], inputs: list[Stage], force: bool) -> bool:
@@ -140,7 +143,9 @@ class Stage:
         outputs = {
             str(path.relative_to(self.path)): file_hash(path)
             for path in sorted(self.path.rglob("*"))
-            if path.is_file() and path.name != MANIFEST and "checkpoints" not in path.parts
+            if path.is_file()
+            and path.name != MANIFEST
+            and "checkpoints" not in path.relative_to(self.path).parts
         }
         manifest = {
             "stage": self.name,

@@ -8,10 +8,10 @@ manifest, so changing `steer.alphas` re-runs steering but not training.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from memgen.core.errors import MemgenError
 
@@ -79,6 +79,15 @@ class BehaveConfig(Section):
     max_pairs: int = Field(20_000, ge=1, description="give up after evaluating this many pairs")
     min_flips: int = Field(40, ge=2, description="fewer flips than this is an error")
 
+    @model_validator(mode="after")
+    def _reachable(self) -> BehaveConfig:
+        if self.min_flips > self.target_flips:
+            raise ValueError(
+                f"min_flips {self.min_flips} is above target_flips {self.target_flips}: "
+                "mining stops at the target, so it would always fail"
+            )
+        return self
+
 
 class RecordConfig(Section):
     sites: list[Literal["resid", "mlp", "attn"]] = ["resid", "mlp"]
@@ -88,11 +97,21 @@ class RecordConfig(Section):
 class NeuronsConfig(Section):
     site: Literal["resid", "mlp", "attn"] = "resid"
     scorer: str = "pearson"
-    top_n: list[float] = [0.05, 0.10]
+    # At most half the neurons: the random control draws as many from the rest.
+    top_n: list[Annotated[float, Field(gt=0, le=0.5)]] = Field([0.05, 0.10], min_length=1)
     # Ten split-halves give a stable mean at the cost of ten scorings.
     consistency_splits: int = Field(
         10, ge=1, description="seeded split-halves of the pairs for the consistency check"
     )
+
+    @model_validator(mode="after")
+    def _distinct_files(self) -> NeuronsConfig:
+        # Each fraction names a file by its percentage's six significant digits
+        # (neuron_set.set_name), so two fractions that print alike would share one.
+        percents = [f"{100 * fraction:g}" for fraction in self.top_n]
+        if len(set(percents)) < len(percents):
+            raise ValueError(f"top_n {self.top_n} names one neuron set twice; drop one")
+        return self
 
 
 class ProbeConfig(Section):
@@ -122,7 +141,7 @@ class BoundConfig(Section):
 
 class RunConfig(Section):
     task: str = "color"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     device: str = "auto"
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
@@ -152,7 +171,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise MemgenError(f"override {item!r} is not key=value (e.g. train.lr=3e-4)")
-        _set_path(tree, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise MemgenError(f"override {item!r}: the value is not valid YAML") from None
+        _set_path(tree, key.strip(), value)
     return tree
 
 
@@ -184,7 +207,9 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
         if not path.is_file():
             raise MemgenError(f"config file {path} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise MemgenError(f"{path}: not UTF-8 text; is it a config file?") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -17,6 +17,7 @@ so a `record` opened inside an `intervene` sees the changed activations.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +38,13 @@ POSITIONS: tuple[Position, ...] = get_args(Position)
 Edit = Callable[[torch.Tensor], torch.Tensor | None]
 
 
+def _is_index(n: object) -> bool:
+    """A whole number: an int (numpy's too) or an integral float, as JSON may give."""
+    if isinstance(n, bool):
+        return False
+    return isinstance(n, numbers.Integral) or (isinstance(n, float) and n.is_integer())
+
+
 @dataclass(frozen=True)
 class Intervention:
     """Change `neurons` of `site` by `op` with `values`, at the last position or at all.
@@ -52,10 +60,13 @@ class Intervention:
     position: Position = "last"
 
     def __post_init__(self) -> None:
-        # Accept lists (e.g. from JSON) but store tuples, so the value stays hashable.
+        where = f"intervention at {self.site}"
+        # Accept lists (e.g. from JSON) but store tuples, so the value stays hashable;
+        # a string or 1.9 as a neuron index is a mistake, not something to round.
+        if isinstance(self.neurons, str) or not all(map(_is_index, self.neurons)):
+            raise MemgenError(f"{where}: neurons must be whole numbers (got {self.neurons!r})")
         object.__setattr__(self, "neurons", tuple(int(n) for n in self.neurons))
         object.__setattr__(self, "values", tuple(float(v) for v in self.values))
-        where = f"intervention at {self.site}"
         if self.op not in OPS:
             raise MemgenError(f"{where}: op {self.op!r} is not one of {', '.join(OPS)}")
         if self.position not in POSITIONS:
@@ -97,11 +108,18 @@ class Intervention:
                 values=tuple(row.get("values", ())),
                 position=row.get("position", "last"),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise MemgenError(
                 f"not an intervention (missing or bad {exc}): {dict(row)!r}; expected "
                 "{site: {kind, layer}, neurons: [...], op, values: [...], position}"
             ) from None
+
+
+class NotRecorded(MemgenError, KeyError):
+    """A site that `record()` was not asked for: a KeyError, so `rec.get` works."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
 class Recording(Mapping[Site, torch.Tensor]):
@@ -119,8 +137,15 @@ class Recording(Mapping[Site, torch.Tensor]):
         key = Site.parse(site) if isinstance(site, str) else site
         if key not in self._calls:
             known = ", ".join(str(s) for s in self._calls)
-            raise MemgenError(f"site {key} was not recorded (recorded: {known})")
+            raise NotRecorded(f"site {key} was not recorded (recorded: {known})")
         return self._calls[key]
+
+    def __contains__(self, site: object) -> bool:
+        try:
+            key = Site.parse(site) if isinstance(site, str) else site
+        except MemgenError:
+            return False
+        return key in self._calls
 
     def __getitem__(self, site: Site | str) -> torch.Tensor:
         calls = self.calls(site)

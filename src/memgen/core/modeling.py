@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -93,7 +94,7 @@ def load_pretrained(
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MemgenError(
             f"cannot load model {name_or_path!r} ({first_line}); give a local folder with "
@@ -144,18 +145,22 @@ def _load_trained(
         return load_pretrained(str(path), dtype=dtype, trust_remote_code=trust_remote_code)
     from peft import PeftModel
 
-    base_name = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+    try:
+        adapter = json.loads(adapter_config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise MemgenError(f"{adapter_config} is not valid JSON; re-run `memgen train`") from None
+    base_name = adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None
     if not base_name:
         raise MemgenError(f"{adapter_config} names no base model; re-save the adapter")
     base, _ = load_pretrained(base_name, dtype=dtype, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"
     try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
         model = PeftModel.from_pretrained(base, path)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise MemgenError(
             f"cannot load the adapter in {path} ({exc}); re-run `memgen train`"
         ) from None
+    tokenizer.padding_side = "left"
     return model, tokenizer  # type: ignore[return-value]
 
 

@@ -151,19 +151,25 @@ class NeuronSet:
                 f"neuron set {stem} lacks {', '.join(missing)}; re-make it with "
                 "`memgen neurons --force`"
             )
-        return cls(
-            model=dict(info["model"]),
-            site=str(info["site"]),
-            scorer=str(info["scorer"]),
-            top_n=float(info["top_n"]),
-            n_layers=int(info["n_layers"]),
-            width=int(info["width"]),
-            layers=arrays["layers"].astype(np.int64),
-            neurons=arrays["neurons"].astype(np.int64),
-            nmd=arrays["nmd"],
-            score=arrays["score"],
-            meta=dict(info.get("meta", {})),
-        )
+        try:
+            return cls(
+                model=dict(info["model"]),
+                site=str(info["site"]),
+                scorer=str(info["scorer"]),
+                top_n=float(info["top_n"]),
+                n_layers=int(info["n_layers"]),
+                width=int(info["width"]),
+                layers=arrays["layers"].astype(np.int64),
+                neurons=arrays["neurons"].astype(np.int64),
+                nmd=arrays["nmd"],
+                score=arrays["score"],
+                meta=dict(info.get("meta", {})),
+            )
+        except (TypeError, ValueError) as exc:
+            raise MemgenError(
+                f"neuron set {stem} has a malformed field ({exc}); re-make it with "
+                "`memgen neurons --force`"
+            ) from None
 
     def check_compatible(self, model: torch.nn.Module) -> None:
         """Raise MemgenError unless `model` has the shape this set was recorded on."""

@@ -50,7 +50,7 @@ class Recorded:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
             raise MemgenError(f"{path} is missing; {_FIX}") from None
-        except ValueError as exc:
+        except (ValueError, EOFError, OSError) as exc:
             raise MemgenError(f"{path} is not a readable .npy array ({exc}); {_FIX}") from None
         shape = self.sites[site]
         wanted = (len(self.labels), int(shape["n_layers"]), int(shape["width"]))
@@ -65,7 +65,7 @@ class Recorded:
         path = self.path / self.readout
         try:
             margins = np.load(path, allow_pickle=False)
-        except (FileNotFoundError, ValueError) as exc:
+        except (ValueError, EOFError, OSError) as exc:
             raise MemgenError(f"{path} is not readable ({exc}); {_FIX}") from None
         if margins.ndim != 2 or len(margins) != len(self.labels):
             raise MemgenError(f"{path} has shape {margins.shape}, not [N, n_layers]; {_FIX}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from memgen.core.errors import MemgenError
 from memgen.core.hooks import Intervention
 from memgen.core.neuron_set import NeuronSet
 from memgen.steering.api import Direction, shift_interventions
@@ -34,6 +35,11 @@ def control_interventions(
     sign = 1.0 if toward == "mem" else -1.0
     if kind == "random":
         pool = np.setdiff1d(np.arange(n_layers * width), selected)
+        if len(pool) < count:
+            raise MemgenError(
+                f"the random control needs {count} unselected neurons, and only {len(pool)} "
+                "are left; select at most half of them (top_n <= 0.5)"
+            )
         flat = rng.choice(pool, size=count, replace=False)
         shifts = sizes * rng.choice([-1.0, 1.0], size=count)
     elif kind == "low_correlation":
