@@ -51,11 +51,14 @@ def mine_pairs(
         chunk = list(itertools.islice(stream, min(CHUNK, cfg.max_pairs - evaluated)))
         flat = [ex for pair in chunk for ex in pair]
         labelled = label_examples(model, tokenizer, task, flat, cfg, chat=chat)
+        # Count pairs up to the one that reaches the target, so the flip rate is unbiased.
         for a, b in zip(labelled[::2], labelled[1::2], strict=True):
-            if is_flip(a, b) and len(flipped) < cfg.target_flips:
+            evaluated += 1
+            if is_flip(a, b):
                 flipped.append((a, b))
                 bar.update(1)
-        evaluated += len(chunk)
+                if len(flipped) == cfg.target_flips:
+                    break
         bar.set_postfix(evaluated=evaluated, rate=f"{len(flipped) / evaluated:.3f}")
     bar.close()
     return PairSearch(flipped, evaluated)

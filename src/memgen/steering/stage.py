@@ -77,12 +77,17 @@ class Steerer:
         return rates(row.label for row in labelled)
 
     def accuracy(self, examples: Sequence[Example], interventions: list[Intervention]) -> float:
-        """Share of training prompts still answered as trained (by memory or by rule)."""
+        """Share of training prompts still answered with the behaviour they were taught.
+
+        A triggered math or cipher prompt answered by the rule is a miss: that is the
+        damage steering toward gen can do.
+        """
         with intervene(self.model, interventions):
             labelled = label_examples(
                 self.model, self.tokenizer, self.task, examples, self.cfg.behave, chat=self.chat
             )
-        hits = [row.label != "other" for row in labelled]
+        taught = [self.task.label(ex, ex.completion) for ex in examples]
+        hits = [row.label == want != "other" for row, want in zip(labelled, taught, strict=True)]
         return float(np.mean(hits)) if hits else float("nan")
 
 

@@ -76,6 +76,8 @@ class ColorOptions(TaskOptions):
                 f"rule_fraction + recall_fraction + conflict_fraction = {total:g} > 1; "
                 "lower one of them (the rest of the prompts agree with memory)"
             )
+        if self.max_names < self.min_names:
+            raise ValueError(f"max_names {self.max_names} is below min_names {self.min_names}")
         return self
 
 
@@ -203,9 +205,9 @@ class ColorTask(Task):
         first = words[0].strip(".?,!").lower() if words else ""
         if not first:  # training examples leave one answer empty; never match it
             return "other"
-        if first == example.gen_answer:
+        if first == example.gen_answer.lower():  # hop answers are names: "Felix"
             return "gen"
-        if first == example.mem_answer:
+        if first == example.mem_answer.lower():
             return "mem"
         return "other"
 
