@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from memgen.core.config import set_name
 from memgen.core.errors import MemgenError
 from memgen.core.modeling import model_identity
-from memgen.core.neuron_set import NeuronSet, set_name
+from memgen.core.neuron_set import NeuronSet
 
 
 def tiny_gpt2(n_embd: int = 32, n_layer: int = 2) -> GPT2LMHeadModel:

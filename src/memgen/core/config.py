@@ -94,6 +94,11 @@ class RecordConfig(Section):
     batch_size: int = Field(256, ge=1)
 
 
+def set_name(fraction: float) -> str:
+    """File stem for a top-N fraction: 0.05 -> 'top5', 0.025 -> 'top2p5' (no dot in stems)."""
+    return "top" + f"{100 * fraction:g}".replace(".", "p")
+
+
 class NeuronsConfig(Section):
     site: Literal["resid", "mlp", "attn"] = "resid"
     scorer: str = "pearson"
@@ -106,10 +111,8 @@ class NeuronsConfig(Section):
 
     @model_validator(mode="after")
     def _distinct_files(self) -> NeuronsConfig:
-        # Each fraction names a file by its percentage's six significant digits
-        # (neuron_set.set_name), so two fractions that print alike would share one.
-        percents = [f"{100 * fraction:g}" for fraction in self.top_n]
-        if len(set(percents)) < len(percents):
+        names = [set_name(fraction) for fraction in self.top_n]
+        if len(set(names)) < len(names):
             raise ValueError(f"top_n {self.top_n} names one neuron set twice; drop one")
         return self
 

@@ -40,11 +40,6 @@ _IDENTITY_KEYS = ("model_type", "num_hidden_layers", "hidden_size")
 _FIX = "record neurons for this model with `memgen neurons`"
 
 
-def set_name(fraction: float) -> str:
-    """File stem for a top-N fraction: 0.05 -> 'top5', 0.025 -> 'top2p5' (no dot in stems)."""
-    return "top" + f"{100 * fraction:g}".replace(".", "p")
-
-
 def _describe(identity: dict[str, Any], site: str, width: int) -> str:
     return (
         f"{identity.get('model_type')} ({identity.get('num_hidden_layers')} layers, "

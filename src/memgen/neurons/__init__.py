@@ -1,6 +1,7 @@
 """Behaviour neurons: score neurons by how they separate mem from gen, select, save, compare."""
 
-from memgen.core.neuron_set import NeuronSet, set_name
+from memgen.core.config import set_name
+from memgen.core.neuron_set import NeuronSet
 from memgen.neurons.scores import SCORERS, score
 from memgen.neurons.selection import layer_share, select_top
 

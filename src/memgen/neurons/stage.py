@@ -20,9 +20,9 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig
+from memgen.core.config import RunConfig, set_name
 from memgen.core.errors import MemgenError
-from memgen.core.neuron_set import NeuronSet, set_name
+from memgen.core.neuron_set import NeuronSet
 from memgen.core.recorded import read_record
 from memgen.neurons.consistency import split_half
 from memgen.neurons.figures import plot_layer_share, plot_nmd_heatmap, plot_score_by_layer

@@ -24,10 +24,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.behave.evaluate import label_examples
 from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig
+from memgen.core.config import RunConfig, set_name
 from memgen.core.hooks import Intervention, intervene
 from memgen.core.modeling import load_run_model
-from memgen.core.neuron_set import NeuronSet, set_name
+from memgen.core.neuron_set import NeuronSet
 from memgen.core.recorded import read_record
 from memgen.core.stats import rates
 from memgen.steering.api import Direction, steering_interventions
