@@ -43,6 +43,12 @@ class Evaluation:
         return self.other <= max_other, value
 
 
+def kept_index(history: Sequence[Evaluation], cfg: TrainConfig) -> int:
+    """Position of the kept evaluation in `history`: the first with the best score."""
+    scores = [e.score(cfg.select, cfg.max_other) for e in history]
+    return scores.index(max(scores))
+
+
 def stalled(history: Sequence[Evaluation], cfg: TrainConfig) -> bool:
     """Whether the kept checkpoint is eligible and `cfg.patience` evaluations have not beaten it.
 
@@ -51,9 +57,8 @@ def stalled(history: Sequence[Evaluation], cfg: TrainConfig) -> bool:
     """
     if cfg.patience is None or not history:
         return False
-    scores = [e.score(cfg.select, cfg.max_other) for e in history]
-    best_at = scores.index(max(scores))  # the first best is the one kept
-    eligible = scores[best_at][0]
+    best_at = kept_index(history, cfg)
+    eligible, _ = history[best_at].score(cfg.select, cfg.max_other)
     return eligible and len(history) - 1 - best_at >= cfg.patience
 
 

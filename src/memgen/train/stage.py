@@ -26,7 +26,7 @@ from memgen.core.modeling import load_pretrained, scratch_gpt2
 from memgen.tasks.base import Example, Task, make_task, read_jsonl
 from memgen.tasks.tokenizer import build_tokenizer
 from memgen.train.curve import plot_curve
-from memgen.train.loop import train
+from memgen.train.loop import kept_index, train
 from memgen.train.lora import add_lora
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
         progress=progress,
     )
     rows = [vars(e) for e in history]
-    best = max(history, key=lambda e: e.score(cfg.train.select, cfg.train.max_other))
+    best = history[kept_index(history, cfg.train)]
     write_json(out / "history.json", rows)
     plot_curve(rows, best.step, out / "curve.png", f"{cfg.task}: behaviour on test prompts")
     summary = {
