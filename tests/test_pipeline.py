@@ -13,6 +13,7 @@ from memgen.core.artifacts import Stage
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
 from memgen.pipeline import STAGES, run_all
+from memgen.steering.ablate import run_ablate
 from memgen.steering.bound import run_bound
 
 # A small context (2-3 names) and many pure-recall prompts make both behaviours appear
@@ -75,6 +76,26 @@ def test_the_bound_stage_fits_each_layer_and_refuses_a_bad_one(tiny_run: Path) -
         run_bound(tiny_run, load_config(None, [*TINY, "bound.layers=[7]"]))
 
 
+def test_ablation_scales_each_site_and_scale_one_changes_nothing(tiny_run: Path) -> None:
+    cfg = load_config(None, [*TINY, "ablate.scales=[0,1]", "ablate.position=all"])
+    stage = run_ablate(tiny_run, cfg)
+    result = json.loads((stage.path / "ablate.json").read_text())
+    baseline, rows = result["baseline"], result["rows"]
+    assert set(baseline) == {"mem", "gen"}  # the tiny run answers both ways
+    expected = {(kind, layer, scale, source) for kind in ("attn", "mlp") for layer in (0, 1)
+                for scale in (0.0, 1.0) for source in ("mem", "gen")}  # fmt: skip
+    assert {(r["site"], r["layer"], r["scale"], r["from"]) for r in rows} == expected
+    for row in rows:
+        assert sum(row["shares"].values()) == pytest.approx(1.0)
+        if row["scale"] == 1.0:  # multiplying by one must leave every answer as it was
+            assert row["shares"] == baseline[row["from"]]
+    # Knocking a whole layer's MLP out everywhere changes some answers: the hooks bite.
+    knocked = [r for r in rows if r["scale"] == 0.0 and r["site"] == "mlp" and r["layer"] == 0]
+    assert any(r["shares"] != baseline[r["from"]] for r in knocked)
+    assert (stage.path / "ablate.png").stat().st_size > 0
+    assert run_ablate(tiny_run, cfg).manifest() == stage.manifest()  # skipped when up to date
+
+
 def test_report_is_self_contained(tiny_run: Path) -> None:
     html = (tiny_run / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
@@ -126,6 +147,9 @@ def test_compare_a_run_with_its_copy(tiny_run: Path, tmp_path: Path) -> None:
         (["data", "--run-dir", "/dev/null"], "is a file"),
         (["bound", "--run-dir", "{tmp}/empty"], "memgen train"),
         (["bound", "bound.lr=0"], "bound.lr"),
+        (["ablate", "--run-dir", "{tmp}/empty"], "memgen train"),
+        (["ablate", "ablate.scales=[]"], "ablate.scales"),
+        (["ablate", "ablate.position=first"], "ablate.position"),
         (["run", "--until", "nowhere"], "not a stage"),
         (["compare", "{tmp}", "{tmp}/other"], "memgen run --run-dir"),
         (["compare", "{tmp}"], "at least two run folders"),

@@ -85,6 +85,7 @@ _stage_command("probe", "Predict mem vs gen from activations, layer by layer.")
 _stage_command("steer", "Steer with alpha x NMD on the selected neurons, with a random control.")
 _stage_command("report", "Write results.json, figures and a self-contained report.html.")
 _stage_command("bound", "Fit the best shared shift per layer: how far could any steering go?")
+_stage_command("ablate", "Knock out (or scale) each attention and MLP layer: where is it decided?")
 
 
 @app.command()

@@ -34,6 +34,7 @@ STAGES: dict[str, str] = {
 # Stages `memgen run` leaves out: each is its own command, run on a finished run.
 EXTRA_STAGES: dict[str, str] = {
     "bound": "memgen.steering.bound:run_bound",
+    "ablate": "memgen.steering.ablate:run_ablate",
 }
 
 StageRunner = Callable[..., Stage]

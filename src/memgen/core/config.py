@@ -142,6 +142,15 @@ class BoundConfig(Section):
     lr: float = Field(0.1, gt=0)
 
 
+class AblateConfig(Section):
+    # `memgen ablate`: each site at each layer scaled (0 knocks it out) on mem and gen prompts.
+    sites: list[Literal["attn", "mlp"]] = Field(["attn", "mlp"], min_length=1)
+    scales: list[float] = Field([0.0], min_length=1, description="0 knocks the site out")
+    # all: a knockout of the component; last: only its computation at the last position.
+    position: Literal["last", "all"] = "all"
+    n_prompts: int = Field(150, ge=1, description="test prompts per behaviour")
+
+
 class RunConfig(Section):
     task: str = "color"
     seed: int = Field(0, ge=0)
@@ -154,6 +163,7 @@ class RunConfig(Section):
     probe: ProbeConfig = ProbeConfig()
     steer: SteerConfig = SteerConfig()
     bound: BoundConfig = BoundConfig()
+    ablate: AblateConfig = AblateConfig()
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

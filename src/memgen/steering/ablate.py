@@ -1,0 +1,165 @@
+"""Where is the behaviour computed? Knock out (or scale) one site at one layer.
+
+    memgen ablate --run-dir runs/color-seed0
+    memgen ablate --run-dir runs/color-seed0 'ablate.scales=[0,0.5,2]' ablate.position=all
+
+Steering asks whether a shift moves the behaviour; ablation asks which components
+the answer depends on at all. For each site kind (attention output, MLP hidden
+neurons) and layer, every unit of the site is multiplied by each scale (0 knocks the
+component out), at the last position or at all positions, while the test prompts
+the model answered by memory, and those it answered by rule, are generated again.
+A component the behaviour needs shows up as answers that change.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from tqdm.auto import tqdm
+
+from memgen.core.artifacts import Stage, write_json
+from memgen.core.config import RunConfig
+from memgen.core.errors import MemgenError
+from memgen.core.hooks import Intervention
+from memgen.core.modeling import load_run_model
+from memgen.core.sites import Site, n_layers, site_width
+from memgen.steering.stage import Steerer, read_labelled
+from memgen.tasks.base import make_task
+
+log = logging.getLogger(__name__)
+SOURCES = ("mem", "gen")  # the unablated answer's behaviour
+
+
+def scale_site(site: Site, width: int, scale: float, position: str) -> list[Intervention]:
+    """Every unit of `site` multiplied by `scale`."""
+    return [
+        Intervention(
+            site=site,
+            neurons=tuple(range(width)),
+            op="scale",
+            values=(scale,),
+            position=position,  # type: ignore[arg-type]
+        )
+    ]
+
+
+def stage_config(cfg: RunConfig) -> dict[str, object]:
+    return {
+        "task": cfg.task,
+        "seed": cfg.seed,
+        "ablate": cfg.ablate.model_dump(mode="json"),
+        "behave": cfg.behave.model_dump(mode="json"),
+    }
+
+
+def run_ablate(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
+    """Stage `ablate`: the behaviour of mem and gen prompts with one site scaled."""
+    train, behave = Stage(run_dir, "train"), Stage(run_dir, "behave")
+    stage = Stage(run_dir, "ablate")
+    config, inputs = stage_config(cfg), [train, behave]
+    if stage.up_to_date(config, inputs, force):
+        return stage
+    ac = cfg.ablate
+    task = make_task(cfg.task, cfg.data.options)
+    model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
+    steerer = Steerer(model, tokenizer, task, cfg)
+    labelled = read_labelled(behave.path / "test_outputs.jsonl")
+    prompts = {
+        source: [ex for ex, label in labelled if label == source][: ac.n_prompts]
+        for source in SOURCES
+    }
+    for source in SOURCES:
+        if not prompts[source]:
+            log.warning("ablate: no test prompt was answered %r; nothing to ablate there", source)
+    if not any(prompts.values()):
+        raise MemgenError(
+            "ablate: the model answered no test prompt by memory or by rule; "
+            "train it further (`memgen train`) before ablating"
+        )
+    out = stage.begin()
+    # The same prompts, batched the same way, with nothing changed: the floor of "changed".
+    baseline = {
+        source: steerer.shares(examples, []) for source, examples in prompts.items() if examples
+    }
+    rows: list[dict[str, Any]] = []
+    settings = [
+        (Site(kind, layer), scale)
+        for kind in ac.sites
+        for layer in range(n_layers(model))
+        for scale in ac.scales
+    ]
+    for site, scale in tqdm(settings, desc="ablate", disable=None):
+        interventions = scale_site(site, site_width(model, site.kind), scale, ac.position)
+        for source in SOURCES:
+            if not prompts[source]:
+                continue
+            shares = steerer.shares(prompts[source], interventions)
+            rows.append({
+                "site": site.kind, "layer": site.layer, "scale": scale,
+                "position": ac.position, "from": source,
+                "n_prompts": len(prompts[source]), "shares": shares,
+            })  # fmt: skip
+    result = {"baseline": baseline, "rows": rows}
+    write_json(out / "ablate.json", result)
+    plot_ablation(rows, out / "ablate.png")
+    stage.finish(config, inputs, cfg.seed, result)
+    log.info("%s", format_ablation(baseline, rows))
+    return stage
+
+
+def format_ablation(baseline: dict[str, dict[str, float]], rows: list[dict[str, Any]]) -> str:
+    """`ablate.json` as a plain-text table: the share of answers each change keeps."""
+    lines = ["site     scale  from   kept   gen   mem  other"]
+    unchanged = [("none", 1.0, source, shares) for source, shares in baseline.items()]
+    changed = [
+        (f"{row['site']}.{row['layer']}", row["scale"], row["from"], row["shares"]) for row in rows
+    ]
+    for site, scale, source, shares in [*unchanged, *changed]:
+        lines.append(
+            f"{site:<8} {scale:5g}  {source:<5} {shares[source]:5.2f} {shares['gen']:5.2f}"
+            f" {shares['mem']:5.2f} {shares['other']:5.2f}"
+        )
+    return "\n".join(lines)
+
+
+def plot_ablation(rows: list[dict[str, Any]], path: Path) -> None:
+    """One heat map per (behaviour, scale): the share of answers that changed, and to what."""
+    panels = sorted(
+        {(row["from"], row["scale"]) for row in rows},
+        key=lambda panel: (panel[1], SOURCES.index(panel[0])),
+    )
+    sites = sorted({row["site"] for row in rows})
+    depth = 1 + max(row["layer"] for row in rows)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(0.7 * depth * len(panels) + 2.5, 0.9 * len(sites) + 1.4),
+        dpi=120, squeeze=False,
+    )  # fmt: skip
+    for ax, (source, scale) in zip(axes[0], panels, strict=True):
+        other_behaviour = "gen" if source == "mem" else "mem"
+        changed = [[float("nan")] * depth for _ in sites]
+        for row in rows:
+            if (row["from"], row["scale"]) != (source, scale):
+                continue
+            shares, y, x = row["shares"], sites.index(row["site"]), row["layer"]
+            changed[y][x] = 1 - shares[source]
+            label = f"{shares[other_behaviour]:.0%} {other_behaviour}\n{shares['other']:.0%} other"
+            ax.text(
+                x, y, label,
+                ha="center", va="center", fontsize=6,
+                color="white" if changed[y][x] > 0.5 else "black",
+            )  # fmt: skip
+        image = ax.imshow(changed, vmin=0, vmax=1, cmap="magma_r", aspect="auto")
+        ax.set_xticks(range(depth), [str(layer) for layer in range(depth)], fontsize=7)
+        ax.set_yticks(range(len(sites)), sites, fontsize=8)
+        ax.set_xlabel("layer", fontsize=8)
+        where = "all positions" if rows[0]["position"] == "all" else "last position"
+        ax.set_title(f"{source} answers, site x{scale:g} ({where})", fontsize=8)
+    fig.colorbar(image, ax=axes[0].tolist(), label="share of answers changed", shrink=0.9)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
