@@ -26,3 +26,16 @@ def test_a_deleted_output_makes_the_stage_run_again(tmp_path: Path) -> None:
 def test_outputs_are_found_under_a_folder_named_checkpoints(tmp_path: Path) -> None:
     stage = _finished(tmp_path / "checkpoints" / "run1")
     assert list(stage.manifest()["outputs"]) == ["train.jsonl"]
+
+
+def test_a_stage_is_current_until_a_stage_it_read_changes(tmp_path: Path) -> None:
+    data = _finished(tmp_path)
+    later = Stage(tmp_path, "train")
+    later.begin()
+    (later.path / "model.txt").write_text("weights")
+    later.finish({}, [data], seed=0)
+    assert later.is_current()
+    (data.path / "train.jsonl").write_text('{"other": 1}\n')
+    data.finish({"n": 1}, [], seed=0)  # the data stage re-ran with new outputs
+    assert not later.is_current()
+    assert not Stage(tmp_path, "never-run").is_current()

@@ -13,6 +13,7 @@ from memgen.core.artifacts import Stage
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
 from memgen.pipeline import STAGES, run_all
+from memgen.report.stage import run_report
 from memgen.steering.ablate import run_ablate
 from memgen.steering.bound import run_bound
 
@@ -94,6 +95,19 @@ def test_ablation_scales_each_site_and_scale_one_changes_nothing(tiny_run: Path)
     assert any(r["shares"] != baseline[r["from"]] for r in knocked)
     assert (stage.path / "ablate.png").stat().st_size > 0
     assert run_ablate(tiny_run, cfg).manifest() == stage.manifest()  # skipped when up to date
+
+
+def test_the_report_shows_bound_and_ablation_once_they_have_run(tiny_run: Path) -> None:
+    cfg = load_config(None, [*TINY, "bound.steps=5", "bound.layers=[1]"])
+    run_bound(tiny_run, cfg)
+    run_ablate(tiny_run, cfg)
+    run_report(tiny_run, cfg)
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert [row["layer"] for row in results["bound"]] == [1, 1]
+    assert results["ablation"]["rows"] and set(results["ablation"]["baseline"]) == {"mem", "gen"}
+    html = (tiny_run / "report" / "report.html").read_text()
+    assert "memgen bound" in html and "memgen ablate" in html
+    assert (tiny_run / "report" / "ablation.png").is_file()
 
 
 def test_report_is_self_contained(tiny_run: Path) -> None:

@@ -113,6 +113,16 @@ class Stage:
             and outputs_there
         )
 
+    def is_current(self) -> bool:
+        """Finished, and every stage it read still has the outputs it read then."""
+        if not self.is_finished():
+            return False
+        for name, outputs_hash in self.manifest().get("inputs", {}).items():
+            source = Stage(self.run_dir, name)
+            if not source.is_finished() or json_hash(source.manifest()["outputs"]) != outputs_hash:
+                return False
+        return True
+
     def up_to_date(self, config: Mapping[str, Any], inputs: list[Stage], force: bool) -> bool:
         """Whether a finished run with this config and inputs can be reused (logged).
 

@@ -97,6 +97,49 @@ def _probe_table(per_layer: list[dict[str, Any]]) -> str:
     return f"<table>{head}{body}</table>"
 
 
+def _bound_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "<tr><th>direction</th><th>site</th><th>fit (in-sample)</th><th>held out →gen</th>"
+        "<th>held out →mem</th><th>held out →other</th><th>shift / ‖h‖</th></tr>"
+    )
+    body = []
+    for r in rows:
+        held = r["held_out"]
+        cells = [
+            r["direction"].replace("_", " "),
+            f"{r['site']}.{r['layer']}",
+            _pct(r["fit"]),
+            _pct(held["gen"]),
+            _pct(held["mem"]),
+            _pct(held["other"]),
+            f"{r['relative_norm']:.2f}",
+        ]
+        body.append("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells) + "</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _optional_sections(results: dict[str, Any], figures: dict[str, Path]) -> list[str]:
+    """Sections for the stages `memgen run` leaves out, when they have been run."""
+    sections = []
+    if "bound" in results:
+        sections += [
+            "<h2>5. How far could a shared shift steer? (<code>memgen bound</code>)</h2>",
+            '<p class="note">Per layer, one vector fitted by gradient descent (weights frozen) '
+            "on half the prompts of each behaviour, then added at the last position while "
+            "generating the other half. NMD steering adds one such vector, so this bounds it.</p>",
+            _bound_table(results["bound"]),
+        ]
+    if "ablation" in results:
+        sections += [
+            "<h2>6. Where is the answer computed? (<code>memgen ablate</code>)</h2>",
+            '<p class="note">Each layer\'s attention output or MLP neurons multiplied by the '
+            "scale, and the test prompts answered by memory, and by rule, generated again. "
+            "Dark cells are components the answer depends on.</p>",
+            _figure(figures.get("ablation"), "Share of answers changed, per site and layer."),
+        ]
+    return sections
+
+
 def render(results: dict[str, Any], figures: dict[str, Path]) -> str:
     rates = results["behaviour"]["test_rates"]
     pairs = results["pairs"]
@@ -165,6 +208,7 @@ def render(results: dict[str, Any], figures: dict[str, Path]) -> str:
         "and the shift's norm over the layer's mean activation norm (largest layer).</p>",
         _figure(figures.get("steering"), "Transition shares under steering."),
         _steering_table(results["steering"]),
+        *_optional_sections(results, figures),
     ]
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

@@ -14,13 +14,14 @@ def _summary(stage: Stage) -> dict[str, Any]:
     return summary
 
 
-def collect(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
+def collect(run_dir: Path, cfg: RunConfig, stages: list[str]) -> dict[str, Any]:
+    """The headline numbers; `stages` names the finished stages to read, optional ones too."""
     train = _summary(Stage(run_dir, "train"))
     behave = _summary(Stage(run_dir, "behave"))
     neurons = _summary(Stage(run_dir, "neurons"))
     probe = _summary(Stage(run_dir, "probe"))
     steer = _summary(Stage(run_dir, "steer"))
-    return {
+    results = {
         "task": cfg.task,
         "model": cfg.train.model,
         "seed": cfg.seed,
@@ -40,3 +41,8 @@ def collect(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
         "steering": steer["rows"],
         "steering_best": steer["best"],
     }
+    if "bound" in stages:
+        results["bound"] = _summary(Stage(run_dir, "bound"))["rows"]
+    if "ablate" in stages:
+        results["ablation"] = _summary(Stage(run_dir, "ablate"))
+    return results
