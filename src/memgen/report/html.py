@@ -120,18 +120,20 @@ def _bound_table(rows: list[dict[str, Any]]) -> str:
 
 def _optional_sections(results: dict[str, Any], figures: dict[str, Path]) -> list[str]:
     """Sections for the stages `memgen run` leaves out, when they have been run."""
-    sections = []
+    sections: list[str] = []
+    number = 5  # after the four sections every run has
     if "bound" in results:
         sections += [
-            "<h2>5. How far could a shared shift steer? (<code>memgen bound</code>)</h2>",
+            f"<h2>{number}. How far could a shared shift steer? (<code>memgen bound</code>)</h2>",
             '<p class="note">Per layer, one vector fitted by gradient descent (weights frozen) '
             "on half the prompts of each behaviour, then added at the last position while "
             "generating the other half. NMD steering adds one such vector, so this bounds it.</p>",
             _bound_table(results["bound"]),
         ]
+        number += 1
     if "ablation" in results:
         sections += [
-            "<h2>6. Where is the answer computed? (<code>memgen ablate</code>)</h2>",
+            f"<h2>{number}. Where is the answer computed? (<code>memgen ablate</code>)</h2>",
             '<p class="note">Each layer\'s attention output or MLP neurons multiplied by the '
             "scale, and the test prompts answered by memory, and by rule, generated again. "
             "Dark cells are components the answer depends on.</p>",
