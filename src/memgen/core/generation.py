@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from tqdm.auto import tqdm
@@ -98,6 +100,32 @@ def padded_batches(
         yield rows, ids, mask
 
 
+class _DroppedMaskAlarm(logging.Filter):
+    """Drops transformers' "pass an `attention_mask`" warning, which is false here.
+
+    `generate` drops an attention mask of all ones (a batch with no padding) before
+    decoding; when a finished row then feeds the pad token back in, the model's own check
+    sees a pad token and no mask and warns, though the batch was never padded.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "recommend passing in an `attention_mask`" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_dropped_mask(mask: torch.Tensor) -> Iterator[None]:
+    if not bool(mask.all()):  # a padded batch keeps its mask: leave any warning alone
+        yield
+        return
+    source = logging.getLogger("transformers.modeling_utils")
+    alarm = _DroppedMaskAlarm()
+    source.addFilter(alarm)
+    try:
+        yield
+    finally:
+        source.removeFilter(alarm)
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -124,15 +152,16 @@ def generate(
         progress=progress,
     )
     for rows, ids, mask in batches:
-        generated = model.generate(  # type: ignore[operator]
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            do_sample=False,
-            pad_token_id=pad_id_of(tokenizer),
-            eos_token_id=tokenizer.eos_token_id,
-        )
+        with _quiet_dropped_mask(mask):
+            generated = model.generate(  # type: ignore[operator]
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                do_sample=False,
+                pad_token_id=pad_id_of(tokenizer),
+                eos_token_id=tokenizer.eos_token_id,
+            )
         texts = tokenizer.batch_decode(generated[:, ids.shape[1] :], skip_special_tokens=True)
         for row, text in zip(rows, texts, strict=True):
             outputs[row] = text
