@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.config import TrainConfig
 from memgen.core.generation import encode_example, generate, pad_id_of
+from memgen.core.modeling import unwrap
 from memgen.core.stats import rates
 from memgen.tasks.base import Example, Task
 from memgen.train import checkpoint
@@ -143,6 +144,11 @@ def train(
     Resumes from `out_dir/checkpoints/last` when it exists.
     """
     device = next(model.parameters()).device
+    # transformers picks the loss from the head's class name, and GPT-2's (GPT2LMHeadModel)
+    # names none: it warns "unrecognized" and falls back to the causal LM loss. Name it.
+    head = unwrap(model)
+    if getattr(head, "loss_type", None) is None:
+        head.loss_type = "ForCausalLM"
     chat = cfg.chat
     encoded = [encode_example(tokenizer, ex, chat, cfg.loss_on) for ex in train_examples]
     pad_id = pad_id_of(tokenizer)
