@@ -1,12 +1,12 @@
 """Where is the behaviour computed? Knock out (or scale) one site at one layer.
 
     memgen ablate --run-dir runs/color-seed0
-    memgen ablate --run-dir runs/color-seed0 'ablate.scales=[0,0.5,2]' ablate.position=all
+    memgen ablate --run-dir runs/color-seed0 'ablate.scales=[0,0.5,2]' ablate.position=last
 
 Steering asks whether a shift moves the behaviour; ablation asks which components
 the answer depends on at all. For each site kind (attention output, MLP hidden
 neurons) and layer, every unit of the site is multiplied by each scale (0 knocks the
-component out), at the last position or at all positions, while the test prompts
+component out), at every position (default) or at the last only, while the test prompts
 the model answered by memory, and those it answered by rule, are generated again.
 A component the behaviour needs shows up as answers that change.
 """
