@@ -16,7 +16,7 @@ from pathlib import Path
 from memgen.behave.evaluate import label_examples
 from memgen.behave.pairs import mine_pairs, require_flips
 from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig
+from memgen.core.config import RunConfig, stage_sections
 from memgen.core.modeling import load_run_model
 from memgen.core.stats import rates_with_ci, wilson
 from memgen.tasks.base import make_task, read_jsonl
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def stage_config(cfg: RunConfig) -> dict[str, object]:
-    return {"task": cfg.task, "seed": cfg.seed, "behave": cfg.behave.model_dump(mode="json")}
+    return stage_sections(cfg, "behave")
 
 
 def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:

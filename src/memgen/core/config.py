@@ -166,6 +166,12 @@ class RunConfig(Section):
     ablate: AblateConfig = AblateConfig()
 
 
+def stage_sections(cfg: RunConfig, *sections: str) -> dict[str, object]:
+    """A stage's config identity: the task, the seed and the named sections it reads."""
+    named = {name: getattr(cfg, name).model_dump(mode="json") for name in sections}
+    return {"task": cfg.task, "seed": cfg.seed, **named}
+
+
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree

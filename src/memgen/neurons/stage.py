@@ -20,7 +20,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig, set_name
+from memgen.core.config import RunConfig, set_name, stage_sections
 from memgen.core.errors import MemgenError
 from memgen.core.neuron_set import NeuronSet
 from memgen.core.recorded import read_record
@@ -35,7 +35,7 @@ MIN_PAIRS = 4
 
 
 def stage_config(cfg: RunConfig) -> dict[str, object]:
-    return {"task": cfg.task, "seed": cfg.seed, "neurons": cfg.neurons.model_dump(mode="json")}
+    return stage_sections(cfg, "neurons")
 
 
 def _rounded(values: np.ndarray, digits: int = 6) -> list[float]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig
+from memgen.core.config import RunConfig, stage_sections
 from memgen.core.recorded import read_record
 from memgen.probe.figures import plot_layer_accuracy, plot_learning_curve
 from memgen.probe.probes import (
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 def stage_config(cfg: RunConfig) -> dict[str, object]:
-    return {"task": cfg.task, "seed": cfg.seed, "probe": cfg.probe.model_dump(mode="json")}
+    return stage_sections(cfg, "probe")
 
 
 def run_probe(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:

@@ -26,7 +26,7 @@ from numpy.lib.format import open_memmap
 from transformers import PreTrainedTokenizerBase
 
 from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig
+from memgen.core.config import RunConfig, stage_sections
 from memgen.core.errors import MemgenError
 from memgen.core.generation import left_padded_positions, padded_batches
 from memgen.core.hooks import record
@@ -40,12 +40,7 @@ LABELS = {"mem": 1, "gen": 0}
 
 
 def stage_config(cfg: RunConfig) -> dict[str, object]:
-    return {
-        "task": cfg.task,
-        "seed": cfg.seed,
-        "chat": cfg.train.chat,
-        "record": cfg.record.model_dump(mode="json"),
-    }
+    return {**stage_sections(cfg, "record"), "chat": cfg.train.chat}
 
 
 def allocate(model: torch.nn.Module, kinds: Sequence[SiteKind], n: int) -> dict[str, np.ndarray]:

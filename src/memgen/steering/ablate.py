@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 
 from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig
+from memgen.core.config import RunConfig, stage_sections
 from memgen.core.errors import MemgenError
 from memgen.core.hooks import Intervention
 from memgen.core.modeling import load_run_model
@@ -50,12 +50,7 @@ def scale_site(site: Site, width: int, scale: float, position: str) -> list[Inte
 
 
 def stage_config(cfg: RunConfig) -> dict[str, object]:
-    return {
-        "task": cfg.task,
-        "seed": cfg.seed,
-        "ablate": cfg.ablate.model_dump(mode="json"),
-        "behave": cfg.behave.model_dump(mode="json"),
-    }
+    return stage_sections(cfg, "ablate", "behave")
 
 
 def run_ablate(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:

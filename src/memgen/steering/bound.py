@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig
+from memgen.core.config import RunConfig, stage_sections
 from memgen.core.errors import MemgenError
 from memgen.core.generation import (
     encode_prompt,
@@ -139,12 +139,7 @@ def as_interventions(site: Site, shift: np.ndarray) -> list[Intervention]:
 
 
 def stage_config(cfg: RunConfig) -> dict[str, object]:
-    return {
-        "task": cfg.task,
-        "seed": cfg.seed,
-        "bound": cfg.bound.model_dump(mode="json"),
-        "behave": cfg.behave.model_dump(mode="json"),
-    }
+    return stage_sections(cfg, "bound", "behave")
 
 
 def run_bound(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.behave.evaluate import label_examples
 from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig, set_name
+from memgen.core.config import RunConfig, set_name, stage_sections
 from memgen.core.hooks import Intervention, intervene
 from memgen.core.modeling import load_run_model
 from memgen.core.neuron_set import NeuronSet
@@ -44,12 +44,7 @@ DIRECTIONS: dict[str, tuple[str, Direction]] = {
 
 
 def stage_config(cfg: RunConfig) -> dict[str, object]:
-    return {
-        "task": cfg.task,
-        "seed": cfg.seed,
-        "steer": cfg.steer.model_dump(mode="json"),
-        "behave": cfg.behave.model_dump(mode="json"),
-    }
+    return stage_sections(cfg, "steer", "behave")
 
 
 def read_labelled(path: Path) -> list[tuple[Example, str]]:

@@ -19,7 +19,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.artifacts import Stage, file_hash, write_json
-from memgen.core.config import RunConfig
+from memgen.core.config import RunConfig, stage_sections
 from memgen.core.device import resolve_device, resolve_dtype
 from memgen.core.generation import encode_example
 from memgen.core.modeling import load_pretrained, scratch_gpt2
@@ -52,11 +52,7 @@ def base_identity(name_or_path: str) -> dict[str, str]:
 
 
 def stage_config(cfg: RunConfig) -> dict[str, object]:
-    config: dict[str, object] = {
-        "task": cfg.task,
-        "seed": cfg.seed,
-        "train": cfg.train.model_dump(mode="json"),
-    }
+    config = stage_sections(cfg, "train")
     if cfg.train.model != "scratch":
         config["base"] = base_identity(cfg.train.model)
     return config
