@@ -117,11 +117,11 @@ class Stage:
         """Finished, and every stage it read still has the outputs it read then."""
         if not self.is_finished():
             return False
-        for name, outputs_hash in self.manifest().get("inputs", {}).items():
-            source = Stage(self.run_dir, name)
-            if not source.is_finished() or json_hash(source.manifest()["outputs"]) != outputs_hash:
-                return False
-        return True
+        read = self.manifest().get("inputs", {})
+        sources = [Stage(self.run_dir, name) for name in read]
+        if not all(source.is_finished() for source in sources):
+            return False
+        return bool(self.identity({}, sources)["inputs"] == read)
 
     def up_to_date(self, config: Mapping[str, Any], inputs: list[Stage], force: bool) -> bool:
         """Whether a finished run with this config and inputs can be reused (logged).
