@@ -59,63 +59,59 @@ def _card(title: str, value: str, note: str, good: bool | None = None) -> str:
     )
 
 
-def _steering_table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "<tr><th>direction</th><th>top-N</th><th>α</th><th>shift (sd)</th><th>shift / ‖h‖</th>"
-        "<th>n</th><th>→gen</th><th>→mem</th><th>→other</th><th>control →gen</th>"
-        "<th>control →mem</th><th>control →other</th></tr>"
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table; every cell is escaped."""
+    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
     )
-    body = []
-    for r in rows:
-        t, c = r["targeted"], r["control"] or {}
-        shift = r.get("shift") or {}
-        cells = [
-            r["direction"].replace("_", " "),
-            f"{r['top_n']:.0%}",
-            f"{r['alpha']:g}",
-            f"{shift['sd']:.2f}" if "sd" in shift else "–",
-            _pct(shift.get("relative_norm")),
-            str(r["n_prompts"]),
-            _pct(t["gen"]),
-            _pct(t["mem"]),
-            _pct(t["other"]),
-            _pct(c.get("gen")),
-            _pct(c.get("mem")),
-            _pct(c.get("other")),
-        ]
-        body.append("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells) + "</tr>")
-    return f"<table>{head}{''.join(body)}</table>"
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _steering_row(r: dict[str, Any]) -> list[str]:
+    t, c = r["targeted"], r["control"] or {}
+    shift = r.get("shift") or {}
+    return [
+        r["direction"].replace("_", " "),
+        f"{r['top_n']:.0%}",
+        f"{r['alpha']:g}",
+        f"{shift['sd']:.2f}" if "sd" in shift else "–",
+        _pct(shift.get("relative_norm")),
+        str(r["n_prompts"]),
+        _pct(t["gen"]),
+        _pct(t["mem"]),
+        _pct(t["other"]),
+        _pct(c.get("gen")),
+        _pct(c.get("mem")),
+        _pct(c.get("other")),
+    ]
+
+
+def _steering_table(rows: list[dict[str, Any]]) -> str:
+    header = ["direction", "top-N", "α", "shift (sd)", "shift / ‖h‖", "n", "→gen", "→mem",
+              "→other", "control →gen", "control →mem", "control →other"]  # fmt: skip
+    return _table(header, [_steering_row(r) for r in rows])
 
 
 def _probe_table(per_layer: list[dict[str, Any]]) -> str:
-    head = "<tr><th>site</th><th>layer</th><th>accuracy</th><th>95% CI</th></tr>"
-    body = "".join(
-        f"<tr><td>{html.escape(str(r['site']))}</td><td>{r['layer']}</td><td>{_pct(r['accuracy'])}</td>"
-        f"<td>{_pct(r['ci_low'])} – {_pct(r['ci_high'])}</td></tr>"
+    rows = [
+        [str(r["site"]), str(r["layer"]), _pct(r["accuracy"]),
+         f"{_pct(r['ci_low'])} – {_pct(r['ci_high'])}"]
         for r in per_layer
-    )
-    return f"<table>{head}{body}</table>"
+    ]  # fmt: skip
+    return _table(["site", "layer", "accuracy", "95% CI"], rows)
 
 
 def _bound_table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "<tr><th>direction</th><th>site</th><th>fit (in-sample)</th><th>held out →gen</th>"
-        "<th>held out →mem</th><th>held out →other</th><th>shift / ‖h‖</th></tr>"
-    )
-    body = []
-    for r in rows:
-        held = r["held_out"]
-        cells = [
-            r["direction"].replace("_", " "),
-            f"{r['site']}.{r['layer']}",
-            _pct(r["fit"]),
-            _pct(held["gen"]),
-            _pct(held["mem"]),
-            _pct(held["other"]),
-            f"{r['relative_norm']:.2f}",
-        ]
-        body.append("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells) + "</tr>")
-    return f"<table>{head}{''.join(body)}</table>"
+    header = ["direction", "site", "fit (in-sample)", "held out →gen", "held out →mem",
+              "held out →other", "shift / ‖h‖"]  # fmt: skip
+    cells = [
+        [r["direction"].replace("_", " "), f"{r['site']}.{r['layer']}", _pct(r["fit"]),
+         _pct(r["held_out"]["gen"]), _pct(r["held_out"]["mem"]), _pct(r["held_out"]["other"]),
+         f"{r['relative_norm']:.2f}"]
+        for r in rows
+    ]  # fmt: skip
+    return _table(header, cells)
 
 
 def _optional_sections(results: dict[str, Any], figures: dict[str, Path]) -> list[str]:
