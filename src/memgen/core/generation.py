@@ -152,17 +152,33 @@ def generate(
         progress=progress,
     )
     for rows, ids, mask in batches:
-        with _quiet_dropped_mask(mask):
-            generated = model.generate(  # type: ignore[operator]
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                num_beams=num_beams,
-                do_sample=False,
-                pad_token_id=pad_id_of(tokenizer),
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        texts = tokenizer.batch_decode(generated[:, ids.shape[1] :], skip_special_tokens=True)
+        texts = generate_batch(model, tokenizer, ids, mask, max_new_tokens, num_beams)
         for row, text in zip(rows, texts, strict=True):
             outputs[row] = text
     return outputs
+
+
+@torch.no_grad()
+def generate_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    max_new_tokens: int,
+    num_beams: int = 1,
+) -> list[str]:
+    """The decoded continuations of one left-padded batch."""
+    with _quiet_dropped_mask(mask):
+        generated = model.generate(  # type: ignore[operator]
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+            pad_token_id=pad_id_of(tokenizer),
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    texts: list[str] = tokenizer.batch_decode(
+        generated[:, ids.shape[1] :], skip_special_tokens=True
+    )
+    return texts

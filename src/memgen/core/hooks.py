@@ -30,9 +30,15 @@ from memgen.core.errors import MemgenError
 from memgen.core.sites import Hookpoint, Site, locate, site_width
 
 Position = Literal["last", "all"]
+# Where an intervention applies: "last" is the last position of every forward pass (the
+# prompt's last token, then each generated token), "prompt" only the prompt's last token
+# (the decision point: the first pass of a cached `generate`, the only one that sees more
+# than one position), "all" every position of every pass.
+Where = Literal["last", "prompt", "all"]
 Op = Literal["add", "scale", "set", "zero"]
 OPS: tuple[Op, ...] = get_args(Op)
 POSITIONS: tuple[Position, ...] = get_args(Position)
+WHERE: tuple[Where, ...] = get_args(Where)
 
 # Takes the site's activation [batch, seq, width]; changes it in place or returns a new one.
 Edit = Callable[[torch.Tensor], torch.Tensor | None]
@@ -50,14 +56,15 @@ class Intervention:
     """Change `neurons` of `site` by `op` with `values`, at the last position or at all.
 
     `values` has one entry per neuron, or one entry for all of them; `zero` takes none.
-    `add` adds, `scale` multiplies, `set` overwrites, `zero` sets to 0.
+    `add` adds, `scale` multiplies, `set` overwrites, `zero` sets to 0. `position` is
+    one of `Where` ("last", "prompt" or "all").
     """
 
     site: Site
     neurons: tuple[int, ...]
     op: Op
     values: tuple[float, ...] = ()
-    position: Position = "last"
+    position: Where = "last"
 
     def __post_init__(self) -> None:
         where = f"intervention at {self.site}"
@@ -69,8 +76,10 @@ class Intervention:
         object.__setattr__(self, "values", tuple(float(v) for v in self.values))
         if self.op not in OPS:
             raise MemgenError(f"{where}: op {self.op!r} is not one of {', '.join(OPS)}")
-        if self.position not in POSITIONS:
-            raise MemgenError(f"{where}: position {self.position!r} is not 'last' or 'all'")
+        if self.position not in WHERE:
+            raise MemgenError(
+                f"{where}: position {self.position!r} is not one of {', '.join(WHERE)}"
+            )
         if not self.neurons:
             raise MemgenError(f"{where}: no neurons given")
         if min(self.neurons) < 0:
@@ -279,7 +288,9 @@ class _Prepared:
 
     def apply(self, activation: torch.Tensor) -> None:
         """Change `activation` [batch, seq, width] in place."""
-        target = activation[:, -1] if self.iv.position == "last" else activation
+        if self.iv.position == "prompt" and activation.shape[1] == 1:
+            return  # a cached decoding step: past the prompt
+        target = activation if self.iv.position == "all" else activation[:, -1]
         index, values = self.tensors(activation)
         shape = (*target.shape[:-1], len(self.iv.neurons))
         if self.iv.op == "add":
