@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from memgen.report.compare import correspondence, summarise
+from memgen.core.stats import summarise
+from memgen.report.compare import correspondence
 
 
 def train_manifest(model: str, weights: str) -> dict[str, object]:

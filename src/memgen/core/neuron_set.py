@@ -168,17 +168,25 @@ class NeuronSet:
 
     def check_compatible(self, model: torch.nn.Module) -> None:
         """Raise MemgenError unless `model` has the shape this set was recorded on."""
-        identity = model_identity(model)
-        width = site_width(model, cast(SiteKind, self.site))
-        same = all(self.model.get(k) == identity.get(k) for k in _IDENTITY_KEYS)
-        if not same or width != self.width:
-            raise MemgenError(
-                f"neuron set was made for {_describe(self.model, self.site, self.width)} "
-                f"but the model is {_describe(identity, self.site, width)}; {_FIX}"
-            )
-        if self.model.get("name_or_path") != identity.get("name_or_path"):
-            log.info(
-                "neuron set was recorded on %r, applying it to %r (same architecture)",
-                self.model.get("name_or_path"),
-                identity.get("name_or_path"),
-            )
+        check_model(self.model, self.site, self.width, model, "neuron set", _FIX)
+
+
+def check_model(
+    saved: dict[str, Any], site: str, width: int, model: torch.nn.Module, what: str, fix: str
+) -> None:
+    """Raise MemgenError unless `model` has the shape a saved `what` was made for."""
+    identity = model_identity(model)
+    actual = site_width(model, cast(SiteKind, site))
+    same = all(saved.get(k) == identity.get(k) for k in _IDENTITY_KEYS)
+    if not same or actual != width:
+        raise MemgenError(
+            f"{what} was made for {_describe(saved, site, width)} "
+            f"but the model is {_describe(identity, site, actual)}; {fix}"
+        )
+    if saved.get("name_or_path") != identity.get("name_or_path"):
+        log.info(
+            "%s was made on %r, applying it to %r (same architecture)",
+            what,
+            saved.get("name_or_path"),
+            identity.get("name_or_path"),
+        )

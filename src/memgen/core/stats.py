@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from scipy import stats
 
 from memgen.tasks.base import BEHAVIOURS
 
@@ -35,3 +38,17 @@ def rates_with_ci(labels: Iterable[str]) -> dict[str, dict[str, float]]:
         share = counts[behaviour] / total if total else 0.0
         table[behaviour] = {"rate": share, "ci_low": low, "ci_high": high, "n": counts[behaviour]}
     return table
+
+
+def summarise(values: Sequence[float]) -> dict[str, float | int | None]:
+    """Mean, sample sd and the 95% t-interval of the mean (None below two values)."""
+    array = np.asarray(values, dtype=np.float64)
+    n = len(array)
+    mean = float(array.mean())
+    if n < 2:
+        return {"n": n, "mean": mean, "sd": None, "ci_low": None, "ci_high": None,
+                "min": mean, "max": mean}  # fmt: skip
+    sd = float(array.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / np.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half,
+            "min": float(array.min()), "max": float(array.max())}  # fmt: skip

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
-from scipy import stats
 
 from memgen.core.artifacts import Stage, read_json, write_json
 from memgen.core.errors import MemgenError
+from memgen.core.stats import summarise
 from memgen.neurons.consistency import compare_scores
 from memgen.neurons.selection import layer_share, select_top
 
@@ -109,20 +109,6 @@ def correspondence(train_a: dict[str, Any], train_b: dict[str, Any]) -> str | No
     if base_a == base_b and base_a not in (None, "scratch"):
         return f"fine-tuned from the same base ({base_a})"
     return None
-
-
-def summarise(values: Sequence[float]) -> dict[str, float | int | None]:
-    """Mean, sample sd and the 95% t-interval of the mean (None below two values)."""
-    array = np.asarray(values, dtype=np.float64)
-    n = len(array)
-    mean = float(array.mean())
-    if n < 2:
-        return {"n": n, "mean": mean, "sd": None, "ci_low": None, "ci_high": None,
-                "min": mean, "max": mean}  # fmt: skip
-    sd = float(array.std(ddof=1))
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / np.sqrt(n)
-    return {"n": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half,
-            "min": float(array.min()), "max": float(array.max())}  # fmt: skip
 
 
 def neuron_agreement(

@@ -1,0 +1,274 @@
+"""Many steering vectors at once: each row of a batch carries its own shift.
+
+A *shift* is an array [n_layers, width] added to one site kind (zeros leave a neuron
+alone) at the last position: of every forward pass ("last", the paper's), or of the
+prompt only ("prompt", the decision point). Comparing K settings on the same prompts
+takes K generations per prompt; stacked into one batch, each row with its own shift,
+they take one `generate` call instead of K, and on small models, where the cost per
+call dominates, that is most of the time (benchmarks/steer_batching.py).
+
+    shifts = np.stack([targeted, control_1, control_2])          # [K, L, W]
+    outputs = generate_shifted(model, tokenizer, prompts, shifts, "resid", "last", ...)
+    outputs[k][i]                                                # prompt i under shift k
+    fitted, fit = fit_shifts(model, tokenizer, prompts, answers, masks, scale, "resid")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from memgen.core.errors import MemgenError
+from memgen.core.generation import (
+    encode_prompt,
+    generate_batch,
+    left_padded_positions,
+    pad_id_of,
+    pad_left,
+)
+from memgen.core.hooks import edit
+from memgen.core.sites import Site, SiteKind
+
+SteerPosition = str  # "last" or "prompt" (memgen.core.hooks.Where without "all")
+
+
+class RowShifts:
+    """While attached, adds `rows[i, layer]` to row i of each hooked layer's last position.
+
+    Set `rows` ([batch, n_layers, width], or None for no change) before each forward
+    pass or `generate` call. Beam search widens the batch; each beam gets its row's shift.
+    """
+
+    def __init__(self, kind: SiteKind, layers: Sequence[int], position: SteerPosition) -> None:
+        if position not in ("last", "prompt"):
+            raise MemgenError(f"steering position {position!r} is not 'last' or 'prompt'")
+        self.kind, self.layers, self.position = kind, [int(x) for x in layers], position
+        self.rows: torch.Tensor | None = None
+
+    def _adder(self, layer: int):  # type: ignore[no-untyped-def]
+        def add(activation: torch.Tensor) -> torch.Tensor | None:
+            if self.rows is None or (self.position == "prompt" and activation.shape[1] == 1):
+                return None
+            shift = self.rows[:, layer].to(activation.dtype)
+            if activation.shape[0] != shift.shape[0]:
+                shift = shift.repeat_interleave(activation.shape[0] // shift.shape[0], dim=0)
+            if torch.is_grad_enabled():  # keep the graph: a new tensor, not an in-place edit
+                shifted = activation.clone()
+                shifted[:, -1] = shifted[:, -1] + shift
+                return shifted
+            activation[:, -1] += shift
+            return None
+
+        return add
+
+    @contextmanager
+    def attached(self, model: torch.nn.Module) -> Iterator[RowShifts]:
+        edits = {Site(self.kind, layer): self._adder(layer) for layer in self.layers}
+        with edit(model, edits):
+            yield self
+
+
+def steered_layers(shifts: np.ndarray) -> list[int]:
+    """Layers where any of the [K, L, W] shifts is non-zero: the only ones to hook."""
+    return [int(x) for x in np.flatnonzero(np.abs(shifts).sum(axis=(0, 2)))]
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def generate_shifted(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    shifts: np.ndarray,
+    kind: SiteKind,
+    position: SteerPosition,
+    *,
+    max_new_tokens: int,
+    num_beams: int = 1,
+    batch_size: int = 128,
+    chat: bool = False,
+    desc: str = "steer",
+) -> list[list[str]]:
+    """outputs[k][i]: the continuation of prompt i with shifts[k] ([K, L, W]) added."""
+    model.eval()
+    device = _device(model)
+    encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in prompts]
+    # Every (shift, prompt) pair, similar lengths together to waste less padding.
+    items = sorted(
+        ((k, i) for k in range(len(shifts)) for i in range(len(prompts))),
+        key=lambda item: len(encoded[item[1]]),
+    )
+    table = torch.as_tensor(np.asarray(shifts, dtype=np.float32), device=device)
+    outputs = [[""] * len(prompts) for _ in range(len(shifts))]
+    shifter = RowShifts(kind, steered_layers(shifts), position)
+    starts = range(0, len(items), batch_size)
+    with shifter.attached(model):
+        for start in tqdm(starts, desc=desc, disable=None, leave=False):
+            chunk = items[start : start + batch_size]
+            ids, mask = pad_left([encoded[i] for _, i in chunk], pad_id_of(tokenizer), device)
+            shifter.rows = table[[k for k, _ in chunk]]
+            texts = generate_batch(model, tokenizer, ids, mask, max_new_tokens, num_beams)
+            for (k, i), text in zip(chunk, texts, strict=True):
+                outputs[k][i] = text
+    return outputs
+
+
+def _last_logits(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Next-token logits at the prompt's last position, positions counted as `generate` does."""
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=left_padded_positions(mask))
+    return logits.logits[:, -1].float()
+
+
+@torch.no_grad()
+def next_token_kl(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    shifts: np.ndarray,
+    kind: SiteKind,
+    *,
+    batch_size: int = 128,
+    chat: bool = False,
+) -> np.ndarray:
+    """[K]: mean KL(unsteered || steered) of the next-token distribution after each prompt."""
+    if not prompts:
+        return np.full(len(shifts), np.nan)
+    model.eval()
+    device = _device(model)
+    encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in prompts]
+    groups = len(shifts) + 1  # row group 0 is the unsteered model
+    table = torch.as_tensor(
+        np.concatenate([np.zeros_like(shifts[:1]), shifts]).astype(np.float32), device=device
+    )
+    per_call = max(1, batch_size // groups)
+    total = torch.zeros(len(shifts), dtype=torch.float64)
+    shifter = RowShifts(kind, steered_layers(shifts), "prompt")
+    with shifter.attached(model):
+        for start in range(0, len(prompts), per_call):
+            chunk = encoded[start : start + per_call]
+            ids, mask = pad_left(chunk, pad_id_of(tokenizer), device)
+            shifter.rows = table.repeat_interleave(len(chunk), dim=0)
+            logp = torch.log_softmax(
+                _last_logits(model, ids.repeat(groups, 1), mask.repeat(groups, 1)), dim=-1
+            ).view(groups, len(chunk), -1)
+            base = logp[0]
+            kl = (base.exp() * (base - logp[1:])).sum(-1)  # [K, chunk]
+            total += kl.sum(-1).double().cpu()
+    result: np.ndarray = (total / len(prompts)).numpy()
+    return result
+
+
+def first_answer_tokens(tokenizer: PreTrainedTokenizerBase, answers: Sequence[str]) -> list[int]:
+    """The first token of each answer: what a shift is fitted to make the model say."""
+    ids = [tokenizer(answer, add_special_tokens=False)["input_ids"] for answer in answers]
+    if any(not row for row in ids):
+        raise MemgenError("an example has an empty answer; there is no token to fit toward")
+    return [row[0] for row in ids]
+
+
+def fit_shifts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    masks: np.ndarray,
+    scale: np.ndarray,
+    kind: SiteKind,
+    *,
+    budget: float | Sequence[float] | None = None,
+    steps: int = 150,
+    lr: float = 0.1,
+    batch_size: int = 64,
+    seed: int = 0,
+    chat: bool = False,
+    keep_prompts: Sequence[str] = (),
+    keep_answers: Sequence[str] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """K shifts, each on its own neurons, fitted together so each makes `answers` come first.
+
+    `masks` [K, L, W] says which neurons each shift may move, `batch_size` how many
+    prompts each shift sees per step (the same ones for all); `scale` [L, W] is the unit
+    each neuron's value is fitted in (its standard deviation, or ones), so one learning
+    rate and one `budget` fit every neuron: a shift's values, in those units, are kept
+    within an L2 ball of radius `budget` (one per shift, or one for all; None: no limit).
+    Minimises the cross-entropy of each answer's first token at the prompt's last
+    position, the model frozen. Returns the shifts [K, L, W] in activation units and, per
+    shift, the share of `prompts` whose greedy next token is the answer's first token
+    with it added (the in-sample fit).
+    """
+    if not prompts:
+        raise MemgenError("no prompts to fit a shift on")
+    device = _device(model)
+    count = len(masks)
+    radius = (
+        None
+        if budget is None
+        else torch.as_tensor(
+            np.broadcast_to(np.asarray(budget, dtype=np.float32), (count,)).copy(), device=device
+        )
+    )
+    if radius is not None and not bool((radius > 0).all() and radius.isfinite().all()):
+        raise MemgenError(f"a fitting budget must be positive and finite (got {budget})")
+    encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in [*prompts, *keep_prompts]]
+    targets = torch.tensor(first_answer_tokens(tokenizer, [*answers, *keep_answers]), device=device)
+    allowed = torch.as_tensor(np.asarray(masks, dtype=np.float32), device=device)
+    unit = torch.as_tensor(np.asarray(scale, dtype=np.float32), device=device)
+    values = torch.zeros_like(allowed, requires_grad=True)
+    shifter = RowShifts(kind, steered_layers(np.asarray(masks, dtype=np.float32)), "prompt")
+    per_shift = min(len(prompts), batch_size)
+    per_keep = min(len(keep_prompts), batch_size)
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    model.eval()
+    rng = np.random.default_rng(seed)
+    optimiser = torch.optim.Adam([values], lr=lr)
+    pad = pad_id_of(tokenizer)
+
+    def project() -> None:
+        if radius is None:
+            return
+        with torch.no_grad():
+            norms = (values * allowed).flatten(1).norm(dim=1).clamp(min=1e-12)
+            values.mul_((radius / norms).clamp(max=1.0).view(-1, 1, 1))
+
+    try:
+        with shifter.attached(model):
+            for _ in range(steps):
+                rows = rng.choice(len(prompts), per_shift, replace=False)
+                if per_keep:
+                    kept = len(prompts) + rng.choice(len(keep_prompts), per_keep, replace=False)
+                    rows = np.concatenate([rows, kept])
+                ids, mask = pad_left([encoded[i] for i in rows], pad, device)
+                shifter.rows = (values * allowed * unit).repeat_interleave(len(rows), dim=0)
+                logits = _last_logits(model, ids.repeat(count, 1), mask.repeat(count, 1))
+                wanted = targets[torch.as_tensor(rows, device=device)].repeat(count)
+                # The sum over shifts of each one's mean loss: the shifts do not interact.
+                loss = torch.nn.functional.cross_entropy(logits, wanted) * count
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                project()
+            fitted = (values * allowed * unit).detach()
+            hits = torch.zeros(count)
+            with torch.no_grad():
+                for start in range(0, len(prompts), per_shift):
+                    rows = np.arange(start, min(start + per_shift, len(prompts)))
+                    ids, mask = pad_left([encoded[i] for i in rows], pad, device)
+                    shifter.rows = fitted.repeat_interleave(len(rows), dim=0)
+                    logits = _last_logits(model, ids.repeat(count, 1), mask.repeat(count, 1))
+                    said = logits.argmax(-1).view(count, len(rows))
+                    hits += (said == targets[torch.as_tensor(rows, device=device)]).sum(-1).cpu()
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
+    shifts: np.ndarray = fitted.cpu().numpy().astype(np.float64)
+    return shifts, (hits / len(prompts)).numpy()
