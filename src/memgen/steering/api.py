@@ -1,9 +1,11 @@
 """The public steering API: a context manager around any Hugging Face model.
 
-    from memgen import NeuronSet, steer
-    neurons = NeuronSet.load("runs/color-seed0/neurons/top5")
-    with steer(model, neurons, alpha=3, toward="gen"):
-        model.generate(...)
+    import memgen
+    with memgen.steer(model, memgen.load_steering("runs/cipher/steer/best/mem_to_gen")):
+        model.generate(...)                    # a steering `memgen steer` chose and saved
+    neurons = memgen.NeuronSet.load("runs/color-seed0/neurons/top5")
+    with memgen.steer(model, neurons, alpha=3, toward="gen"):
+        model.generate(...)                    # the paper's: alpha x NMD on the set
 
 Toward memorization adds alpha x NMD_j to each selected neuron j (NMD = mean over
 mem minus mean over gen); toward generalization subtracts it. The shift is applied
@@ -15,55 +17,46 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
 
 import numpy as np
 import torch
 
 from memgen.core.errors import MemgenError
-from memgen.core.hooks import Intervention, intervene
+from memgen.core.hooks import intervene
 from memgen.core.neuron_set import NeuronSet
-from memgen.core.sites import Site
+from memgen.steering.methods import Toward, sign_of
+from memgen.steering.saved import Steering, load_steering
 
-Direction = Literal["gen", "mem"]
-
-
-def shift_interventions(
-    kind: str, layers: np.ndarray, neurons: np.ndarray, shifts: np.ndarray
-) -> list[Intervention]:
-    """One `add` intervention per layer, at the last position."""
-    out = []
-    for layer in np.unique(layers):
-        rows = layers == layer
-        out.append(
-            Intervention(
-                site=Site(kind, int(layer)),  # type: ignore[arg-type]
-                neurons=tuple(int(n) for n in neurons[rows]),
-                op="add",
-                values=tuple(float(v) for v in shifts[rows]),
-                position="last",
-            )
-        )
-    return out
+__all__ = ["Steering", "load_steering", "nmd_steering", "steer"]
 
 
-def steering_interventions(
-    neuron_set: NeuronSet, alpha: float, toward: Direction
-) -> list[Intervention]:
-    if toward not in ("gen", "mem"):
-        raise MemgenError(f"toward={toward!r}: steer toward 'gen' or 'mem'")
-    sign = 1.0 if toward == "mem" else -1.0
-    shifts = sign * alpha * np.asarray(neuron_set.nmd, dtype=np.float64)
-    return shift_interventions(
-        neuron_set.site, np.asarray(neuron_set.layers), np.asarray(neuron_set.neurons), shifts
+def nmd_steering(neuron_set: NeuronSet, alpha: float, toward: Toward) -> Steering:
+    """The paper's steering: +-alpha x NMD on the set's neurons, at the last position."""
+    shift = np.zeros((neuron_set.n_layers, neuron_set.width))
+    shift[neuron_set.layers, neuron_set.neurons] = (
+        sign_of(toward) * alpha * np.asarray(neuron_set.nmd, dtype=np.float64)
     )
+    meta = {"method": "nmd", "size": alpha, "toward": toward, "top_n": neuron_set.top_n}
+    return Steering(neuron_set.model, neuron_set.site, "last", shift, meta)
 
 
 @contextmanager
 def steer(
-    model: torch.nn.Module, neuron_set: NeuronSet, alpha: float, toward: Direction
+    model: torch.nn.Module,
+    steering: Steering | NeuronSet,
+    alpha: float | None = None,
+    toward: Toward | None = None,
 ) -> Iterator[torch.nn.Module]:
-    """Steer `model` (plain or PEFT-wrapped) inside the block; all hooks go on exit."""
-    neuron_set.check_compatible(model)
-    with intervene(model, steering_interventions(neuron_set, alpha, toward)):
+    """Steer `model` (plain or PEFT-wrapped) inside the block; all hooks go on exit.
+
+    Give a saved `Steering` alone, or a `NeuronSet` with `alpha` and `toward`.
+    """
+    if isinstance(steering, NeuronSet):
+        if alpha is None or toward is None:
+            raise MemgenError("steering a neuron set needs alpha= and toward= ('gen' or 'mem')")
+        steering = nmd_steering(steering, alpha, toward)
+    elif alpha is not None or toward is not None:
+        raise MemgenError("a saved steering carries its own size and direction; drop alpha/toward")
+    steering.check_compatible(model)
+    with intervene(model, steering.interventions()):
         yield model
