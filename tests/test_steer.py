@@ -1,4 +1,4 @@
-"""The public steering API and the control interventions."""
+"""The public steering API, steering files, the methods and their controls."""
 
 from collections.abc import Callable
 
@@ -10,12 +10,20 @@ from transformers import PreTrainedModel
 import memgen
 from conftest import HIDDEN, LAYERS
 from memgen.core.errors import MemgenError
-from memgen.core.hooks import record
+from memgen.core.hooks import intervene, record
 from memgen.core.modeling import model_identity
 from memgen.core.neuron_set import NeuronSet
 from memgen.core.sites import Site
-from memgen.steering.controls import control_interventions
-from memgen.steering.stage import activation_scale, shift_size
+from memgen.steering.methods import (
+    METHODS,
+    SiteStats,
+    activation_scale,
+    matched_masks,
+    paper_control,
+    shift_size,
+)
+from memgen.steering.saved import Steering, load_steering
+from memgen.steering.shifts import generate_shifted
 
 
 def _neuron_set(model: PreTrainedModel, layers: list[int], neurons: list[int]) -> NeuronSet:
@@ -40,18 +48,23 @@ def test_steer_shifts_exactly_the_selected_neurons_at_the_last_position(
     make_tiny: Callable[..., PreTrainedModel], token_ids: torch.Tensor, toward: str
 ) -> None:
     model = make_tiny("gpt2")
-    # One neuron per layer, so each recorded layer shows only its own shift.
-    neurons = _neuron_set(model, [0, 1], [3, 7])
-    plain = _neuron_set(model, [0], [3])  # for layer 0, downstream layers change anyway
-    with memgen.steer(model, plain, alpha=3.0, toward=toward):  # type: ignore[arg-type]
-        steered = _resid(model, token_ids)
+    both = _neuron_set(model, [0, 1], [3, 7])  # one neuron per layer
+    first = _neuron_set(model, [0], [3])  # the same shift at layer 0 alone
+    first = NeuronSet(**{**vars(first), "nmd": both.nmd[:1], "score": both.score[:1]})
     base = _resid(model, token_ids)
+    with memgen.steer(model, first, alpha=3.0, toward=toward):  # type: ignore[arg-type]
+        steered_first = _resid(model, token_ids)
+    with memgen.steer(model, both, alpha=3.0, toward=toward):  # type: ignore[arg-type]
+        steered_both = _resid(model, token_ids)
     sign = 1.0 if toward == "mem" else -1.0
-    delta = steered[0] - base[0]
-    expected = torch.zeros_like(delta)
-    expected[:, -1, 3] = sign * 3.0 * float(plain.nmd[0])
-    torch.testing.assert_close(delta, expected, atol=1e-5, rtol=0)
-    assert neurons.nmd.shape == (2,)
+    # Layer 0: only neuron 3, only at the last position.
+    expected = torch.zeros_like(base[0])
+    expected[:, -1, 3] = sign * 3.0 * float(both.nmd[0])
+    torch.testing.assert_close(steered_first[0] - base[0], expected, atol=1e-5, rtol=0)
+    # Layer 1 sees layer 0's shift downstream; on top of that, its own shift of neuron 7.
+    expected = torch.zeros_like(base[1])
+    expected[:, -1, 7] = sign * 3.0 * float(both.nmd[1])
+    torch.testing.assert_close(steered_both[1] - steered_first[1], expected, atol=1e-5, rtol=0)
 
 
 def test_steer_removes_its_hooks_and_refuses_other_models(
@@ -76,6 +89,8 @@ def test_steer_removes_its_hooks_and_refuses_other_models(
         memgen.steer(model, neurons, alpha=1.0, toward="sideways"),  # type: ignore[arg-type]
     ):
         pass
+    with pytest.raises(MemgenError, match="alpha= and toward="), memgen.steer(model, neurons):
+        pass
 
 
 def test_steered_generate_on_a_lora_model(
@@ -93,42 +108,183 @@ def test_steered_generate_on_a_lora_model(
         assert not torch.allclose(before, after)
 
 
-def test_controls_match_count_and_shift_sizes() -> None:
+def _stats(n_layers: int = 3, width: int = 20, rows: int = 200) -> SiteStats:
     rng = np.random.default_rng(0)
-    n_layers, width = 3, 20
-    nmd = rng.normal(0, 1, (n_layers, width))
-    score = rng.uniform(-1, 1, (n_layers, width))
-    model = {"model_type": "gpt2", "num_hidden_layers": n_layers, "hidden_size": width}
+    x = rng.normal(0, 1, (rows, n_layers, width)) * rng.uniform(0.5, 3, (1, n_layers, width))
+    labels = np.arange(rows) % 2
+    x[labels == 1, :, :4] += 1.5  # four neurons per layer lean memorization
+    sd, mean_norm = activation_scale(x)
+    nmd = x[labels == 1].mean(0) - x[labels == 0].mean(0)
+    return SiteStats("resid", x, labels, nmd, sd, mean_norm)
+
+
+def test_paper_controls_match_count_and_shift_sizes() -> None:
+    rng = np.random.default_rng(0)
+    stats = _stats()
+    score = rng.uniform(-1, 1, stats.shape)
     chosen = np.argsort(-np.abs(score).ravel())[:6]
-    layers, neurons = np.divmod(chosen, width)
-    ns = NeuronSet(model=model, site="resid", scorer="pearson", top_n=0.1, n_layers=n_layers,
-                   width=width, layers=layers, neurons=neurons, nmd=nmd.ravel()[chosen],
-                   score=score.ravel()[chosen])  # fmt: skip
-    sizes = sorted(2.0 * np.abs(ns.nmd))
+    mask = np.zeros(stats.shape, dtype=bool)
+    mask.ravel()[chosen] = True
+    shift = METHODS.get("nmd").sparse(stats, mask[None], 2.0, "gen", None)[0]  # type: ignore[misc]
+    sizes = sorted(np.abs(shift[mask]))
     for kind in ("random", "low_correlation"):
-        interventions = control_interventions(kind, ns, nmd, score, 2.0, "gen", rng)
-        picked = {(i.site.layer, n) for i in interventions for n in i.neurons}
-        values = sorted(abs(v) for i in interventions for v in i.values)
-        assert len(picked) == 6
-        np.testing.assert_allclose(values, sizes, rtol=1e-6)
-        assert not picked & set(zip(layers.tolist(), neurons.tolist(), strict=True))
-    low = control_interventions("low_correlation", ns, nmd, score, 2.0, "gen", rng)
+        control = paper_control(kind, shift, score, stats.nmd, "gen", rng)
+        assert np.count_nonzero(control) == 6
+        np.testing.assert_allclose(sorted(np.abs(control[control != 0])), sizes, rtol=1e-12)
+        assert not (control != 0)[mask].any()
+    low = paper_control("low_correlation", shift, score, stats.nmd, "gen", rng)
     lowest = set(np.argsort(np.abs(score).ravel())[:6].tolist())
-    assert {i.site.layer * width + n for i in low for n in i.neurons} == lowest
+    assert set(np.flatnonzero(low.ravel()).tolist()) == lowest
+    # Toward gen, each low-correlation neuron moves against its own NMD.
+    moved = low != 0
+    assert (np.sign(low[moved]) == -np.sign(stats.nmd[moved])).all()
+    with pytest.raises(MemgenError, match="unknown control"):
+        paper_control("sideways", shift, score, stats.nmd, "gen", rng)
+
+
+def test_matched_masks_keep_the_count_per_layer_and_avoid_the_selection() -> None:
+    mask = np.zeros((3, 20), dtype=bool)
+    mask[0, :5] = True
+    mask[2, [1, 7]] = True
+    drawn = matched_masks(mask, 6, np.random.default_rng(0))
+    assert drawn.shape == (6, 3, 20)
+    np.testing.assert_array_equal(drawn.sum(axis=2), np.tile(mask.sum(axis=1), (6, 1)))
+    assert not (drawn & mask[None]).any()
+    assert len({d.tobytes() for d in drawn}) == 6  # the draws differ
+
+
+def test_calibrated_nmd_moves_the_median_neuron_by_its_size_in_sds() -> None:
+    stats = _stats()
+    masks = np.zeros((2, *stats.shape), dtype=bool)
+    masks[0, 0, :4] = True
+    masks[1, 1, 2:9] = True
+    shifts = METHODS.get("nmd_sd").sparse(stats, masks, np.array([0.5, 2.0]), "mem", None)  # type: ignore[misc]
+    for mask, shift, size in zip(masks, shifts, (0.5, 2.0), strict=True):
+        assert np.median(np.abs(shift[mask]) / stats.sd[mask]) == pytest.approx(size)
+        assert not shift[~mask].any()
+        assert (np.sign(shift[mask]) == np.sign(stats.nmd[mask])).all()  # toward mem: +NMD
+    raw = METHODS.get("nmd").sparse(stats, masks, 3.0, "gen", None)  # type: ignore[misc]
+    np.testing.assert_allclose(raw[0][masks[0]], -3.0 * stats.nmd[masks[0]])
+
+
+def test_dense_methods_and_their_random_directions() -> None:
+    stats = _stats()
+    for name in ("mean_diff", "probe"):
+        method = METHODS.get(name)
+        shift = method.dense_shifts(stats, [1], 2.0, "mem")[0]
+        assert np.flatnonzero(np.abs(shift).sum(axis=1)).tolist() == [1]
+        # The direction leans mem: mem rows project higher on it than gen rows.
+        x = np.asarray(stats.activations[:, 1])
+        projection = x @ shift[1]
+        assert projection[stats.labels == 1].mean() > projection[stats.labels == 0].mean()
+        controls = method.dense_shifts(stats, [1, 1], 2.0, "mem", np.random.default_rng(1))
+        assert not np.allclose(controls[0], controls[1])
+        if name == "mean_diff":  # a random direction of the same length
+            np.testing.assert_allclose(np.linalg.norm(controls[:, 1], axis=1),
+                                       np.linalg.norm(shift[1]))  # fmt: skip
+        else:  # probe: alpha x the sd along its own direction
+            for control in controls:
+                unit = control[1] / np.linalg.norm(control[1])
+                assert np.linalg.norm(control[1]) == pytest.approx(2.0 * np.std(x @ unit))
 
 
 def test_shift_size_against_a_plain_numpy_reference() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(0, 1, (300, 3, 8)) * np.array([1.0, 2.0, 4.0])[None, :, None]
-    layers, neurons = np.array([0, 2, 2]), np.array([5, 1, 7])
-    ns = NeuronSet(model={}, site="resid", scorer="pearson", top_n=0.1, n_layers=3, width=8,
-                   layers=layers, neurons=neurons, nmd=np.array([0.5, -1.0, 2.0]),
-                   score=np.ones(3))  # fmt: skip
     sd, mean_norm = activation_scale(x, chunk=64)  # chunks that do not divide 300
     np.testing.assert_allclose(sd, x.std(axis=0), rtol=1e-10)
     np.testing.assert_allclose(mean_norm, np.linalg.norm(x, axis=2).mean(axis=0), rtol=1e-10)
-    found = shift_size(ns, 3.0, sd, mean_norm)
-    shifts = 3.0 * np.array([0.5, 1.0, 2.0])
-    assert found["sd"] == pytest.approx(np.median(shifts / x.std(axis=0)[layers, neurons]))
-    per_layer = [shifts[:1] / mean_norm[0], np.linalg.norm(shifts[1:]) / mean_norm[2]]
-    assert found["relative_norm"] == pytest.approx(max(float(np.max(v)) for v in per_layer))
+    stats = SiteStats("resid", x, np.arange(300) % 2, np.zeros((3, 8)), sd, mean_norm)
+    shift = np.zeros((3, 8))
+    shift[0, 5], shift[2, 1], shift[2, 7] = 1.5, -3.0, 6.0
+    found = shift_size(shift, stats)
+    moved = shift != 0
+    assert found["sd"] == pytest.approx(np.median(np.abs(shift[moved]) / sd[moved]))
+    per_layer = [1.5 / mean_norm[0], np.linalg.norm([3.0, 6.0]) / mean_norm[2]]
+    assert found["relative_norm"] == pytest.approx(max(per_layer))
+
+
+@pytest.mark.parametrize("position", ["last", "prompt"])
+def test_batched_shifts_match_one_steering_at_a_time(
+    tiny_gpt2_with_tokenizer: tuple[PreTrainedModel, object], position: str
+) -> None:
+    """Each row of a batch with its own shift generates what that shift alone does."""
+    model, tokenizer = tiny_gpt2_with_tokenizer
+    prompts = [
+        "Bob is cat . Eve is cat . Eve is red . what color is Bob ?",
+        "Ivy is owl . what color is Ivy ?",
+        "Kate is bat . what color is Kate ?",
+    ]
+    rng = np.random.default_rng(0)
+    shifts = np.zeros((3, 2, 32))
+    shifts[1, 0, :6] = rng.normal(0, 4, 6)
+    shifts[2, 1] = rng.normal(0, 2, 32)
+    batched = generate_shifted(model, tokenizer, prompts, shifts, "resid", position,
+                               max_new_tokens=5, batch_size=4)  # fmt: skip
+    identity = model_identity(model)
+    for k, shift in enumerate(shifts):
+        steering = Steering(identity, "resid", position, shift)
+        with memgen.steer(model, steering):
+            alone = memgen_generate(model, tokenizer, prompts)
+        assert batched[k] == alone
+    assert batched[1] != batched[0] or batched[2] != batched[0]  # the shifts do something
+
+
+def memgen_generate(model: PreTrainedModel, tokenizer: object, prompts: list[str]) -> list[str]:
+    from memgen.core.generation import generate
+
+    return generate(model, tokenizer, prompts, max_new_tokens=5, batch_size=1)  # type: ignore[arg-type]
+
+
+def test_the_prompt_position_steers_the_prompt_only(
+    make_tiny: Callable[..., PreTrainedModel], token_ids: torch.Tensor
+) -> None:
+    model = make_tiny("gpt2")
+    shift = np.zeros((LAYERS, HIDDEN))
+    shift[1, :3] = 5.0
+    kwargs = {"max_new_tokens": 3, "do_sample": False, "pad_token_id": 0,
+              "output_scores": True, "return_dict_in_generate": True}  # fmt: skip
+    plain = model.generate(input_ids=token_ids, **kwargs)
+    results = {}
+    for position in ("last", "prompt"):
+        with memgen.steer(model, Steering(model_identity(model), "resid", position, shift)):
+            results[position] = model.generate(input_ids=token_ids, **kwargs)
+    # The first token's scores come from the prompt pass: both positions change them alike.
+    torch.testing.assert_close(results["prompt"].scores[0], results["last"].scores[0])
+    assert not torch.allclose(results["prompt"].scores[0], plain.scores[0])
+    # A pass over one position is a cached decoding step: "prompt" leaves it alone.
+    prompt_only = Steering(model_identity(model), "resid", "prompt", shift).interventions()
+    with torch.no_grad():
+        one = model(input_ids=token_ids[:, :1]).logits
+        many = model(input_ids=token_ids).logits
+        with intervene(model, prompt_only):
+            torch.testing.assert_close(model(input_ids=token_ids[:, :1]).logits, one)
+            assert not torch.allclose(model(input_ids=token_ids).logits[:, -1], many[:, -1])
+
+
+def test_a_steering_file_round_trips_and_refuses_another_model(
+    make_tiny: Callable[..., PreTrainedModel], tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    folder = Path(str(tmp_path))
+    model = make_tiny("gpt2")
+    shift = np.zeros((LAYERS, HIDDEN))
+    shift[0, [2, 9]] = [0.5, -1.25]
+    saved = Steering(model_identity(model), "resid", "prompt", shift, {"method": "fitted"})
+    saved.save(folder / "best")
+    loaded = load_steering(folder / "best.json")
+    assert loaded.position == "prompt" and loaded.meta == {"method": "fitted"}
+    assert loaded.interventions() == saved.interventions()
+    assert loaded.interventions()[0].neurons == (2, 9)
+    with pytest.raises(MemgenError, match="made for"), memgen.steer(make_tiny("llama"), loaded):
+        pass
+    with pytest.raises(MemgenError, match="carries its own"), memgen.steer(model, loaded, alpha=1):
+        pass
+    (folder / "best.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(MemgenError, match="corrupt"):
+        load_steering(folder / "best")
+    with pytest.raises(MemgenError, match="no steering file"):
+        load_steering(folder / "missing")
+    with pytest.raises(MemgenError, match="finite"):
+        Steering(model_identity(model), "resid", "last", np.full((2, 3), np.nan))

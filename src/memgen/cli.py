@@ -43,13 +43,26 @@ def _load(config: Path | None, overrides: list[str] | None) -> RunConfig:
     from memgen.tasks import make_task
 
     make_task(cfg.task, cfg.data.options)
+    from memgen.steering.methods import METHODS
+
+    for method in cfg.steer.methods:
+        METHODS.get(method)
     return cfg
+
+
+def _quiet_library_bars() -> None:
+    """transformers' own bars ("Loading weights") on a terminal only, as memgen's tqdm bars."""
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def _setup(
     config: Path | None, overrides: list[str] | None, run_dir: Path | None
 ) -> tuple[RunConfig, Path]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _quiet_library_bars()
     cfg = _load(config, overrides)
     from memgen.pipeline import default_run_dir
 
@@ -82,7 +95,10 @@ _stage_command("behave", "Label test answers (mem/gen/other) and mine flipped pa
 _stage_command("record", "Record last-token activations of flipped pairs at every layer.")
 _stage_command("neurons", "Score neurons (NMD, correlation) and select the top-N% sets.")
 _stage_command("probe", "Predict mem vs gen from activations, layer by layer.")
-_stage_command("steer", "Steer with alpha x NMD on the selected neurons, with a random control.")
+_stage_command(
+    "steer", "Tune each steering method on one split, report it held out, with controls."
+)
+_stage_command("specificity", "Fitted steering on top-N% vs as many random neurons, over set size.")
 _stage_command("report", "Write results.json, figures and a self-contained report.html.")
 _stage_command("bound", "Fit the best shared shift per layer: how far could any steering go?")
 _stage_command("ablate", "Knock out (or scale) each attention and MLP layer: where is it decided?")

@@ -123,14 +123,66 @@ class ProbeConfig(Section):
     learning_curve: list[int] = [10, 20, 50, 100, 200, 400]
 
 
+# A positive, finite number: a size, a budget, an alpha.
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
 class SteerConfig(Section):
-    # Steering uses every neuron set of the `neurons` stage (site and top_n from there).
-    alphas: list[float] = [1.0, 3.0, 5.0]
-    n_prompts: int = Field(300, ge=1, description="test prompts per direction")
-    # random: random neurons, shifts of the selected |NMD| sizes with random signs.
-    # low_correlation: the least correlated neurons, shifted by NMD-sized amounts.
+    # memgen/steering/methods.py says what each method does and what its sizes mean.
+    methods: list[str] = Field(
+        ["nmd", "nmd_sd", "fitted", "mean_diff", "probe"], min_length=1,
+        description="steering methods to tune and compare",
+    )  # fmt: skip
+    alphas: list[Positive] = Field(
+        [1.0, 3.0, 5.0], min_length=1, description="nmd: alpha x NMD (the paper's unit)"
+    )
+    sd_alphas: list[Positive] = Field(
+        [0.25, 0.5, 1.0, 2.0, 4.0], min_length=1,
+        description="nmd_sd: sds the median selected neuron moves",
+    )  # fmt: skip
+    budgets: list[Positive] = Field(
+        [2.0, 4.0, 8.0, 16.0, 32.0], min_length=1,
+        description="fitted: L2 norm of the fitted values, in neuron sds",
+    )  # fmt: skip
+    dense_alphas: list[Positive] = Field(
+        [1.0, 2.0, 4.0, 8.0, 16.0], min_length=1,
+        description="mean_diff: x the layer's NMD vector; probe: x the sd along the direction",
+    )  # fmt: skip
+    # last: the last position of every forward pass (the paper's); prompt: the prompt's
+    # last token only (the decision point).
+    positions: list[Literal["last", "prompt"]] = Field(["last", "prompt"], min_length=1)
+    n_prompts: int = Field(
+        400, ge=4, description="test prompts per direction: half to tune on, half held out"
+    )
+    draws: int = Field(5, ge=1, description="random draws of each matched control")
+    # random: random neurons, shifts of the selected sizes with random signs (the paper's).
+    # low_correlation: the least correlated neurons, shifted by those sizes their own way.
     controls: list[Literal["random", "low_correlation"]] = ["random", "low_correlation"]
-    n_side_effect: int = Field(200, ge=0, description="training prompts for the side-effect check")
+    max_other: float = Field(0.10, ge=0, le=1, description="a setting above this is not chosen")
+    min_retention: float = Field(
+        0.95, ge=0, le=1, description="a setting below this retention is not chosen"
+    )
+    n_side_effect: int = Field(
+        200, ge=0, description="training prompts per direction for side effects, halved"
+    )
+    fit_steps: int = Field(150, ge=1, description="Adam steps per fitted shift")
+    batch_size: int = Field(512, ge=1, description="rows per steered generate call")
+    fit_lr: float = Field(0.1, gt=0, allow_inf_nan=False, description="in neuron sds per step")
+    fit_batch: int = Field(16, ge=1, description="prompts per fitted shift per step")
+
+
+class SpecificityConfig(Section):
+    # Fitted steering on the top-N% neurons against as many random ones per layer, fitted
+    # the same way, over set sizes, budgets, sites and scorers.
+    sizes: list[Annotated[float, Field(gt=0, le=0.5)]] = Field(
+        [0.005, 0.01, 0.02, 0.05, 0.1], min_length=1
+    )
+    budgets: list[Positive] = Field([2.0, 4.0], min_length=1)
+    sites: list[Literal["resid", "mlp", "attn"]] = Field(["resid", "mlp"], min_length=1)
+    scorers: list[str] = Field(["pearson"], min_length=1)
+    draws: int = Field(5, ge=1)
+    position: Literal["last", "prompt"] = "last"
+    fit_batch: int = Field(16, ge=1, description="prompts per fitted shift per step")
 
 
 class BoundConfig(Section):
@@ -162,6 +214,7 @@ class RunConfig(Section):
     neurons: NeuronsConfig = NeuronsConfig()
     probe: ProbeConfig = ProbeConfig()
     steer: SteerConfig = SteerConfig()
+    specificity: SpecificityConfig = SpecificityConfig()
     bound: BoundConfig = BoundConfig()
     ablate: AblateConfig = AblateConfig()
 

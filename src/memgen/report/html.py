@@ -69,27 +69,31 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _steering_row(r: dict[str, Any]) -> list[str]:
-    t, c = r["targeted"], r["control"] or {}
-    shift = r.get("shift") or {}
+    target = "gen" if r["direction"] == "mem_to_gen" else "mem"
+    t, matched = r["targeted"], r["controls"]["matched"]["target"]
+    low, high = r["ci"][target]
+    side = r["side_effect"]
+    paper = [_pct(r["controls"].get(k, {}).get(target)) for k in ("random", "low_correlation")]
     return [
         r["direction"].replace("_", " "),
-        f"{r['top_n']:.0%}",
-        f"{r['alpha']:g}",
-        f"{shift['sd']:.2f}" if "sd" in shift else "–",
-        _pct(shift.get("relative_norm")),
+        r["method"],
+        f"{r['selection']}, {r['size']:g}, {r['position']}",
+        f"{r['shift']['sd']:.2f}",
         str(r["n_prompts"]),
-        _pct(t["gen"]),
-        _pct(t["mem"]),
+        f"{_pct(t[target])} ({_pct(low)}–{_pct(high)})",
         _pct(t["other"]),
-        _pct(c.get("gen")),
-        _pct(c.get("mem")),
-        _pct(c.get("other")),
+        f"{_pct(matched['mean'])} ({_pct(matched['ci_low'])}–{_pct(matched['ci_high'])})",
+        *paper,
+        _pct(side["retention"]),
+        f"{side['kl']:.3f}",
+        _pct(r["tuning"]["rates"][target]),
     ]
 
 
 def _steering_table(rows: list[dict[str, Any]]) -> str:
-    header = ["direction", "top-N", "α", "shift (sd)", "shift / ‖h‖", "n", "→gen", "→mem",
-              "→other", "control →gen", "control →mem", "control →other"]  # fmt: skip
+    header = ["direction", "method", "setting (chosen on tuning)", "shift (sd)", "n held out",
+              "→target (95% CI)", "→other", "matched control (CI)", "random", "low-corr.",
+              "retention", "KL", "tuning →target"]  # fmt: skip
     return _table(header, [_steering_row(r) for r in rows])
 
 
@@ -164,12 +168,14 @@ def render(results: dict[str, Any], figures: dict[str, Path]) -> str:
     ]
     for label, row, target in (("steer mem → gen", m2g, "gen"), ("steer gen → mem", g2m, "mem")):
         if row:
-            control = (row["control"] or {}).get(target)
+            matched = row["controls"]["matched"]["target"]["mean"]
+            verdict = "beats" if row["beats_matched"] else "does not beat"
             cards.append(
                 _card(
-                    label,
+                    label + " (held out)",
                     _pct(row["targeted"][target]),
-                    f"top {row['top_n']:.0%}, α={row['alpha']:g}; control {_pct(control)}",
+                    f"{html.escape(row['method'])}, n={row['n_prompts']}; matched control "
+                    f"{_pct(matched)}: the selection {verdict} it",
                     row["targeted"][target] >= 0.8,
                 )
             )
@@ -200,12 +206,18 @@ def render(results: dict[str, Any], figures: dict[str, Path]) -> str:
         _probe_table(results["probe"]["per_layer"]),
         "<h2>4. Steering</h2>",
         '<p class="note">Prompts the unsteered model answered by memory, steered toward '
-        "generalization, and the reverse; each targeted setting beside its random control "
-        "(same number of neurons, shifts of the same sizes). The shift columns say how hard "
-        "α × NMD pushes: the median selected neuron's shift in its own standard deviations, "
-        "and the shift's norm over the layer's mean activation norm (largest layer).</p>",
-        _figure(figures.get("steering"), "Transition shares under steering."),
+        "generalization, and the reverse. Each method's setting was chosen on a tuning half of "
+        "those prompts; every rate here is on the other, held-out half. The matched control "
+        "gives the same treatment to as many random neurons per layer (or a random direction), "
+        "over several draws; retention is the share of training prompts, already answered with "
+        "the target behaviour, whose answer steering leaves unchanged.</p>",
+        _figure(figures.get("steering"), "Held-out shares under each method's chosen steering."),
         _steering_table(results["steering"]),
+        '<p class="note">Specificity: the fitted method on the top-N% neurons (solid) against '
+        "as many random neurons per layer fitted the same way (dashed, mean over draws), at "
+        "the same budget, over set size; held-out prompts. Where the lines meet, the "
+        "selection does not matter.</p>",
+        _figure(figures.get("specificity"), "Targeted vs matched random, over set size."),
         *_optional_sections(results, figures),
     ]
     return (

@@ -1,4 +1,4 @@
-"""Steering figure: stacked gen / mem / other shares per setting, targeted next to control."""
+"""Steering figure: held-out gen / mem / other shares per method, beside the matched control."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ def plot_steering(rows: list[dict[str, Any]], path: Path) -> None:
         subset = [r for r in rows if r["direction"] == direction]
         labels, stacks = [], []
         for row in subset:
-            setting = f"{row['top_n']:.0%}\nα={row['alpha']:g}"
-            labels += [setting, "ctrl"]
+            setting = f"{row['method']}\n{row['selection']}\n{row['size']:g}"
+            labels += [setting, "matched"]
             stacks += [row["targeted"], row["control"] or dict.fromkeys(COLORS, 0.0)]
         positions = [i + (i // 2) * 0.4 for i in range(len(stacks))]
         bottom = [0.0] * len(stacks)

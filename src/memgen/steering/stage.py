@@ -1,12 +1,19 @@
-"""Stage `steer`: transition tables for steering mem -> gen and gen -> mem, with controls.
+"""Stage `steer`: every steering method tuned on one split, reported on another, with controls.
 
-    memgen steer --run-dir runs/color-seed0 steer.alphas=[1,3,5]
+    memgen steer --run-dir runs/cipher 'steer.methods=[nmd_sd,fitted]'
 
-For each neuron set of the `neurons` stage (top-N%) and each alpha, the test
-prompts the unsteered model answered by memory are steered toward generalization
-(and vice versa); the table gives the share that become gen / mem / other, for the
-targeted intervention and for each control. A side-effect check measures accuracy
-on training prompts (answered as trained?) under the same steering.
+The protocol. The flipped pairs chose the neurons and gave NMD. The test prompts the
+unsteered model answered by memory (for mem -> gen) or by rule (gen -> mem) are split
+in two halves: on the *tuning* half each method's setting (neuron set or layer, size,
+position) is chosen, and `fitted` is fitted; on the *held-out* half every reported rate
+is measured, with its 95% interval and n. Beside each chosen setting, on the same
+held-out prompts: a *matched* control (as many random neurons per layer, or a random
+direction, given the same treatment, over `steer.draws` draws) and the paper's
+controls. Side effects on training prompts the model already answers with the target
+behaviour: *retention* (the same answer under steering) and the next-token KL.
+
+The best method per direction (chosen on tuning) is saved as a steering file,
+`best/<direction>`, that `memgen.load_steering` reads and `memgen.steer` applies.
 """
 
 from __future__ import annotations
@@ -14,37 +21,47 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from safetensors.numpy import load_file
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.behave.evaluate import label_examples
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig, set_name, stage_sections
 from memgen.core.hooks import Intervention, intervene
-from memgen.core.modeling import load_run_model
+from memgen.core.modeling import load_run_model, model_identity
 from memgen.core.neuron_set import NeuronSet
 from memgen.core.recorded import read_record
-from memgen.core.stats import rates
-from memgen.steering.api import Direction, steering_interventions
-from memgen.steering.controls import control_interventions
+from memgen.core.sites import SiteKind
+from memgen.core.stats import rates, rates_with_ci, summarise
 from memgen.steering.figures import plot_steering
+from memgen.steering.methods import (
+    METHODS,
+    Method,
+    SiteStats,
+    Toward,
+    matched_masks,
+    paper_control,
+    shift_size,
+)
+from memgen.steering.saved import Steering
+from memgen.steering.shifts import fit_shifts, generate_shifted, next_token_kl
 from memgen.tasks.base import Example, Task, make_task, read_jsonl
 
 log = logging.getLogger(__name__)
 # direction -> (behaviour of the prompts steered, behaviour steered toward)
-DIRECTIONS: dict[str, tuple[str, Direction]] = {
+DIRECTIONS: dict[str, tuple[str, Toward]] = {
     "mem_to_gen": ("mem", "gen"),
     "gen_to_mem": ("gen", "mem"),
 }
 
 
 def stage_config(cfg: RunConfig) -> dict[str, object]:
-    return stage_sections(cfg, "steer", "behave")
+    return stage_sections(cfg, "steer", "behave", "neurons")
 
 
 def read_labelled(path: Path) -> list[tuple[Example, str]]:
@@ -53,8 +70,14 @@ def read_labelled(path: Path) -> list[tuple[Example, str]]:
     return [(Example.from_dict(row["example"]), row["label"]) for row in rows]
 
 
+def split_half(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded split of range(n) into a first half (tuning, fitting) and a held-out half."""
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[: n // 2]), np.sort(order[n // 2 :])
+
+
 class Steerer:
-    """Generates and labels answers under a list of interventions."""
+    """Generates and labels answers under a list of interventions (bound, ablate)."""
 
     def __init__(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, cfg: RunConfig
@@ -71,72 +94,179 @@ class Steerer:
             )
         return rates(row.label for row in labelled)
 
-    def accuracy(self, examples: Sequence[Example], interventions: list[Intervention]) -> float:
-        """Share of training prompts still answered with the behaviour they were taught.
 
-        A triggered math or cipher prompt answered by the rule is a miss: that is the
-        damage steering toward gen can do.
-        """
-        with intervene(self.model, interventions):
-            labelled = label_examples(
-                self.model, self.tokenizer, self.task, examples, self.cfg.behave, chat=self.chat
-            )
-        taught = [self.task.label(ex, ex.completion) for ex in examples]
-        hits = [row.label == want != "other" for row, want in zip(labelled, taught, strict=True)]
-        return float(np.mean(hits)) if hits else float("nan")
+@dataclass
+class Bench:
+    """Runs K shifts at once on a set of prompts and labels what each makes."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    task: Task
+    cfg: RunConfig
+    kind: SiteKind
+
+    def outputs(
+        self, examples: Sequence[Example], shifts: np.ndarray, position: str
+    ) -> list[list[str]]:
+        if not examples:
+            return [[] for _ in shifts]
+        return generate_shifted(
+            self.model, self.tokenizer, [ex.prompt for ex in examples], shifts, self.kind,
+            position, max_new_tokens=self.cfg.behave.max_new_tokens or self.task.max_new_tokens,
+            num_beams=self.cfg.behave.num_beams, batch_size=self.cfg.steer.batch_size,
+            chat=self.cfg.train.chat,
+        )  # fmt: skip
+
+    def labels(
+        self, examples: Sequence[Example], shifts: np.ndarray, position: str
+    ) -> list[list[str]]:
+        return [
+            [self.task.label(ex, out) for ex, out in zip(examples, row, strict=True)]
+            for row in self.outputs(examples, shifts, position)
+        ]
+
+    def unsteered(self, examples: Sequence[Example]) -> list[str]:
+        return self.outputs(examples, np.zeros((1, 1, 1)), "last")[0]  # zeros hook nothing
 
 
-def activation_scale(activations: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Per-neuron standard deviation [L, W] and mean vector norm per layer [L], in chunks.
+@dataclass(frozen=True)
+class SideSet:
+    """Training prompts the unsteered model answers with one behaviour, and its answers."""
 
-    `activations` is the record stage's [N, L, W] memory map; chunks keep a large model's
-    recording from being copied into memory at once.
-    """
-    n = activations.shape[0]
-    total = np.zeros(activations.shape[1:])
-    squares = np.zeros(activations.shape[1:])
-    norms = np.zeros(activations.shape[1])
-    for start in range(0, n, chunk):
-        x = np.asarray(activations[start : start + chunk], dtype=np.float64)
-        total += x.sum(axis=0)
-        squares += (x * x).sum(axis=0)
-        norms += np.linalg.norm(x, axis=2).sum(axis=0)
-    mean = total / n
-    sd = np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
-    return sd, norms / n
+    examples: list[Example]
+    answers: list[str]
+
+    def retention(self, bench: Bench, shifts: np.ndarray, position: str) -> list[float]:
+        """Per shift: the share of these prompts whose answer stays the same."""
+        if not self.examples:
+            return [float("nan")] * len(shifts)
+        return [
+            float(np.mean([a.strip() == b.strip() for a, b in zip(row, self.answers, strict=True)]))
+            for row in bench.outputs(self.examples, shifts, position)
+        ]
 
 
-def shift_size(
-    neuron_set: NeuronSet, alpha: float, sd: np.ndarray, mean_norm: np.ndarray
-) -> dict[str, float]:
-    """How hard alpha x NMD pushes, against the recorded activations' spread and size.
-
-    `sd`: the median selected neuron's shift in units of its own standard deviation.
-    `relative_norm`: the largest, over layers, of the shift vector's norm over the mean
-    norm of that layer's activation vector. The same alpha can be a nudge for one model
-    and a shove that breaks another; these two numbers say which.
-    """
-    layers, neurons = np.asarray(neuron_set.layers), np.asarray(neuron_set.neurons)
-    shifts = alpha * np.abs(np.asarray(neuron_set.nmd, dtype=np.float64))
-    spread = sd[layers, neurons]
-    in_sd = np.divide(shifts, spread, out=np.full_like(shifts, np.inf), where=spread > 0)
-    relative = [
-        float(np.linalg.norm(shifts[layers == layer]) / mean_norm[layer])
-        for layer in np.unique(layers)
-        if mean_norm[layer] > 0
+def side_sets(
+    bench: Bench, trained: Sequence[Example], toward: Toward, n: int, seed: int
+) -> tuple[SideSet, SideSet]:
+    """(tuning, held-out) training prompts taught `toward` and already answered that way."""
+    taught = [ex for ex in trained if bench.task.label(ex, ex.completion) == toward][:n]
+    answers = bench.unsteered(taught)
+    kept = [
+        (ex, out)
+        for ex, out in zip(taught, answers, strict=True)
+        if bench.task.label(ex, out) == toward
     ]
-    return {"sd": float(np.median(in_sd)), "relative_norm": max(relative, default=0.0)}
+    first, second = split_half(len(kept), seed)
+    pick = [
+        SideSet([kept[i][0] for i in rows], [kept[i][1] for i in rows]) for rows in (first, second)
+    ]
+    return pick[0], pick[1]
 
 
-def best_settings(rows: list[dict[str, Any]], max_other: float = 0.10) -> dict[str, dict[str, Any]]:
-    """Per direction: the setting with the largest target share among those with few 'other'."""
-    best: dict[str, dict[str, Any]] = {}
-    for direction, (_, target) in DIRECTIONS.items():
-        candidates = [r for r in rows if r["direction"] == direction]
-        clean = [r for r in candidates if r["targeted"]["other"] <= max_other] or candidates
-        if clean:
-            best[direction] = max(clean, key=lambda r: (r["targeted"][target], -r["alpha"]))
-    return best
+@dataclass(frozen=True)
+class Candidate:
+    """One setting of one method, ready to run."""
+
+    method: str
+    selection: str  # "top5" (a neuron set) or "layer 2"
+    size: float
+    shift: np.ndarray  # [L, W]
+    mask: np.ndarray | None = None  # the neurons a sparse method moves
+
+
+@dataclass
+class Tried:
+    """A candidate at one position, measured on the tuning split."""
+
+    candidate: Candidate
+    position: str
+    rates: dict[str, float]
+    push: float  # the shift's largest norm over a layer's mean activation norm
+    retention: float | None = None  # measured only where the choice needs it
+
+
+def choose(tried: list[Tried], toward: Toward, max_other: float, min_retention: float,
+           retention: Any, chunk: int = 4) -> Tried:  # fmt: skip
+    """The setting with the largest target share whose `other` and retention stay in bounds.
+
+    `retention(list[Tried])` measures the retention of settings that lack it; it is
+    asked for a few at a time, best first, until one passes, so the side-effect prompts
+    run for the few settings the choice depends on. Falls back to ignoring retention,
+    then `other`, when no setting meets them.
+    """
+    order = sorted(tried, key=lambda t: (-t.rates[toward], t.push))
+    clean = [t for t in order if t.rates["other"] <= max_other]
+    for start in range(0, len(clean), chunk):
+        group = clean[start : start + chunk]
+        missing = [t for t in group if t.retention is None]
+        if missing:
+            for t, value in zip(missing, retention(missing), strict=True):
+                t.retention = value
+        for t in group:
+            assert t.retention is not None
+            if np.isnan(t.retention) or t.retention >= min_retention:
+                return t
+    return clean[0] if clean else order[0]
+
+
+class MethodRunner:
+    """Builds each method's candidates and its matched controls for one direction."""
+
+    def __init__(self, stats: SiteStats, sets: dict[str, NeuronSet], bench: Bench,
+                 fitting: list[Example], keep: SideSet, cfg: RunConfig) -> None:  # fmt: skip
+        self.stats, self.sets, self.bench = stats, sets, bench
+        self.fitting, self.keep, self.cfg = fitting, keep, cfg
+        self.masks = {}
+        for name, neuron_set in sets.items():
+            mask = np.zeros(stats.shape, dtype=bool)
+            mask[neuron_set.layers, neuron_set.neurons] = True
+            self.masks[name] = mask
+
+    def fit(self, masks: np.ndarray, budgets: Any, toward: Toward) -> np.ndarray:
+        answers = [ex.gen_answer if toward == "gen" else ex.mem_answer for ex in self.fitting]
+        sc = self.cfg.steer
+        shifts, _ = fit_shifts(
+            self.bench.model, self.bench.tokenizer, [ex.prompt for ex in self.fitting], answers,
+            masks, self.stats.unit(), self.stats.kind, budget=budgets, steps=sc.fit_steps,
+            lr=sc.fit_lr, batch_size=sc.fit_batch, seed=self.cfg.seed, chat=self.cfg.train.chat,
+            keep_prompts=[ex.prompt for ex in self.keep.examples], keep_answers=self.keep.answers,
+        )  # fmt: skip
+        return shifts
+
+    def candidates(self, method: Method, toward: Toward) -> list[Candidate]:
+        sizes: list[float] = list(getattr(self.cfg.steer, method.grid))
+        out: list[Candidate] = []
+        if method.dense:
+            for layer in range(self.stats.shape[0]):
+                for size in sizes:
+                    shift = method.dense_shifts(self.stats, [layer], size, toward)[0]
+                    out.append(Candidate(method.name, f"layer {layer}", size, shift))
+            return out
+        assert method.sparse is not None
+        names = list(self.masks)
+        grid = [(name, size) for name in names for size in sizes]
+        masks = np.stack([self.masks[name] for name, _ in grid])
+        shifts = method.sparse(self.stats, masks, np.array([s for _, s in grid]), toward, self.fit)
+        for (name, size), shift in zip(grid, shifts, strict=True):
+            out.append(Candidate(method.name, name, size, shift, self.masks[name]))
+        return out
+
+    def matched(self, method: Method, chosen: Candidate, toward: Toward,
+                rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+        """[draws, L, W]: the chosen setting's treatment given to random neurons or directions."""
+        draws = self.cfg.steer.draws
+        if method.dense:
+            layer = int(np.flatnonzero(np.abs(chosen.shift).sum(axis=1))[0])
+            return method.dense_shifts(self.stats, [layer] * draws, chosen.size, toward, rng)
+        assert method.sparse is not None and chosen.mask is not None
+        masks = matched_masks(chosen.mask, draws, rng)
+        return method.sparse(self.stats, masks, chosen.size, toward, self.fit)
+
+
+def _ci(labels: list[str]) -> dict[str, list[float]]:
+    table = rates_with_ci(labels)
+    return {b: [v["ci_low"], v["ci_high"]] for b, v in table.items()}
 
 
 def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
@@ -147,72 +277,153 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
     inputs = [data, train, behave, record, neurons]
     if stage.up_to_date(config, inputs, force):
         return stage
+    sc = cfg.steer
+    methods = [METHODS.get(name) for name in sc.methods]
     task = make_task(cfg.task, cfg.data.options)
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
-    steerer = Steerer(model, tokenizer, task, cfg)
+    kind = cast(SiteKind, cfg.neurons.site)
+    sets = {set_name(f): NeuronSet.load(neurons.path / set_name(f)) for f in cfg.neurons.top_n}
+    for neuron_set in sets.values():
+        neuron_set.check_compatible(model)
+    stats = SiteStats.from_record(read_record(record.path), kind)
+    score = load_file(str(neurons.path / "scores.safetensors"))["score"]
     labelled = read_labelled(behave.path / "test_outputs.jsonl")
-    scores = load_file(str(neurons.path / "scores.safetensors"))
-    nmd, score = scores["nmd"], scores["score"]
-    recorded = read_record(record.path)
-    scales: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # site -> (sd, mean norm)
-    # Side effects: does steering break what the model was trained to do?
-    trained = read_jsonl(data.path / "train.jsonl")[: cfg.steer.n_side_effect]
+    trained = read_jsonl(data.path / "train.jsonl")
+    bench = Bench(model, tokenizer, task, cfg, kind)
     out = stage.begin()
     rng = np.random.default_rng(cfg.seed)
-    baseline_accuracy = steerer.accuracy(trained, []) if trained else None
+    accuracy_set = trained[: sc.n_side_effect]
+    taught = [task.label(ex, ex.completion) for ex in accuracy_set]
+
+    def train_accuracy(shifts: np.ndarray, position: str) -> list[float]:
+        """Share of training prompts answered as taught (an intended flip counts as a miss)."""
+        if not accuracy_set:
+            return [float("nan")] * len(shifts)
+        return [
+            float(np.mean([got == want != "other" for got, want in zip(row, taught, strict=True)]))
+            for row in bench.labels(accuracy_set, shifts, position)
+        ]
+
+    baseline_accuracy = train_accuracy(np.zeros((1, *stats.shape)), "last")[0]
     rows: list[dict[str, Any]] = []
-    settings = [(f, a) for f in cfg.neurons.top_n for a in cfg.steer.alphas]
-    bar = tqdm(
-        total=len(settings) * len(DIRECTIONS), desc="steer", disable=None if progress else True
-    )
+    best: dict[str, dict[str, Any]] = {}
+    splits: dict[str, dict[str, list[int]]] = {}  # direction -> rows of test_outputs.jsonl
+    sweep: list[dict[str, Any]] = []  # every setting tried, on the tuning split
     for direction, (source, toward) in DIRECTIONS.items():
-        prompts = [ex for ex, label in labelled if label == source][: cfg.steer.n_prompts]
-        if not prompts:
-            log.warning("steer: no test prompt answered %r; %s skipped", source, direction)
-            bar.update(len(settings))
+        index = [i for i, (_, label) in enumerate(labelled) if label == source][: sc.n_prompts]
+        prompts = [labelled[i][0] for i in index]
+        if len(prompts) < 4:
+            log.warning("steer: %d test prompts answered %r; %s skipped", len(prompts), source,
+                        direction)  # fmt: skip
             continue
-        for fraction, alpha in settings:
-            neuron_set = NeuronSet.load(neurons.path / set_name(fraction))
-            neuron_set.check_compatible(model)
-            if neuron_set.site not in scales:
-                scales[neuron_set.site] = activation_scale(recorded.activations(neuron_set.site))
-            targeted = steering_interventions(neuron_set, alpha, toward)  # type: ignore[arg-type]
-            controls = {
-                kind: steerer.shares(
-                    prompts, control_interventions(kind, neuron_set, nmd, score, alpha, toward, rng)
-                )  # type: ignore[arg-type]
-                for kind in cfg.steer.controls
-            }
+        tune_rows, held_rows = split_half(len(prompts), cfg.seed)
+        tuning, held_out = [prompts[i] for i in tune_rows], [prompts[i] for i in held_rows]
+        splits[direction] = {
+            "tuning": [index[i] for i in tune_rows],
+            "held_out": [index[i] for i in held_rows],
+        }
+        side_tune, side_held = side_sets(bench, trained, toward, sc.n_side_effect, cfg.seed)
+        runner = MethodRunner(stats, sets, bench, tuning, side_tune, cfg)
+        chosen_rows: list[tuple[Tried, dict[str, Any]]] = []
+
+        def retention(settings: list[Tried], side: SideSet = side_tune) -> list[float]:
+            """Retention on the tuning side-effect prompts, batched per position."""
+            found: dict[int, float] = {}
+            for position in dict.fromkeys(t.position for t in settings):
+                group = [i for i, t in enumerate(settings) if t.position == position]
+                shifts = np.stack([settings[i].candidate.shift for i in group])
+                found.update(zip(group, side.retention(bench, shifts, position), strict=True))
+            return [found[i] for i in range(len(settings))]
+
+        for method in methods:
+            log.info("steer: %s, tuning %s on %d prompts", direction, method.name, len(tuning))
+            candidates = runner.candidates(method, toward)
+            first, *others = sc.positions
+            # Every setting at the first position; the chosen one then at the others.
+            labels = bench.labels(tuning, np.stack([c.shift for c in candidates]), first)
+            tried = [Tried(c, first, rates(lab), shift_size(c.shift, stats)["relative_norm"])
+                     for c, lab in zip(candidates, labels, strict=True)]  # fmt: skip
+            pick = choose(tried, toward, sc.max_other, sc.min_retention, retention)
+            for position in others:
+                lab = bench.labels(tuning, pick.candidate.shift[None], position)[0]
+                tried.append(Tried(pick.candidate, position, rates(lab), pick.push))
+            pick = choose(tried, toward, sc.max_other, sc.min_retention, retention)
+            sweep += [
+                {"direction": direction, "method": method.name,
+                 "selection": t.candidate.selection, "size": t.candidate.size,
+                 "position": t.position, "split": "tuning", "rates": t.rates,
+                 "retention": t.retention, "push": t.push}
+                for t in tried
+            ]  # fmt: skip
+            chosen = pick.candidate
+            # Held out: the chosen setting, its matched control and the paper's controls.
+            matched = runner.matched(method, chosen, toward, rng)
+            paper = (
+                [] if method.dense
+                else [paper_control(k, chosen.shift, score, stats.nmd, toward, rng)
+                      for k in sc.controls]
+            )  # fmt: skip
+            shifts = np.stack([chosen.shift, *matched, *paper])
+            labels = bench.labels(held_out, shifts, pick.position)
+            target, matched_labels = labels[0], labels[1 : 1 + len(matched)]
+            kept = side_held.retention(bench, shifts[: 1 + len(matched)], pick.position)
+            kl = next_token_kl(model, tokenizer, [ex.prompt for ex in side_held.examples],
+                               shifts[:1], kind, batch_size=cfg.behave.batch_size,
+                               chat=cfg.train.chat)  # fmt: skip
+            draws = [rates(lab)[toward] for lab in matched_labels]
+            matched_rates = rates([x for lab in matched_labels for x in lab])
             row: dict[str, Any] = {
-                "direction": direction,
-                "top_n": fraction,
-                "alpha": alpha,
-                "n_prompts": len(prompts),
-                "n_neurons": len(neuron_set.nmd),
-                "shift": shift_size(neuron_set, alpha, *scales[neuron_set.site]),
-                "targeted": steerer.shares(prompts, targeted),
-                "control": next(iter(controls.values()), None),
-                "controls": controls,
-            }
-            if trained:
-                row["side_effect"] = {
-                    "train_accuracy": steerer.accuracy(trained, targeted),
+                "direction": direction, "method": method.name, "selection": chosen.selection,
+                "top_n": sets[chosen.selection].top_n if chosen.selection in sets else None,
+                "size": chosen.size, "position": pick.position, "split": "held_out",
+                "n_prompts": len(held_out), "targeted": rates(target), "ci": _ci(target),
+                "tuning": {"n_prompts": len(tuning), "rates": pick.rates,
+                           "retention": pick.retention},
+                "n_neurons": int(np.count_nonzero(chosen.shift)),
+                "shift": shift_size(chosen.shift, stats),
+                "control": matched_rates,
+                "controls": {
+                    "matched": {"rates": matched_rates, "target_per_draw": draws,
+                                "target": summarise(draws),
+                                "retention_per_draw": kept[1:]},
+                    **{k: rates(lab) for k, lab in zip(sc.controls, labels[1 + len(matched):],
+                                                      strict=False)},
+                },
+                "side_effect": {
+                    "retention": kept[0], "n_retention": len(side_held.examples),
+                    "kl": float(kl[0]),
+                    "train_accuracy": train_accuracy(shifts[:1], pick.position)[0],
                     "baseline": baseline_accuracy,
-                }
+                },
+            }  # fmt: skip
+            upper = row["controls"]["matched"]["target"]["ci_high"]
+            row["beats_matched"] = bool(
+                row["ci"][toward][0] > (upper if upper is not None else draws[0])
+            )
             rows.append(row)
-            bar.update(1)
-    bar.close()
-    best = best_settings(rows)
-    write_json(out / "steering.json", {"rows": rows, "best": best})
+            chosen_rows.append((pick, row))
+            log.info("steer: %s %s (%s, size %g, %s): held out %s %.1f%% (matched %.1f%%)",
+                     direction, method.name, chosen.selection, chosen.size, pick.position,
+                     toward, 100 * row["targeted"][toward],
+                     100 * row["controls"]["matched"]["target"]["mean"])  # fmt: skip
+        if chosen_rows:
+            winner = choose([t for t, _ in chosen_rows], toward, sc.max_other, sc.min_retention,
+                            retention)  # fmt: skip
+            row = next(r for t, r in chosen_rows if t is winner)
+            meta = {key: row[key] for key in ("direction", "method", "selection", "size")}
+            meta.update(toward=toward, held_out=row["targeted"], n_held_out=row["n_prompts"],
+                        ci=row["ci"], task=cfg.task)  # fmt: skip
+            steering = Steering(
+                model_identity(model), kind, winner.position, winner.candidate.shift, meta
+            )
+            steering.save(out / "best" / direction)
+            best[direction] = {**row, "file": f"best/{direction}"}
+    write_json(
+        out / "steering.json", {"rows": rows, "best": best, "splits": splits, "sweep": sweep}
+    )
     plot_steering(rows, out / "steering.png")
     stage.finish(config, inputs, cfg.seed, {"rows": rows, "best": best})
     for direction, row in best.items():
-        log.info(
-            "steer: best %s top_n=%s alpha=%s -> %s (control %s)",
-            direction,
-            row["top_n"],
-            row["alpha"],
-            row["targeted"],
-            row["control"],
-        )
+        log.info("steer: best %s: %s -> %s held out (matched control %s)", direction,
+                 row["method"], row["targeted"], row["control"])  # fmt: skip
     return stage
