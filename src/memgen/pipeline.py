@@ -29,6 +29,7 @@ STAGES: dict[str, str] = {
     "neurons": "memgen.neurons.stage:run_neurons",
     "probe": "memgen.probe.stage:run_probe",
     "steer": "memgen.steering.stage:run_steer",
+    "specificity": "memgen.steering.specificity:run_specificity",
     "report": "memgen.report.stage:run_report",
 }
 # Stages `memgen run` leaves out: each is its own command, run on a finished run.

@@ -21,6 +21,7 @@ def collect(run_dir: Path, cfg: RunConfig, stages: list[str]) -> dict[str, Any]:
     neurons = _summary(Stage(run_dir, "neurons"))
     probe = _summary(Stage(run_dir, "probe"))
     steer = _summary(Stage(run_dir, "steer"))
+    specificity = _summary(Stage(run_dir, "specificity"))
     results = {
         "task": cfg.task,
         "model": cfg.train.model,
@@ -40,6 +41,7 @@ def collect(run_dir: Path, cfg: RunConfig, stages: list[str]) -> dict[str, Any]:
         },
         "steering": steer["rows"],
         "steering_best": steer["best"],
+        "specificity": specificity["rows"],
     }
     if "bound" in stages:
         results["bound"] = _summary(Stage(run_dir, "bound"))["rows"]

@@ -15,7 +15,7 @@ from memgen.report.html import render
 from memgen.report.results import collect
 
 log = logging.getLogger(__name__)
-INPUTS = ("train", "behave", "neurons", "probe", "steer")
+INPUTS = ("train", "behave", "neurons", "probe", "steer", "specificity")
 # Stages `memgen run` leaves out; the report shows them when they are current.
 OPTIONAL_INPUTS = ("bound", "ablate")
 # Report figure name -> where its stage writes it.
@@ -26,6 +26,7 @@ FIGURES = {
     "probe": "probe/accuracy.png",
     "learning_curve": "probe/learning_curve.png",
     "steering": "steer/steering.png",
+    "specificity": "specificity/specificity.png",
     "ablation": "ablate/ablate.png",
 }
 

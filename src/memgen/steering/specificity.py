@@ -1,0 +1,147 @@
+"""Stage `specificity`: do the selected neurons steer better than random ones of the same size?
+
+    memgen specificity --run-dir runs/cipher 'specificity.sizes=[0.01,0.05]'
+
+For each site, scorer, set size (top-N% by |score|), budget and direction: the `fitted`
+method on the top-N% neurons, and on `draws` random sets with as many neurons per
+layer, each fitted the same way (same prompts, steps and budget), all in one batch. The
+fits use the tuning half of the test prompts (the split `steer` uses); the shares are
+measured on the held-out half. A curve of targeted vs matched random over set size
+answers the question at equal size and push; `specificity.png` draws it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, cast
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from memgen.core.artifacts import Stage, write_json
+from memgen.core.config import RunConfig, stage_sections
+from memgen.core.modeling import load_run_model
+from memgen.core.recorded import read_record
+from memgen.core.sites import SiteKind
+from memgen.core.stats import rates, summarise, wilson
+from memgen.neurons.scores import score as neuron_score
+from memgen.neurons.selection import select_top
+from memgen.steering.methods import SiteStats, matched_masks
+from memgen.steering.shifts import fit_shifts
+from memgen.steering.stage import DIRECTIONS, Bench, read_labelled, split_half
+from memgen.tasks.base import make_task
+
+log = logging.getLogger(__name__)
+COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02")
+
+
+# The steer settings this stage reads: the prompt split and how shifts are fitted.
+STEER_FIELDS = ("n_prompts", "fit_steps", "fit_lr", "batch_size")
+
+
+def stage_config(cfg: RunConfig) -> dict[str, object]:
+    steer = {name: getattr(cfg.steer, name) for name in STEER_FIELDS}
+    return {**stage_sections(cfg, "specificity", "behave"), "steer": steer}
+
+
+def run_specificity(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
+    train, behave, record = (
+        Stage(run_dir, "train"),
+        Stage(run_dir, "behave"),
+        Stage(run_dir, "record"),
+    )
+    stage = Stage(run_dir, "specificity")
+    config, inputs = stage_config(cfg), [train, behave, record]
+    if stage.up_to_date(config, inputs, force):
+        return stage
+    spec, sc = cfg.specificity, cfg.steer
+    task = make_task(cfg.task, cfg.data.options)
+    model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
+    recorded = read_record(record.path)
+    labelled = read_labelled(behave.path / "test_outputs.jsonl")
+    out = stage.begin()
+    rng = np.random.default_rng(cfg.seed)
+    rows: list[dict[str, Any]] = []
+    for site in spec.sites:
+        kind = cast(SiteKind, site)
+        stats = SiteStats.from_record(recorded, kind)
+        bench = Bench(model, tokenizer, task, cfg, kind)
+        for scorer in spec.scorers:
+            score = neuron_score(scorer, recorded.activations(site), recorded.labels)
+            targeted = []
+            for size in spec.sizes:
+                layers, neurons = select_top(score, size)
+                mask = np.zeros(stats.shape, dtype=bool)
+                mask[layers, neurons] = True
+                targeted.append(mask)
+            # Per size: the targeted set first, then its matched random draws.
+            masks = np.concatenate(
+                [np.concatenate([m[None], matched_masks(m, spec.draws, rng)]) for m in targeted]
+            )
+            for direction, (source, toward) in DIRECTIONS.items():
+                prompts = [ex for ex, label in labelled if label == source][: sc.n_prompts]
+                if len(prompts) < 4:
+                    log.warning("specificity: too few %r prompts; %s skipped", source, direction)
+                    continue
+                tune_rows, held_rows = split_half(len(prompts), cfg.seed)
+                fitting = [prompts[i] for i in tune_rows]
+                held_out = [prompts[i] for i in held_rows]
+                answers = [ex.gen_answer if toward == "gen" else ex.mem_answer for ex in fitting]
+                for budget in spec.budgets:
+                    log.info("specificity: %s %s %s budget %g", site, scorer, direction, budget)
+                    shifts, _ = fit_shifts(
+                        model, tokenizer, [ex.prompt for ex in fitting], answers, masks,
+                        stats.unit(), kind, budget=budget, steps=sc.fit_steps, lr=sc.fit_lr,
+                        batch_size=spec.fit_batch, seed=cfg.seed, chat=cfg.train.chat,
+                    )  # fmt: skip
+                    labels = bench.labels(held_out, shifts, spec.position)
+                    per_size = 1 + spec.draws
+                    for s, size in enumerate(spec.sizes):
+                        group = labels[s * per_size : (s + 1) * per_size]
+                        hits = sum(label == toward for label in group[0])
+                        draws = [rates(g)[toward] for g in group[1:]]
+                        rows.append({
+                            "site": site, "scorer": scorer, "direction": direction,
+                            "size": size, "n_neurons": int(targeted[s].sum()),
+                            "budget": budget, "n_prompts": len(held_out),
+                            "targeted": rates(group[0]),
+                            "targeted_ci": list(wilson(hits, len(held_out))),
+                            "matched": summarise(draws), "matched_per_draw": draws,
+                        })  # fmt: skip
+    write_json(out / "specificity.json", {"rows": rows})
+    plot_specificity(rows, out / "specificity.png")
+    stage.finish(config, inputs, cfg.seed, {"rows": rows})
+    return stage
+
+
+def plot_specificity(rows: list[dict[str, Any]], path: Path) -> None:
+    """Targeted vs matched random share moved, over set size; one panel per site x direction."""
+    panels = sorted({(r["site"], r["direction"]) for r in rows})
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.4),
+                             dpi=120, squeeze=False)  # fmt: skip
+    for ax, (site, direction) in zip(axes[0], panels, strict=False):
+        target = "gen" if direction == "mem_to_gen" else "mem"
+        for (scorer, budget), color in zip(
+            sorted({(r["scorer"], r["budget"]) for r in rows}), COLORS, strict=False
+        ):
+            sub = sorted((r for r in rows if (r["site"], r["direction"], r["scorer"],
+                          r["budget"]) == (site, direction, scorer, budget)),
+                         key=lambda r: r["size"])  # fmt: skip
+            sizes = [100 * r["size"] for r in sub]
+            ax.plot(sizes, [100 * r["targeted"][target] for r in sub], "o-", color=color,
+                    label=f"{scorer} top-N, budget {budget:g}")  # fmt: skip
+            ax.plot(sizes, [100 * r["matched"]["mean"] for r in sub], "o--", color=color,
+                    alpha=0.6, label=f"random, budget {budget:g}")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("neurons moved (% of the site)")
+        ax.set_ylabel(f"held-out prompts → {target} (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{site}: {direction.replace('_', ' ')}", fontsize=10)
+    axes[0][0].legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
