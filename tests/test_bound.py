@@ -1,4 +1,4 @@
-"""The steering bound: a fitted shared shift (the `bound` stage is tested in test_pipeline)."""
+"""Fitted shifts, as `memgen bound` and the `fitted` method use them (stages: test_pipeline)."""
 
 import numpy as np
 import pytest
@@ -7,10 +7,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.errors import MemgenError
 from memgen.core.generation import encode_prompt, left_padded_positions, pad_id_of, pad_left
-from memgen.core.hooks import intervene
-from memgen.core.sites import Site
-from memgen.steering.bound import as_interventions, fit_shift, split_half
-from memgen.tasks.base import Example
+from memgen.steering.shifts import fit_shifts, generate_shifted
+from memgen.steering.stage import split_half
 
 PROMPTS = [
     "Bob is cat . Eve is cat . Eve is red . what color is Bob ?",
@@ -20,13 +18,6 @@ PROMPTS = [
 ]
 
 
-def _examples(gen_answers: list[str]) -> list[Example]:
-    return [
-        Example(prompt=p, completion=g, mem_answer="white", gen_answer=g)
-        for p, g in zip(PROMPTS, gen_answers, strict=True)
-    ]
-
-
 def _first_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[str]:
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     with torch.no_grad():
@@ -34,32 +25,47 @@ def _first_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
     return tokenizer.convert_ids_to_tokens(ids.tolist())
 
 
-def test_a_fitted_shift_makes_one_answer_win_and_leaves_the_model_as_it_was(
+def test_fitted_shifts_make_one_answer_win_and_leave_the_model_as_it_was(
     tiny_gpt2_with_tokenizer: tuple[PreTrainedModel, PreTrainedTokenizerBase],
 ) -> None:
     model, tokenizer = tiny_gpt2_with_tokenizer
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     unsteered = _first_tokens(model, tokenizer)
     assert unsteered != ["olive"] * 4  # the random model does not already answer it
-    site = Site("resid", 1)
-    shift, fit = fit_shift(model, tokenizer, _examples(["olive"] * 4), site, "gen", steps=100)
+    # Two shifts fitted together: the whole of layer 1, and 4 neurons of layer 1 under a
+    # budget of 0.5 (in units of `scale`).
+    masks = np.zeros((2, 2, 32), dtype=bool)
+    masks[0, 1] = True
+    masks[1, 1, :4] = True
+    shifts, fit = fit_shifts(
+        model, tokenizer, PROMPTS, ["olive"] * 4, masks, np.ones((2, 32)), "resid",
+        budget=[100.0, 0.5], steps=100,
+    )  # fmt: skip
     # One token for every prompt: a shift at the last layer can always make it win.
-    assert fit == 1.0
-    assert shift.shape == (32,) and np.linalg.norm(shift) > 0
-    with intervene(model, as_interventions(site, shift)):
-        assert _first_tokens(model, tokenizer) == ["olive"] * 4
+    assert fit[0] == 1.0
+    assert shifts.shape == (2, 2, 32)
+    assert not shifts[:, 0].any() and not shifts[1, 1, 4:].any()  # only what the mask allows
+    assert np.linalg.norm(shifts[1]) == pytest.approx(0.5, rel=1e-4)  # held to its budget
+    outputs = generate_shifted(model, tokenizer, PROMPTS, shifts, "resid", "last",
+                               max_new_tokens=1)  # fmt: skip
+    assert outputs[0] == ["olive"] * 4
     # Weights, their requires_grad flags and the hooks are as before.
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]) and p.requires_grad
     assert _first_tokens(model, tokenizer) == unsteered
 
 
-def test_fit_shift_refuses_empty_input(
+def test_fit_shifts_refuses_empty_input_and_a_bad_budget(
     tiny_gpt2_with_tokenizer: tuple[PreTrainedModel, PreTrainedTokenizerBase],
 ) -> None:
     model, tokenizer = tiny_gpt2_with_tokenizer
+    masks, scale = np.ones((1, 2, 32), dtype=bool), np.ones((2, 32))
     with pytest.raises(MemgenError, match="no prompts"):
-        fit_shift(model, tokenizer, [], Site("resid", 0), "gen")
+        fit_shifts(model, tokenizer, [], [], masks, scale, "resid")
+    for budget in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(MemgenError, match="budget"):
+            fit_shifts(model, tokenizer, PROMPTS, ["olive"] * 4, masks, scale, "resid",
+                       budget=budget)  # fmt: skip
 
 
 def test_split_half_is_seeded_and_disjoint() -> None:
