@@ -12,10 +12,16 @@ from safetensors.numpy import load_file
 from memgen.core.artifacts import Stage
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
+from memgen.core.modeling import load_trained
+from memgen.core.stats import rates
 from memgen.pipeline import STAGES, run_all
 from memgen.report.stage import run_report
 from memgen.steering.ablate import run_ablate
 from memgen.steering.bound import run_bound
+from memgen.steering.saved import load_steering
+from memgen.steering.shifts import generate_shifted, next_token_kl
+from memgen.steering.stage import DIRECTIONS, read_labelled
+from memgen.tasks import make_task
 
 # A small context (2-3 names) and many pure-recall prompts make both behaviours appear
 # early in training of a 2-layer model (the kept checkpoint shows about 20% gen, 30% mem).
@@ -27,7 +33,9 @@ TINY = [
     "train.batch_size=32", "train.warmup_steps=20", "train.max_other=1.0",
     "behave.min_flips=10", "behave.max_pairs=3000", "behave.target_flips=40",
     "probe.folds=2", "probe.learning_curve=[5,10]", "neurons.top_n=[0.1]",
-    "steer.alphas=[3]", "steer.n_prompts=20", "steer.n_side_effect=20",
+    "steer.alphas=[3]", "steer.n_prompts=40", "steer.n_side_effect=20", "steer.draws=2",
+    "steer.sd_alphas=[1]", "steer.budgets=[4]", "steer.dense_alphas=[2]", "steer.fit_steps=20",
+    "specificity.sizes=[0.05,0.1]", "specificity.budgets=[4]", "specificity.draws=2",
 ]  # fmt: skip
 
 
@@ -53,12 +61,84 @@ def test_results_follow_the_documented_schema(tiny_run: Path) -> None:
     readout = results["probe"]["readout"]
     assert [row["layer"] for row in readout] == [0, 1]
     assert readout[-1]["paired_accuracy"] == 1.0 and readout[-1]["accuracy"] == 1.0
+    methods = {"nmd", "nmd_sd", "fitted", "mean_diff", "probe"}
+    assert {(r["direction"], r["method"]) for r in results["steering"]} == {
+        (d, m) for d in ("mem_to_gen", "gen_to_mem") for m in methods
+    }
     for row in results["steering"]:
-        assert row["direction"] in ("mem_to_gen", "gen_to_mem")
-        assert set(row) >= {"top_n", "alpha", "n_prompts", "targeted", "control", "shift"}
-        assert row["shift"]["sd"] > 0 and row["shift"]["relative_norm"] > 0
+        target = "gen" if row["direction"] == "mem_to_gen" else "mem"
+        assert row["split"] == "held_out" and row["position"] in ("last", "prompt")
         assert sum(row["targeted"].values()) == pytest.approx(1.0)
-        assert sum(row["control"].values()) == pytest.approx(1.0)
+        low, high = row["ci"][target]
+        assert low <= row["targeted"][target] <= high
+        matched = row["controls"]["matched"]
+        assert len(matched["target_per_draw"]) == 2 and sum(matched["rates"].values()) == 1.0
+        assert set(row["controls"]) == (
+            {"matched"} if row["method"] in ("mean_diff", "probe")
+            else {"matched", "random", "low_correlation"}
+        )  # fmt: skip
+        assert set(row["side_effect"]) >= {"retention", "kl", "train_accuracy"}
+        assert row["side_effect"]["kl"] >= 0 and row["shift"]["sd"] > 0
+    for direction, best in results["steering_best"].items():
+        assert best["file"] == f"best/{direction}"
+    specificity = results["specificity"]
+    assert {(r["site"], r["size"]) for r in specificity} == {
+        (site, size) for site in ("resid", "mlp") for size in (0.05, 0.1)
+    }
+    assert all(len(r["matched_per_draw"]) == 2 for r in specificity)
+
+
+def test_steering_is_chosen_on_prompts_it_is_not_reported_on(tiny_run: Path) -> None:
+    """Tuning and held-out prompts are disjoint test prompts, and only test prompts."""
+    splits = json.loads((tiny_run / "steer" / "steering.json").read_text())["splits"]
+    labelled = read_labelled(tiny_run / "behave" / "test_outputs.jsonl")
+    results = json.loads((tiny_run / "results.json").read_text())
+    for direction, (source, _) in DIRECTIONS.items():
+        tuning, held_out = set(splits[direction]["tuning"]), set(splits[direction]["held_out"])
+        assert tuning and held_out and not tuning & held_out
+        assert all(labelled[i][1] == source for i in tuning | held_out)
+        rows = [r for r in results["steering"] if r["direction"] == direction]
+        assert all(r["n_prompts"] == len(held_out) for r in rows)
+        assert all(r["tuning"]["n_prompts"] == len(tuning) for r in rows)
+
+
+def test_the_saved_best_steering_reproduces_its_rates_in_a_new_process(tiny_run: Path) -> None:
+    steering = json.loads((tiny_run / "steer" / "steering.json").read_text())
+    labelled = read_labelled(tiny_run / "behave" / "test_outputs.jsonl")
+    task = make_task("color", load_config(None, TINY).data.options)
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "import memgen\n"
+        "from memgen.core.generation import generate\n"
+        "from memgen.core.modeling import load_trained\n"
+        "run, direction, prompts = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])\n"
+        "model, tokenizer = load_trained(run / 'train' / 'model')\n"
+        "steering = memgen.load_steering(run / 'steer' / 'best' / direction)\n"
+        "with memgen.steer(model, steering):\n"
+        "    out = generate(model, tokenizer, prompts, max_new_tokens=int(sys.argv[4]))\n"
+        "print(json.dumps(out))\n"
+    )
+    for direction, best in steering["best"].items():
+        examples = [labelled[i][0] for i in steering["splits"][direction]["held_out"]]
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(tiny_run), direction,
+             json.dumps([ex.prompt for ex in examples]), str(task.max_new_tokens)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        outputs = json.loads(done.stdout.strip().splitlines()[-1])
+        found = rates(task.label(ex, out) for ex, out in zip(examples, outputs, strict=True))
+        assert found == pytest.approx(best["targeted"])
+        # The same answers as the stage's batched generation, and the steering bites.
+        saved = load_steering(tiny_run / "steer" / "best" / direction)
+        model, tokenizer = load_trained(tiny_run / "train" / "model")
+        prompts = [ex.prompt for ex in examples]
+        batched = generate_shifted(model, tokenizer, prompts, saved.shift[None], "resid",
+                                   saved.position, max_new_tokens=task.max_new_tokens)  # fmt: skip
+        assert batched[0] == outputs
+        kl = next_token_kl(model, tokenizer, prompts, saved.shift[None], "resid")
+        assert kl[0] > 1e-4
 
 
 def test_the_bound_stage_fits_each_layer_and_refuses_a_bad_one(tiny_run: Path) -> None:
@@ -164,6 +244,11 @@ def test_compare_a_run_with_its_copy(tiny_run: Path, tmp_path: Path) -> None:
         (["ablate", "--run-dir", "{tmp}/empty"], "memgen train"),
         (["ablate", "ablate.scales=[]"], "ablate.scales"),
         (["ablate", "ablate.position=first"], "ablate.position"),
+        (["steer", "steer.methods=[nmd,magic]"], "unknown steering method 'magic'"),
+        (["steer", "steer.budgets=[]"], "steer.budgets"),
+        (["steer", "steer.budgets=[0]"], "steer.budgets"),
+        (["steer", "steer.alphas=[.nan]"], "steer.alphas"),
+        (["steer", "steer.sd_alphas=[.inf]"], "steer.sd_alphas"),
         (["run", "--until", "nowhere"], "not a stage"),
         (["compare", "{tmp}", "{tmp}/other"], "memgen run --run-dir"),
         (["compare", "{tmp}"], "at least two run folders"),
@@ -190,7 +275,10 @@ TINY_CIPHER = [
     "train.warmup_steps=20", "train.max_other=1.0", "behave.min_flips=6",
     "behave.max_pairs=3000", "behave.target_flips=40", "probe.folds=2",
     "probe.learning_curve=[3,6]", "neurons.top_n=[0.1]", "steer.alphas=[1]",
-    "steer.n_prompts=20", "steer.n_side_effect=20",
+    "steer.n_prompts=20", "steer.n_side_effect=20", "steer.draws=2", "steer.sd_alphas=[1]",
+    "steer.budgets=[4]", "steer.dense_alphas=[2]", "steer.fit_steps=20",
+    "steer.methods=[nmd_sd,fitted]", "specificity.sizes=[0.1]", "specificity.budgets=[4]",
+    "specificity.draws=2", "specificity.sites=[resid]",
 ]  # fmt: skip
 
 
