@@ -10,6 +10,7 @@ killed run resumes to bit-identical results.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -93,6 +94,12 @@ def _batch(
     }
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The seeded permutation of one epoch (cached: every batch of the epoch walks it)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
 def _batch_indices(
     n: int, batch_size: int, step: int, micro: int, accum: int, seed: int
 ) -> list[int]:
@@ -102,8 +109,7 @@ def _batch_indices(
     out = []
     for position in range(start, start + batch_size):
         epoch, offset = divmod(position, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        out.append(int(perm[offset]))
+        out.append(int(_epoch_order(n, seed, epoch)[offset]))
     return out
 
 
