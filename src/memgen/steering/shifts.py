@@ -121,12 +121,6 @@ def generate_shifted(
     return outputs
 
 
-def _last_logits(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Next-token logits at the prompt's last position, positions counted as `generate` does."""
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=left_padded_positions(mask))
-    return logits.logits[:, -1].float()
-
-
 @torch.no_grad()
 def next_token_kl(
     model: PreTrainedModel,
@@ -150,18 +144,17 @@ def next_token_kl(
     )
     per_call = max(1, batch_size // groups)
     total = torch.zeros(len(shifts), dtype=torch.float64)
-    shifter = RowShifts(kind, steered_layers(shifts), "prompt")
+    shifter = RowShifts(kind, steered_layers(shifts), "last")
     with shifter.attached(model):
         for start in range(0, len(prompts), per_call):
             chunk = encoded[start : start + per_call]
             ids, mask = pad_left(chunk, pad_id_of(tokenizer), device)
-            shifter.rows = table.repeat_interleave(len(chunk), dim=0)
-            logp = torch.log_softmax(
-                _last_logits(model, ids.repeat(groups, 1), mask.repeat(groups, 1)), dim=-1
-            ).view(groups, len(chunk), -1)
-            base = logp[0]
-            kl = (base.exp() * (base - logp[1:])).sum(-1)  # [K, chunk]
-            total += kl.sum(-1).double().cpu()
+            per_row = table.repeat(len(chunk), 1, 1)  # prompt-major, as the logits
+            logits = steered_last_logits(model, shifter, ids, mask, per_row)
+            logp = torch.log_softmax(logits, dim=-1).view(len(chunk), groups, -1)
+            base = logp[:, :1]
+            kl = (base.exp() * (base - logp[:, 1:])).sum(-1)  # [chunk, K]
+            total += kl.sum(0).double().cpu()
     result: np.ndarray = (total / len(prompts)).numpy()
     return result
 
@@ -172,6 +165,41 @@ def first_answer_tokens(tokenizer: PreTrainedTokenizerBase, answers: Sequence[st
     if any(not row for row in ids):
         raise MemgenError("an example has an empty answer; there is no token to fit toward")
     return [row[0] for row in ids]
+
+
+def steered_last_logits(
+    model: PreTrainedModel,
+    shifter: RowShifts,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    rows: torch.Tensor,
+) -> torch.Tensor:
+    """Last-position logits of each prompt under each of its copies' shifts.
+
+    `rows` [prompts * copies, L, W] is prompt-major (prompt j's copy k is row
+    j * copies + k), and so are the logits returned. Only the last position differs
+    between the copies (the shift is added there alone), so the prompts but their last
+    token run once, unshifted and without autograd, into a KV cache the copies share;
+    only the last token runs once per copy. Fitting a shift then costs one token's
+    forward and backward per copy instead of the whole prompt's.
+    """
+    copies = rows.shape[0] // ids.shape[0]
+    positions = left_padded_positions(mask)
+    shifter.rows = None
+    with torch.no_grad():
+        prefix = model(
+            input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
+            position_ids=positions[:, :-1], use_cache=True,
+        ).past_key_values  # fmt: skip
+    prefix.batch_repeat_interleave(copies)
+    shifter.rows = rows
+    logits = model(
+        input_ids=ids[:, -1:].repeat_interleave(copies, dim=0),
+        attention_mask=mask.repeat_interleave(copies, dim=0),
+        position_ids=positions[:, -1:].repeat_interleave(copies, dim=0),
+        past_key_values=prefix, use_cache=True,
+    ).logits  # fmt: skip
+    return logits[:, -1].float()
 
 
 def fit_shifts(
@@ -222,7 +250,7 @@ def fit_shifts(
     allowed = torch.as_tensor(np.asarray(masks, dtype=np.float32), device=device)
     unit = torch.as_tensor(np.asarray(scale, dtype=np.float32), device=device)
     values = torch.zeros_like(allowed, requires_grad=True)
-    shifter = RowShifts(kind, steered_layers(np.asarray(masks, dtype=np.float32)), "prompt")
+    shifter = RowShifts(kind, steered_layers(np.asarray(masks, dtype=np.float32)), "last")
     per_shift = min(len(prompts), batch_size)
     per_keep = min(len(keep_prompts), batch_size)
     frozen = [p for p in model.parameters() if p.requires_grad]
@@ -248,9 +276,10 @@ def fit_shifts(
                     kept = len(prompts) + rng.choice(len(keep_prompts), per_keep, replace=False)
                     rows = np.concatenate([rows, kept])
                 ids, mask = pad_left([encoded[i] for i in rows], pad, device)
-                shifter.rows = (values * allowed * unit).repeat_interleave(len(rows), dim=0)
-                logits = _last_logits(model, ids.repeat(count, 1), mask.repeat(count, 1))
-                wanted = targets[torch.as_tensor(rows, device=device)].repeat(count)
+                # Prompt-major rows: prompt j's copy for shift k is row j * count + k.
+                per_row = (values * allowed * unit).repeat(len(rows), 1, 1)
+                logits = steered_last_logits(model, shifter, ids, mask, per_row)
+                wanted = targets[torch.as_tensor(rows, device=device)].repeat_interleave(count)
                 # The sum over shifts of each one's mean loss: the shifts do not interact.
                 loss = torch.nn.functional.cross_entropy(logits, wanted) * count
                 optimiser.zero_grad()
@@ -263,9 +292,9 @@ def fit_shifts(
                 for start in range(0, len(prompts), per_shift):
                     rows = np.arange(start, min(start + per_shift, len(prompts)))
                     ids, mask = pad_left([encoded[i] for i in rows], pad, device)
-                    shifter.rows = fitted.repeat_interleave(len(rows), dim=0)
-                    logits = _last_logits(model, ids.repeat(count, 1), mask.repeat(count, 1))
-                    said = logits.argmax(-1).view(count, len(rows))
+                    per_row = fitted.repeat(len(rows), 1, 1)
+                    logits = steered_last_logits(model, shifter, ids, mask, per_row)
+                    said = logits.argmax(-1).view(len(rows), count).T
                     hits += (said == targets[torch.as_tensor(rows, device=device)]).sum(-1).cpu()
     finally:
         for parameter in frozen:
