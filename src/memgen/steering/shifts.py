@@ -15,6 +15,7 @@ call dominates, that is most of the time (benchmarks/steer_batching.py).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -32,6 +33,7 @@ from memgen.core.generation import (
     pad_left,
 )
 from memgen.core.hooks import edit
+from memgen.core.modeling import unwrap
 from memgen.core.sites import Site, SiteKind
 
 SteerPosition = str  # "last" or "prompt" (memgen.core.hooks.Where without "all")
@@ -187,19 +189,24 @@ def steered_last_logits(
     positions = left_padded_positions(mask)
     shifter.rows = None
     with torch.no_grad():
-        prefix = model(
-            input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
-            position_ids=positions[:, :-1], use_cache=True,
-        ).past_key_values  # fmt: skip
+        out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
+                    position_ids=positions[:, :-1], use_cache=True)  # fmt: skip
+    prefix = out["cache" if "cache" in out else "past_key_values"]
     prefix.batch_repeat_interleave(copies)
     shifter.rows = rows
     logits = model(
         input_ids=ids[:, -1:].repeat_interleave(copies, dim=0),
         attention_mask=mask.repeat_interleave(copies, dim=0),
         position_ids=positions[:, -1:].repeat_interleave(copies, dim=0),
-        past_key_values=prefix, use_cache=True,
+        use_cache=True, **{_cache_argument(model): prefix},
     ).logits  # fmt: skip
     return logits[:, -1].float()
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """transformers 5 names the KV cache argument `cache`; earlier releases `past_key_values`."""
+    parameters = inspect.signature(unwrap(model).forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def fit_shifts(
