@@ -149,14 +149,18 @@ class SideSet:
 def side_sets(
     bench: Bench, trained: Sequence[Example], toward: Toward, n: int, seed: int
 ) -> tuple[SideSet, SideSet]:
-    """(tuning, held-out) training prompts taught `toward` and already answered that way."""
-    taught = [ex for ex in trained if bench.task.label(ex, ex.completion) == toward][:n]
+    """(tuning, held-out) halves of `n` training prompts taught `toward` and answered so.
+
+    Twice as many taught prompts are tried: a checkpoint kept while memory is still
+    rising answers only some of its memorized prompts by memory.
+    """
+    taught = [ex for ex in trained if bench.task.label(ex, ex.completion) == toward][: 2 * n]
     answers = bench.unsteered(taught)
     kept = [
         (ex, out)
         for ex, out in zip(taught, answers, strict=True)
         if bench.task.label(ex, out) == toward
-    ]
+    ][:n]
     first, second = split_half(len(kept), seed)
     pick = [
         SideSet([kept[i][0] for i in rows], [kept[i][1] for i in rows]) for rows in (first, second)
