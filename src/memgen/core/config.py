@@ -177,7 +177,7 @@ class SpecificityConfig(Section):
     sizes: list[Annotated[float, Field(gt=0, le=0.5)]] = Field(
         [0.005, 0.01, 0.02, 0.05, 0.1], min_length=1
     )
-    budgets: list[Positive] = Field([2.0, 4.0], min_length=1)
+    budgets: list[Positive] = Field([4.0, 16.0], min_length=1)
     sites: list[Literal["resid", "mlp", "attn"]] = Field(["resid", "mlp"], min_length=1)
     scorers: list[str] = Field(["pearson"], min_length=1)
     draws: int = Field(5, ge=1)
