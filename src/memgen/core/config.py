@@ -145,7 +145,7 @@ class SteerConfig(Section):
         description="fitted: L2 norm of the fitted values, in neuron sds",
     )  # fmt: skip
     dense_alphas: list[Positive] = Field(
-        [1.0, 2.0, 4.0, 8.0, 16.0], min_length=1,
+        [2.0, 4.0, 8.0, 16.0, 32.0], min_length=1,
         description="mean_diff: x the layer's NMD vector; probe: x the sd along the direction",
     )  # fmt: skip
     # last: the last position of every forward pass (the paper's); prompt: the prompt's

@@ -342,15 +342,12 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
         for method in methods:
             log.info("steer: %s, tuning %s on %d prompts", direction, method.name, len(tuning))
             candidates = runner.candidates(method, toward)
-            first, *others = sc.positions
-            # Every setting at the first position; the chosen one then at the others.
-            labels = bench.labels(tuning, np.stack([c.shift for c in candidates]), first)
-            tried = [Tried(c, first, rates(lab), shift_size(c.shift, stats)["relative_norm"])
-                     for c, lab in zip(candidates, labels, strict=True)]  # fmt: skip
-            pick = choose(tried, toward, sc.max_other, sc.min_retention, retention)
-            for position in others:
-                lab = bench.labels(tuning, pick.candidate.shift[None], position)[0]
-                tried.append(Tried(pick.candidate, position, rates(lab), pick.push))
+            shifts = np.stack([c.shift for c in candidates])
+            tried = [
+                Tried(c, position, rates(lab), shift_size(c.shift, stats)["relative_norm"])
+                for position in sc.positions
+                for c, lab in zip(candidates, bench.labels(tuning, shifts, position), strict=True)
+            ]
             pick = choose(tried, toward, sc.max_other, sc.min_retention, retention)
             sweep += [
                 {"direction": direction, "method": method.name,
