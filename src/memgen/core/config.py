@@ -166,7 +166,7 @@ class SteerConfig(Section):
         200, ge=0, description="training prompts per direction for side effects, halved"
     )
     fit_steps: int = Field(150, ge=1, description="Adam steps per fitted shift")
-    batch_size: int = Field(512, ge=1, description="rows per steered generate call")
+    batch_size: int = Field(128, ge=1, description="rows per steered generate call")
     fit_lr: float = Field(0.1, gt=0, allow_inf_nan=False, description="in neuron sds per step")
     fit_batch: int = Field(16, ge=1, description="prompts per fitted shift per step")
 

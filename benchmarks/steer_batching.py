@@ -1,0 +1,114 @@
+"""Speed-up of batching many steering settings into one call, as ratios in one process.
+
+    python benchmarks/steer_batching.py               # GPT-2 4x128 (the default run's size)
+    python benchmarks/steer_batching.py --shifts 16 --prompts 100 --device cuda
+
+The steer and specificity stages compare many settings (sizes, sets, controls) on the
+same prompts. Measured on the same prompts and shifts, with equal outputs checked:
+  * generation: one `generate_shifted` call for K shifts (each row its own shift) vs a
+    loop of K `memgen.steer` + `generate` calls, one setting at a time;
+  * fitting: one `fit_shifts` call for K masks vs K calls of one mask each.
+Timings alternate the two ways and report the median ratio over repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from memgen.core.generation import generate
+from memgen.core.modeling import model_identity
+from memgen.steering.api import steer
+from memgen.steering.saved import Steering
+from memgen.steering.shifts import fit_shifts, generate_shifted
+from memgen.tasks import make_task
+from memgen.tasks.tokenizer import build_tokenizer
+
+from overhead import build  # type: ignore[import-not-found]
+
+
+def paired(loop: Callable[[], object], batched: Callable[[], object], repeats: int) -> dict:
+    ratios, loop_s, batched_s = [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        loop()
+        t1 = time.perf_counter()
+        batched()
+        t2 = time.perf_counter()
+        loop_s.append(t1 - t0)
+        batched_s.append(t2 - t1)
+        ratios.append((t1 - t0) / (t2 - t1))
+    return {"speedup_median": statistics.median(ratios), "loop_s": statistics.median(loop_s),
+            "batched_s": statistics.median(batched_s), "repeats": repeats}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--family", choices=["gpt2", "llama"], default="gpt2")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--shifts", type=int, default=12)
+    parser.add_argument("--prompts", type=int, default=100)
+    parser.add_argument("--new-tokens", type=int, default=4)
+    parser.add_argument("--fit-steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=128, help="rows per batched generate call")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    task = make_task("color")
+    tokenizer = build_tokenizer(task.tokenizer_spec())
+    model = build(args.family, args.layers, args.width, len(tokenizer)).to(args.device).eval()
+    examples = task.test_set(args.prompts, seed=0)
+    prompts = [ex.prompt for ex in examples]
+    rng = np.random.default_rng(0)
+    masks = rng.random((args.shifts, args.layers, args.width)) < 0.05
+    shifts = masks * rng.normal(0, 1.0, masks.shape)
+    identity = model_identity(model)
+
+    def loop_generate() -> list[list[str]]:
+        out = []
+        for shift in shifts:
+            with steer(model, Steering(identity, "resid", "last", shift)):
+                out.append(generate(model, tokenizer, prompts, max_new_tokens=args.new_tokens))
+        return out
+
+    def batched_generate() -> list[list[str]]:
+        return generate_shifted(model, tokenizer, prompts, shifts, "resid", "last",
+                                max_new_tokens=args.new_tokens, batch_size=args.batch)  # fmt: skip
+
+    equal = loop_generate() == batched_generate()
+    answers = [ex.gen_answer for ex in examples]
+    unit = np.ones((args.layers, args.width))
+
+    def fit(chosen: np.ndarray) -> np.ndarray:
+        return fit_shifts(model, tokenizer, prompts, answers, chosen, unit, "resid",
+                          budget=4.0, steps=args.fit_steps, batch_size=16)[0]  # fmt: skip
+
+    def loop_fit() -> np.ndarray:
+        return np.concatenate([fit(mask[None]) for mask in masks])
+
+    def batched_fit() -> np.ndarray:
+        return fit(masks)
+
+    fits_close = bool(np.allclose(loop_fit(), batched_fit(), atol=1e-4))
+    results = {
+        "setup": vars(args) | {"threads": torch.get_num_threads(), "torch": torch.__version__},
+        "generate_K_shifts": paired(loop_generate, batched_generate, args.repeats)
+        | {"outputs_equal": equal},
+        "fit_K_masks": paired(loop_fit, batched_fit, args.repeats) | {"shifts_close": fits_close},
+    }
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
