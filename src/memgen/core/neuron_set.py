@@ -47,8 +47,11 @@ def _describe(identity: dict[str, Any], site: str, width: int) -> str:
     )
 
 
-def _paths(path: str | Path) -> tuple[Path, Path, Path]:
-    """(stem, json, safetensors) from any of the three; stems may contain no dot."""
+def stem_paths(path: str | Path) -> tuple[Path, Path, Path]:
+    """(stem, json, safetensors) from any of the three; stems may contain no dot.
+
+    Neuron sets and steering files are each a `<stem>.json` beside a `<stem>.safetensors`.
+    """
     stem = Path(path)
     if stem.suffix in (".json", ".safetensors"):
         stem = stem.with_suffix("")
@@ -109,7 +112,7 @@ class NeuronSet:
 
     def save(self, path_stem: str | Path) -> tuple[Path, Path]:
         """Write `<stem>.json` and `<stem>.safetensors`; returns both paths."""
-        stem, json_path, arrays_path = _paths(path_stem)
+        stem, json_path, arrays_path = stem_paths(path_stem)
         stem.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {
             "layers": np.ascontiguousarray(self.layers, dtype=np.int64),
@@ -124,7 +127,7 @@ class NeuronSet:
     @classmethod
     def load(cls, path: str | Path) -> NeuronSet:
         """Read a neuron set from its stem, `.json` or `.safetensors` path."""
-        stem, json_path, arrays_path = _paths(path)
+        stem, json_path, arrays_path = stem_paths(path)
         for needed in (json_path, arrays_path):
             if not needed.is_file():
                 raise MemgenError(f"no neuron set file {needed}; make it with `memgen neurons`")

@@ -25,19 +25,12 @@ from safetensors.numpy import load_file, save_file
 from memgen.core.artifacts import write_json
 from memgen.core.errors import MemgenError
 from memgen.core.hooks import Intervention
-from memgen.core.neuron_set import check_model
+from memgen.core.neuron_set import check_model, stem_paths
 from memgen.core.sites import SITE_KINDS, Site, SiteKind
 
 FORMAT = "memgen.steering"
 VERSION = 1
 _FIX = "make it for this model with `memgen steer`"
-
-
-def _paths(path: str | Path) -> tuple[Path, Path, Path]:
-    stem = Path(path)
-    if stem.suffix in (".json", ".safetensors"):
-        stem = stem.with_suffix("")
-    return stem, stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".safetensors")
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,7 +72,7 @@ class Steering:
         check_model(self.model, self.site, self.shift.shape[1], model, "steering", _FIX)
 
     def save(self, path_stem: str | Path) -> tuple[Path, Path]:
-        stem, json_path, arrays_path = _paths(path_stem)
+        stem, json_path, arrays_path = stem_paths(path_stem)
         stem.parent.mkdir(parents=True, exist_ok=True)
         shift = np.ascontiguousarray(self.shift, dtype=np.float32)
         save_file({"shift": shift}, str(arrays_path), metadata={"format": FORMAT})
@@ -93,7 +86,7 @@ class Steering:
 
 def load_steering(path: str | Path) -> Steering:
     """Read a steering file from its stem, `.json` or `.safetensors` path."""
-    stem, json_path, arrays_path = _paths(path)
+    stem, json_path, arrays_path = stem_paths(path)
     for needed in (json_path, arrays_path):
         if not needed.is_file():
             raise MemgenError(f"no steering file {needed}; {_FIX}")
