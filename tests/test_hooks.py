@@ -290,7 +290,7 @@ def test_recording_is_a_mapping_of_its_sites() -> None:
     ("kwargs", "message"),
     [
         ({"op": "shift"}, "not one of"),
-        ({"position": "first"}, "'last' or 'all'"),
+        ({"position": "first"}, "one of last, prompt, all"),
         ({"neurons": ()}, "no neurons"),
         ({"neurons": (1, 1)}, "repeat"),
         ({"neurons": (-1,)}, ">= 0"),
