@@ -77,7 +77,7 @@ def split_half(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Steerer:
-    """Generates and labels answers under a list of interventions (bound, ablate)."""
+    """Generates and labels answers under a list of interventions (`memgen ablate`)."""
 
     def __init__(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, cfg: RunConfig
