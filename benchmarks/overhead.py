@@ -97,17 +97,22 @@ def paired_ratio(
     }
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The random model a benchmark builds: --family, --layers, --width, --device."""
+    parser.add_argument("--family", choices=["gpt2", "llama"], default="gpt2")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--device", default="cpu")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--family", choices=["gpt2", "llama"], default="gpt2")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--width", type=int, default=128)
+    add_model_arguments(parser)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from overhead import build, paired_ratio  # type: ignore[import-not-found]
+from overhead import add_model_arguments, build, paired_ratio  # type: ignore[import-not-found]
 
 from memgen.core.generation import generate
 from memgen.core.modeling import model_identity
@@ -41,16 +41,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--family", choices=["gpt2", "llama"], default="gpt2")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--width", type=int, default=128)
+    add_model_arguments(parser)
     parser.add_argument("--shifts", type=int, default=12)
     parser.add_argument("--prompts", type=int, default=100)
     parser.add_argument("--new-tokens", type=int, default=4)
     parser.add_argument("--fit-steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=128, help="rows per batched generate call")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
     torch.manual_seed(0)
