@@ -1,8 +1,11 @@
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from memgen.core.config import load_config, parse_overrides
+from memgen.core.config import load_config, parse_overrides, presets
 from memgen.core.errors import MemgenError
 
 
@@ -73,8 +76,30 @@ def test_config_is_frozen() -> None:
         cfg.train.lr = 1.0  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/*.yaml")))
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).parents[1].glob("src/memgen/configs/*.yaml"))
+)
 def test_shipped_configs_validate(path: Path) -> None:
     cfg = load_config(path)
     if path.name == "color-default.yaml":
         assert cfg == load_config()  # the default run, written out
+
+
+def test_presets_load_by_name_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: the packaged copy answers
+    assert load_config(Path("gpt2-cipher-cpu")).task == "cipher"
+    assert load_config(Path("configs/gpt2-math-cpu.yaml")).task == "math"
+    with pytest.raises(MemgenError, match="gpt2-cipher-cpu"):  # the fix lists the presets
+        load_config(Path("gpt2-ciper-cpu"))
+
+
+def test_the_wheel_ships_every_preset(tmp_path: Path) -> None:
+    root = Path(__file__).parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", str(root), "-w", str(tmp_path)],
+                   check=True, capture_output=True)  # fmt: skip
+    (wheel,) = tmp_path.glob("memgen-*.whl")
+    shipped = {Path(n).stem for n in zipfile.ZipFile(wheel).namelist() if "/configs/" in n}
+    assert shipped == set(presets()) and "gpt2-cipher-cpu" in shipped

@@ -25,7 +25,12 @@ app = typer.Typer(
 )
 
 ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML config; see `memgen config`.")
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML file or preset name (gpt2-cipher-cpu, ...); see `memgen config`.",
+    ),
 ]
 RunDirOption = Annotated[
     Path | None,

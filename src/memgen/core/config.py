@@ -7,6 +7,7 @@ manifest, so changing `steer.alphas` re-runs steering but not training.
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -270,14 +271,34 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     return f"{source}: {key}: {first['msg']} (got {first.get('input')!r})"
 
 
+def presets() -> dict[str, Path]:
+    """The recipes shipped inside the package, by name (`gpt2-cipher-cpu`, ...)."""
+    folder = Path(str(resources.files("memgen") / "configs"))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def resolve_config(path: Path) -> Path:
+    """A config file by path, or a shipped preset by name, so a wheel install finds them too."""
+    if path.is_file():
+        return path
+    shipped = presets()
+    name = path.name.removesuffix(".yaml")
+    if name in shipped and path.parent in (Path(), Path("configs")):
+        return shipped[name]
+    if path.exists():
+        raise MemgenError(f"config {path} is not a file; pass a YAML file or a preset name")
+    raise MemgenError(
+        f"config file {path} does not exist; pass a YAML file or a preset: {', '.join(shipped)}"
+    )
+
+
 def load_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read YAML (optional), apply overrides, validate. Raises MemgenError on any problem."""
     tree: dict[str, Any] = {}
     source = "config"
     if path is not None:
+        path = resolve_config(path)
         source = str(path)
-        if not path.is_file():
-            raise MemgenError(f"config file {path} does not exist")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError:
