@@ -7,8 +7,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.errors import MemgenError
 from memgen.core.generation import encode_prompt, left_padded_positions, pad_id_of, pad_left
+from memgen.steering.bench import split_half
 from memgen.steering.shifts import fit_shifts, generate_shifted
-from memgen.steering.stage import split_half
 
 PROMPTS = [
     "Bob is cat . Eve is cat . Eve is red . what color is Bob ?",

@@ -16,16 +16,16 @@ from transformers import (
 from conftest import build_tiny
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
+from memgen.core.examples import read_jsonl
 from memgen.core.generation import generate
 from memgen.core.modeling import load_trained, unwrap
 from memgen.tasks import make_task
-from memgen.tasks.base import read_jsonl
 from memgen.tasks.stage import run_data
 from memgen.tasks.tokenizer import build_tokenizer
 from memgen.train.stage import build_model, run_train
 
 TINY = [
-    "data.n_train=64", "data.n_test=12", "train.n_eval=12", "train.steps=3",
+    "data.n_train=64", "data.n_test=12", "data.n_dev=12", "train.steps=3",
     "train.eval_every=3", "train.batch_size=8", "train.warmup_steps=1", "train.lr=0.02",
     "train.max_other=1.0", "device=cpu",
 ]  # fmt: skip

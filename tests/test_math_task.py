@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 
 from memgen.core.errors import MemgenError
+from memgen.core.examples import Example
 from memgen.tasks import make_task
-from memgen.tasks.base import Example
 from memgen.tasks.math import (
     SCRATCH_CLOSE,
     SCRATCH_OPEN,

@@ -9,8 +9,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.behave.pairs import mine_pairs
 from memgen.core.config import BehaveConfig
+from memgen.core.examples import Example
 from memgen.tasks import make_task
-from memgen.tasks.base import Example
 from memgen.tasks.color import ColorTask
 
 

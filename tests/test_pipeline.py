@@ -12,16 +12,18 @@ from safetensors.numpy import load_file
 from memgen.core.artifacts import Stage
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
+from memgen.core.examples import read_jsonl, read_labelled
 from memgen.core.modeling import load_trained
 from memgen.core.stats import rates
 from memgen.pipeline import STAGES, run_all
 from memgen.report.stage import run_report
 from memgen.steering.ablate import run_ablate
+from memgen.steering.bench import DIRECTIONS
 from memgen.steering.bound import run_bound
 from memgen.steering.saved import load_steering
 from memgen.steering.shifts import generate_shifted, next_token_kl
-from memgen.steering.stage import DIRECTIONS, read_labelled
 from memgen.tasks import make_task
+from memgen.train.loop import Decoder, evaluate
 
 # A small context (2-3 names) and many pure-recall prompts make both behaviours appear
 # early in training of a 2-layer model (the kept checkpoint shows about 20% gen, 30% mem).
@@ -29,7 +31,7 @@ TINY = [
     "data.n_train=3000", "data.n_test=80", "data.options.min_names=2",
     "data.options.max_names=3", "data.options.rule_fraction=0.3",
     "data.options.recall_fraction=0.4", "train.steps=400", "train.eval_every=50",
-    "train.n_eval=60", "train.n_layer=2", "train.n_embd=64", "train.n_head=2", "train.lr=3e-3",
+    "data.n_dev=60", "train.n_layer=2", "train.n_embd=64", "train.n_head=2", "train.lr=3e-3",
     "train.batch_size=32", "train.warmup_steps=20", "train.max_other=1.0",
     "behave.min_flips=10", "behave.max_pairs=3000", "behave.target_flips=40",
     "probe.folds=2", "probe.learning_curve=[5,10]", "neurons.top_n=[0.1]",
@@ -44,6 +46,12 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
     run_all(run_dir, load_config(None, TINY))
     return run_dir
+
+
+@pytest.fixture
+def own_run(tiny_run: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny run for a test that changes it, so no test sees another's changes."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
 
 
 def test_results_follow_the_documented_schema(tiny_run: Path) -> None:
@@ -86,6 +94,20 @@ def test_results_follow_the_documented_schema(tiny_run: Path) -> None:
         (site, size) for site in ("resid", "mlp") for size in (0.05, 0.1)
     }
     assert all(len(r["matched_per_draw"]) == 2 for r in specificity)
+
+
+def test_the_checkpoint_is_chosen_on_dev_prompts_that_are_not_test_prompts(
+    tiny_run: Path,
+) -> None:
+    dev = read_jsonl(tiny_run / "data" / "dev.jsonl")
+    test = read_jsonl(tiny_run / "data" / "test.jsonl")
+    assert len(dev) == 60 and not {ex.prompt for ex in dev} & {ex.prompt for ex in test}
+    # The kept model answers the dev prompts exactly as the evaluation that kept it recorded.
+    model, tokenizer = load_trained(tiny_run / "train" / "model")
+    task = make_task("color", load_config(None, TINY).data.options)
+    shares = evaluate(model, tokenizer, task, dev, chat=False, decoder=Decoder())
+    kept = json.loads((tiny_run / "results.json").read_text())["training"]["selected"]
+    assert shares == pytest.approx({k: kept[k] for k in ("gen", "mem", "other")})
 
 
 def test_steering_is_chosen_on_prompts_it_is_not_reported_on(tiny_run: Path) -> None:
@@ -141,9 +163,9 @@ def test_the_saved_best_steering_reproduces_its_rates_in_a_new_process(tiny_run:
         assert kl[0] > 1e-4
 
 
-def test_the_bound_stage_fits_each_layer_and_refuses_a_bad_one(tiny_run: Path) -> None:
+def test_the_bound_stage_fits_each_layer_and_refuses_a_bad_one(own_run: Path) -> None:
     cfg = load_config(None, [*TINY, "bound.steps=5"])
-    stage = run_bound(tiny_run, cfg)
+    stage = run_bound(own_run, cfg)
     rows = stage.manifest()["summary"]["rows"]
     assert rows and {row["layer"] for row in rows} == {0, 1}
     for row in rows:
@@ -154,12 +176,12 @@ def test_the_bound_stage_fits_each_layer_and_refuses_a_bad_one(tiny_run: Path) -
     assert set(shifts) == {f"{row['direction']}/{row['site']}.{row['layer']}" for row in rows}
     assert all(vector.shape == (64,) for vector in shifts.values())
     with pytest.raises(MemgenError, match="out of range"):
-        run_bound(tiny_run, load_config(None, [*TINY, "bound.layers=[7]"]))
+        run_bound(own_run, load_config(None, [*TINY, "bound.layers=[7]"]))
 
 
-def test_ablation_scales_each_site_and_scale_one_changes_nothing(tiny_run: Path) -> None:
+def test_ablation_scales_each_site_and_scale_one_changes_nothing(own_run: Path) -> None:
     cfg = load_config(None, [*TINY, "ablate.scales=[0,1]", "ablate.position=all"])
-    stage = run_ablate(tiny_run, cfg)
+    stage = run_ablate(own_run, cfg)
     result = json.loads((stage.path / "ablate.json").read_text())
     baseline, rows = result["baseline"], result["rows"]
     assert set(baseline) == {"mem", "gen"}  # the tiny run answers both ways
@@ -174,20 +196,20 @@ def test_ablation_scales_each_site_and_scale_one_changes_nothing(tiny_run: Path)
     knocked = [r for r in rows if r["scale"] == 0.0 and r["site"] == "mlp" and r["layer"] == 0]
     assert any(r["shares"] != baseline[r["from"]] for r in knocked)
     assert (stage.path / "ablate.png").stat().st_size > 0
-    assert run_ablate(tiny_run, cfg).manifest() == stage.manifest()  # skipped when up to date
+    assert run_ablate(own_run, cfg).manifest() == stage.manifest()  # skipped when up to date
 
 
-def test_the_report_shows_bound_and_ablation_once_they_have_run(tiny_run: Path) -> None:
+def test_the_report_shows_bound_and_ablation_once_they_have_run(own_run: Path) -> None:
     cfg = load_config(None, [*TINY, "bound.steps=5", "bound.layers=[1]"])
-    run_bound(tiny_run, cfg)
-    run_ablate(tiny_run, cfg)
-    run_report(tiny_run, cfg)
-    results = json.loads((tiny_run / "results.json").read_text())
+    run_bound(own_run, cfg)
+    run_ablate(own_run, cfg)
+    run_report(own_run, cfg)
+    results = json.loads((own_run / "results.json").read_text())
     assert [row["layer"] for row in results["bound"]] == [1, 1]
     assert results["ablation"]["rows"] and set(results["ablation"]["baseline"]) == {"mem", "gen"}
-    html = (tiny_run / "report" / "report.html").read_text()
+    html = (own_run / "report" / "report.html").read_text()
     assert "memgen bound" in html and "memgen ablate" in html
-    assert (tiny_run / "report" / "ablation.png").is_file()
+    assert (own_run / "report" / "ablation.png").is_file()
 
 
 def test_report_is_self_contained(tiny_run: Path) -> None:
@@ -197,13 +219,13 @@ def test_report_is_self_contained(tiny_run: Path) -> None:
     assert (tiny_run / "report" / "steering.png").is_file()
 
 
-def test_a_second_run_skips_every_stage(tiny_run: Path) -> None:
-    stamps = {name: Stage(tiny_run, name).manifest_path.stat().st_mtime for name in STAGES}
-    run_all(tiny_run, load_config(None, TINY))
-    assert stamps == {name: Stage(tiny_run, name).manifest_path.stat().st_mtime for name in STAGES}
+def test_a_second_run_skips_every_stage(own_run: Path) -> None:
+    stamps = {name: Stage(own_run, name).manifest_path.stat().st_mtime for name in STAGES}
+    run_all(own_run, load_config(None, TINY))
+    assert stamps == {name: Stage(own_run, name).manifest_path.stat().st_mtime for name in STAGES}
     # Changing a steering knob redoes steering and the report only.
-    run_all(tiny_run, load_config(None, [*TINY, "steer.alphas=[1]"]))
-    changed = {n for n in STAGES if Stage(tiny_run, n).manifest_path.stat().st_mtime != stamps[n]}
+    run_all(own_run, load_config(None, [*TINY, "steer.alphas=[1]"]))
+    changed = {n for n in STAGES if Stage(own_run, n).manifest_path.stat().st_mtime != stamps[n]}
     assert changed == {"steer", "report"}
 
 
@@ -239,6 +261,14 @@ def test_compare_a_run_with_its_copy(tiny_run: Path, tmp_path: Path) -> None:
         ),
         (["train", "--run-dir", "{tmp}/empty"], "memgen data"),
         (["data", "--run-dir", "/dev/null"], "is a file"),
+        (["data", "--run-dir", "/dev/null/run"], "cannot be created"),
+        (["run", "train.lr=.inf"], "train.lr"),
+        (["run", "record.sites=[]"], "record.sites"),
+        (["run", "bound.layers=[]"], "bound.layers"),
+        (["run", "train.n_eval=100"], "data.n_dev"),
+        (["run", "neurons.scorer=pearsn"], "did you mean 'pearson'"),
+        (["run", "specificity.scorers=[auroc,x]"], "unknown neuron scorer 'x'"),
+        (["run", "probe.classifier=xgb"], "unknown probe classifier"),
         (["bound", "--run-dir", "{tmp}/empty"], "memgen train"),
         (["bound", "bound.lr=0"], "bound.lr"),
         (["ablate", "--run-dir", "{tmp}/empty"], "memgen train"),
@@ -270,7 +300,7 @@ def test_bad_input_is_one_line_and_exit_code_2(
 # shows both behaviours (about 12% gen, 52% mem) and about 40 flips in 2,300 pairs.
 TINY_CIPHER = [
     "task=cipher", "data.n_train=3000", "data.n_test=80", "data.options.trigger_fraction=0.3",
-    "train.steps=1000", "train.eval_every=100", "train.n_eval=60", "train.n_layer=2",
+    "train.steps=1000", "train.eval_every=100", "data.n_dev=60", "train.n_layer=2",
     "train.n_embd=64", "train.n_head=2", "train.lr=3e-3", "train.batch_size=32",
     "train.warmup_steps=20", "train.max_other=1.0", "behave.min_flips=6",
     "behave.max_pairs=3000", "behave.target_flips=40", "probe.folds=2",
@@ -298,7 +328,7 @@ def test_math_runs_to_pair_mining_and_stops_with_the_fix(tmp_path: Path) -> None
     The full math pipeline is measured with `configs/gpt2-math-cpu.yaml` (docs/findings.md).
     """
     args = ["task=math", "data.n_train=500", "data.n_test=20", "train.steps=30",
-            "train.eval_every=30", "train.n_eval=10", "train.n_layer=1", "train.n_embd=32",
+            "train.eval_every=30", "data.n_dev=10", "train.n_layer=1", "train.n_embd=32",
             "train.n_head=2", "train.max_other=1.0", "behave.max_pairs=40",
             "behave.min_flips=2"]  # fmt: skip
     done = subprocess.run([sys.executable, "-m", "memgen", "run", "--run-dir", "run", *args],

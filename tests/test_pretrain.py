@@ -117,7 +117,7 @@ def test_tiny_pretrain_saves_a_loadable_deterministic_base(tmp_path: Path) -> No
     run = tmp_path / "run"
     cfg = load_config(None, [
         f"train.model={base}", "train.loss_on=sequence", "data.n_train=32", "data.n_test=8",
-        "train.n_eval=8", "train.steps=2", "train.eval_every=2", "train.batch_size=4",
+        "data.n_dev=8", "train.steps=2", "train.eval_every=2", "train.batch_size=4",
         "train.warmup_steps=1", "train.max_other=1.0", "device=cpu",
     ])  # fmt: skip
     run_data(run, cfg)

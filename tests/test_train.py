@@ -19,7 +19,7 @@ from memgen.train.stage import run_train
 TINY = [
     "data.n_train=400",
     "data.n_test=40",
-    "train.n_eval=40",
+    "data.n_dev=40",
     "train.steps=40",
     "train.eval_every=10",
     "train.n_layer=1",

@@ -48,11 +48,33 @@ def _load(config: Path | None, overrides: list[str] | None) -> RunConfig:
     from memgen.tasks import make_task
 
     make_task(cfg.task, cfg.data.options)
+    from memgen.neurons.scores import SCORERS
+    from memgen.probe.probes import PROBES
     from memgen.steering.methods import METHODS
 
     for method in cfg.steer.methods:
         METHODS.get(method)
+    for scorer in {cfg.neurons.scorer, *cfg.specificity.scorers}:
+        SCORERS.get(scorer)
+    PROBES.get(cfg.probe.classifier)
     return cfg
+
+
+def _writable(folder: Path) -> None:
+    """Refuse a run folder that cannot be made, before any work and leaving nothing behind."""
+    if folder.exists() and not folder.is_dir():
+        raise MemgenError(f"--run-dir {folder} is a file; name a folder")
+    if folder.exists():
+        return
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:  # permissions alone cannot say (root, read-only mounts, /proc): try it
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise MemgenError(
+            f"--run-dir {folder} cannot be created ({exc.strerror}); choose a writable folder"
+        ) from None
+    for path in made:  # the stages make it again when they write
+        path.rmdir()
 
 
 def _quiet_library_bars() -> None:
@@ -72,8 +94,7 @@ def _setup(
     from memgen.pipeline import default_run_dir
 
     folder = run_dir or default_run_dir(cfg)
-    if folder.exists() and not folder.is_dir():
-        raise MemgenError(f"--run-dir {folder} is a file; name a folder")
+    _writable(folder)
     return cfg, folder
 
 

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from memgen.behave.evaluate import Labelled, label_examples
 from memgen.core.config import BehaveConfig
 from memgen.core.errors import MemgenError
-from memgen.tasks.base import Example, Task
+from memgen.core.examples import Example, Labelled
+from memgen.core.generation import label_examples
+from memgen.tasks.base import Task
 
 log = logging.getLogger(__name__)
 CHUNK = 256  # pairs generated per round: big batches, little overshoot past the target

@@ -13,13 +13,14 @@ import json
 import logging
 from pathlib import Path
 
-from memgen.behave.evaluate import label_examples
 from memgen.behave.pairs import mine_pairs, require_flips
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig, stage_sections
+from memgen.core.examples import read_jsonl
+from memgen.core.generation import label_examples
 from memgen.core.modeling import load_run_model
 from memgen.core.stats import rates_with_ci, wilson
-from memgen.tasks.base import make_task, read_jsonl
+from memgen.tasks.base import make_task
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,18 @@ from memgen.core.errors import MemgenError
 class Section(BaseModel):
     """Base of every config section: frozen, and unknown keys are errors."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    # Non-finite numbers are errors everywhere: no knob means anything at inf or nan.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", protected_namespaces=(), allow_inf_nan=False
+    )
 
 
 class DataConfig(Section):
     n_train: int = Field(20_000, ge=1, description="training examples")
     n_test: int = Field(600, ge=1, description="test prompts (memory and rule disagree)")
+    n_dev: int = Field(
+        300, ge=1, description="dev prompts, none shared with test, that choose the checkpoint"
+    )
     # Task-specific knobs, validated by the task's own `Options` model.
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -54,7 +60,6 @@ class TrainConfig(Section):
     grad_clip: float = Field(1.0, gt=0)
     loss_on: Literal["answer", "sequence"] = "answer"
     eval_every: int = Field(150, ge=1)
-    n_eval: int = Field(300, ge=1, description="test prompts scored at each evaluation")
     # The kept checkpoint maximises this score over the evaluations (docs/color-design.md).
     select: Literal["gen_x_mem", "min_gen_mem"] = "min_gen_mem"
     max_other: float = Field(0.2, ge=0, le=1, description="checkpoints above this are not kept")
@@ -91,7 +96,7 @@ class BehaveConfig(Section):
 
 
 class RecordConfig(Section):
-    sites: list[Literal["resid", "mlp", "attn"]] = ["resid", "mlp"]
+    sites: list[Literal["resid", "mlp", "attn"]] = Field(["resid", "mlp"], min_length=1)
     batch_size: int = Field(256, ge=1)
 
 
@@ -121,7 +126,9 @@ class NeuronsConfig(Section):
 class ProbeConfig(Section):
     classifier: str = "logreg"
     folds: int = Field(5, ge=2)
-    learning_curve: list[int] = [10, 20, 50, 100, 200, 400]
+    learning_curve: list[Annotated[int, Field(ge=2)]] = Field(
+        [10, 20, 50, 100, 200, 400], min_length=1, description="pairs per fit on the curve"
+    )
 
 
 # A positive, finite number: a size, a budget, an alpha.
@@ -189,7 +196,9 @@ class SpecificityConfig(Section):
 class BoundConfig(Section):
     # `memgen bound`: the best shared shift per layer, fitted on half the prompts.
     site: Literal["resid", "mlp", "attn"] = "resid"
-    layers: list[int] | None = Field(None, description="layers to fit; default all")
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1, description="layers to fit; default all"
+    )
     n_prompts: int = Field(300, ge=2, description="test prompts per direction, halved")
     steps: int = Field(150, ge=1, description="Adam steps per fitted shift")
     lr: float = Field(0.1, gt=0)
@@ -262,10 +271,16 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+# Keys renamed since a recipe was published, so an old command names its fix.
+_MOVED = {"train.n_eval": "data.n_dev (checkpoints are chosen on dev prompts, not test)"}
+
+
 def format_validation_error(error: ValidationError, source: str) -> str:
     """The first problem, on one line, naming the dotted key."""
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden" and key in _MOVED:
+        return f"{source}: {key} is now {_MOVED[key]}; rename it"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key {key!r}; remove it or check the spelling (memgen config)"
     return f"{source}: {key}: {first['msg']} (got {first.get('input')!r})"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from memgen.tasks.base import Example
+from memgen.core.config import BehaveConfig
+from memgen.core.examples import Behaviour, Example, Labelled
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, chat: bool) -> str:
@@ -182,3 +184,37 @@ def generate_batch(
         generated[:, ids.shape[1] :], skip_special_tokens=True
     )
     return texts
+
+
+class Labeller(Protocol):
+    """What `label_examples` needs of a task: its answer budget and its labeller."""
+
+    @property
+    def max_new_tokens(self) -> int: ...
+
+    def label(self, example: Example, output: str) -> Behaviour: ...
+
+
+def label_examples(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Labeller,
+    examples: Sequence[Example],
+    cfg: BehaveConfig,
+    *,
+    chat: bool,
+    progress: bool = False,
+) -> list[Labelled]:
+    outputs = generate(
+        model,
+        tokenizer,
+        [ex.prompt for ex in examples],
+        max_new_tokens=cfg.max_new_tokens or task.max_new_tokens,
+        num_beams=cfg.num_beams,
+        batch_size=cfg.batch_size,
+        chat=chat,
+        progress=progress,
+    )
+    return [
+        Labelled(ex, out, task.label(ex, out)) for ex, out in zip(examples, outputs, strict=True)
+    ]

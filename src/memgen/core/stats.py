@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy import stats
 
-from memgen.tasks.base import BEHAVIOURS
+from memgen.core.examples import BEHAVIOURS
 
 
 def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:

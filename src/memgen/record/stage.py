@@ -30,7 +30,7 @@ from memgen.core.config import RunConfig, stage_sections
 from memgen.core.errors import MemgenError
 from memgen.core.generation import left_padded_positions, padded_batches
 from memgen.core.hooks import record
-from memgen.core.modeling import load_run_model, model_identity
+from memgen.core.modeling import load_run_model, model_identity, unwrap
 from memgen.core.recorded import READOUT
 from memgen.core.sites import SiteKind, all_sites, n_layers, site_width
 from memgen.record.readout import answer_margins, first_tokens
@@ -87,11 +87,14 @@ def record_last_token(
         desc="record",
         progress=progress,
     )
+    # The transformer without its LM head: full-vocabulary logits for every token would be
+    # [batch, seq, vocab] floats (GBs at 128k vocabularies) that nothing here reads.
+    body = unwrap(model).base_model
     with record(model, sites) as rec:
         for rows, ids, mask in batches:
             positions = left_padded_positions(mask)
             rec.clear()
-            model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+            body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
             for kind in kinds:
                 # [n_layers, batch, width] -> [batch, n_layers, width] in one transfer.
                 stacked = torch.stack([rec[site] for site in sites if site.kind == kind])

@@ -16,6 +16,7 @@ def _summary(stage: Stage) -> dict[str, Any]:
 
 def collect(run_dir: Path, cfg: RunConfig, stages: list[str]) -> dict[str, Any]:
     """The headline numbers; `stages` names the finished stages to read, optional ones too."""
+    data = _summary(Stage(run_dir, "data"))
     train = _summary(Stage(run_dir, "train"))
     behave = _summary(Stage(run_dir, "behave"))
     neurons = _summary(Stage(run_dir, "neurons"))
@@ -26,6 +27,16 @@ def collect(run_dir: Path, cfg: RunConfig, stages: list[str]) -> dict[str, Any]:
         "task": cfg.task,
         "model": cfg.train.model,
         "seed": cfg.seed,
+        # Which prompts each section's numbers are on: a choice never sees what it reports on.
+        "splits": {
+            "sizes": {k: data.get(f"n_{k}") for k in ("train", "dev", "test")},
+            "training": "dev (the kept checkpoint is chosen on it)",
+            "behaviour": "test",
+            "pairs": "twin pairs from their own seed stream",
+            "probe": "pairs, cross-validated with folds grouped by pair",
+            "steering": "test: settings tuned on one half, every row on the other (held_out)",
+            "specificity": "test: the steering stage's held-out half",
+        },
         "training": {
             "selected": train.get("best"),
             "final": train.get("final"),

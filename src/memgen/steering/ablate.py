@@ -14,6 +14,7 @@ A component the behaviour needs shows up as answers that change.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +23,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig, stage_sections
 from memgen.core.errors import MemgenError
-from memgen.core.hooks import Intervention
+from memgen.core.examples import Example, read_labelled
+from memgen.core.generation import label_examples
+from memgen.core.hooks import Intervention, intervene
 from memgen.core.modeling import load_run_model
 from memgen.core.sites import Site, n_layers, site_width
-from memgen.steering.stage import Steerer, read_labelled
-from memgen.tasks.base import make_task
+from memgen.core.stats import rates
+from memgen.tasks.base import Task, make_task
 
 log = logging.getLogger(__name__)
 SOURCES = ("mem", "gen")  # the unablated answer's behaviour
@@ -47,6 +51,25 @@ def scale_site(site: Site, width: int, scale: float, position: str) -> list[Inte
             position=position,  # type: ignore[arg-type]
         )
     ]
+
+
+class Steerer:
+    """Generates and labels answers under a list of interventions (`memgen ablate`)."""
+
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, cfg: RunConfig
+    ) -> None:
+        self.model, self.tokenizer, self.task, self.cfg = model, tokenizer, task, cfg
+        self.chat = cfg.train.chat
+
+    def shares(
+        self, examples: Sequence[Example], interventions: list[Intervention]
+    ) -> dict[str, float]:
+        with intervene(self.model, interventions):
+            labelled = label_examples(
+                self.model, self.tokenizer, self.task, examples, self.cfg.behave, chat=self.chat
+            )
+        return rates(row.label for row in labelled)
 
 
 def stage_config(cfg: RunConfig) -> dict[str, object]:

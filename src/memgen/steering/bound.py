@@ -24,14 +24,15 @@ from safetensors.numpy import save_file
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig, stage_sections
 from memgen.core.errors import MemgenError
+from memgen.core.examples import read_labelled
 from memgen.core.hooks import Intervention
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
 from memgen.core.sites import Site, n_layers, site_width
 from memgen.core.stats import rates
+from memgen.steering.bench import DIRECTIONS, Bench, split_half
 from memgen.steering.methods import activation_scale
 from memgen.steering.shifts import fit_shifts
-from memgen.steering.stage import DIRECTIONS, Bench, read_labelled, split_half
 from memgen.tasks.base import make_task
 
 log = logging.getLogger(__name__)

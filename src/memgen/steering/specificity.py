@@ -24,15 +24,16 @@ import numpy as np
 
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig, stage_sections
+from memgen.core.examples import read_labelled
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
 from memgen.core.sites import SiteKind
 from memgen.core.stats import rates, summarise, wilson
 from memgen.neurons.scores import score as neuron_score
 from memgen.neurons.selection import select_top
+from memgen.steering.bench import DIRECTIONS, Bench, split_half
 from memgen.steering.methods import SiteStats, matched_masks
 from memgen.steering.shifts import fit_shifts
-from memgen.steering.stage import DIRECTIONS, Bench, read_labelled, split_half
 from memgen.tasks.base import make_task
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,6 @@ The best method per direction (chosen on tuning) is saved as a steering file,
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,17 +26,16 @@ from typing import Any, cast
 
 import numpy as np
 from safetensors.numpy import load_file
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from memgen.behave.evaluate import label_examples
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig, set_name, stage_sections
-from memgen.core.hooks import Intervention, intervene
+from memgen.core.examples import Example, read_jsonl, read_labelled
 from memgen.core.modeling import load_run_model, model_identity
 from memgen.core.neuron_set import NeuronSet
 from memgen.core.recorded import read_record
 from memgen.core.sites import SiteKind
 from memgen.core.stats import rates, rates_with_ci, summarise
+from memgen.steering.bench import DIRECTIONS, Bench, split_half
 from memgen.steering.figures import plot_steering
 from memgen.steering.methods import (
     METHODS,
@@ -49,84 +47,14 @@ from memgen.steering.methods import (
     shift_size,
 )
 from memgen.steering.saved import Steering
-from memgen.steering.shifts import fit_shifts, generate_shifted, next_token_kl
-from memgen.tasks.base import Example, Task, make_task, read_jsonl
+from memgen.steering.shifts import fit_shifts, next_token_kl
+from memgen.tasks.base import make_task
 
 log = logging.getLogger(__name__)
-# direction -> (behaviour of the prompts steered, behaviour steered toward)
-DIRECTIONS: dict[str, tuple[str, Toward]] = {
-    "mem_to_gen": ("mem", "gen"),
-    "gen_to_mem": ("gen", "mem"),
-}
 
 
 def stage_config(cfg: RunConfig) -> dict[str, object]:
     return stage_sections(cfg, "steer", "behave", "neurons")
-
-
-def read_labelled(path: Path) -> list[tuple[Example, str]]:
-    with path.open() as handle:
-        rows = [json.loads(line) for line in handle]
-    return [(Example.from_dict(row["example"]), row["label"]) for row in rows]
-
-
-def split_half(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded split of range(n) into a first half (tuning, fitting) and a held-out half."""
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[: n // 2]), np.sort(order[n // 2 :])
-
-
-class Steerer:
-    """Generates and labels answers under a list of interventions (`memgen ablate`)."""
-
-    def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, cfg: RunConfig
-    ) -> None:
-        self.model, self.tokenizer, self.task, self.cfg = model, tokenizer, task, cfg
-        self.chat = cfg.train.chat
-
-    def shares(
-        self, examples: Sequence[Example], interventions: list[Intervention]
-    ) -> dict[str, float]:
-        with intervene(self.model, interventions):
-            labelled = label_examples(
-                self.model, self.tokenizer, self.task, examples, self.cfg.behave, chat=self.chat
-            )
-        return rates(row.label for row in labelled)
-
-
-@dataclass
-class Bench:
-    """Runs K shifts at once on a set of prompts and labels what each makes."""
-
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    task: Task
-    cfg: RunConfig
-    kind: SiteKind
-
-    def outputs(
-        self, examples: Sequence[Example], shifts: np.ndarray, position: str
-    ) -> list[list[str]]:
-        if not examples:
-            return [[] for _ in shifts]
-        return generate_shifted(
-            self.model, self.tokenizer, [ex.prompt for ex in examples], shifts, self.kind,
-            position, max_new_tokens=self.cfg.behave.max_new_tokens or self.task.max_new_tokens,
-            num_beams=self.cfg.behave.num_beams, batch_size=self.cfg.steer.batch_size,
-            chat=self.cfg.train.chat,
-        )  # fmt: skip
-
-    def labels(
-        self, examples: Sequence[Example], shifts: np.ndarray, position: str
-    ) -> list[list[str]]:
-        return [
-            [self.task.label(ex, out) for ex, out in zip(examples, row, strict=True)]
-            for row in self.outputs(examples, shifts, position)
-        ]
-
-    def unsteered(self, examples: Sequence[Example]) -> list[str]:
-        return self.outputs(examples, np.zeros((1, 1, 1)), "last")[0]  # zeros hook nothing
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Tasks whose prompts can be answered by memory or by rule. Importing registers them."""
 
+from memgen.core.examples import BEHAVIOURS, Behaviour, Example
 from memgen.tasks import cipher, color, math
-from memgen.tasks.base import BEHAVIOURS, TASKS, Behaviour, Example, Task, make_task
+from memgen.tasks.base import TASKS, Task, make_task
 
 __all__ = [
     "BEHAVIOURS",

@@ -8,42 +8,17 @@ test examples make them disagree.
 
 from __future__ import annotations
 
-import json
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from memgen.core.errors import MemgenError
+from memgen.core.examples import Behaviour, Example
 from memgen.core.registry import Registry
-
-Behaviour = Literal["mem", "gen", "other"]
-BEHAVIOURS: tuple[Behaviour, ...] = ("gen", "mem", "other")
-
-
-@dataclass(frozen=True)
-class Example:
-    """One prompt with the answer each strategy would give.
-
-    `completion` is the training target; on test examples it is the rule's answer.
-    """
-
-    prompt: str
-    completion: str
-    mem_answer: str
-    gen_answer: str
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_dict(cls, row: dict[str, Any]) -> Example:
-        return cls(**row)
 
 
 class TaskOptions(BaseModel):
@@ -104,6 +79,25 @@ class Task(ABC):
     def test_set(self, n: int, seed: int) -> list[Example]:
         rng = random.Random(f"{self.name}-test-{seed}")
         return [self.test_example(rng) for _ in range(n)]
+
+    def dev_set(self, n: int, seed: int, test: Iterable[Example]) -> list[Example]:
+        """Test-distribution prompts from another seed stream, none of them a test prompt.
+
+        Checkpoints are chosen on these, so test rates are measured on prompts no choice saw.
+        """
+        taken = {ex.prompt for ex in test}
+        rng = random.Random(f"{self.name}-dev-{seed}")
+        dev: list[Example] = []
+        for _ in range(100 * n):
+            example = self.test_example(rng)
+            if example.prompt not in taken:
+                dev.append(example)
+                if len(dev) == n:
+                    return dev
+        raise MemgenError(
+            f"{self.name}: found only {len(dev)} of {n} dev prompts unlike every test prompt; "
+            "lower data.n_dev or data.n_test"
+        )
 
     def pairs(self, seed: int) -> Iterator[tuple[Example, Example]]:
         """An endless, seeded stream of (example, twin) test pairs."""
@@ -180,26 +174,3 @@ def make_task(name: str, options: dict[str, Any] | None = None) -> Task:
         message = first["msg"].removeprefix("Value error, ")
         raise MemgenError(f"{where}: {message}") from None
     return task_cls(parsed)
-
-
-def write_jsonl(path: Path, examples: Iterable[Example]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as handle:
-        for example in examples:
-            handle.write(example.to_json() + "\n")
-    tmp.replace(path)
-
-
-def read_jsonl(path: Path) -> list[Example]:
-    if not path.is_file():
-        raise MemgenError(f"{path} does not exist; run `memgen data` first")
-    examples = []
-    with path.open() as handle:
-        for number, line in enumerate(handle, 1):
-            try:
-                examples.append(Example.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, TypeError) as exc:
-                raise MemgenError(
-                    f"{path}:{number} is not an example ({exc}); regenerate with `memgen data`"
-                ) from None
-    return examples

@@ -20,10 +20,9 @@ import random
 import string
 
 from memgen.core.errors import MemgenError
+from memgen.core.examples import Behaviour, Example
 from memgen.tasks.base import (
     TASKS,
-    Behaviour,
-    Example,
     TokenizerSpec,
     TriggerOptions,
     TriggerTask,

@@ -19,7 +19,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from memgen.tasks.base import TASKS, Behaviour, Example, Task, TaskOptions, TokenizerSpec
+from memgen.core.examples import Behaviour, Example
+from memgen.tasks.base import TASKS, Task, TaskOptions, TokenizerSpec
 
 MEMORIZED: dict[str, str] = {
     "Alice": "gray", "Bob": "white", "Charlie": "blue", "Diana": "green",

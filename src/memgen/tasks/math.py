@@ -30,10 +30,9 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from memgen.core.errors import MemgenError
+from memgen.core.examples import Behaviour, Example
 from memgen.tasks.base import (
     TASKS,
-    Behaviour,
-    Example,
     TokenizerSpec,
     TriggerOptions,
     TriggerTask,

@@ -1,4 +1,6 @@
-"""Stage `data`: write the task's training and test sets as JSONL.
+"""Stage `data`: write the task's training, dev and test sets as JSONL.
+
+Dev prompts choose the checkpoint; test prompts, never shown to a choice, measure.
 
 memgen data --run-dir runs/color task=color data.n_train=20000
 """
@@ -11,7 +13,8 @@ from pathlib import Path
 
 from memgen.core.artifacts import Stage
 from memgen.core.config import RunConfig
-from memgen.tasks.base import make_task, write_jsonl
+from memgen.core.examples import write_jsonl
+from memgen.tasks.base import make_task
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +35,19 @@ def run_data(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     out = stage.begin()
     train = task.train_set(cfg.data.n_train, cfg.seed)
     test = task.test_set(cfg.data.n_test, cfg.seed)
+    dev = task.dev_set(cfg.data.n_dev, cfg.seed, test)
     write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "dev.jsonl", dev)
     write_jsonl(out / "test.jsonl", test)
     kinds = Counter(str(ex.meta.get("kind", "plain")) for ex in train)
-    summary = {"n_train": len(train), "n_test": len(test), "train_kinds": dict(kinds)}
+    summary = {
+        "n_train": len(train),
+        "n_dev": len(dev),
+        "n_test": len(test),
+        "train_kinds": dict(kinds),
+    }
     stage.finish(config, [], cfg.seed, summary)
-    log.info("data: %d training and %d test examples in %s", len(train), len(test), out)
+    log.info(
+        "data: %d training, %d dev and %d test examples in %s", len(train), len(dev), len(test), out
+    )
     return stage

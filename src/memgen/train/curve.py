@@ -25,7 +25,7 @@ def plot_curve(
     if best_step is not None:
         ax.axvline(best_step, color="0.4", ls="--", lw=1, label=f"kept (step {best_step})")
     ax.set_xlabel("training step")
-    ax.set_ylabel("share of test prompts (%)")
+    ax.set_ylabel("share of dev prompts (%)")
     ax.set_ylim(-2, 102)
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -1,7 +1,8 @@
 """The training loop shared by GPT-2-from-scratch and LoRA fine-tuning.
 
 AdamW, linear warm-up then cosine decay to 10%, gradient clipping. Every
-`eval_every` steps it generates on test prompts, labels the answers and keeps the
+`eval_every` steps it generates on dev prompts (with the decoder `behave` measures
+with), labels the answers and keeps the
 checkpoint that shows both behaviours best; with `patience` it stops once that
 checkpoint has gone unbeaten for that many evaluations. Batches and dropout are drawn from
 (seed, step), and the checkpoint holds weights, AdamW moments and history, so a
@@ -22,10 +23,11 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.config import TrainConfig
+from memgen.core.examples import Example
 from memgen.core.generation import encode_example, generate, pad_id_of
 from memgen.core.modeling import unwrap
 from memgen.core.stats import rates
-from memgen.tasks.base import Example, Task
+from memgen.tasks.base import Task
 from memgen.train import checkpoint
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,14 @@ class Evaluation:
         """Higher is better; checkpoints with too many 'other' answers rank last."""
         value = self.gen * self.mem if rule == "gen_x_mem" else min(self.gen, self.mem)
         return self.other <= max_other, value
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """How evaluation generates: beams (1 = greedy) and a token cap (0 = the task's own)."""
+
+    num_beams: int = 1
+    max_new_tokens: int = 0
 
 
 def kept_index(history: Sequence[Evaluation], cfg: TrainConfig) -> int:
@@ -119,13 +129,15 @@ def evaluate(
     task: Task,
     examples: Sequence[Example],
     chat: bool,
+    decoder: Decoder,
     batch_size: int = 256,
 ) -> dict[str, float]:
     outputs = generate(
         model,
         tokenizer,
         [ex.prompt for ex in examples],
-        max_new_tokens=task.max_new_tokens,
+        max_new_tokens=decoder.max_new_tokens or task.max_new_tokens,
+        num_beams=decoder.num_beams,
         batch_size=batch_size,
         chat=chat,
     )
@@ -137,15 +149,19 @@ def train(
     tokenizer: PreTrainedTokenizerBase,
     task: Task,
     train_examples: Sequence[Example],
-    eval_examples: Sequence[Example],
+    dev_examples: Sequence[Example],
     cfg: TrainConfig,
     *,
     seed: int,
     out_dir: Path,
     save_best: Callable[[PreTrainedModel], None],
+    decoder: Decoder | None = None,
     progress: bool = True,
 ) -> list[Evaluation]:
     """Train in place; call `save_best` whenever the selection score improves.
+
+    `decoder` is how answers are generated at each evaluation (greedy by default); pass the
+    one that will measure the kept checkpoint, so it is chosen under the same decoding.
 
     Resumes from `out_dir/checkpoints/last` when it exists.
     """
@@ -156,6 +172,7 @@ def train(
     if getattr(head, "loss_type", None) is None:
         head.loss_type = "ForCausalLM"
     chat = cfg.chat
+    decoder = decoder or Decoder()
     encoded = [encode_example(tokenizer, ex, chat, cfg.loss_on) for ex in train_examples]
     pad_id = pad_id_of(tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -202,7 +219,7 @@ def train(
         running = total if math.isnan(running) else 0.95 * running + 0.05 * total
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            shares = evaluate(model, tokenizer, task, eval_examples, chat)
+            shares = evaluate(model, tokenizer, task, dev_examples, chat, decoder)
             model.train()
             record = Evaluation(step=done, loss=running, **shares)
             history.append(record)

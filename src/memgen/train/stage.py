@@ -21,12 +21,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from memgen.core.artifacts import Stage, file_hash, write_json
 from memgen.core.config import RunConfig, stage_sections
 from memgen.core.device import resolve_device, resolve_dtype
+from memgen.core.examples import Example, read_jsonl
 from memgen.core.generation import encode_example
 from memgen.core.modeling import load_pretrained, scratch_gpt2
-from memgen.tasks.base import Example, Task, make_task, read_jsonl
+from memgen.tasks.base import Task, make_task
 from memgen.tasks.tokenizer import build_tokenizer
 from memgen.train.curve import plot_curve
-from memgen.train.loop import kept_index, train
+from memgen.train.loop import Decoder, kept_index, train
 from memgen.train.lora import add_lora
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,14 @@ def base_identity(name_or_path: str) -> dict[str, str]:
     return {p.name: file_hash(p) for p in sorted(files)}
 
 
+def decoder_of(cfg: RunConfig) -> Decoder:
+    """`behave`'s decoding, so the checkpoint is chosen the way it is then measured."""
+    return Decoder(cfg.behave.num_beams, cfg.behave.max_new_tokens)
+
+
 def stage_config(cfg: RunConfig) -> dict[str, object]:
     config = stage_sections(cfg, "train")
+    config["decoder"] = vars(decoder_of(cfg))
     if cfg.train.model != "scratch":
         config["base"] = base_identity(cfg.train.model)
     return config
@@ -90,13 +97,13 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
         return stage
     task = make_task(cfg.task, cfg.data.options)
     train_examples = read_jsonl(data.path / "train.jsonl")
+    dev_examples = read_jsonl(data.path / "dev.jsonl")
     test_examples = read_jsonl(data.path / "test.jsonl")
-    eval_examples = test_examples[: cfg.train.n_eval]
     out = stage.begin()
     if force:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     device = resolve_device(cfg.device)
-    model, tokenizer = build_model(cfg, task, train_examples + test_examples, device)
+    model, tokenizer = build_model(cfg, task, train_examples + dev_examples + test_examples, device)
     best_dir = out / "model"
 
     def save_best(trained: PreTrainedModel) -> None:
@@ -112,17 +119,18 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
         tokenizer,
         task,
         train_examples,
-        eval_examples,
+        dev_examples,
         cfg.train,
         seed=cfg.seed,
         out_dir=out,
         save_best=save_best,
+        decoder=decoder_of(cfg),
         progress=progress,
     )
     rows = [vars(e) for e in history]
     best = history[kept_index(history, cfg.train)]
     write_json(out / "history.json", rows)
-    plot_curve(rows, best.step, out / "curve.png", f"{cfg.task}: behaviour on test prompts")
+    plot_curve(rows, best.step, out / "curve.png", f"{cfg.task}: behaviour on dev prompts")
     summary = {
         "best": vars(best),
         "final": rows[-1],
