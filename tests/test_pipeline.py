@@ -15,7 +15,7 @@ from memgen.core.errors import MemgenError
 from memgen.core.examples import read_jsonl, read_labelled
 from memgen.core.modeling import load_trained
 from memgen.core.stats import rates
-from memgen.pipeline import STAGES, run_all
+from memgen.pipeline import RUN_ORDER, STAGES, open_step, run_all, upstream
 from memgen.report.stage import run_report
 from memgen.steering.ablate import run_ablate
 from memgen.steering.bench import DIRECTIONS
@@ -220,13 +220,45 @@ def test_report_is_self_contained(tiny_run: Path) -> None:
 
 
 def test_a_second_run_skips_every_stage(own_run: Path) -> None:
-    stamps = {name: Stage(own_run, name).manifest_path.stat().st_mtime for name in STAGES}
+    stamps = {name: Stage(own_run, name).manifest_path.stat().st_mtime for name in RUN_ORDER}
     run_all(own_run, load_config(None, TINY))
-    assert stamps == {name: Stage(own_run, name).manifest_path.stat().st_mtime for name in STAGES}
+    assert stamps == {
+        name: Stage(own_run, name).manifest_path.stat().st_mtime for name in RUN_ORDER
+    }
     # Changing a steering knob redoes steering and the report only.
     run_all(own_run, load_config(None, [*TINY, "steer.alphas=[1]"]))
-    changed = {n for n in STAGES if Stage(own_run, n).manifest_path.stat().st_mtime != stamps[n]}
+    changed = {n for n in RUN_ORDER if Stage(own_run, n).manifest_path.stat().st_mtime != stamps[n]}
     assert changed == {"steer", "report"}
+
+
+# One knob per config section, changed: each stage's identity must notice its own.
+CHANGED = {
+    "data": "data.n_test=81", "train": "train.lr=2e-3", "behave": "behave.batch_size=64",
+    "record": "record.batch_size=64", "neurons": "neurons.consistency_splits=3",
+    "probe": "probe.folds=3", "steer": "steer.draws=3", "specificity": "specificity.draws=3",
+    "bound": "bound.steps=7", "ablate": "ablate.n_prompts=9",
+}  # fmt: skip
+
+
+def test_every_stage_is_stale_after_a_change_upstream_and_says_so(own_run: Path) -> None:
+    cfg = load_config(None, TINY)
+    for spec in STAGES:  # the finished run is up to date everywhere (bound, ablate: not run)
+        assert (open_step(own_run, spec.name, cfg, force=False) is None) == spec.in_run
+    for spec in STAGES:
+        if spec.name not in CHANGED:
+            continue
+        changed = load_config(None, [*TINY, CHANGED[spec.name]])
+        assert open_step(own_run, spec.name, changed, force=False) is not None  # re-runs
+        for later in STAGES:
+            if spec.name in upstream(later.name):  # stops, naming it, before any work
+                with pytest.raises(MemgenError, match=rf"{later.name}: .*\b{spec.name}\b"):
+                    open_step(own_run, later.name, changed, force=False)
+    # The case from the issue: a new neuron set asked of `steer` alone.
+    before = Stage(own_run, "steer").manifest()
+    args = ["steer", "--run-dir", str(own_run), *TINY, "neurons.top_n=[0.2]"]
+    done = subprocess.run([sys.executable, "-m", "memgen", *args], capture_output=True, text=True)
+    assert done.returncode == 2 and "steer: neurons was made with another config" in (done.stderr)
+    assert Stage(own_run, "steer").manifest() == before  # nothing changed in the run folder
 
 
 def test_compare_a_run_with_its_copy(tiny_run: Path, tmp_path: Path) -> None:
@@ -269,9 +301,9 @@ def test_compare_a_run_with_its_copy(tiny_run: Path, tmp_path: Path) -> None:
         (["run", "neurons.scorer=pearsn"], "did you mean 'pearson'"),
         (["run", "specificity.scorers=[auroc,x]"], "unknown neuron scorer 'x'"),
         (["run", "probe.classifier=xgb"], "unknown probe classifier"),
-        (["bound", "--run-dir", "{tmp}/empty"], "memgen train"),
+        (["bound", "--run-dir", "{tmp}/empty"], "memgen train --run-dir"),
         (["bound", "bound.lr=0"], "bound.lr"),
-        (["ablate", "--run-dir", "{tmp}/empty"], "memgen train"),
+        (["ablate", "--run-dir", "{tmp}/empty"], "memgen train --run-dir"),
         (["ablate", "ablate.scales=[]"], "ablate.scales"),
         (["ablate", "ablate.position=first"], "ablate.position"),
         (["steer", "steer.methods=[nmd,magic]"], "unknown steering method 'magic'"),

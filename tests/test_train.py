@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from memgen.core.config import load_config
 from memgen.core.generation import generate
 from memgen.tasks.stage import run_data
-from memgen.train.loop import Evaluation, stalled
+from memgen.train.loop import Evaluation, evaluation_due, stalled
 from memgen.train.stage import run_train
 
 TINY = [
@@ -123,3 +123,15 @@ def test_training_stops_early_and_a_rerun_does_not_train_on(tmp_path: Path) -> N
     stage.manifest_path.unlink()
     run_train(tmp_path, cfg, progress=False)
     assert json.loads((stage.path / "history.json").read_text()) == history
+
+
+def test_evaluation_turns_dense_once_memory_appears_on_dev() -> None:
+    dense = ["train.eval_every=100", "train.dense_eval_every=25", "train.dense_from=0.05"]
+    cfg = load_config(None, ["train.steps=1000", *dense]).train
+    no_memory = [_evaluation(100, 0.9, 0.01, 0.09)]
+    memory = [*no_memory, _evaluation(200, 0.7, 0.2, 0.1)]
+    assert [s for s in range(101, 301) if evaluation_due(s, no_memory, cfg)] == [200, 300]
+    assert [s for s in range(201, 301) if evaluation_due(s, memory, cfg)] == [225, 250, 275, 300]
+    assert evaluation_due(1000, [], cfg)  # the last step always
+    plain = load_config(None, ["train.eval_every=100"]).train
+    assert [s for s in range(201, 301) if evaluation_due(s, memory, plain)] == [300]

@@ -15,6 +15,7 @@ import typer
 
 from memgen.core.config import RunConfig, load_config, to_yaml
 from memgen.core.errors import MemgenError
+from memgen.pipeline import STAGES
 
 app = typer.Typer(
     add_completion=False,
@@ -115,19 +116,8 @@ def _stage_command(name: str, summary: str) -> None:
     app.command(name)(command)
 
 
-_stage_command("data", "Generate the task's training and test sets (JSONL).")
-_stage_command("train", "Train GPT-2 from scratch, or LoRA-tune train.model; resumes if killed.")
-_stage_command("behave", "Label test answers (mem/gen/other) and mine flipped pairs.")
-_stage_command("record", "Record last-token activations of flipped pairs at every layer.")
-_stage_command("neurons", "Score neurons (NMD, correlation) and select the top-N% sets.")
-_stage_command("probe", "Predict mem vs gen from activations, layer by layer.")
-_stage_command(
-    "steer", "Tune each steering method on one split, report it held out, with controls."
-)
-_stage_command("specificity", "Fitted steering on top-N% vs as many random neurons, over set size.")
-_stage_command("report", "Write results.json, figures and a self-contained report.html.")
-_stage_command("bound", "Fit the best shared shift per layer: how far could any steering go?")
-_stage_command("ablate", "Knock out (or scale) each attention and MLP layer: where is it decided?")
+for _spec in STAGES:  # one command per stage, from the one table
+    _stage_command(_spec.name, _spec.summary)
 
 
 @app.command()
@@ -140,10 +130,10 @@ def run(
 ) -> None:
     """Run the whole pipeline (data -> train -> ... -> report), skipping finished stages."""
     cfg, folder = _setup(config, overrides, run_dir)
-    from memgen.pipeline import STAGES, run_all
+    from memgen.pipeline import RUN_ORDER, run_all
 
-    if until is not None and until not in STAGES:
-        raise MemgenError(f"--until {until!r} is not a stage (stages: {', '.join(STAGES)})")
+    if until is not None and until not in RUN_ORDER:
+        raise MemgenError(f"--until {until!r} is not a stage (stages: {', '.join(RUN_ORDER)})")
     run_all(folder, cfg, force=force, until=until)
     typer.echo(f"done: open {folder / 'report' / 'report.html'}")
 

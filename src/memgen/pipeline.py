@@ -1,10 +1,19 @@
-"""The whole method, stage by stage, into one run folder.
+"""The whole method, stage by stage, into one run folder: the one table of stages.
 
     memgen run                         # color task, GPT-2 from scratch, CPU, minutes
     memgen run task=math --run-dir runs/math
 
-Each stage is skipped when its manifest already matches its config and inputs, so
-re-running after a crash or a config change redoes only what changed.
+`STAGES` declares every stage once: the stages whose outputs it reads, the config it
+reads, and the function that makes it. The CLI's commands, `memgen run`'s order, each
+stage's identity and the report's inputs all come from it.
+
+A stage's identity is its own config plus its inputs' identities (each input's config,
+inputs and output hashes, recursively), so a change anywhere upstream makes everything
+downstream stale. A finished stage whose identity matches is skipped, so re-running
+after a crash or a config change redoes only what changed. A single-stage command
+(`memgen steer ...`) whose upstream is stale for the config it was given stops with one
+line naming those stages, before any work: it never reads outputs made under another
+config.
 """
 
 from __future__ import annotations
@@ -12,39 +21,220 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
+from typing import Any, NoReturn
 
 from memgen.core.artifacts import Stage
 from memgen.core.config import RunConfig
+from memgen.core.errors import MemgenError
 
 log = logging.getLogger(__name__)
 
-# Stage name -> "module:function"; imported lazily so `memgen --help` stays fast.
-STAGES: dict[str, str] = {
-    "data": "memgen.tasks.stage:run_data",
-    "train": "memgen.train.stage:run_train",
-    "behave": "memgen.behave.stage:run_behave",
-    "record": "memgen.record.stage:run_record",
-    "neurons": "memgen.neurons.stage:run_neurons",
-    "probe": "memgen.probe.stage:run_probe",
-    "steer": "memgen.steering.stage:run_steer",
-    "specificity": "memgen.steering.specificity:run_specificity",
-    "report": "memgen.report.stage:run_report",
-}
-# Stages `memgen run` leaves out: each is its own command, run on a finished run.
-EXTRA_STAGES: dict[str, str] = {
-    "bound": "memgen.steering.bound:run_bound",
-    "ablate": "memgen.steering.ablate:run_ablate",
-}
 
-StageRunner = Callable[..., Stage]
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    run: str  # "module:function(run_dir, cfg, force=...)", imported lazily: `--help` stays fast
+    reads: tuple[str, ...]  # stages whose outputs it reads
+    # The config it reads: whole sections, or "section.field". Upstream stages' config
+    # reaches it through `reads`; anything else it touches is an error (`declared`).
+    config: tuple[str, ...]
+    summary: str  # the command's help
+    in_run: bool = True  # False: its own command, run on a finished run
+    # "module:function(cfg) -> dict": identity the config cannot show (a base's file hashes).
+    extra: str | None = None
+    optional: tuple[str, ...] = field(default=())  # read when finished and current
 
 
-def stage_runner(name: str) -> StageRunner:
-    module, function = {**STAGES, **EXTRA_STAGES}[name].split(":")
-    runner: StageRunner = getattr(importlib.import_module(module), function)
-    return runner
+# What `specificity` reads of `steer`: the prompt split and how shifts are fitted.
+STEER_FIELDS = ("steer.n_prompts", "steer.fit_steps", "steer.fit_lr", "steer.batch_size")
+
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("data", "memgen.tasks.stage:run_data", (), ("data",),
+              "Generate the task's training, dev and test sets (JSONL).",
+              extra="memgen.tasks.stage:resolved_options"),
+    StageSpec("train", "memgen.train.stage:run_train", ("data",),
+              ("train", "behave.num_beams", "behave.max_new_tokens"),
+              "Train GPT-2 from scratch, or LoRA-tune train.model; resumes if killed.",
+              extra="memgen.train.stage:base_identity_of"),
+    StageSpec("behave", "memgen.behave.stage:run_behave", ("data", "train"), ("behave",),
+              "Label test answers (mem/gen/other) and mine flipped pairs."),
+    StageSpec("record", "memgen.record.stage:run_record", ("train", "behave"), ("record",),
+              "Record last-token activations of flipped pairs at every layer."),
+    StageSpec("neurons", "memgen.neurons.stage:run_neurons", ("record",), ("neurons",),
+              "Score neurons (NMD, correlation) and select the top-N% sets."),
+    StageSpec("probe", "memgen.probe.stage:run_probe", ("record",), ("probe",),
+              "Predict mem vs gen from activations, layer by layer."),
+    StageSpec("steer", "memgen.steering.stage:run_steer",
+              ("data", "train", "behave", "record", "neurons"), ("steer",),
+              "Tune each steering method on one split, report it held out, with controls."),
+    StageSpec("specificity", "memgen.steering.specificity:run_specificity",
+              ("train", "behave", "record"), ("specificity", *STEER_FIELDS),
+              "Fitted steering on top-N% vs as many random neurons, over set size."),
+    StageSpec("report", "memgen.report.stage:run_report",
+              ("train", "behave", "neurons", "probe", "steer", "specificity"), (),
+              "Write results.json, figures and a self-contained report.html.",
+              optional=("bound", "ablate")),
+    StageSpec("bound", "memgen.steering.bound:run_bound", ("train", "behave", "record"),
+              ("bound", "steer.batch_size"),
+              "Fit the best shared shift per layer: how far could any steering go?",
+              in_run=False),
+    StageSpec("ablate", "memgen.steering.ablate:run_ablate", ("train", "behave"), ("ablate",),
+              "Knock out (or scale) each attention and MLP layer: where is it decided?",
+              in_run=False),
+)  # fmt: skip
+SPECS: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}
+RUN_ORDER: tuple[str, ...] = tuple(spec.name for spec in STAGES if spec.in_run)
+
+
+def spec_of(name: str) -> StageSpec:
+    if name not in SPECS:
+        raise MemgenError(f"{name!r} is not a stage (stages: {', '.join(SPECS)})")
+    return SPECS[name]
+
+
+def _function(target: str) -> Callable[..., Any]:
+    module, function = target.split(":")
+    found: Callable[..., Any] = getattr(importlib.import_module(module), function)
+    return found
+
+
+@cache
+def upstream(name: str) -> tuple[str, ...]:
+    """Every stage `name` depends on, directly or not, in table order."""
+    found = set(SPECS[name].reads)
+    for read in SPECS[name].reads:
+        found.update(upstream(read))
+    return tuple(spec.name for spec in STAGES if spec.name in found)
+
+
+def identity(name: str, cfg: RunConfig) -> dict[str, Any]:
+    """The stage's own config: task, seed, its declared sections and fields, and extras."""
+    spec = SPECS[name]
+    config: dict[str, Any] = {"task": cfg.task, "seed": cfg.seed}
+    for entry in spec.config:
+        section, _, key = entry.partition(".")
+        value = getattr(cfg, section)
+        config[entry] = getattr(value, key) if key else value.model_dump(mode="json")
+    if spec.extra is not None:
+        config.update(_function(spec.extra)(cfg))
+    return config
+
+
+def stale(name: str, run_dir: Path, cfg: RunConfig) -> list[str]:
+    """The stages upstream of `name` that are unfinished or were made for another config.
+
+    A stage whose own inputs are absent was made elsewhere (activations recorded on
+    another machine, say) and stands as it is; an absent stage that `name` does not read
+    directly is not needed.
+    """
+    out = []
+    for before in upstream(name):
+        stage = Stage(run_dir, before)
+        inputs = [Stage(run_dir, read) for read in SPECS[before].reads]
+        if not stage.is_finished():
+            if before in SPECS[name].reads:
+                out.append(before)
+        elif all(i.is_finished() for i in inputs) and not stage.matches(
+            identity(before, cfg), inputs
+        ):
+            out.append(before)
+    return out
+
+
+class _Undeclared:
+    """Stands in for config a stage did not declare: touching it is a bug in the table."""
+
+    def __init__(self, stage: str, section: str, allowed: Iterable[str] = ()) -> None:
+        self._stage, self._section, self._allowed = stage, section, set(allowed)
+
+    def __getattr__(self, key: str) -> NoReturn:
+        raise MemgenError(
+            f"stage {self._stage!r} read {self._section}.{key}, which its entry in "
+            "memgen.pipeline.STAGES does not declare; add it there"
+        )
+
+
+class _Partial(_Undeclared):
+    def __init__(self, stage: str, section: str, value: Any, allowed: Iterable[str]) -> None:
+        super().__init__(stage, section, allowed)
+        self._value = value
+
+    def __getattr__(self, key: str) -> Any:
+        if key in self._allowed:
+            return getattr(self._value, key)
+        return super().__getattr__(key)
+
+
+def declared(name: str, cfg: RunConfig) -> RunConfig:
+    """`cfg` with only what `name` may read: its own config and its upstream's."""
+    entries = [e for stage in (*upstream(name), name) for e in SPECS[stage].config]
+    whole = {e for e in entries if "." not in e}
+    fields: dict[str, set[str]] = {}
+    for entry in entries:
+        if "." in entry:
+            section, key = entry.split(".", 1)
+            fields.setdefault(section, set()).add(key)
+    update: dict[str, Any] = {}
+    for section in RunConfig.model_fields:
+        value = getattr(cfg, section)
+        if section in whole or not hasattr(value, "model_dump"):
+            continue  # a whole section, or a top-level value (task, seed, device)
+        if section in fields:
+            update[section] = _Partial(name, section, value, fields[section])
+        else:
+            update[section] = _Undeclared(name, section)
+    return cfg.model_copy(update=update)
+
+
+@dataclass(frozen=True)
+class Step:
+    """A stage about to run: its folder, its inputs by name and its identity."""
+
+    stage: Stage
+    inputs: Mapping[str, Stage]
+    config: dict[str, Any]
+    cfg: RunConfig  # only what the stage declared
+
+    def finish(self, summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return self.stage.finish(self.config, list(self.inputs.values()), self.cfg.seed, summary)
+
+
+def open_step(run_dir: Path, name: str, cfg: RunConfig, force: bool) -> Step | None:
+    """None when the stage is up to date (skipped); else the Step to run.
+
+    Stops with one line when an upstream stage is missing or stale for this config.
+    """
+    spec = spec_of(name)
+    behind = stale(name, run_dir, cfg)
+    missing = [before for before in behind if not Stage(run_dir, before).is_finished()]
+    if missing:
+        raise MemgenError(
+            f"{name}: {', '.join(missing)} has not run in {run_dir}; run "
+            f"`memgen {missing[0]} --run-dir {run_dir}` first, or `memgen run --until {name}`"
+        )
+    if behind:
+        raise MemgenError(
+            f"{name}: {', '.join(behind)} {'was' if len(behind) == 1 else 'were'} made with "
+            f"another config; run `memgen run --until {name}` with the same --config and "
+            "overrides (or pass the ones the run was made with)"
+        )
+    inputs = {read: Stage(run_dir, read) for read in spec.reads}
+    for optional in spec.optional:
+        stage = Stage(run_dir, optional)
+        if stage.is_current():
+            inputs[optional] = stage
+        elif stage.is_finished():
+            log.warning("%s: %s predates the stages it read; re-run `memgen %s`",
+                        name, optional, optional)  # fmt: skip
+    config = identity(name, cfg)
+    stage = Stage(run_dir, name)
+    if stage.up_to_date(config, list(inputs.values()), force):
+        return None
+    return Step(stage, inputs, config, declared(name, cfg))
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -55,13 +245,13 @@ def run_stage(name: str, run_dir: Path, cfg: RunConfig, force: bool = False) -> 
     import memgen.tasks  # noqa: F401  (registers the tasks)
 
     started = time.perf_counter()
-    stage = stage_runner(name)(run_dir, cfg, force=force)
+    stage: Stage = _function(spec_of(name).run)(run_dir, cfg, force=force)
     log.info("%s: %.1f s", name, time.perf_counter() - started)
     return stage
 
 
 def run_all(run_dir: Path, cfg: RunConfig, force: bool = False, until: str | None = None) -> None:
-    for name in STAGES:
+    for name in RUN_ORDER:
         run_stage(name, run_dir, cfg, force=force)
         if name == until:
             break

@@ -15,26 +15,23 @@ from pathlib import Path
 
 from memgen.behave.pairs import mine_pairs, require_flips
 from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig, stage_sections
+from memgen.core.config import RunConfig
 from memgen.core.examples import read_jsonl
 from memgen.core.generation import label_examples
 from memgen.core.modeling import load_run_model
 from memgen.core.stats import rates_with_ci, wilson
+from memgen.pipeline import open_step
 from memgen.tasks.base import make_task
 
 log = logging.getLogger(__name__)
 
 
-def stage_config(cfg: RunConfig) -> dict[str, object]:
-    return stage_sections(cfg, "behave")
-
-
 def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
-    data, train = Stage(run_dir, "data"), Stage(run_dir, "train")
-    stage = Stage(run_dir, "behave")
-    config = stage_config(cfg)
-    if stage.up_to_date(config, [data, train], force):
-        return stage
+    step = open_step(run_dir, "behave", cfg, force)
+    if step is None:
+        return Stage(run_dir, "behave")
+    cfg, stage = step.cfg, step.stage
+    data, train = (step.inputs["data"], step.inputs["train"])
     task = make_task(cfg.task, cfg.data.options)
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
     chat = cfg.train.chat
@@ -70,7 +67,7 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
             "flip_rate_ci": [low, high],
         },
     }
-    stage.finish(config, [data, train], cfg.seed, summary)
+    step.finish(summary)
     log.info(
         "behave: %d flipped pairs of %d (%.1f%%)",
         len(search.flipped),

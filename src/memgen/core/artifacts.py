@@ -94,11 +94,16 @@ class Stage:
         return manifest
 
     def identity(self, config: Mapping[str, Any], inputs: list[Stage]) -> dict[str, Any]:
-        """What must match for a finished stage to be reused."""
+        """What must match for a finished stage to be reused: its config and its inputs'
+        identities (their config, inputs and outputs, so recursively everything upstream)."""
         return {
             "config": dict(config),
-            "inputs": {stage.name: json_hash(stage.manifest()["outputs"]) for stage in inputs},
+            "inputs": {stage.name: stage.identity_hash() for stage in inputs},
         }
+
+    def identity_hash(self) -> str:
+        manifest = self.manifest()
+        return json_hash({key: manifest.get(key) for key in ("config", "inputs", "outputs")})
 
     def matches(self, config: Mapping[str, Any], inputs: list[Stage]) -> bool:
         if not self.is_finished():

@@ -60,6 +60,10 @@ class TrainConfig(Section):
     grad_clip: float = Field(1.0, gt=0)
     loss_on: Literal["answer", "sequence"] = "answer"
     eval_every: int = Field(150, ge=1)
+    dense_eval_every: int | None = Field(
+        None, ge=1, description="once dev mem reaches dense_from, evaluate this often"
+    )
+    dense_from: float = Field(0.05, ge=0, le=1, description="dev mem share that starts it")
     # The kept checkpoint maximises this score over the evaluations (docs/color-design.md).
     select: Literal["gen_x_mem", "min_gen_mem"] = "min_gen_mem"
     max_other: float = Field(0.2, ge=0, le=1, description="checkpoints above this are not kept")
@@ -227,12 +231,6 @@ class RunConfig(Section):
     specificity: SpecificityConfig = SpecificityConfig()
     bound: BoundConfig = BoundConfig()
     ablate: AblateConfig = AblateConfig()
-
-
-def stage_sections(cfg: RunConfig, *sections: str) -> dict[str, object]:
-    """A stage's config identity: the task, the seed and the named sections it reads."""
-    named = {name: getattr(cfg, name).model_dump(mode="json") for name in sections}
-    return {"task": cfg.task, "seed": cfg.seed, **named}
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

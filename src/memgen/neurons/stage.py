@@ -20,7 +20,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig, set_name, stage_sections
+from memgen.core.config import RunConfig, set_name
 from memgen.core.errors import MemgenError
 from memgen.core.neuron_set import NeuronSet
 from memgen.core.recorded import read_record
@@ -28,14 +28,11 @@ from memgen.neurons.consistency import split_half
 from memgen.neurons.figures import plot_layer_share, plot_nmd_heatmap, plot_score_by_layer
 from memgen.neurons.scores import SCORERS, score
 from memgen.neurons.selection import layer_share, select_top
+from memgen.pipeline import open_step
 
 log = logging.getLogger(__name__)
 
 MIN_PAIRS = 4
-
-
-def stage_config(cfg: RunConfig) -> dict[str, object]:
-    return stage_sections(cfg, "neurons")
 
 
 def _rounded(values: np.ndarray, digits: int = 6) -> list[float]:
@@ -59,11 +56,11 @@ def _consistency_summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_neurons(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
-    record = Stage(run_dir, "record")
-    stage = Stage(run_dir, "neurons")
-    config = stage_config(cfg)
-    if stage.up_to_date(config, [record], force):
-        return stage
+    step = open_step(run_dir, "neurons", cfg, force)
+    if step is None:
+        return Stage(run_dir, "neurons")
+    cfg, stage = step.cfg, step.stage
+    record = step.inputs["record"]
     nc = cfg.neurons
     SCORERS.get(nc.scorer)  # fail on a misspelt scorer before any work
     recorded = read_record(record.path)
@@ -127,6 +124,6 @@ def run_neurons(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
         "layer_share": {name: _rounded(share, 4) for name, share in shares.items()},
         "consistency": _consistency_summary(consistency),
     }
-    stage.finish(config, [record], cfg.seed, summary)
+    step.finish(summary)
     log.info("neurons: wrote %d neuron sets to %s", len(nc.top_n), out)
     return stage

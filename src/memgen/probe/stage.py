@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig, stage_sections
+from memgen.core.config import RunConfig
 from memgen.core.recorded import read_record
+from memgen.pipeline import open_step
 from memgen.probe.figures import plot_layer_accuracy, plot_learning_curve
 from memgen.probe.probes import (
     PROBES,
@@ -37,16 +38,12 @@ from memgen.probe.probes import (
 log = logging.getLogger(__name__)
 
 
-def stage_config(cfg: RunConfig) -> dict[str, object]:
-    return stage_sections(cfg, "probe")
-
-
 def run_probe(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
-    record = Stage(run_dir, "record")
-    stage = Stage(run_dir, "probe")
-    config = stage_config(cfg)
-    if stage.up_to_date(config, [record], force):
-        return stage
+    step = open_step(run_dir, "probe", cfg, force)
+    if step is None:
+        return Stage(run_dir, "probe")
+    cfg, stage = step.cfg, step.stage
+    record = step.inputs["record"]
     pc = cfg.probe
     PROBES.get(pc.classifier)  # fail on a misspelt classifier before any work
     recorded = read_record(record.path)
@@ -103,7 +100,7 @@ def run_probe(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
             for r in readout
         ],
     }
-    stage.finish(config, [record], cfg.seed, summary)
+    step.finish(summary)
     log.info(
         "probe: best %s layer %d, accuracy %.3f", best["site"], best["layer"], best["accuracy"]
     )

@@ -26,21 +26,18 @@ from numpy.lib.format import open_memmap
 from transformers import PreTrainedTokenizerBase
 
 from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig, stage_sections
+from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
 from memgen.core.generation import left_padded_positions, padded_batches
 from memgen.core.hooks import record
 from memgen.core.modeling import load_run_model, model_identity, unwrap
 from memgen.core.recorded import READOUT
 from memgen.core.sites import SiteKind, all_sites, n_layers, site_width
+from memgen.pipeline import open_step
 from memgen.record.readout import answer_margins, first_tokens
 
 log = logging.getLogger(__name__)
 LABELS = {"mem": 1, "gen": 0}
-
-
-def stage_config(cfg: RunConfig) -> dict[str, object]:
-    return {**stage_sections(cfg, "record"), "chat": cfg.train.chat}
 
 
 def allocate(model: torch.nn.Module, kinds: Sequence[SiteKind], n: int) -> dict[str, np.ndarray]:
@@ -148,11 +145,11 @@ def read_pairs(path: Path) -> PairRows:
 
 
 def run_record(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
-    train, behave = Stage(run_dir, "train"), Stage(run_dir, "behave")
-    stage = Stage(run_dir, "record")
-    config = stage_config(cfg)
-    if stage.up_to_date(config, [train, behave], force):
-        return stage
+    step = open_step(run_dir, "record", cfg, force)
+    if step is None:
+        return Stage(run_dir, "record")
+    cfg, stage = step.cfg, step.stage
+    train, behave = (step.inputs["train"], step.inputs["behave"])
     pairs = read_pairs(behave.path / "pairs.jsonl")
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
     kinds: list[SiteKind] = list(dict.fromkeys(cfg.record.sites))
@@ -202,6 +199,6 @@ def run_record(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
         "n_pairs": len(set(pairs.pair_ids)),
         "sites": shapes,
     }
-    stage.finish(config, [train, behave], cfg.seed, summary)
+    step.finish(summary)
     log.info("record: %d prompts x %s in %s", len(pairs.labels), ", ".join(kinds), out)
     return stage

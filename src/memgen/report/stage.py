@@ -11,13 +11,11 @@ from pathlib import Path
 
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
+from memgen.pipeline import open_step
 from memgen.report.html import render
 from memgen.report.results import collect
 
 log = logging.getLogger(__name__)
-INPUTS = ("train", "behave", "neurons", "probe", "steer", "specificity")
-# Stages `memgen run` leaves out; the report shows them when they are current.
-OPTIONAL_INPUTS = ("bound", "ablate")
 # Report figure name -> where its stage writes it.
 FIGURES = {
     "curve": "train/curve.png",
@@ -32,19 +30,12 @@ FIGURES = {
 
 
 def run_report(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
-    stage = Stage(run_dir, "report")
-    inputs = [Stage(run_dir, name) for name in INPUTS]
-    for name in OPTIONAL_INPUTS:
-        optional = Stage(run_dir, name)
-        if optional.is_current():
-            inputs.append(optional)
-        elif optional.is_finished():
-            log.warning("report: %s predates the stages it read; re-run `memgen %s`", name, name)
-    config = {"task": cfg.task, "seed": cfg.seed}
-    if stage.up_to_date(config, inputs, force):
-        return stage
+    step = open_step(run_dir, "report", cfg, force)
+    if step is None:
+        return Stage(run_dir, "report")
+    cfg, stage = step.cfg, step.stage
     out = stage.begin()
-    read = [stage.name for stage in inputs]
+    read = list(step.inputs)  # bound and ablate only when current (memgen.pipeline)
     results = collect(run_dir, cfg, read)
     write_json(out / "results.json", results)
     write_json(run_dir / "results.json", results)
@@ -54,6 +45,6 @@ def run_report(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
         if source.is_file() and Path(relative).parts[0] in read:
             figures[name] = shutil.copyfile(source, out / f"{name}.png")
     (out / "report.html").write_text(render(results, figures))
-    stage.finish(config, inputs, cfg.seed, {"figures": sorted(figures)})
+    step.finish({"figures": sorted(figures)})
     log.info("report: %s", out / "report.html")
     return stage

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig, stage_sections
+from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example, read_labelled
 from memgen.core.generation import label_examples
@@ -34,6 +34,7 @@ from memgen.core.hooks import Intervention, intervene
 from memgen.core.modeling import load_run_model
 from memgen.core.sites import Site, n_layers, site_width
 from memgen.core.stats import rates
+from memgen.pipeline import open_step
 from memgen.tasks.base import Task, make_task
 
 log = logging.getLogger(__name__)
@@ -72,17 +73,13 @@ class Steerer:
         return rates(row.label for row in labelled)
 
 
-def stage_config(cfg: RunConfig) -> dict[str, object]:
-    return stage_sections(cfg, "ablate", "behave")
-
-
 def run_ablate(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     """Stage `ablate`: the behaviour of mem and gen prompts with one site scaled."""
-    train, behave = Stage(run_dir, "train"), Stage(run_dir, "behave")
-    stage = Stage(run_dir, "ablate")
-    config, inputs = stage_config(cfg), [train, behave]
-    if stage.up_to_date(config, inputs, force):
-        return stage
+    step = open_step(run_dir, "ablate", cfg, force)
+    if step is None:
+        return Stage(run_dir, "ablate")
+    cfg, stage = step.cfg, step.stage
+    train, behave = (step.inputs["train"], step.inputs["behave"])
     ac = cfg.ablate
     task = make_task(cfg.task, cfg.data.options)
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
@@ -126,7 +123,7 @@ def run_ablate(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     result = {"baseline": baseline, "rows": rows}
     write_json(out / "ablate.json", result)
     plot_ablation(rows, out / "ablate.png")
-    stage.finish(config, inputs, cfg.seed, result)
+    step.finish(result)
     log.info("%s", format_ablation(baseline, rows))
     return stage
 

@@ -22,7 +22,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig, stage_sections
+from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import read_labelled
 from memgen.core.hooks import Intervention
@@ -30,6 +30,7 @@ from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
 from memgen.core.sites import Site, n_layers, site_width
 from memgen.core.stats import rates
+from memgen.pipeline import open_step
 from memgen.steering.bench import DIRECTIONS, Bench, split_half
 from memgen.steering.methods import activation_scale
 from memgen.steering.shifts import fit_shifts
@@ -43,21 +44,13 @@ def as_interventions(site: Site, shift: np.ndarray) -> list[Intervention]:
     return [Intervention(site, tuple(range(len(shift))), "add", tuple(float(v) for v in shift))]
 
 
-def stage_config(cfg: RunConfig) -> dict[str, object]:
-    return stage_sections(cfg, "bound", "behave")
-
-
 def run_bound(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     """Stage `bound`: per direction and layer, the fitted shared shift, fit and held out."""
-    train, behave, record = (
-        Stage(run_dir, "train"),
-        Stage(run_dir, "behave"),
-        Stage(run_dir, "record"),
-    )
-    stage = Stage(run_dir, "bound")
-    config, inputs = stage_config(cfg), [train, behave, record]
-    if stage.up_to_date(config, inputs, force):
-        return stage
+    step = open_step(run_dir, "bound", cfg, force)
+    if step is None:
+        return Stage(run_dir, "bound")
+    cfg, stage = step.cfg, step.stage
+    train, behave, record = (step.inputs["train"], step.inputs["behave"], step.inputs["record"])
     bc = cfg.bound
     task = make_task(cfg.task, cfg.data.options)
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
@@ -107,7 +100,7 @@ def run_bound(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
             })  # fmt: skip
     write_json(out / "bound.json", {"rows": rows})
     save_file(shifts, str(out / "shifts.safetensors"))
-    stage.finish(config, inputs, cfg.seed, {"rows": rows})
+    step.finish({"rows": rows})
     log.info("%s", format_bound(rows))
     return stage
 

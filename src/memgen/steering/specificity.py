@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig, stage_sections
+from memgen.core.config import RunConfig
 from memgen.core.examples import read_labelled
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
@@ -31,6 +31,7 @@ from memgen.core.sites import SiteKind
 from memgen.core.stats import rates, summarise, wilson
 from memgen.neurons.scores import score as neuron_score
 from memgen.neurons.selection import select_top
+from memgen.pipeline import open_step
 from memgen.steering.bench import DIRECTIONS, Bench, split_half
 from memgen.steering.methods import SiteStats, matched_masks
 from memgen.steering.shifts import fit_shifts
@@ -40,25 +41,12 @@ log = logging.getLogger(__name__)
 COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02")
 
 
-# The steer settings this stage reads: the prompt split and how shifts are fitted.
-STEER_FIELDS = ("n_prompts", "fit_steps", "fit_lr", "batch_size")
-
-
-def stage_config(cfg: RunConfig) -> dict[str, object]:
-    steer = {name: getattr(cfg.steer, name) for name in STEER_FIELDS}
-    return {**stage_sections(cfg, "specificity", "behave"), "steer": steer}
-
-
 def run_specificity(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
-    train, behave, record = (
-        Stage(run_dir, "train"),
-        Stage(run_dir, "behave"),
-        Stage(run_dir, "record"),
-    )
-    stage = Stage(run_dir, "specificity")
-    config, inputs = stage_config(cfg), [train, behave, record]
-    if stage.up_to_date(config, inputs, force):
-        return stage
+    step = open_step(run_dir, "specificity", cfg, force)
+    if step is None:
+        return Stage(run_dir, "specificity")
+    cfg, stage = step.cfg, step.stage
+    train, behave, record = (step.inputs["train"], step.inputs["behave"], step.inputs["record"])
     spec, sc = cfg.specificity, cfg.steer
     task = make_task(cfg.task, cfg.data.options)
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
@@ -115,7 +103,7 @@ def run_specificity(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage
                         })  # fmt: skip
     write_json(out / "specificity.json", {"rows": rows})
     plot_specificity(rows, out / "specificity.png")
-    stage.finish(config, inputs, cfg.seed, {"rows": rows})
+    step.finish({"rows": rows})
     return stage
 
 

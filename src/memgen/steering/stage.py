@@ -28,13 +28,14 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig, set_name, stage_sections
+from memgen.core.config import RunConfig, set_name
 from memgen.core.examples import Example, read_jsonl, read_labelled
 from memgen.core.modeling import load_run_model, model_identity
 from memgen.core.neuron_set import NeuronSet
 from memgen.core.recorded import read_record
 from memgen.core.sites import SiteKind
 from memgen.core.stats import rates, rates_with_ci, summarise
+from memgen.pipeline import open_step
 from memgen.steering.bench import DIRECTIONS, Bench, split_half
 from memgen.steering.figures import plot_steering
 from memgen.steering.methods import (
@@ -51,10 +52,6 @@ from memgen.steering.shifts import fit_shifts, next_token_kl
 from memgen.tasks.base import make_task
 
 log = logging.getLogger(__name__)
-
-
-def stage_config(cfg: RunConfig) -> dict[str, object]:
-    return stage_sections(cfg, "steer", "behave", "neurons")
 
 
 @dataclass(frozen=True)
@@ -202,13 +199,17 @@ def _ci(labels: list[str]) -> dict[str, list[float]]:
 
 
 def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
-    data, train = Stage(run_dir, "data"), Stage(run_dir, "train")
-    behave, neurons = Stage(run_dir, "behave"), Stage(run_dir, "neurons")
-    record, stage = Stage(run_dir, "record"), Stage(run_dir, "steer")
-    config = stage_config(cfg)
-    inputs = [data, train, behave, record, neurons]
-    if stage.up_to_date(config, inputs, force):
-        return stage
+    step = open_step(run_dir, "steer", cfg, force)
+    if step is None:
+        return Stage(run_dir, "steer")
+    cfg, stage = step.cfg, step.stage
+    data, train, behave, record, neurons = (
+        step.inputs["data"],
+        step.inputs["train"],
+        step.inputs["behave"],
+        step.inputs["record"],
+        step.inputs["neurons"],
+    )
     sc = cfg.steer
     methods = [METHODS.get(name) for name in sc.methods]
     task = make_task(cfg.task, cfg.data.options)
@@ -351,7 +352,7 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
         out / "steering.json", {"rows": rows, "best": best, "splits": splits, "sweep": sweep}
     )
     plot_steering(rows, out / "steering.png")
-    stage.finish(config, inputs, cfg.seed, {"rows": rows, "best": best})
+    step.finish({"rows": rows, "best": best})
     for direction, row in best.items():
         log.info("steer: best %s: %s -> %s held out (matched control %s)", direction,
                  row["method"], row["targeted"], row["control"])  # fmt: skip

@@ -14,23 +14,23 @@ from pathlib import Path
 from memgen.core.artifacts import Stage
 from memgen.core.config import RunConfig
 from memgen.core.examples import write_jsonl
+from memgen.pipeline import open_step
 from memgen.tasks.base import make_task
 
 log = logging.getLogger(__name__)
 
 
-def stage_config(cfg: RunConfig) -> dict[str, object]:
-    """The resolved task options are part of the identity: a changed default regenerates."""
+def resolved_options(cfg: RunConfig) -> dict[str, object]:
+    """The task options with their defaults filled in: a changed default regenerates."""
     options = make_task(cfg.task, cfg.data.options).options.model_dump(mode="json")
-    data = {**cfg.data.model_dump(mode="json"), "options": options}
-    return {"task": cfg.task, "seed": cfg.seed, "data": data}
+    return {"data": {**cfg.data.model_dump(mode="json"), "options": options}}
 
 
 def run_data(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
-    stage = Stage(run_dir, "data")
-    config = stage_config(cfg)
-    if stage.up_to_date(config, [], force):
-        return stage
+    step = open_step(run_dir, "data", cfg, force)
+    if step is None:
+        return Stage(run_dir, "data")
+    cfg, stage = step.cfg, step.stage
     task = make_task(cfg.task, cfg.data.options)
     out = stage.begin()
     train = task.train_set(cfg.data.n_train, cfg.seed)
@@ -46,7 +46,7 @@ def run_data(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
         "n_test": len(test),
         "train_kinds": dict(kinds),
     }
-    stage.finish(config, [], cfg.seed, summary)
+    step.finish(summary)
     log.info(
         "data: %d training, %d dev and %d test examples in %s", len(train), len(dev), len(test), out
     )

@@ -74,6 +74,21 @@ def stalled(history: Sequence[Evaluation], cfg: TrainConfig) -> bool:
     return eligible and len(history) - 1 - best_at >= cfg.patience
 
 
+def evaluation_due(step: int, history: Sequence[Evaluation], cfg: TrainConfig) -> bool:
+    """Every `eval_every` steps, and every `dense_eval_every` once memory has appeared.
+
+    Both behaviours can coexist for only a few hundred steps (memory rising, the rule not
+    yet forgotten); evaluating densely from the first sign of memory catches that window
+    on any seed. A function of the history alone, so a resumed run evaluates alike.
+    """
+    if step == cfg.steps:
+        return True
+    every = cfg.eval_every
+    if cfg.dense_eval_every is not None and history and history[-1].mem >= cfg.dense_from:
+        every = cfg.dense_eval_every
+    return step % every == 0
+
+
 def learning_rate(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -218,7 +233,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         running = total if math.isnan(running) else 0.95 * running + 0.05 * total
         done = step + 1
-        if done % cfg.eval_every == 0 or done == cfg.steps:
+        if evaluation_due(done, history, cfg):
             shares = evaluate(model, tokenizer, task, dev_examples, chat, decoder)
             model.train()
             record = Evaluation(step=done, loss=running, **shares)

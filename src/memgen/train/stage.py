@@ -19,11 +19,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.artifacts import Stage, file_hash, write_json
-from memgen.core.config import RunConfig, stage_sections
+from memgen.core.config import RunConfig
 from memgen.core.device import resolve_device, resolve_dtype
 from memgen.core.examples import Example, read_jsonl
 from memgen.core.generation import encode_example
 from memgen.core.modeling import load_pretrained, scratch_gpt2
+from memgen.pipeline import open_step
 from memgen.tasks.base import Task, make_task
 from memgen.tasks.tokenizer import build_tokenizer
 from memgen.train.curve import plot_curve
@@ -57,12 +58,9 @@ def decoder_of(cfg: RunConfig) -> Decoder:
     return Decoder(cfg.behave.num_beams, cfg.behave.max_new_tokens)
 
 
-def stage_config(cfg: RunConfig) -> dict[str, object]:
-    config = stage_sections(cfg, "train")
-    config["decoder"] = vars(decoder_of(cfg))
-    if cfg.train.model != "scratch":
-        config["base"] = base_identity(cfg.train.model)
-    return config
+def base_identity_of(cfg: RunConfig) -> dict[str, object]:
+    """A fine-tuned base's files are part of training's identity; scratch has none."""
+    return {} if cfg.train.model == "scratch" else {"base": base_identity(cfg.train.model)}
 
 
 def build_model(
@@ -90,11 +88,11 @@ def build_model(
 
 
 def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
-    data = Stage(run_dir, "data")
-    stage = Stage(run_dir, "train")
-    config = stage_config(cfg)
-    if stage.up_to_date(config, [data], force):
-        return stage
+    step = open_step(run_dir, "train", cfg, force)
+    if step is None:
+        return Stage(run_dir, "train")
+    cfg, stage = step.cfg, step.stage
+    data = step.inputs["data"]
     task = make_task(cfg.task, cfg.data.options)
     train_examples = read_jsonl(data.path / "train.jsonl")
     dev_examples = read_jsonl(data.path / "dev.jsonl")
@@ -137,7 +135,7 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
         "n_params": sum(p.numel() for p in model.parameters()),
         "n_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
-    stage.finish(config, [data], cfg.seed, summary)
+    step.finish(summary)
     log.info(
         "train: kept step %d of %d trained (gen %.2f, mem %.2f, other %.2f)",
         best.step,
