@@ -13,11 +13,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from memgen.core.artifacts import Stage
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
+from memgen.core.examples import read_pairs
 from memgen.core.generation import encode_prompt
 from memgen.core.hooks import record
 from memgen.core.recorded import read_record
 from memgen.core.sites import all_sites, site_width
-from memgen.record.stage import read_pairs, record_last_token, run_record
+from memgen.record.stage import record_last_token, run_record
 from memgen.tasks import make_task
 
 Model = tuple[PreTrainedModel, PreTrainedTokenizerBase]

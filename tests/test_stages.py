@@ -75,3 +75,17 @@ def test_a_stage_sees_only_the_config_it_declares() -> None:
     changed = load_config(None, ["steer.alphas=[7]"])  # not read by specificity
     assert identity("specificity", changed) == identity("specificity", cfg)
     assert identity("steer", changed) != identity("steer", cfg)
+
+
+def test_shared_files_are_named_only_where_core_reads_them() -> None:
+    """No stage opens another's files by a string: the names live beside core's readers."""
+    shared = ("test_outputs.jsonl", "pairs.jsonl", "scores.safetensors", "dev.jsonl")
+    for path in PACKAGE.rglob("*.py"):
+        if _module_name(path).startswith("memgen.core"):
+            continue
+        literals = {
+            node.value
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        }
+        assert not literals & set(shared), f"{path.name} names {literals & set(shared)}"

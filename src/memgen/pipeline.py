@@ -47,6 +47,8 @@ class StageSpec:
     # "module:function(cfg) -> dict": identity the config cannot show (a base's file hashes).
     extra: str | None = None
     optional: tuple[str, ...] = field(default=())  # read when finished and current
+    # Figures the report shows: report name -> file in this stage's folder.
+    figures: Mapping[str, str] = field(default_factory=dict)
 
 
 # What `specificity` reads of `steer`: the prompt split and how shifts are fitted.
@@ -59,21 +61,25 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("train", "memgen.train.stage:run_train", ("data",),
               ("train", "behave.num_beams", "behave.max_new_tokens"),
               "Train GPT-2 from scratch, or LoRA-tune train.model; resumes if killed.",
-              extra="memgen.train.stage:base_identity_of"),
+              extra="memgen.train.stage:base_identity_of", figures={"curve": "curve.png"}),
     StageSpec("behave", "memgen.behave.stage:run_behave", ("data", "train"), ("behave",),
               "Label test answers (mem/gen/other) and mine flipped pairs."),
     StageSpec("record", "memgen.record.stage:run_record", ("train", "behave"), ("record",),
               "Record last-token activations of flipped pairs at every layer."),
     StageSpec("neurons", "memgen.neurons.stage:run_neurons", ("record",), ("neurons",),
-              "Score neurons (NMD, correlation) and select the top-N% sets."),
+              "Score neurons (NMD, correlation) and select the top-N% sets.",
+              figures={"nmd": "nmd_sorted.png", "share": "layer_share.png"}),
     StageSpec("probe", "memgen.probe.stage:run_probe", ("record",), ("probe",),
-              "Predict mem vs gen from activations, layer by layer."),
+              "Predict mem vs gen from activations, layer by layer.",
+              figures={"probe": "accuracy.png", "learning_curve": "learning_curve.png"}),
     StageSpec("steer", "memgen.steering.stage:run_steer",
               ("data", "train", "behave", "record", "neurons"), ("steer",),
-              "Tune each steering method on one split, report it held out, with controls."),
+              "Tune each steering method on one split, report it held out, with controls.",
+              figures={"steering": "steering.png"}),
     StageSpec("specificity", "memgen.steering.specificity:run_specificity",
               ("train", "behave", "record"), ("specificity", *STEER_FIELDS),
-              "Fitted steering on top-N% vs as many random neurons, over set size."),
+              "Fitted steering on top-N% vs as many random neurons, over set size.",
+              figures={"specificity": "specificity.png"}),
     StageSpec("report", "memgen.report.stage:run_report",
               ("train", "behave", "neurons", "probe", "steer", "specificity"), (),
               "Write results.json, figures and a self-contained report.html.",
@@ -84,7 +90,7 @@ STAGES: tuple[StageSpec, ...] = (
               in_run=False),
     StageSpec("ablate", "memgen.steering.ablate:run_ablate", ("train", "behave"), ("ablate",),
               "Knock out (or scale) each attention and MLP layer: where is it decided?",
-              in_run=False),
+              in_run=False, figures={"ablation": "ablate.png"}),
 )  # fmt: skip
 SPECS: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}
 RUN_ORDER: tuple[str, ...] = tuple(spec.name for spec in STAGES if spec.in_run)

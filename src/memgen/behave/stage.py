@@ -16,7 +16,7 @@ from pathlib import Path
 from memgen.behave.pairs import mine_pairs, require_flips
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
-from memgen.core.examples import read_jsonl
+from memgen.core.examples import PAIRS_FILE, TEST_ANSWERS_FILE, read_split
 from memgen.core.generation import label_examples
 from memgen.core.modeling import load_run_model
 from memgen.core.stats import rates_with_ci, wilson
@@ -37,11 +37,11 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
     chat = cfg.train.chat
     out = stage.begin()
 
-    test = read_jsonl(data.path / "test.jsonl")
+    test = read_split(data.path, "test")
     labelled = label_examples(
         model, tokenizer, task, test, cfg.behave, chat=chat, progress=progress
     )
-    with (out / "test_outputs.jsonl").open("w") as handle:
+    with (out / TEST_ANSWERS_FILE).open("w") as handle:
         for row in labelled:
             handle.write(json.dumps(row.to_row()) + "\n")
     test_rates = rates_with_ci(row.label for row in labelled)
@@ -51,7 +51,7 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
     search = mine_pairs(
         model, tokenizer, task, task.pairs(cfg.seed), cfg.behave, chat=chat, progress=progress
     )
-    with (out / "pairs.jsonl").open("w") as handle:
+    with (out / PAIRS_FILE).open("w") as handle:
         for pair_id, pair in enumerate(search.flipped):
             for member in pair:
                 handle.write(json.dumps({"pair_id": pair_id, **member.to_row()}) + "\n")

@@ -33,6 +33,7 @@ from memgen.core.sites import SITE_KINDS, SiteKind, site_width
 
 log = logging.getLogger(__name__)
 
+SCORES_FILE = "scores.safetensors"  # `neurons`: the nmd and score maps of every neuron
 FORMAT = "memgen.neuron_set"
 VERSION = 1
 ARRAYS = ("layers", "neurons", "nmd", "score")
@@ -193,3 +194,18 @@ def check_model(
             saved.get("name_or_path"),
             identity.get("name_or_path"),
         )
+
+
+def write_scores(folder: Path, maps: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """`neurons`' per-neuron maps ([n_layers, width] float32 each: nmd, score)."""
+    arrays = {name: np.asarray(value, dtype=np.float32) for name, value in maps.items()}
+    save_file(arrays, str(folder / SCORES_FILE), metadata=metadata)
+
+
+def read_scores(folder: Path) -> dict[str, np.ndarray]:
+    """The maps `write_scores` wrote into a `neurons` folder."""
+    path = folder / SCORES_FILE
+    try:
+        return load_file(str(path))
+    except (FileNotFoundError, SafetensorError, OSError) as exc:
+        raise MemgenError(f"{path}: {exc}; re-run `memgen neurons --force`") from None

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save_file
 
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig, set_name
 from memgen.core.errors import MemgenError
-from memgen.core.neuron_set import NeuronSet
+from memgen.core.neuron_set import NeuronSet, write_scores
 from memgen.core.recorded import read_record
 from memgen.neurons.consistency import split_half
 from memgen.neurons.figures import plot_layer_share, plot_nmd_heatmap, plot_score_by_layer
@@ -76,11 +75,7 @@ def run_neurons(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
 
     nmd = score("nmd", x, y)
     main = nmd if nc.scorer == "nmd" else score(nc.scorer, x, y)
-    save_file(
-        {"nmd": nmd.astype(np.float32), "score": main.astype(np.float32)},
-        str(out / "scores.safetensors"),
-        metadata={"site": nc.site, "scorer": nc.scorer},
-    )
+    write_scores(out, {"nmd": nmd, "score": main}, {"site": nc.site, "scorer": nc.scorer})
 
     shares: dict[str, np.ndarray] = {}
     meta = {"task": cfg.task, "n_pairs": recorded.n_pairs, "n_rows": len(y)}

@@ -13,12 +13,9 @@ order), `answer_margin.npy` [N, n_layers] (the logit-lens answer readout, see
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
+from memgen.core.examples import PAIRS_FILE, read_pairs
 from memgen.core.generation import left_padded_positions, padded_batches
 from memgen.core.hooks import record
 from memgen.core.modeling import load_run_model, model_identity, unwrap
@@ -37,7 +35,6 @@ from memgen.pipeline import open_step
 from memgen.record.readout import answer_margins, first_tokens
 
 log = logging.getLogger(__name__)
-LABELS = {"mem": 1, "gen": 0}
 
 
 def allocate(model: torch.nn.Module, kinds: Sequence[SiteKind], n: int) -> dict[str, np.ndarray]:
@@ -99,58 +96,13 @@ def record_last_token(
     return arrays
 
 
-@dataclass(frozen=True)
-class PairRows:
-    """The rows of `behave/pairs.jsonl`, column by column (labels: 1 mem / 0 gen)."""
-
-    prompts: list[str]
-    labels: list[int]
-    pair_ids: list[int]
-    # None when a row lacks them (a pairs file written by hand); the readout is skipped.
-    answers: tuple[list[str], list[str]] | None
-
-
-def read_pairs(path: Path) -> PairRows:
-    """Read and check `behave/pairs.jsonl`."""
-    if not path.is_file():
-        raise MemgenError(f"{path} does not exist; run `memgen behave` first")
-    prompts, labels, pair_ids = [], [], []
-    mem_answers: list[str | None] = []
-    gen_answers: list[str | None] = []
-    with path.open() as handle:
-        for number, line in enumerate(handle, 1):
-            try:
-                row: dict[str, Any] = json.loads(line)
-                label, prompt, pair_id = row["label"], row["prompt"], int(row["pair_id"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise MemgenError(
-                    f"{path}:{number} is not a pair row ({exc!r}); re-run `memgen behave --force`"
-                ) from None
-            if label not in LABELS:
-                raise MemgenError(
-                    f"{path}:{number}: label {label!r} is not mem or gen; "
-                    "re-run `memgen behave --force`"
-                )
-            prompts.append(str(prompt))
-            labels.append(LABELS[label])
-            pair_ids.append(pair_id)
-            mem_answers.append(row.get("mem_answer"))
-            gen_answers.append(row.get("gen_answer"))
-    if not prompts:
-        raise MemgenError(f"{path} has no pairs; run `memgen behave` with more behave.max_pairs")
-    mems = [a for a in mem_answers if isinstance(a, str)]
-    gens = [a for a in gen_answers if isinstance(a, str)]
-    answers = (mems, gens) if len(mems) == len(gens) == len(prompts) else None
-    return PairRows(prompts, labels, pair_ids, answers)
-
-
 def run_record(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
     step = open_step(run_dir, "record", cfg, force)
     if step is None:
         return Stage(run_dir, "record")
     cfg, stage = step.cfg, step.stage
     train, behave = (step.inputs["train"], step.inputs["behave"])
-    pairs = read_pairs(behave.path / "pairs.jsonl")
+    pairs = read_pairs(behave.path / PAIRS_FILE)
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
     kinds: list[SiteKind] = list(dict.fromkeys(cfg.record.sites))
     out = stage.begin()

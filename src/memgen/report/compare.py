@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file
 
 from memgen.core.artifacts import Stage, read_json, write_json
 from memgen.core.errors import MemgenError
+from memgen.core.neuron_set import read_scores
 from memgen.core.stats import summarise
 from memgen.neurons.consistency import compare_scores
 from memgen.neurons.selection import layer_share, select_top
@@ -62,10 +61,7 @@ class FinishedRun:
         fix = f"finish it with `memgen run --run-dir {run_dir}`"
         if not (run_dir / "results.json").is_file():
             raise MemgenError(f"{run_dir} has no results.json; {fix}")
-        try:
-            scores = load_file(str(run_dir / "neurons" / "scores.safetensors"))
-        except (FileNotFoundError, SafetensorError, OSError) as exc:
-            raise MemgenError(f"{run_dir}/neurons/scores.safetensors: {exc}; {fix}") from None
+        scores = read_scores(Stage(run_dir, "neurons").path)
         neurons = Stage(run_dir, "neurons").manifest()["config"]["neurons"]
         return cls(
             name=name,

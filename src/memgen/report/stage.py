@@ -11,22 +11,11 @@ from pathlib import Path
 
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
-from memgen.pipeline import open_step
+from memgen.pipeline import SPECS, open_step
 from memgen.report.html import render
 from memgen.report.results import collect
 
 log = logging.getLogger(__name__)
-# Report figure name -> where its stage writes it.
-FIGURES = {
-    "curve": "train/curve.png",
-    "nmd": "neurons/nmd_sorted.png",
-    "share": "neurons/layer_share.png",
-    "probe": "probe/accuracy.png",
-    "learning_curve": "probe/learning_curve.png",
-    "steering": "steer/steering.png",
-    "specificity": "specificity/specificity.png",
-    "ablation": "ablate/ablate.png",
-}
 
 
 def run_report(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
@@ -40,10 +29,10 @@ def run_report(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     write_json(out / "results.json", results)
     write_json(run_dir / "results.json", results)
     figures = {}
-    for name, relative in FIGURES.items():
-        source = run_dir / relative
-        if source.is_file() and Path(relative).parts[0] in read:
-            figures[name] = shutil.copyfile(source, out / f"{name}.png")
+    for source_stage in step.inputs.values():  # each stage's figures, as the table names them
+        for name, file in SPECS[source_stage.name].figures.items():
+            if (source_stage.path / file).is_file():
+                figures[name] = shutil.copyfile(source_stage.path / file, out / f"{name}.png")
     (out / "report.html").write_text(render(results, figures))
     step.finish({"figures": sorted(figures)})
     log.info("report: %s", out / "report.html")

@@ -28,7 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
-from memgen.core.examples import Example, read_labelled
+from memgen.core.examples import Example, read_test_answers
 from memgen.core.generation import label_examples
 from memgen.core.hooks import Intervention, intervene
 from memgen.core.modeling import load_run_model
@@ -84,7 +84,7 @@ def run_ablate(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     task = make_task(cfg.task, cfg.data.options)
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
     steerer = Steerer(model, tokenizer, task, cfg)
-    labelled = read_labelled(behave.path / "test_outputs.jsonl")
+    labelled = read_test_answers(behave.path)
     prompts = {
         source: [ex for ex, label in labelled if label == source][: ac.n_prompts]
         for source in SOURCES

@@ -24,7 +24,7 @@ from safetensors.numpy import save_file
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
-from memgen.core.examples import read_labelled
+from memgen.core.examples import read_test_answers
 from memgen.core.hooks import Intervention
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
@@ -61,7 +61,7 @@ def run_bound(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     # The site's mean activation norm per layer puts each fitted shift's size in scale.
     _, mean_norm = activation_scale(read_record(record.path).activations(bc.site))
     bench = Bench(model, tokenizer, task, cfg, bc.site)
-    labelled = read_labelled(behave.path / "test_outputs.jsonl")
+    labelled = read_test_answers(behave.path)
     width = site_width(model, bc.site)
     # One dense shift per layer, all fitted in one batch: each may move its whole layer.
     masks = np.zeros((len(layers), depth, width), dtype=bool)

@@ -24,7 +24,7 @@ import numpy as np
 
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
-from memgen.core.examples import read_labelled
+from memgen.core.examples import read_test_answers
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
 from memgen.core.sites import SiteKind
@@ -51,7 +51,7 @@ def run_specificity(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage
     task = make_task(cfg.task, cfg.data.options)
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
     recorded = read_record(record.path)
-    labelled = read_labelled(behave.path / "test_outputs.jsonl")
+    labelled = read_test_answers(behave.path)
     out = stage.begin()
     rng = np.random.default_rng(cfg.seed)
     rows: list[dict[str, Any]] = []

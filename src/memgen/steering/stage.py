@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-from safetensors.numpy import load_file
 
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig, set_name
-from memgen.core.examples import Example, read_jsonl, read_labelled
+from memgen.core.examples import Example, read_split, read_test_answers
 from memgen.core.modeling import load_run_model, model_identity
-from memgen.core.neuron_set import NeuronSet
+from memgen.core.neuron_set import NeuronSet, read_scores
 from memgen.core.recorded import read_record
 from memgen.core.sites import SiteKind
 from memgen.core.stats import rates, rates_with_ci, summarise
@@ -219,9 +218,9 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
     for neuron_set in sets.values():
         neuron_set.check_compatible(model)
     stats = SiteStats.from_record(read_record(record.path), kind)
-    score = load_file(str(neurons.path / "scores.safetensors"))["score"]
-    labelled = read_labelled(behave.path / "test_outputs.jsonl")
-    trained = read_jsonl(data.path / "train.jsonl")
+    score = read_scores(neurons.path)["score"]
+    labelled = read_test_answers(behave.path)
+    trained = read_split(data.path, "train")
     bench = Bench(model, tokenizer, task, cfg, kind)
     out = stage.begin()
     rng = np.random.default_rng(cfg.seed)

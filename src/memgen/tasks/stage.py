@@ -13,7 +13,7 @@ from pathlib import Path
 
 from memgen.core.artifacts import Stage
 from memgen.core.config import RunConfig
-from memgen.core.examples import write_jsonl
+from memgen.core.examples import Example, Split, split_path, write_jsonl
 from memgen.pipeline import open_step
 from memgen.tasks.base import make_task
 
@@ -36,9 +36,9 @@ def run_data(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     train = task.train_set(cfg.data.n_train, cfg.seed)
     test = task.test_set(cfg.data.n_test, cfg.seed)
     dev = task.dev_set(cfg.data.n_dev, cfg.seed, test)
-    write_jsonl(out / "train.jsonl", train)
-    write_jsonl(out / "dev.jsonl", dev)
-    write_jsonl(out / "test.jsonl", test)
+    splits: dict[Split, list[Example]] = {"train": train, "dev": dev, "test": test}
+    for split, examples in splits.items():
+        write_jsonl(split_path(out, split), examples)
     kinds = Counter(str(ex.meta.get("kind", "plain")) for ex in train)
     summary = {
         "n_train": len(train),

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from memgen.core.artifacts import Stage, file_hash, write_json
 from memgen.core.config import RunConfig
 from memgen.core.device import resolve_device, resolve_dtype
-from memgen.core.examples import Example, read_jsonl
+from memgen.core.examples import Example, read_split
 from memgen.core.generation import encode_example
 from memgen.core.modeling import load_pretrained, scratch_gpt2
 from memgen.pipeline import open_step
@@ -94,9 +94,9 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
     cfg, stage = step.cfg, step.stage
     data = step.inputs["data"]
     task = make_task(cfg.task, cfg.data.options)
-    train_examples = read_jsonl(data.path / "train.jsonl")
-    dev_examples = read_jsonl(data.path / "dev.jsonl")
-    test_examples = read_jsonl(data.path / "test.jsonl")
+    train_examples = read_split(data.path, "train")
+    dev_examples = read_split(data.path, "dev")
+    test_examples = read_split(data.path, "test")
     out = stage.begin()
     if force:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
