@@ -32,7 +32,7 @@ BlockScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 SCORERS: Registry[Scorer] = Registry("neuron scorer")
 
 # Float64 working memory per block (bytes); large enough that numpy, not Python, dominates.
-_BLOCK_BYTES = 256 << 20
+_BLOCK_BYTES = 64 << 20
 
 
 def check_labels(y: np.ndarray, n_rows: int) -> np.ndarray:
