@@ -261,6 +261,22 @@ def test_every_stage_is_stale_after_a_change_upstream_and_says_so(own_run: Path)
     assert Stage(own_run, "steer").manifest() == before  # nothing changed in the run folder
 
 
+def test_a_run_folder_remembers_its_config(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    memgen = [sys.executable, "-m", "memgen"]
+    small = ["task=cipher", "data.n_test=30", "data.n_train=50", "data.n_dev=20"]
+    made = subprocess.run([*memgen, "data", "--run-dir", str(run), *small],
+                          capture_output=True, text=True)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert load_config(run / "config.yaml").task == "cipher"
+    again = subprocess.run([*memgen, "data", "--run-dir", str(run)], capture_output=True, text=True)
+    assert again.returncode == 0 and "data: up to date, skipped" in again.stderr, again.stderr
+    # Overrides apply on top of the remembered config.
+    more = subprocess.run([*memgen, "data", "--run-dir", str(run), "data.n_test=31"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert more.returncode == 0 and len(read_jsonl(run / "data" / "test.jsonl")) == 31
+
+
 def test_compare_a_run_with_its_copy(tiny_run: Path, tmp_path: Path) -> None:
     """The same weights: the neuron indices correspond, and every selection agrees exactly."""
     copy = shutil.copytree(tiny_run, tmp_path / "copy")

@@ -91,12 +91,27 @@ def _setup(
 ) -> tuple[RunConfig, Path]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _quiet_library_bars()
-    cfg = _load(config, overrides)
-    from memgen.pipeline import default_run_dir
+    from memgen.pipeline import RUN_CONFIG, default_run_dir
 
+    if config is None and run_dir is not None and (run_dir / RUN_CONFIG).is_file():
+        # A run folder remembers its config, so `memgen bound --run-dir runs/x` needs no
+        # --config; overrides still apply on top.
+        config = run_dir / RUN_CONFIG
+        logging.getLogger(__name__).info("config: %s", config)
+    cfg = _load(config, overrides)
     folder = run_dir or default_run_dir(cfg)
     _writable(folder)
     return cfg, folder
+
+
+def _remember(cfg: RunConfig, folder: Path) -> None:
+    """After a command succeeds: the config its outputs were made with, for the next one."""
+    from memgen.core.artifacts import write_text
+    from memgen.pipeline import RUN_CONFIG
+
+    header = "# The config this run's outputs were last made with; commands on this folder\n"
+    header += "# read it when given no --config (memgen.cli).\n"
+    write_text(folder / RUN_CONFIG, header + to_yaml(cfg))
 
 
 def _stage_command(name: str, summary: str) -> None:
@@ -110,6 +125,7 @@ def _stage_command(name: str, summary: str) -> None:
         from memgen.pipeline import run_stage
 
         stage = run_stage(name, folder, cfg, force=force)
+        _remember(cfg, folder)
         typer.echo(f"{name}: done -> {stage.path}")
 
     command.__doc__ = summary
@@ -135,6 +151,7 @@ def run(
     if until is not None and until not in RUN_ORDER:
         raise MemgenError(f"--until {until!r} is not a stage (stages: {', '.join(RUN_ORDER)})")
     run_all(folder, cfg, force=force, until=until)
+    _remember(cfg, folder)
     typer.echo(f"done: open {folder / 'report' / 'report.html'}")
 
 

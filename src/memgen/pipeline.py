@@ -32,6 +32,7 @@ from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
 
 log = logging.getLogger(__name__)
+RUN_CONFIG = "config.yaml"  # in a run folder: the config its outputs were last made with
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,13 @@ def write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write atomically, as `write_json`."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
