@@ -38,6 +38,7 @@ TINY = [
     "steer.alphas=[3]", "steer.n_prompts=40", "steer.n_side_effect=20", "steer.draws=2",
     "steer.sd_alphas=[1]", "steer.budgets=[4]", "steer.dense_alphas=[2]", "steer.fit_steps=20",
     "specificity.sizes=[0.05,0.1]", "specificity.budgets=[4]", "specificity.draws=2",
+    "behave.n_rule_check=100",
 ]  # fmt: skip
 
 
@@ -59,6 +60,10 @@ def test_results_follow_the_documented_schema(tiny_run: Path) -> None:
     assert set(results["behaviour"]["test_rates"]) == {"gen", "mem", "other"}
     assert sum(results["behaviour"]["test_rates"].values()) == pytest.approx(1.0)
     assert results["pairs"]["flipped"] >= 10
+    rule = results["behaviour"]["rule_following"]  # color: is gen the rule or a copy?
+    assert rule["n_prompts"] == 100 and 0 < rule["n"] <= 100 and 0 < rule["chance"] < 1
+    assert rule["ci"][0] <= rule["share"] <= rule["ci"][1]
+    assert results["splits"]["training"].startswith("dev")
     assert results["pairs"]["evaluated"] >= results["pairs"]["flipped"]
     layers = results["probe"]["per_layer"]
     assert {row["site"] for row in layers} == {"resid", "mlp"}

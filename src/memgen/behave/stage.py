@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from memgen.behave.pairs import mine_pairs, require_flips
+from memgen.behave.rule import rule_following
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
 from memgen.core.examples import PAIRS_FILE, TEST_ANSWERS_FILE, read_split
@@ -48,6 +49,14 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
     write_json(out / "rates.json", test_rates)
     log.info("behave: test rates %s", {k: round(v["rate"], 3) for k, v in test_rates.items()})
 
+    rule = None
+    checks = task.rule_check_set(cfg.behave.n_rule_check, cfg.seed)
+    if checks:  # tasks where a shortcut could pass for the rule (color)
+        answers = label_examples(model, tokenizer, task, checks, cfg.behave, chat=chat)
+        rule = rule_following(task, checks, [row.output for row in answers])
+        log.info("behave: rule following %.3f of %d context answers (chance %.3f)",
+                 rule["share"] or 0.0, rule["n"], rule["chance"] or 0.0)  # fmt: skip
+
     search = mine_pairs(
         model, tokenizer, task, task.pairs(cfg.seed), cfg.behave, chat=chat, progress=progress
     )
@@ -60,6 +69,7 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
     summary = {
         "test_rates": {k: v["rate"] for k, v in test_rates.items()},
         "test_rates_ci": test_rates,
+        "rule_following": rule,
         "pairs": {
             "evaluated": search.evaluated,
             "flipped": len(search.flipped),

@@ -88,6 +88,9 @@ class BehaveConfig(Section):
     target_flips: int = Field(600, ge=1, description="stop mining pairs at this many flips")
     max_pairs: int = Field(20_000, ge=1, description="give up after evaluating this many pairs")
     min_flips: int = Field(40, ge=2, description="fewer flips than this is an error")
+    n_rule_check: int = Field(
+        600, ge=1, description="prompts drawn the paper's way to check that gen is the rule"
+    )
 
     @model_validator(mode="after")
     def _reachable(self) -> BehaveConfig:

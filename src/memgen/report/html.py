@@ -166,6 +166,15 @@ def render(results: dict[str, Any], figures: dict[str, Path]) -> str:
             best_probe["accuracy"] >= 0.92,
         ),
     ]
+    rule = results["behaviour"].get("rule_following")
+    if rule and rule["n"]:
+        cards.insert(1, _card(
+            "gen is the rule?",
+            _pct(rule["share"]),
+            f"of {rule['n']} answers that repeat a colour the prompt states, the clue's "
+            f"(chance {_pct(rule['chance'])}; the paper's prompts, n={rule['n_prompts']})",
+            rule["share"] >= 0.9,
+        ))  # fmt: skip
     for label, row, target in (("steer mem → gen", m2g, "gen"), ("steer gen → mem", g2m, "mem")):
         if row:
             matched = row["controls"]["matched"]["target"]["mean"]

@@ -42,7 +42,11 @@ def collect(run_dir: Path, cfg: RunConfig, stages: list[str]) -> dict[str, Any]:
             "final": train.get("final"),
             "n_params": train.get("n_params"),
         },
-        "behaviour": {"test_rates": behave["test_rates"], "test_rates_ci": behave["test_rates_ci"]},
+        "behaviour": {
+            "test_rates": behave["test_rates"],
+            "test_rates_ci": behave["test_rates_ci"],
+            "rule_following": behave.get("rule_following"),
+        },
         "pairs": behave["pairs"],
         "neurons": neurons,
         "probe": {

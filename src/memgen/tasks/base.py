@@ -99,6 +99,19 @@ class Task(ABC):
             "lower data.n_dev or data.n_test"
         )
 
+    def rule_check_set(self, n: int, seed: int) -> list[Example]:
+        """Prompts on which to check that `gen` answers follow the rule, not a shortcut.
+
+        Empty for a task whose `gen` answer cannot be reached another way. `behave` labels
+        them and reports, among answers that repeat one of `stated_answers`, the share
+        that is the rule's (`results.json: behaviour.rule_following`).
+        """
+        return []
+
+    def stated_answers(self, example: Example) -> list[str]:
+        """The candidate answers a prompt states outright (distinct, lower case)."""
+        return []
+
     def pairs(self, seed: int) -> Iterator[tuple[Example, Example]]:
         """An endless, seeded stream of (example, twin) test pairs."""
         rng = random.Random(f"{self.name}-pairs-{seed}")

@@ -42,6 +42,7 @@ ROLES: tuple[str, ...] = (
 )  # fmt: skip
 QUESTION = "what color is {name} ?"
 REFERENCE_DISTRACTOR_RATE = 0.5
+_COLOR_SET = frozenset(COLORS)
 
 
 class ColorOptions(TaskOptions):
@@ -186,6 +187,22 @@ class ColorTask(Task):
 
     def test_example(self, rng: random.Random) -> Example:
         return self._memorized_prompt(rng, conflict=True, training=False)
+
+    def rule_check_set(self, n: int, seed: int) -> list[Example]:
+        """Test prompts drawn the paper's way: a filler name states a colour half the time.
+
+        Most then state several colours; a model that copies *a* colour from the context
+        picks the clue's (the rule's) only by chance. Whatever the training design.
+        """
+        options = self.options.model_copy(update={"distractor_rate": REFERENCE_DISTRACTOR_RATE})
+        task = ColorTask(options)
+        rng = random.Random(f"{self.name}-rule-check-{seed}")
+        return [task.test_example(rng) for _ in range(n)]
+
+    def stated_answers(self, example: Example) -> list[str]:
+        cut = example.prompt.index("what color is")
+        words = example.prompt[:cut].replace(" .", " ").split()
+        return list(dict.fromkeys(w.lower() for w in words if w in _COLOR_SET))
 
     def pair(self, example: Example, rng: random.Random) -> Example:
         """The same sentences in another order; the question stays last."""
