@@ -159,6 +159,8 @@ class _Undeclared:
         self._stage, self._section, self._allowed = stage, section, set(allowed)
 
     def __getattr__(self, key: str) -> NoReturn:
+        if key.startswith("__"):  # copy, pickle and friends probe for these: not a read
+            raise AttributeError(key)
         raise MemgenError(
             f"stage {self._stage!r} read {self._section}.{key}, which its entry in "
             "memgen.pipeline.STAGES does not declare; add it there"
