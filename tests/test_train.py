@@ -100,13 +100,17 @@ def test_stalled_counts_evaluations_since_an_eligible_best() -> None:
     assert stalled([*rising, *peak, _evaluation(40, 0.4, 0.55, 0.05), peak[0]], cfg)
     # While no checkpoint meets max_other, training goes on however long the best stands.
     assert not stalled([*rising, *rising, *rising], cfg)
+    # Before memory appears every evaluation scores 0: no patience yet (seed 2 of the
+    # cipher recipe stopped at step 325 with a gen-only model before this).
+    rule_only = [_evaluation(step, 0.95, 0.0, 0.05) for step in (100, 200, 300, 325)]
+    assert not stalled(rule_only, cfg)
     off = load_config(None, ["train.patience=null"]).train
     assert not stalled([*peak, *rising, *rising], off)
 
 
-def test_training_stops_early_and_a_rerun_does_not_train_on(tmp_path: Path) -> None:
-    # A learning rate of 1e-9 leaves the model as it started, so every evaluation ties
-    # the first and the run stops after `patience` more.
+def test_training_without_both_behaviours_does_not_stop_early(tmp_path: Path) -> None:
+    # A learning rate of 1e-9 leaves the model as it started: every evaluation ties the
+    # first at a score of 0 (no memory), so patience never starts and all steps run.
     overrides = [
         *(o for o in TINY if not o.startswith("train.steps")),
         "train.steps=60",
@@ -118,8 +122,9 @@ def test_training_stops_early_and_a_rerun_does_not_train_on(tmp_path: Path) -> N
     run_data(tmp_path, cfg)
     stage = run_train(tmp_path, cfg, progress=False)
     history = json.loads((stage.path / "history.json").read_text())
-    assert [row["step"] for row in history] == [10, 20, 30]
-    # Killed after stopping but before the manifest: the rerun resumes and stops at once.
+    assert [row["step"] for row in history] == [10, 20, 30, 40, 50, 60]
+    assert max(min(row["gen"], row["mem"]) for row in history) == 0
+    # Killed after finishing but before the manifest: the rerun resumes and stops at once.
     stage.manifest_path.unlink()
     run_train(tmp_path, cfg, progress=False)
     assert json.loads((stage.path / "history.json").read_text()) == history

@@ -62,7 +62,8 @@ def kept_index(history: Sequence[Evaluation], cfg: TrainConfig) -> int:
 
 
 def stalled(history: Sequence[Evaluation], cfg: TrainConfig) -> bool:
-    """Whether the kept checkpoint is eligible and `cfg.patience` evaluations have not beaten it.
+    """Whether the kept checkpoint shows both behaviours and `cfg.patience` evaluations
+    have not beaten it.
 
     The learning-rate schedule still spans `cfg.steps`, so stopping early keeps the same
     checkpoint a full run would have kept, unless a later evaluation would have beaten it.
@@ -70,8 +71,11 @@ def stalled(history: Sequence[Evaluation], cfg: TrainConfig) -> bool:
     if cfg.patience is None or not history:
         return False
     best_at = kept_index(history, cfg)
-    eligible, _ = history[best_at].score(cfg.select, cfg.max_other)
-    return eligible and len(history) - 1 - best_at >= cfg.patience
+    eligible, value = history[best_at].score(cfg.select, cfg.max_other)
+    # Patience counts from a checkpoint that shows both behaviours (a positive score):
+    # before memory appears every evaluation ties at 0, and stopping there keeps a
+    # model that only generalizes.
+    return eligible and value > 0 and len(history) - 1 - best_at >= cfg.patience
 
 
 def evaluation_due(step: int, history: Sequence[Evaluation], cfg: TrainConfig) -> bool:
