@@ -4,8 +4,8 @@
     python benchmarks/vs_reference.py --family llama --layers 8 --width 256 --device cuda
 
 Each comparison does the same work both ways in one process, on the same inputs, checks
-that the outputs agree, and reports reference seconds / memgen seconds (median over
-alternating repeats; the machines are shared and noisy):
+that the outputs agree, and reports the speed-up, reference seconds / memgen seconds
+(`loop_s` / `batched_s`, median over alternating repeats; the machines are shared):
 
   * neuron scores: `scipy.stats.pearsonr` once per neuron, in a Python loop (as the
     official code scores neurons) vs memgen's vectorised `pearson` scorer;
@@ -24,19 +24,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from overhead import add_model_arguments, build, random_neuron_set  # type: ignore[import-not-found]
 from scipy import stats
+from steer_batching import paired  # type: ignore[import-not-found]
 
 from memgen.core.generation import encode_prompt, generate
 from memgen.core.neuron_set import NeuronSet
@@ -46,26 +44,6 @@ from memgen.steering.api import steer
 from memgen.steering.methods import sign_of
 from memgen.tasks import make_task
 from memgen.tasks.tokenizer import build_tokenizer
-
-
-def timed_pair(reference: Callable[[], object], ours: Callable[[], object], repeats: int) -> dict:
-    """Alternate the two; the median ratio is robust to a neighbour's load spike."""
-    ratios, ref_s, our_s = [], [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        reference()
-        t1 = time.perf_counter()
-        ours()
-        t2 = time.perf_counter()
-        ref_s.append(t1 - t0)
-        our_s.append(t2 - t1)
-        ratios.append((t1 - t0) / (t2 - t1))
-    return {
-        "speedup_median": statistics.median(ratios),
-        "reference_s": statistics.median(ref_s),
-        "memgen_s": statistics.median(our_s),
-        "repeats": repeats,
-    }
 
 
 def scores_loop(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -84,7 +62,7 @@ def compare_scores(pairs: int, layers: int, width: int, repeats: int) -> dict:
     x[y == 1, :, : width // 10] += 0.3  # some neurons lean memorization
     ours = score("pearson", x, y)
     max_diff = float(np.abs(scores_loop(x, y) - ours).max())
-    result = timed_pair(lambda: scores_loop(x, y), lambda: score("pearson", x, y), repeats)
+    result = paired(lambda: scores_loop(x, y), lambda: score("pearson", x, y), repeats)
     return result | {"rows": 2 * pairs, "neurons": layers * width, "max_abs_diff": max_diff}
 
 
@@ -121,7 +99,7 @@ def compare_steering(model, tokenizer, prompts, neurons, new_tokens, repeats) ->
             return generate(model, tokenizer, prompts, max_new_tokens=new_tokens, batch_size=128)
 
     same = sum(a == b for a, b in zip(reference(), ours(), strict=True))
-    result = timed_pair(reference, ours, repeats)
+    result = paired(reference, ours, repeats)
     return result | {"prompts": len(prompts), "same_output": same, "selected": len(neurons)}
 
 
@@ -142,7 +120,7 @@ def compare_recording(model, tokenizer, prompts, repeats) -> dict:
         return record_last_token(model, tokenizer, prompts, ["resid"], False, 128)["resid"]
 
     max_diff = float(np.abs(reference() - ours()[:, :-1]).max())
-    result = timed_pair(reference, ours, repeats)
+    result = paired(reference, ours, repeats)
     return result | {"prompts": len(prompts), "max_abs_diff": max_diff}
 
 
