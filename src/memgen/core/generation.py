@@ -11,7 +11,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from memgen.core.config import BehaveConfig
 from memgen.core.examples import Behaviour, Example, Labelled
 
 
@@ -186,6 +185,19 @@ def generate_batch(
     return texts
 
 
+class Decoding(Protocol):
+    """How to generate answers: `behave`'s config section, or training's `Decoder`."""
+
+    @property
+    def num_beams(self) -> int: ...  # 1 = greedy
+
+    @property
+    def max_new_tokens(self) -> int: ...  # 0 = the task's own budget
+
+    @property
+    def batch_size(self) -> int: ...
+
+
 class Labeller(Protocol):
     """What `label_examples` needs of a task: its answer budget and its labeller."""
 
@@ -200,18 +212,19 @@ def label_examples(
     tokenizer: PreTrainedTokenizerBase,
     task: Labeller,
     examples: Sequence[Example],
-    cfg: BehaveConfig,
+    decoding: Decoding,
     *,
     chat: bool,
     progress: bool = False,
 ) -> list[Labelled]:
+    """Generate each prompt's answer as `decoding` says and label it with the task's labeller."""
     outputs = generate(
         model,
         tokenizer,
         [ex.prompt for ex in examples],
-        max_new_tokens=cfg.max_new_tokens or task.max_new_tokens,
-        num_beams=cfg.num_beams,
-        batch_size=cfg.batch_size,
+        max_new_tokens=decoding.max_new_tokens or task.max_new_tokens,
+        num_beams=decoding.num_beams,
+        batch_size=decoding.batch_size,
         chat=chat,
         progress=progress,
     )

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.config import TrainConfig
 from memgen.core.examples import Example
-from memgen.core.generation import encode_example, generate, pad_id_of
+from memgen.core.generation import encode_example, label_examples, pad_id_of
 from memgen.core.modeling import unwrap
 from memgen.core.stats import rates
 from memgen.tasks.base import Task
@@ -49,10 +49,11 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class Decoder:
-    """How evaluation generates: beams (1 = greedy) and a token cap (0 = the task's own)."""
+    """How evaluation generates: beams (1 = greedy), a token cap (0 = the task's own), rows."""
 
     num_beams: int = 1
     max_new_tokens: int = 0
+    batch_size: int = 256
 
 
 def kept_index(history: Sequence[Evaluation], cfg: TrainConfig) -> int:
@@ -149,18 +150,9 @@ def evaluate(
     examples: Sequence[Example],
     chat: bool,
     decoder: Decoder,
-    batch_size: int = 256,
 ) -> dict[str, float]:
-    outputs = generate(
-        model,
-        tokenizer,
-        [ex.prompt for ex in examples],
-        max_new_tokens=decoder.max_new_tokens or task.max_new_tokens,
-        num_beams=decoder.num_beams,
-        batch_size=batch_size,
-        chat=chat,
-    )
-    return rates(task.label(ex, out) for ex, out in zip(examples, outputs, strict=True))
+    labelled = label_examples(model, tokenizer, task, examples, decoder, chat=chat)
+    return rates(row.label for row in labelled)
 
 
 def train(
