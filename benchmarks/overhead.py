@@ -16,6 +16,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from memgen.core.modeling import model_identity
 from memgen.core.neuron_set import NeuronSet
 from memgen.core.sites import all_sites, n_layers, site_width
 from memgen.steering.api import steer
-from memgen.tasks import make_task
+from memgen.tasks import Task, make_task
 from memgen.tasks.tokenizer import build_tokenizer
 
 
@@ -97,28 +98,36 @@ def paired_ratio(
     }
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The random model a benchmark builds: --family, --layers, --width, --device."""
+def model_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's parser with the random model it builds: --family, --layers, --width,
+    --device (`color_model` builds it)."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--family", choices=["gpt2", "llama"], default="gpt2")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--device", default="cpu")
+    return parser
+
+
+def color_model(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, Task]:
+    """The color task, its tokenizer and a seeded random model of the size `args` asks."""
+    torch.manual_seed(0)
+    task = make_task("color")
+    tokenizer = build_tokenizer(task.tokenizer_spec())
+    model = build(args.family, args.layers, args.width, len(tokenizer)).to(args.device).eval()
+    return model, tokenizer, task
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_model_arguments(parser)
+    parser = model_parser(__doc__)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    task = make_task("color")
-    tokenizer = build_tokenizer(task.tokenizer_spec())
-    model = build(args.family, args.layers, args.width, len(tokenizer)).to(args.device).eval()
+    model, tokenizer, task = color_model(args)
     prompts = [ex.prompt for ex in task.test_set(args.batch, seed=0)]
     neurons = random_neuron_set(model, 0.10, seed=0)
 

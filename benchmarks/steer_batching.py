@@ -13,21 +13,18 @@ Timings alternate the two ways and report the median ratio over repeats.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from overhead import add_model_arguments, build, paired_ratio  # type: ignore[import-not-found]
+from overhead import color_model, model_parser, paired_ratio  # type: ignore[import-not-found]
 
 from memgen.core.generation import generate
 from memgen.core.modeling import model_identity
 from memgen.steering.api import steer
 from memgen.steering.saved import Steering
 from memgen.steering.shifts import fit_shifts, generate_shifted
-from memgen.tasks import make_task
-from memgen.tasks.tokenizer import build_tokenizer
 
 
 def paired(loop: Callable[[], object], batched: Callable[[], object], repeats: int) -> dict:
@@ -38,10 +35,7 @@ def paired(loop: Callable[[], object], batched: Callable[[], object], repeats: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_model_arguments(parser)
+    parser = model_parser(__doc__)
     parser.add_argument("--shifts", type=int, default=12)
     parser.add_argument("--prompts", type=int, default=100)
     parser.add_argument("--new-tokens", type=int, default=4)
@@ -50,10 +44,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    task = make_task("color")
-    tokenizer = build_tokenizer(task.tokenizer_spec())
-    model = build(args.family, args.layers, args.width, len(tokenizer)).to(args.device).eval()
+    model, tokenizer, task = color_model(args)
     examples = task.test_set(args.prompts, seed=0)
     prompts = [ex.prompt for ex in examples]
     rng = np.random.default_rng(0)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from overhead import add_model_arguments, build, random_neuron_set  # type: ignore[import-not-found]
+from overhead import color_model, model_parser, random_neuron_set  # type: ignore[import-not-found]
 from scipy import stats
 from steer_batching import paired  # type: ignore[import-not-found]
 
@@ -42,8 +42,6 @@ from memgen.neurons.scores import score
 from memgen.record.stage import allocate, record_last_token
 from memgen.steering.api import steer
 from memgen.steering.methods import sign_of
-from memgen.tasks import make_task
-from memgen.tasks.tokenizer import build_tokenizer
 
 
 def scores_loop(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -158,7 +156,7 @@ class PeakAnonymous:
 
 def memory_child(args: argparse.Namespace) -> None:
     """In a fresh process: record `--pairs` pairs into memory-mapped arrays, then score them."""
-    model, tokenizer, task = setup(args)
+    model, tokenizer, task = color_model(args)
     prompts = [ex.prompt for ex in task.test_set(2 * args.pairs, seed=1)]
     labels = np.tile([1, 0], args.pairs)
     with tempfile.TemporaryDirectory() as folder:
@@ -194,19 +192,8 @@ def memory_curve(args: argparse.Namespace, sizes: list[int]) -> list[dict]:
     return rows
 
 
-def setup(args: argparse.Namespace):
-    torch.manual_seed(0)
-    task = make_task("color")
-    tokenizer = build_tokenizer(task.tokenizer_spec())
-    model = build(args.family, args.layers, args.width, len(tokenizer)).to(args.device).eval()
-    return model, tokenizer, task
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_model_arguments(parser)
+    parser = model_parser(__doc__)
     parser.add_argument("--prompts", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=600, help="rows / 2 for the scores")
@@ -220,7 +207,7 @@ def main() -> None:
         memory_child(args)
         return
 
-    model, tokenizer, task = setup(args)
+    model, tokenizer, task = color_model(args)
     prompts = [ex.prompt for ex in task.test_set(args.prompts, seed=0)]
     neurons = random_neuron_set(model, 0.10, seed=0)
     results = {
