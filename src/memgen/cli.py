@@ -7,6 +7,7 @@ Every command takes `--config FILE.yaml`, `--run-dir DIR` and `key=value` overri
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -89,7 +90,13 @@ def _quiet_library_bars() -> None:
 def _setup(
     config: Path | None, overrides: list[str] | None, run_dir: Path | None
 ) -> tuple[RunConfig, Path]:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from memgen.core import distributed
+
+    main = distributed.is_main()
+    # Under a launcher the main process speaks for all: the others log warnings only.
+    logging.basicConfig(level=logging.INFO if main else logging.WARNING, format="%(message)s")
+    if not main:
+        os.environ["TQDM_DISABLE"] = "1"
     _quiet_library_bars()
     from memgen.pipeline import RUN_CONFIG, default_run_dir
 
@@ -100,18 +107,23 @@ def _setup(
         logging.getLogger(__name__).info("config: %s", config)
     cfg = _load(config, overrides)
     folder = run_dir or default_run_dir(cfg)
-    _writable(folder)
+    if main:
+        _writable(folder)
     return cfg, folder
 
 
-def _remember(cfg: RunConfig, folder: Path) -> None:
+def _remember(cfg: RunConfig, folder: Path) -> bool:
     """After a command succeeds: the config its outputs were made with, for the next one."""
+    from memgen.core import distributed
     from memgen.core.artifacts import write_text
     from memgen.pipeline import RUN_CONFIG
 
+    if not distributed.is_main():
+        return False  # the main process writes the folder and speaks for all
     header = "# The config this run's outputs were last made with; commands on this folder\n"
     header += "# read it when given no --config (memgen.cli).\n"
     write_text(folder / RUN_CONFIG, header + to_yaml(cfg))
+    return True
 
 
 def _stage_command(name: str, summary: str) -> None:
@@ -125,8 +137,8 @@ def _stage_command(name: str, summary: str) -> None:
         from memgen.pipeline import run_stage
 
         stage = run_stage(name, folder, cfg, force=force)
-        _remember(cfg, folder)
-        typer.echo(f"{name}: done -> {stage.path}")
+        if _remember(cfg, folder):
+            typer.echo(f"{name}: done -> {stage.path}")
 
     command.__doc__ = summary
     app.command(name)(command)
@@ -151,8 +163,8 @@ def run(
     if until is not None and until not in RUN_ORDER:
         raise MemgenError(f"--until {until!r} is not a stage (stages: {', '.join(RUN_ORDER)})")
     run_all(folder, cfg, force=force, until=until)
-    _remember(cfg, folder)
-    typer.echo(f"done: open {folder / 'report' / 'report.html'}")
+    if _remember(cfg, folder):
+        typer.echo(f"done: open {folder / 'report' / 'report.html'}")
 
 
 @app.command()

@@ -27,6 +27,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, NoReturn
 
+from memgen.core import distributed
 from memgen.core.artifacts import Stage
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
@@ -50,6 +51,9 @@ class StageSpec:
     optional: tuple[str, ...] = field(default=())  # read when finished and current
     # Figures the report shows: report name -> file in this stage's folder.
     figures: Mapping[str, str] = field(default_factory=dict)
+    # True: under a launcher every process runs it, each taking a share of the batches
+    # (memgen.core.distributed); False: the main process runs it while the others wait.
+    parallel: bool = False
 
 
 # What `specificity` reads of `steer`: the prompt split and how shifts are fitted.
@@ -62,11 +66,12 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("train", "memgen.train.stage:run_train", ("data",),
               ("train", "behave.num_beams", "behave.max_new_tokens"),
               "Train GPT-2 from scratch, or LoRA-tune train.model; resumes if killed.",
-              extra="memgen.train.stage:base_identity_of", figures={"curve": "curve.png"}),
+              extra="memgen.train.stage:base_identity_of", figures={"curve": "curve.png"},
+              parallel=True),
     StageSpec("behave", "memgen.behave.stage:run_behave", ("data", "train"), ("behave",),
-              "Label test answers (mem/gen/other) and mine flipped pairs."),
+              "Label test answers (mem/gen/other) and mine flipped pairs.", parallel=True),
     StageSpec("record", "memgen.record.stage:run_record", ("train", "behave"), ("record",),
-              "Record last-token activations of flipped pairs at every layer."),
+              "Record last-token activations of flipped pairs at every layer.", parallel=True),
     StageSpec("neurons", "memgen.neurons.stage:run_neurons", ("record",), ("neurons",),
               "Score neurons (NMD, correlation) and select the top-N% sets.",
               figures={"nmd": "nmd_sorted.png", "share": "layer_share.png"}),
@@ -76,11 +81,11 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("steer", "memgen.steering.stage:run_steer",
               ("data", "train", "behave", "record", "neurons"), ("steer",),
               "Tune each steering method on one split, report it held out, with controls.",
-              figures={"steering": "steering.png"}),
+              figures={"steering": "steering.png"}, parallel=True),
     StageSpec("specificity", "memgen.steering.specificity:run_specificity",
               ("train", "behave", "record"), ("specificity", *STEER_FIELDS),
               "Fitted steering on top-N% vs as many random neurons, over set size.",
-              figures={"specificity": "specificity.png"}),
+              figures={"specificity": "specificity.png"}, parallel=True),
     StageSpec("report", "memgen.report.stage:run_report",
               ("train", "behave", "neurons", "probe", "steer", "specificity"), (),
               "Write results.json, figures and a self-contained report.html.",
@@ -88,10 +93,10 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("bound", "memgen.steering.bound:run_bound", ("train", "behave", "record"),
               ("bound", "steer.batch_size"),
               "Fit the best shared shift per layer: how far could any steering go?",
-              in_run=False),
+              in_run=False, parallel=True),
     StageSpec("ablate", "memgen.steering.ablate:run_ablate", ("train", "behave"), ("ablate",),
               "Knock out (or scale) each attention and MLP layer: where is it decided?",
-              in_run=False, figures={"ablation": "ablate.png"}),
+              in_run=False, figures={"ablation": "ablate.png"}, parallel=True),
 )  # fmt: skip
 SPECS: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}
 RUN_ORDER: tuple[str, ...] = tuple(spec.name for spec in STAGES if spec.in_run)
@@ -243,6 +248,8 @@ def open_step(run_dir: Path, name: str, cfg: RunConfig, force: bool) -> Step | N
     stage = Stage(run_dir, name)
     if stage.up_to_date(config, list(inputs.values()), force):
         return None
+    if not distributed.is_main():  # the main process alone writes the run folder
+        stage = Stage(distributed.scratch(), name)
     return Step(stage, inputs, config, declared(name, cfg))
 
 
@@ -253,8 +260,14 @@ def default_run_dir(cfg: RunConfig) -> Path:
 def run_stage(name: str, run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     import memgen.tasks  # noqa: F401  (registers the tasks)
 
-    started = time.perf_counter()
-    stage: Stage = _function(spec_of(name).run)(run_dir, cfg, force=force)
+    spec, started = spec_of(name), time.perf_counter()
+    stage = Stage(run_dir, name)
+    if spec.parallel or distributed.world_size() == 1:
+        stage = _function(spec.run)(run_dir, cfg, force=force)
+    elif distributed.is_main():
+        with distributed.solo():
+            stage = _function(spec.run)(run_dir, cfg, force=force)
+    distributed.barrier()  # its files are written before any process reads them
     log.info("%s: %.1f s", name, time.perf_counter() - started)
     return stage
 

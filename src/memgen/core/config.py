@@ -74,6 +74,8 @@ class TrainConfig(Section):
     use_chat_template: bool = True
     trust_remote_code: bool = False
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Autocast through accelerate, weights kept in `dtype` (float32 for scratch GPT-2).
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
     @property
     def chat(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from memgen.core import distributed
 from memgen.core.errors import MemgenError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -12,7 +13,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return _launched(torch.device("cuda"))
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -24,6 +25,13 @@ def resolve_device(name: str) -> torch.device:
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MemgenError(f"device {name!r} asked for, but CUDA is not available; use device=cpu")
+    return _launched(device)
+
+
+def _launched(device: torch.device) -> torch.device:
+    """Under a launcher, process k of a node takes GPU k (`cuda` names no index)."""
+    if device.type == "cuda" and device.index is None and distributed.world_size() > 1:
+        return torch.device("cuda", distributed.local_rank())
     return device
 
 

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from memgen.core import distributed
 from memgen.core.examples import Behaviour, Example, Labelled
 
 
@@ -152,8 +153,13 @@ def generate(
         desc="generate",
         progress=progress,
     )
-    for rows, ids, mask in batches:
-        texts = generate_batch(model, tokenizer, ids, mask, max_new_tokens, num_beams)
+
+    def answer(batch: tuple[list[int], torch.Tensor, torch.Tensor]) -> tuple[list[int], list[str]]:
+        rows, ids, mask = batch
+        return rows, generate_batch(model, tokenizer, ids, mask, max_new_tokens, num_beams)
+
+    # Under a launcher each process answers every Nth batch and all receive every answer.
+    for rows, texts in distributed.parallel_map(answer, batches):
         for row, text in zip(rows, texts, strict=True):
             outputs[row] = text
     return outputs

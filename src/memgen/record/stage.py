@@ -22,6 +22,7 @@ import torch
 from numpy.lib.format import open_memmap
 from transformers import PreTrainedTokenizerBase
 
+from memgen.core import distributed
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
@@ -84,15 +85,27 @@ def record_last_token(
     # The transformer without its LM head: full-vocabulary logits for every token would be
     # [batch, seq, vocab] floats (GBs at 128k vocabularies) that nothing here reads.
     body = unwrap(model).base_model
+
+    def activations(
+        batch: tuple[list[int], torch.Tensor, torch.Tensor],
+    ) -> tuple[list[int], dict[str, np.ndarray]]:
+        rows, ids, mask = batch
+        rec.clear()
+        body(input_ids=ids, attention_mask=mask, position_ids=left_padded_positions(mask),
+             use_cache=False)  # fmt: skip
+        # [n_layers, batch, width] -> [batch, n_layers, width] in one transfer per kind.
+        return rows, {
+            kind: torch.stack([rec[site] for site in sites if site.kind == kind])
+            .transpose(0, 1).float().cpu().numpy()
+            for kind in kinds
+        }  # fmt: skip
+
     with record(model, sites) as rec:
-        for rows, ids, mask in batches:
-            positions = left_padded_positions(mask)
-            rec.clear()
-            body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        # Under a launcher each process records every Nth batch and sends it to the main
+        # process, which writes it: the arrays are filled there alone.
+        for rows, found in distributed.parallel_map(activations, batches, to_main=True):
             for kind in kinds:
-                # [n_layers, batch, width] -> [batch, n_layers, width] in one transfer.
-                stacked = torch.stack([rec[site] for site in sites if site.kind == kind])
-                arrays[kind][rows] = stacked.transpose(0, 1).float().cpu().numpy()
+                arrays[kind][rows] = found[kind]
     return arrays
 
 
@@ -127,6 +140,8 @@ def run_record(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
         out=arrays,
         progress=progress,
     )
+    if not distributed.is_main():
+        return stage  # its batches went to the main process, which writes the record
     readout = None
     if "resid" in arrays and pairs.answers is not None:
         mem_ids, gen_ids = (first_tokens(tokenizer, answers) for answers in pairs.answers)

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from memgen.core import distributed
 from memgen.core.errors import MemgenError
 from memgen.core.generation import (
     encode_prompt,
@@ -111,13 +112,19 @@ def generate_shifted(
     table = torch.as_tensor(np.asarray(shifts, dtype=np.float32), device=device)
     outputs = [[""] * len(prompts) for _ in range(len(shifts))]
     shifter = RowShifts(kind, steered_layers(shifts), position)
-    starts = range(0, len(items), batch_size)
+    chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
+
+    def answer(chunk: list[tuple[int, int]]) -> list[str]:
+        ids, mask = pad_left([encoded[i] for _, i in chunk], pad_id_of(tokenizer), device)
+        shifter.rows = table[[k for k, _ in chunk]]
+        return generate_batch(model, tokenizer, ids, mask, max_new_tokens, num_beams)
+
     with shifter.attached(model):
-        for start in tqdm(starts, desc=desc, disable=None, leave=False):
-            chunk = items[start : start + batch_size]
-            ids, mask = pad_left([encoded[i] for _, i in chunk], pad_id_of(tokenizer), device)
-            shifter.rows = table[[k for k, _ in chunk]]
-            texts = generate_batch(model, tokenizer, ids, mask, max_new_tokens, num_beams)
+        # Under a launcher each process answers every Nth chunk; all receive every answer.
+        answered = distributed.parallel_map(answer, chunks)
+        rounds = zip(chunks, answered, strict=True)
+        bar = tqdm(rounds, total=len(chunks), desc=desc, disable=None, leave=False)
+        for chunk, texts in bar:
             for (k, i), text in zip(chunk, texts, strict=True):
                 outputs[k][i] = text
     return outputs
@@ -147,16 +154,20 @@ def next_token_kl(
     per_call = max(1, batch_size // groups)
     total = torch.zeros(len(shifts), dtype=torch.float64)
     shifter = RowShifts(kind, steered_layers(shifts), "last")
+
+    def kl_sums(chunk: list[list[int]]) -> torch.Tensor:
+        ids, mask = pad_left(chunk, pad_id_of(tokenizer), device)
+        per_row = table.repeat(len(chunk), 1, 1)  # prompt-major, as the logits
+        logits = steered_last_logits(model, shifter, ids, mask, per_row)
+        logp = torch.log_softmax(logits, dim=-1).view(len(chunk), groups, -1)
+        base = logp[:, :1]
+        kl = (base.exp() * (base - logp[:, 1:])).sum(-1)  # [chunk, K]
+        return kl.sum(0).double().cpu()
+
+    chunks = [encoded[start : start + per_call] for start in range(0, len(prompts), per_call)]
     with shifter.attached(model):
-        for start in range(0, len(prompts), per_call):
-            chunk = encoded[start : start + per_call]
-            ids, mask = pad_left(chunk, pad_id_of(tokenizer), device)
-            per_row = table.repeat(len(chunk), 1, 1)  # prompt-major, as the logits
-            logits = steered_last_logits(model, shifter, ids, mask, per_row)
-            logp = torch.log_softmax(logits, dim=-1).view(len(chunk), groups, -1)
-            base = logp[:, :1]
-            kl = (base.exp() * (base - logp[:, 1:])).sum(-1)  # [chunk, K]
-            total += kl.sum(0).double().cpu()
+        for part in distributed.parallel_map(kl_sums, chunks):
+            total += part
     result: np.ndarray = (total / len(prompts)).numpy()
     return result
 
@@ -307,4 +318,6 @@ def fit_shifts(
         for parameter in frozen:
             parameter.requires_grad_(True)
     shifts: np.ndarray = fitted.cpu().numpy().astype(np.float64)
-    return shifts, (hits / len(prompts)).numpy()
+    # Every process fits the same shifts from the same draws; they take the main one's, so
+    # an ulp of summation order cannot make the processes steer with different values.
+    return distributed.from_main((shifts, (hits / len(prompts)).numpy()))

@@ -7,10 +7,19 @@ checkpoint that shows both behaviours best; with `patience` it stops once that
 checkpoint has gone unbeaten for that many evaluations. Batches and dropout are drawn from
 (seed, step), and the checkpoint holds weights, AdamW moments and history, so a
 killed run resumes to bit-identical results.
+
+The loop runs through `accelerate.Accelerator`: one process as plain PyTorch, or under
+`accelerate launch` data-parallel, each process taking every Nth row of each
+micro-batch. The loss is summed over a process's answer tokens and divided by the whole
+micro-batch's count, so the averaged gradient is the one-process gradient (up to float
+summation order); dropout masks are drawn per process, so with dropout the runs differ
+as two seeds do. Evaluation splits the dev prompts across the processes too, so every
+process keeps the same history, and the main one alone writes checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -19,13 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from memgen.core import distributed
 from memgen.core.config import TrainConfig
+from memgen.core.errors import MemgenError
 from memgen.core.examples import Example
 from memgen.core.generation import encode_example, label_examples, pad_id_of
-from memgen.core.modeling import unwrap
 from memgen.core.stats import rates
 from memgen.tasks.base import Task
 from memgen.train import checkpoint
@@ -143,6 +155,34 @@ def _batch_indices(
     return out
 
 
+def _summed_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy summed over the answer tokens (each position predicts the next)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"
+    )
+
+
+def _n_targets(labels: list[int]) -> int:
+    """Tokens the causal LM loss scores: labels after the first (it predicts the next)."""
+    return sum(1 for label in labels[1:] if label != -100)
+
+
+def _accelerator(cfg: TrainConfig, device: torch.device) -> Accelerator:
+    """The launcher's processes (or one), with the config's mixed precision.
+
+    memgen places the model itself (`resolve_device`), so an explicit `cuda:1` holds.
+    accelerate keeps its settings for the life of a process; a lone process (a notebook,
+    the tests) that trains again with other settings starts them afresh.
+    """
+    if distributed.world_size() == 1:
+        AcceleratorState._reset_state()
+    return Accelerator(
+        cpu=device.type == "cpu", mixed_precision=cfg.mixed_precision, device_placement=False
+    )
+
+
 def evaluate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -177,11 +217,7 @@ def train(
     Resumes from `out_dir/checkpoints/last` when it exists.
     """
     device = next(model.parameters()).device
-    # transformers picks the loss from the head's class name, and GPT-2's (GPT2LMHeadModel)
-    # names none: it warns "unrecognized" and falls back to the causal LM loss. Name it.
-    head = unwrap(model)
-    if getattr(head, "loss_type", None) is None:
-        head.loss_type = "ForCausalLM"
+    accelerator = _accelerator(cfg, device)
     chat = cfg.chat
     decoder = decoder or Decoder()
     encoded = [encode_example(tokenizer, ex, chat, cfg.loss_on) for ex in train_examples]
@@ -202,6 +238,14 @@ def train(
         history = [Evaluation(**row) for row in meta["history"]]
         log.info("resuming from step %d (%s)", start, last)
     best = max((e.score(cfg.select, cfg.max_other) for e in history), default=None)
+    if cfg.batch_size < distributed.world_size():
+        raise MemgenError(
+            f"train.batch_size {cfg.batch_size} is below the {distributed.world_size()} "
+            "processes launched; each needs at least one row: raise it or launch fewer"
+        )
+    plain = model  # what is evaluated and saved: never the data-parallel wrapper
+    model, optimizer = accelerator.prepare(model, optimizer)
+    processes, me = distributed.world_size(), distributed.rank()
 
     if stalled(history, cfg):
         start = cfg.steps  # killed after stopping early: nothing left to do
@@ -221,26 +265,35 @@ def train(
         total = 0.0
         for micro in range(cfg.grad_accum):
             rows = _batch_indices(len(encoded), cfg.batch_size, step, micro, cfg.grad_accum, seed)
-            loss = model(**_batch(encoded, rows, pad_id, device)).loss / cfg.grad_accum
-            loss.backward()
-            total += float(loss.detach())
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            batch = _batch(encoded, rows[me::processes], pad_id, device)
+            # Mean over the whole micro-batch's answer tokens, whichever process has them.
+            tokens = sum(_n_targets(encoded[i][1]) for i in rows)
+            syncing = micro == cfg.grad_accum - 1  # all-reduce gradients once per step
+            with accelerator.no_sync(model) if not syncing else contextlib.nullcontext():
+                # Data-parallel averages gradients over processes; times N undoes that.
+                loss = _summed_loss(model, batch) / tokens * processes
+                accelerator.backward(loss / cfg.grad_accum)
+            total += float(loss.detach()) / processes / cfg.grad_accum
+        accelerator.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        total = distributed.all_sum(total) if processes > 1 else total
         running = total if math.isnan(running) else 0.95 * running + 0.05 * total
         done = step + 1
         if evaluation_due(done, history, cfg):
-            shares = evaluate(model, tokenizer, task, dev_examples, chat, decoder)
+            shares = evaluate(plain, tokenizer, task, dev_examples, chat, decoder)
             model.train()
             record = Evaluation(step=done, loss=running, **shares)
             history.append(record)
             score = record.score(cfg.select, cfg.max_other)
-            if best is None or score > best:
-                best = score
-                save_best(model)
-            checkpoint.save(
-                last, model, optimizer, {"step": done, "history": [vars(e) for e in history]}
-            )
+            improved = best is None or score > best
+            best = score if improved else best
+            if accelerator.is_main_process:
+                if improved:
+                    save_best(plain)
+                meta = {"step": done, "history": [vars(e) for e in history]}
+                checkpoint.save(last, plain, optimizer, meta)
+            accelerator.wait_for_everyone()
             bar.set_postfix(
                 loss=f"{running:.3f}",
                 gen=f"{record.gen:.2f}",

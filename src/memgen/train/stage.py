@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from memgen.core import distributed
 from memgen.core.artifacts import Stage, file_hash, write_json
 from memgen.core.config import RunConfig
 from memgen.core.device import resolve_device, resolve_dtype
@@ -98,8 +99,12 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
     dev_examples = read_split(data.path, "dev")
     test_examples = read_split(data.path, "test")
     out = stage.begin()
-    if force:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    # The run folder's checkpoints, in every process: all resume from the step the main
+    # process saved (the others write their own files to a scratch folder).
+    state_dir = run_dir / "train"
+    if force and distributed.is_main():
+        shutil.rmtree(state_dir / "checkpoints", ignore_errors=True)
+    distributed.barrier()
     device = resolve_device(cfg.device)
     model, tokenizer = build_model(cfg, task, train_examples + dev_examples + test_examples, device)
     best_dir = out / "model"
@@ -120,7 +125,7 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
         dev_examples,
         cfg.train,
         seed=cfg.seed,
-        out_dir=out,
+        out_dir=state_dir,
         save_best=save_best,
         decoder=decoder_of(cfg),
         progress=progress,
