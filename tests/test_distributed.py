@@ -57,8 +57,12 @@ def one_and_two(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_two_processes_make_the_run_one_process_makes(one_and_two: tuple[Path, Path]) -> None:
     one, two = one_and_two
-    # Training: same history (kept step, dev rates, loss), so the same kept checkpoint.
-    assert (one / "train/history.json").read_text() == (two / "train/history.json").read_text()
+    # Training: the same evaluations, so the same kept checkpoint. The gradient is summed
+    # per process and then across them, so the loss may differ in its last bits.
+    histories = [json.loads((run / "train/history.json").read_text()) for run in one_and_two]
+    losses = [[row.pop("loss") for row in history] for history in histories]
+    assert histories[0] == histories[1]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
     # Behaviour: same generated answers and labels, same flipped pairs.
     for name in ("behave/test_outputs.jsonl", "behave/pairs.jsonl"):
         assert (one / name).read_text() == (two / name).read_text(), name

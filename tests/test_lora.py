@@ -158,3 +158,35 @@ def test_a_corrupt_adapter_config_is_a_one_line_error(tmp_path: Path) -> None:
     (folder / "adapter_config.json").write_text("{not json")
     with pytest.raises(MemgenError, match="not valid JSON"):
         load_trained(folder)
+
+
+def test_device_map_places_the_base_and_trains_through_it(tmp_path: Path) -> None:
+    """`train.device_map` loads the base with transformers' placement (all on the CPU
+    here; over the GPUs where there are several, untested without them) and trains and
+    reloads through it."""
+    base_dir = _save_base("llama", tmp_path / "base")
+    cfg = load_config(
+        None, [f"train.model={base_dir}", "train.device_map=auto", "train.dtype=float32", *TINY]
+    )
+    run_data(tmp_path / "run", cfg)
+    stage = run_train(tmp_path / "run", cfg, progress=False)
+    assert (stage.path / "model" / "adapter_model.safetensors").is_file()
+    # With no GPU, "auto" keeps every weight on the CPU (no map is recorded then).
+    loaded, _ = load_trained(stage.path / "model", device_map="auto")
+    assert {p.device.type for p in loaded.parameters()} == {"cpu"}
+    with pytest.raises(MemgenError, match="device_map places a pretrained model"):
+        load_config(None, ["train.device_map=auto"])
+
+
+def test_mixed_precision_trains_in_bf16_autocast(tmp_path: Path) -> None:
+    base_dir = _save_base("gpt2", tmp_path / "base")
+    cfg = load_config(
+        None,
+        [f"train.model={base_dir}", "train.mixed_precision=bf16", "train.dtype=float32", *TINY],
+    )
+    run_data(tmp_path / "run", cfg)
+    stage = run_train(tmp_path / "run", cfg, progress=False)
+    history = json.loads((stage.path / "history.json").read_text())
+    assert history[-1]["step"] == 3 and 0 < history[-1]["loss"] < float("inf")
+    saved = load_file(stage.path / "model" / "adapter_model.safetensors")
+    assert all(t.dtype == torch.float32 for t in saved.values())  # weights stay float32

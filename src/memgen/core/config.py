@@ -76,6 +76,15 @@ class TrainConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # Autocast through accelerate, weights kept in `dtype` (float32 for scratch GPT-2).
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # A pretrained model too large for one GPU: spread it over the visible ones, layer by
+    # layer ("auto", "balanced", ...), in one process (transformers' `device_map`).
+    device_map: str | None = None
+
+    @model_validator(mode="after")
+    def _placed(self) -> TrainConfig:
+        if self.device_map is not None and self.model == "scratch":
+            raise ValueError("device_map places a pretrained model; set train.model or drop it")
+        return self
 
     @property
     def chat(self) -> bool:

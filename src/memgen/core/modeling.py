@@ -5,6 +5,7 @@ Weights are read with safetensors only; `trust_remote_code` is off unless asked 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -21,6 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from memgen.core import distributed
 from memgen.core.config import TrainConfig
 from memgen.core.device import resolve_device, resolve_dtype
 from memgen.core.errors import MemgenError
@@ -83,9 +85,20 @@ def load_pretrained(
     *,
     dtype: torch.dtype = torch.float32,
     trust_remote_code: bool = False,
+    device_map: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A Hugging Face causal LM and its tokenizer, from the hub cache or a local folder."""
+    """A Hugging Face causal LM and its tokenizer, from the hub cache or a local folder.
+
+    `device_map` ("auto", "balanced", ...) spreads a model too large for one device over
+    the visible GPUs (and CPU), layer by layer, as `from_pretrained` does.
+    """
+    if device_map is not None and distributed.world_size() > 1:
+        raise MemgenError(
+            f"train.device_map={device_map} spreads one model over one process's GPUs; "
+            "run without a launcher, or drop device_map to copy the model to each process"
+        )
     name_or_path = resolve_model_source(name_or_path)
+    placement = {} if device_map is None else {"device_map": device_map}
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
@@ -93,6 +106,7 @@ def load_pretrained(
             dtype=dtype,
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
+            **placement,
         )
     except (OSError, ValueError, SafetensorError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -112,11 +126,14 @@ def load_trained(
     dtype: torch.dtype = torch.float32,
     trust_remote_code: bool = False,
     device: torch.device | None = None,
+    device_map: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A model saved by `memgen train` (a full model folder, or a LoRA adapter folder),
-    in eval mode, on `device` when given."""
-    model, tokenizer = _load_trained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    if device is not None:
+    in eval mode, on `device` when given (or spread by `device_map`)."""
+    model, tokenizer = _load_trained(
+        path, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map
+    )
+    if device is not None and device_map is None:
         model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model, tokenizer
@@ -132,17 +149,21 @@ def load_run_model(
         dtype=resolve_dtype(cfg.dtype, device),
         trust_remote_code=cfg.trust_remote_code,
         device=device,
+        device_map=cfg.device_map,
     )
 
 
 def _load_trained(
-    path: Path, *, dtype: torch.dtype, trust_remote_code: bool
+    path: Path, *, dtype: torch.dtype, trust_remote_code: bool, device_map: str | None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if not path.is_dir():
         raise MemgenError(f"no trained model at {path}; run `memgen train` first")
     adapter_config = path / ADAPTER_CONFIG
+    load = functools.partial(
+        load_pretrained, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map
+    )
     if not adapter_config.is_file():
-        return load_pretrained(str(path), dtype=dtype, trust_remote_code=trust_remote_code)
+        return load(str(path))
     from peft import PeftModel
 
     try:
@@ -152,7 +173,7 @@ def _load_trained(
     base_name = adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None
     if not base_name:
         raise MemgenError(f"{adapter_config} names no base model; re-save the adapter")
-    base, _ = load_pretrained(base_name, dtype=dtype, trust_remote_code=trust_remote_code)
+    base, _ = load(base_name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = PeftModel.from_pretrained(base, path)

@@ -81,10 +81,14 @@ def build_model(
         )
     else:
         model, tokenizer = load_pretrained(
-            tc.model, dtype=resolve_dtype(tc.dtype, device), trust_remote_code=tc.trust_remote_code
+            tc.model,
+            dtype=resolve_dtype(tc.dtype, device),
+            trust_remote_code=tc.trust_remote_code,
+            device_map=tc.device_map,
         )
         model = add_lora(model, tc.lora)
-    model.to(device)  # type: ignore[arg-type]  # transformers types `to` oddly; it returns self
+    if tc.device_map is None:  # else from_pretrained has placed it
+        model.to(device)  # type: ignore[arg-type]  # transformers types `to` oddly
     return model, tokenizer
 
 
