@@ -74,7 +74,7 @@ def test_results_follow_the_documented_schema(tiny_run: Path) -> None:
     readout = results["probe"]["readout"]
     assert [row["layer"] for row in readout] == [0, 1]
     assert readout[-1]["paired_accuracy"] == 1.0 and readout[-1]["accuracy"] == 1.0
-    methods = {"nmd", "nmd_sd", "fitted", "mean_diff", "probe"}
+    methods = {"nmd", "nmd_sd", "fitted", "fitted_layer", "mean_diff", "probe"}
     assert {(r["direction"], r["method"]) for r in results["steering"]} == {
         (d, m) for d in ("mem_to_gen", "gen_to_mem") for m in methods
     }

@@ -18,8 +18,10 @@ from memgen.steering.methods import (
     METHODS,
     SiteStats,
     activation_scale,
+    layer_masks,
     matched_masks,
     paper_control,
+    random_like,
     shift_size,
 )
 from memgen.steering.saved import Steering, load_steering
@@ -151,6 +153,21 @@ def test_matched_masks_keep_the_count_per_layer_and_avoid_the_selection() -> Non
     np.testing.assert_array_equal(drawn.sum(axis=2), np.tile(mask.sum(axis=1), (6, 1)))
     assert not (drawn & mask[None]).any()
     assert len({d.tobytes() for d in drawn}) == 6  # the draws differ
+
+
+def test_fitted_layer_moves_whole_layers_and_its_control_matches_each_layers_norm() -> None:
+    masks = layer_masks((3, 5))
+    assert masks.shape == (3, 3, 5)
+    np.testing.assert_array_equal(masks.sum(axis=2), np.eye(3) * 5)  # mask l: all of layer l
+    shift = np.zeros((3, 5))
+    shift[1] = [3.0, -4.0, 0.0, 0.0, 0.0]  # norm 5 at layer 1 alone
+    drawn = random_like(shift, 4, np.random.default_rng(0))
+    np.testing.assert_allclose(np.linalg.norm(drawn, axis=2), np.tile([0.0, 5.0, 0.0], (4, 1)))
+    cosines = drawn[:, 1] @ shift[1] / 25
+    assert np.all(np.abs(cosines) < 0.99) and len(set(np.round(cosines, 6))) == 4
+    assert (
+        METHODS.get("fitted_layer").whole_layers and METHODS.get("fitted_layer").grid == "budgets"
+    )
 
 
 def test_calibrated_nmd_moves_the_median_neuron_by_its_size_in_sds() -> None:

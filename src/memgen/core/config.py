@@ -156,7 +156,7 @@ Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 class SteerConfig(Section):
     # memgen/steering/methods.py says what each method does and what its sizes mean.
     methods: list[str] = Field(
-        ["nmd", "nmd_sd", "fitted", "mean_diff", "probe"], min_length=1,
+        ["nmd", "nmd_sd", "fitted", "fitted_layer", "mean_diff", "probe"], min_length=1,
         description="steering methods to tune and compare",
     )  # fmt: skip
     alphas: list[Positive] = Field(

@@ -16,6 +16,9 @@ same treatment. Sizes (`size`) are in each method's own unit:
   its own standard deviations: one grid fits every model.
 - `fitted`: per-neuron values fitted by gradient (model frozen) to make the target
   behaviour's first answer token; `size` is the L2 budget in neuron sds.
+- `fitted_layer`: the fitted method on every neuron of one layer (a learned steering
+  vector, as `memgen bound` fits); `size` is the budget. Its matched control is a random
+  direction of the same norm at that layer: random neurons of a whole layer are the layer.
 - `mean_diff`: activation addition (CAA / ActAdd): alpha x the layer's whole NMD vector.
 - `probe`: ITI's direction: the layer's logistic-regression probe direction, times
   alpha x the activations' standard deviation along it.
@@ -105,12 +108,17 @@ Direction = Callable[[SiteStats, int, np.random.Generator | None], np.ndarray]
 
 @dataclass(frozen=True)
 class Method:
-    """A steering method: `sparse` (masks -> shifts) or `direction` (layer -> vector)."""
+    """A steering method: `sparse` (masks -> shifts) or `direction` (layer -> vector).
+
+    A sparse method with `whole_layers` is given one mask per layer, each holding every
+    neuron of that layer, instead of the neuron sets.
+    """
 
     name: str
     grid: str  # the steer config list that holds its sizes
     sparse: Sparse | None = None
     direction: Direction | None = None
+    whole_layers: bool = False
 
     @property
     def dense(self) -> bool:
@@ -191,8 +199,29 @@ def _probe(stats: SiteStats, layer: int, rng: np.random.Generator | None) -> np.
 METHODS.register("nmd")(Method("nmd", "alphas", sparse=_nmd))
 METHODS.register("nmd_sd")(Method("nmd_sd", "sd_alphas", sparse=_nmd_sd))
 METHODS.register("fitted")(Method("fitted", "budgets", sparse=_fitted))
+METHODS.register("fitted_layer")(
+    Method("fitted_layer", "budgets", sparse=_fitted, whole_layers=True)
+)
 METHODS.register("mean_diff")(Method("mean_diff", "dense_alphas", direction=_mean_diff))
 METHODS.register("probe")(Method("probe", "dense_alphas", direction=_probe))
+
+
+def layer_masks(shape: tuple[int, int]) -> np.ndarray:
+    """[L, L, W]: mask l holds every neuron of layer l."""
+    layers, width = shape
+    masks = np.zeros((layers, layers, width), dtype=bool)
+    masks[np.arange(layers), np.arange(layers)] = True
+    return masks
+
+
+def random_like(shift: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """[draws, L, W]: random directions with `shift`'s norm in each of its layers."""
+    out = np.zeros((draws, *shift.shape))
+    for layer in np.flatnonzero(np.abs(shift).sum(axis=1)):
+        norm = float(np.linalg.norm(shift[layer]))
+        for d in range(draws):
+            out[d, layer] = _random_unit(shift.shape[1], rng) * norm
+    return out
 
 
 def matched_masks(mask: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:

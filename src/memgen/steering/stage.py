@@ -42,8 +42,10 @@ from memgen.steering.methods import (
     Method,
     SiteStats,
     Toward,
+    layer_masks,
     matched_masks,
     paper_control,
+    random_like,
     shift_size,
 )
 from memgen.steering.saved import Steering
@@ -172,12 +174,14 @@ class MethodRunner:
                     out.append(Candidate(method.name, f"layer {layer}", size, shift))
             return out
         assert method.sparse is not None
-        names = list(self.masks)
-        grid = [(name, size) for name in names for size in sizes]
-        masks = np.stack([self.masks[name] for name, _ in grid])
+        selections = self.masks
+        if method.whole_layers:
+            selections = {f"layer {i}": m for i, m in enumerate(layer_masks(self.stats.shape))}
+        grid = [(name, size) for name in selections for size in sizes]
+        masks = np.stack([selections[name] for name, _ in grid])
         shifts = method.sparse(self.stats, masks, np.array([s for _, s in grid]), toward, self.fit)
         for (name, size), shift in zip(grid, shifts, strict=True):
-            out.append(Candidate(method.name, name, size, shift, self.masks[name]))
+            out.append(Candidate(method.name, name, size, shift, selections[name]))
         return out
 
     def matched(self, method: Method, chosen: Candidate, toward: Toward,
@@ -187,6 +191,8 @@ class MethodRunner:
         if method.dense:
             layer = int(np.flatnonzero(np.abs(chosen.shift).sum(axis=1))[0])
             return method.dense_shifts(self.stats, [layer] * draws, chosen.size, toward, rng)
+        if method.whole_layers:  # random neurons of a whole layer are the whole layer
+            return random_like(chosen.shift, draws, rng)
         assert method.sparse is not None and chosen.mask is not None
         masks = matched_masks(chosen.mask, draws, rng)
         return method.sparse(self.stats, masks, chosen.size, toward, self.fit)
@@ -288,7 +294,7 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
             # Held out: the chosen setting, its matched control and the paper's controls.
             matched = runner.matched(method, chosen, toward, rng)
             paper = (
-                [] if method.dense
+                [] if method.dense or method.whole_layers
                 else [paper_control(k, chosen.shift, score, stats.nmd, toward, rng)
                       for k in sc.controls]
             )  # fmt: skip
