@@ -86,6 +86,25 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     assert resumed == expected
 
 
+def test_a_checkpoint_from_another_config_is_not_resumed(tmp_path: Path) -> None:
+    """A crashed run's checkpoint belongs to its config: after a change, train from step 0."""
+    before = load_config(None, [*TINY, "train.patience=null"])
+    after = load_config(None, [*TINY, "train.patience=null", "train.lr=3e-3"])
+    crashed = tmp_path / "crashed"
+    run_data(crashed, before)
+    run_train(crashed, before, progress=False)
+    (crashed / "train" / "manifest.json").unlink()  # as if killed after the last checkpoint
+    resumed = json.loads(
+        (run_train(crashed, after, progress=False).path / "history.json").read_text()
+    )
+    straight = tmp_path / "straight"
+    run_data(straight, after)
+    expected = json.loads(
+        (run_train(straight, after, progress=False).path / "history.json").read_text()
+    )
+    assert resumed == expected
+
+
 def _evaluation(step: int, gen: float, mem: float, other: float) -> Evaluation:
     return Evaluation(step=step, loss=1.0, gen=gen, mem=mem, other=other)
 

@@ -73,3 +73,19 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -
         state.setdefault(int(index), {})[slot] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
     return meta
+
+
+def made_by(path: Path, identity: str) -> bool:
+    """Whether the checkpoint at `path` (if any) was saved by a run of this identity.
+
+    A checkpoint from another config (another learning rate, selection rule or data) must
+    not be resumed: its weights and its history belong to another run.
+    """
+    state = path / "state.json"
+    if not state.is_file():
+        return True
+    try:
+        saved = json.loads(state.read_text()).get("identity")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+    return bool(saved == identity)

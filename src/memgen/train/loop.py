@@ -208,13 +208,15 @@ def train(
     save_best: Callable[[PreTrainedModel], None],
     decoder: Decoder | None = None,
     progress: bool = True,
+    identity: str = "",
 ) -> list[Evaluation]:
     """Train in place; call `save_best` whenever the selection score improves.
 
     `decoder` is how answers are generated at each evaluation (greedy by default); pass the
     one that will measure the kept checkpoint, so it is chosen under the same decoding.
 
-    Resumes from `out_dir/checkpoints/last` when it exists.
+    Resumes from `out_dir/checkpoints/last` when it exists; `identity` (the run's config
+    and inputs) is saved with each checkpoint, so a caller can tell whose it is.
     """
     device = next(model.parameters()).device
     accelerator = _accelerator(cfg, device)
@@ -291,7 +293,7 @@ def train(
             if accelerator.is_main_process:
                 if improved:
                     save_best(plain)
-                meta = {"step": done, "history": [vars(e) for e in history]}
+                meta = {"step": done, "history": [vars(e) for e in history], "identity": identity}
                 checkpoint.save(last, plain, optimizer, meta)
             accelerator.wait_for_everyone()
             bar.set_postfix(

@@ -19,7 +19,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core import distributed
-from memgen.core.artifacts import Stage, file_hash, write_json
+from memgen.core.artifacts import Stage, file_hash, json_hash, write_json
 from memgen.core.config import RunConfig
 from memgen.core.device import resolve_device, resolve_dtype
 from memgen.core.examples import Example, read_split
@@ -28,6 +28,7 @@ from memgen.core.modeling import load_pretrained, scratch_gpt2
 from memgen.pipeline import open_step
 from memgen.tasks.base import Task, make_task
 from memgen.tasks.tokenizer import build_tokenizer
+from memgen.train import checkpoint
 from memgen.train.curve import plot_curve
 from memgen.train.loop import Decoder, kept_index, train
 from memgen.train.lora import add_lora
@@ -106,7 +107,12 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
     # The run folder's checkpoints, in every process: all resume from the step the main
     # process saved (the others write their own files to a scratch folder).
     state_dir = run_dir / "train"
-    if force and distributed.is_main():
+    identity = json_hash(stage.identity(step.config, list(step.inputs.values())))
+    if distributed.is_main() and (
+        force or not checkpoint.made_by(state_dir / "checkpoints" / "last", identity)
+    ):
+        if not force:
+            log.info("train: the saved checkpoint was made with another config; from step 0")
         shutil.rmtree(state_dir / "checkpoints", ignore_errors=True)
     distributed.barrier()
     device = resolve_device(cfg.device)
@@ -133,6 +139,7 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
         save_best=save_best,
         decoder=decoder_of(cfg),
         progress=progress,
+        identity=identity,
     )
     rows = [vars(e) for e in history]
     best = history[kept_index(history, cfg.train)]
