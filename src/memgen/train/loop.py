@@ -279,7 +279,7 @@ def train(
         accelerator.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        total = distributed.all_sum(total) if processes > 1 else total
+        total = distributed.all_sum(total)  # alone: the value itself
         running = total if math.isnan(running) else 0.95 * running + 0.05 * total
         done = step + 1
         if evaluation_due(done, history, cfg):
