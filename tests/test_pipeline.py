@@ -87,7 +87,7 @@ def test_results_follow_the_documented_schema(tiny_run: Path) -> None:
         matched = row["controls"]["matched"]
         assert len(matched["target_per_draw"]) == 2 and sum(matched["rates"].values()) == 1.0
         assert set(row["controls"]) == (
-            {"matched"} if row["method"] in ("mean_diff", "probe")
+            {"matched"} if row["method"] in ("mean_diff", "probe", "fitted_layer")
             else {"matched", "random", "low_correlation"}
         )  # fmt: skip
         assert set(row["side_effect"]) >= {"retention", "kl", "train_accuracy"}
