@@ -123,6 +123,10 @@ def test_stalled_counts_evaluations_since_an_eligible_best() -> None:
     # cipher recipe stopped at step 325 with a gen-only model before this).
     rule_only = [_evaluation(step, 0.95, 0.0, 0.05) for step in (100, 200, 300, 325)]
     assert not stalled(rule_only, cfg)
+    # Evaluations past max_other (the `other` peak while memory takes over) do not count.
+    churn = [_evaluation(step, 0.4, 0.3, 0.3) for step in (40, 50, 60)]
+    assert not stalled([*rising, *peak, *churn], cfg)
+    assert stalled([*rising, *peak, *churn, _evaluation(70, 0.2, 0.7, 0.1), peak[0]], cfg)
     off = load_config(None, ["train.patience=null"]).train
     assert not stalled([*peak, *rising, *rising], off)
 
@@ -156,6 +160,9 @@ def test_evaluation_turns_dense_once_memory_appears_on_dev() -> None:
     memory = [*no_memory, _evaluation(200, 0.7, 0.2, 0.1)]
     assert [s for s in range(101, 301) if evaluation_due(s, no_memory, cfg)] == [200, 300]
     assert [s for s in range(201, 301) if evaluation_due(s, memory, cfg)] == [225, 250, 275, 300]
+    # Once memory has shown, evaluation stays dense even if memory dips again.
+    dipped = [*memory, _evaluation(225, 0.98, 0.0, 0.02)]
+    assert [s for s in range(226, 301) if evaluation_due(s, dipped, cfg)] == [250, 275, 300]
     assert evaluation_due(1000, [], cfg)  # the last step always
     plain = load_config(None, ["train.eval_every=100"]).train
     assert [s for s in range(201, 301) if evaluation_due(s, memory, plain)] == [300]

@@ -76,7 +76,7 @@ def kept_index(history: Sequence[Evaluation], cfg: TrainConfig) -> int:
 
 def stalled(history: Sequence[Evaluation], cfg: TrainConfig) -> bool:
     """Whether the kept checkpoint shows both behaviours and `cfg.patience` evaluations
-    have not beaten it.
+    within `max_other` have not beaten it.
 
     The learning-rate schedule still spans `cfg.steps`, so stopping early keeps the same
     checkpoint a full run would have kept, unless a later evaluation would have beaten it.
@@ -87,21 +87,25 @@ def stalled(history: Sequence[Evaluation], cfg: TrainConfig) -> bool:
     eligible, value = history[best_at].score(cfg.select, cfg.max_other)
     # Patience counts from a checkpoint that shows both behaviours (a positive score):
     # before memory appears every evaluation ties at 0, and stopping there keeps a
-    # model that only generalizes.
-    return eligible and value > 0 and len(history) - 1 - best_at >= cfg.patience
+    # model that only generalizes. It counts only evaluations within `max_other`: while
+    # memory takes over, `other` passes through a peak (partial recall), and counting
+    # those stopped seed 2 of the cipher recipe at a checkpoint with 2% memory.
+    later = [e for e in history[best_at + 1 :] if e.score(cfg.select, cfg.max_other)[0]]
+    return eligible and value > 0 and len(later) >= cfg.patience
 
 
 def evaluation_due(step: int, history: Sequence[Evaluation], cfg: TrainConfig) -> bool:
     """Every `eval_every` steps, and every `dense_eval_every` once memory has appeared.
 
     Both behaviours can coexist for only a few hundred steps (memory rising, the rule not
-    yet forgotten); evaluating densely from the first sign of memory catches that window
-    on any seed. A function of the history alone, so a resumed run evaluates alike.
+    yet forgotten); evaluating densely from the first sign of memory, and from then on,
+    catches that window on any seed. A function of the history alone, so a resumed run
+    evaluates alike.
     """
     if step == cfg.steps:
         return True
     every = cfg.eval_every
-    if cfg.dense_eval_every is not None and history and history[-1].mem >= cfg.dense_from:
+    if cfg.dense_eval_every is not None and any(e.mem >= cfg.dense_from for e in history):
         every = cfg.dense_eval_every
     return step % every == 0
 
