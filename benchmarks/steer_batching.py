@@ -7,12 +7,18 @@ The steer and specificity stages compare many settings (sizes, sets, controls) o
 same prompts. Measured on the same prompts and shifts, with equal outputs checked:
   * generation: one `generate_shifted` call for K shifts (each row its own shift) vs a
     loop of K `memgen.steer` + `generate` calls, one setting at a time;
-  * fitting: one `fit_shifts` call for K masks vs K calls of one mask each.
+  * fitting: one `fit_shifts` call for K masks vs K calls of one mask each;
+  * a fitting step's forward and backward for K shifts on a batch of prompts: the whole
+    prompt once per shift; the prompt but its last token run into a KV cache each step
+    and the cache repeated K times (memgen before 2026-12-01); and the prompts' shared
+    part run once for all steps (`steering.prefix.Prefix`), the K copies of the last
+    token side by side in one row.
 Timings alternate the two ways and report the median ratio over repeats.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 
@@ -20,11 +26,12 @@ import numpy as np
 import torch
 from overhead import color_model, model_parser, paired_ratio  # type: ignore[import-not-found]
 
-from memgen.core.generation import generate
+from memgen.core.generation import encode_prompt, generate, left_padded_positions, pad_left
 from memgen.core.modeling import model_identity
 from memgen.steering.api import steer
+from memgen.steering.prefix import Prefix, _cache_argument, steered_last_logits
 from memgen.steering.saved import Steering
-from memgen.steering.shifts import fit_shifts, generate_shifted
+from memgen.steering.shifts import RowShifts, fit_shifts, generate_shifted
 
 
 def paired(loop: Callable[[], object], batched: Callable[[], object], repeats: int) -> dict:
@@ -78,13 +85,78 @@ def main() -> None:
         return fit(masks)
 
     fits_close = bool(np.allclose(loop_fit(), batched_fit(), atol=1e-4))
+    steps = fit_steps(model, tokenizer, prompts, shifts, args)
     results = {
         "setup": vars(args) | {"threads": torch.get_num_threads(), "torch": torch.__version__},
         "generate_K_shifts": paired(loop_generate, batched_generate, args.repeats)
         | {"outputs_equal": equal},
         "fit_K_masks": paired(loop_fit, batched_fit, args.repeats) | {"shifts_close": fits_close},
+        **steps,
     }
     print(json.dumps(results, indent=2))
+
+
+def fit_steps(model: torch.nn.Module, tokenizer: object, prompts: list[str],
+              shifts: np.ndarray, args: argparse.Namespace) -> dict:  # fmt: skip
+    """`--fit-steps` steps of K shifts' logits and gradient on random batches, three ways."""
+    device = next(model.parameters()).device
+    ids, mask = pad_left([encode_prompt(tokenizer, p, False) for p in prompts], 0, device)
+    positions = left_padded_positions(mask)
+    table = torch.tensor(shifts, dtype=torch.float32, device=device, requires_grad=True)
+    count = len(shifts)
+    shifter = RowShifts("resid", list(range(args.layers)), "last")
+    batches = [np.random.default_rng(i).choice(len(prompts), 64) for i in range(args.fit_steps)]
+
+    def whole_prompt(rows: np.ndarray) -> torch.Tensor:
+        shifter.rows = table.repeat(len(rows), 1, 1)
+        out = model(
+            input_ids=ids[rows].repeat_interleave(count, 0),
+            attention_mask=mask[rows].repeat_interleave(count, 0),
+            position_ids=positions[rows].repeat_interleave(count, 0),
+        ).logits[:, -1]
+        return out.view(len(rows), count, -1)  # fmt: skip
+
+    def repeated_cache(rows: np.ndarray) -> torch.Tensor:
+        shifter.rows = None
+        with torch.no_grad():
+            out = model(input_ids=ids[rows, :-1], attention_mask=mask[rows, :-1],
+                        position_ids=positions[rows, :-1], use_cache=True)  # fmt: skip
+        cache = out["cache" if "cache" in out else "past_key_values"]
+        cache.batch_repeat_interleave(count)
+        shifter.rows = table.repeat(len(rows), 1, 1)
+        logits = model(input_ids=ids[rows, -1:].repeat_interleave(count, 0),
+                       attention_mask=mask[rows].repeat_interleave(count, 0),
+                       position_ids=positions[rows, -1:].repeat_interleave(count, 0),
+                       **{_cache_argument(model): cache}).logits[:, -1]  # fmt: skip
+        return logits.view(len(rows), count, -1)
+
+    def shared_prefix() -> Callable[[np.ndarray], torch.Tensor]:
+        shifter.rows = None
+        prefix = Prefix.of(model, ids, mask)  # once per fit, as `fit_shifts` does
+        return lambda rows: steered_last_logits(model, shifter, prefix.select(rows), table)
+
+    def run(way: Callable[[], Callable[[np.ndarray], torch.Tensor]]) -> torch.Tensor:
+        logits_of = way()
+        with shifter.attached(model):
+            for rows in batches:
+                logits = logits_of(rows)
+                table.grad = None
+                logits.logsumexp(-1).sum().backward()
+        return logits.detach()
+
+    ways = {"whole_prompt": lambda: whole_prompt, "repeated_cache": lambda: repeated_cache,
+            "shared_prefix": shared_prefix}  # fmt: skip
+    found = {name: run(way) for name, way in ways.items()}  # the last step's logits
+    out: dict = {
+        f"fit_step_{name}_vs_shared_prefix": paired(
+            lambda way=ways[name]: run(way), lambda: run(shared_prefix), args.repeats
+        )
+        for name in ("whole_prompt", "repeated_cache")
+    }
+    out["fit_step_logits_close"] = all(
+        bool(torch.allclose(found[name], found["whole_prompt"], atol=1e-4)) for name in found
+    )
+    return out
 
 
 if __name__ == "__main__":

@@ -90,25 +90,30 @@ def test_left_padded_positions_make_a_batch_match_each_prompt_alone(
             torch.testing.assert_close(batch.logits[row, -1], alone, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_the_cached_prefix_gives_the_logits_of_a_full_forward_under_each_shift(
-    family: str, token_ids: torch.Tensor
+    family: str, attention: str, token_ids: torch.Tensor
 ) -> None:
     """Fitting runs the prompt once into a shared KV cache; the copies must not differ."""
     from conftest import HIDDEN, LAYERS, build_tiny
-    from memgen.steering.shifts import RowShifts, steered_last_logits
+    from memgen.steering.prefix import Prefix, steered_last_logits
+    from memgen.steering.shifts import RowShifts
 
     model = build_tiny(family)
+    model.set_attn_implementation(attention)
     mask = torch.ones_like(token_ids)
     mask[1, :3] = 0  # a left-padded row
-    shifts = torch.randn(2, LAYERS, HIDDEN, generator=torch.Generator().manual_seed(0))
+    shifts = torch.randn(3, LAYERS, HIDDEN, generator=torch.Generator().manual_seed(0))
     shifter = RowShifts("resid", list(range(LAYERS)), "last")
+    prefix = Prefix.of(model, token_ids, mask, batch_size=1)  # in parts, as fits do
     with torch.no_grad(), shifter.attached(model):
-        per_row = shifts.repeat(len(token_ids), 1, 1)  # prompt-major
-        cached = steered_last_logits(model, shifter, token_ids, mask, per_row)
-        for k in range(2):
+        cached = steered_last_logits(model, shifter, prefix, shifts)  # [prompts, shifts, vocab]
+        picked = steered_last_logits(model, shifter, prefix.select([1]), shifts[1:2])
+        for k in range(len(shifts)):
             shifter.rows = shifts[k : k + 1].expand(len(token_ids), -1, -1)
             full = model(input_ids=token_ids, attention_mask=mask,
                          position_ids=left_padded_positions(mask)).logits[:, -1]  # fmt: skip
-            torch.testing.assert_close(cached[k::2], full, atol=1e-4, rtol=1e-4)
-    assert not torch.allclose(cached[0::2], cached[1::2])  # the two shifts differ
+            torch.testing.assert_close(cached[:, k], full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(picked[0, 0], cached[1, 1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(cached[:, 0], cached[:, 1])  # the two shifts differ

@@ -15,7 +15,6 @@ call dominates, that is most of the time (benchmarks/steer_batching.py).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -29,13 +28,12 @@ from memgen.core.errors import MemgenError
 from memgen.core.generation import (
     encode_prompt,
     generate_batch,
-    left_padded_positions,
     pad_id_of,
     pad_left,
 )
 from memgen.core.hooks import edit
-from memgen.core.modeling import unwrap
 from memgen.core.sites import Site, SiteKind
+from memgen.steering.prefix import Prefix, steered_last_logits
 
 SteerPosition = str  # "last" or "prompt" (memgen.core.hooks.Where without "all")
 
@@ -45,6 +43,9 @@ class RowShifts:
 
     Set `rows` ([batch, n_layers, width], or None for no change) before each forward
     pass or `generate` call. Beam search widens the batch; each beam gets its row's shift.
+    `rows` [batch, copies, n_layers, width] shifts each of a row's last `copies`
+    positions by its own vector (copies of one token side by side, as
+    `steered_last_logits` runs them).
     """
 
     def __init__(self, kind: SiteKind, layers: Sequence[int], position: SteerPosition) -> None:
@@ -57,14 +58,16 @@ class RowShifts:
         def add(activation: torch.Tensor) -> torch.Tensor | None:
             if self.rows is None or (self.position == "prompt" and activation.shape[1] == 1):
                 return None
-            shift = self.rows[:, layer].to(activation.dtype)
+            rows = self.rows if self.rows.dim() == 4 else self.rows[:, None]
+            shift = rows[:, :, layer].to(activation.dtype)  # [batch, positions, width]
+            span = shift.shape[1]
             if activation.shape[0] != shift.shape[0]:
                 shift = shift.repeat_interleave(activation.shape[0] // shift.shape[0], dim=0)
             if torch.is_grad_enabled():  # keep the graph: a new tensor, not an in-place edit
                 shifted = activation.clone()
-                shifted[:, -1] = shifted[:, -1] + shift
+                shifted[:, -span:] = shifted[:, -span:] + shift
                 return shifted
-            activation[:, -1] += shift
+            activation[:, -span:] += shift
             return None
 
         return add
@@ -156,10 +159,8 @@ def next_token_kl(
     shifter = RowShifts(kind, steered_layers(shifts), "last")
 
     def kl_sums(chunk: list[list[int]]) -> torch.Tensor:
-        ids, mask = pad_left(chunk, pad_id_of(tokenizer), device)
-        per_row = table.repeat(len(chunk), 1, 1)  # prompt-major, as the logits
-        logits = steered_last_logits(model, shifter, ids, mask, per_row)
-        logp = torch.log_softmax(logits, dim=-1).view(len(chunk), groups, -1)
+        prefix = Prefix.of(model, *pad_left(chunk, pad_id_of(tokenizer), device))
+        logp = torch.log_softmax(steered_last_logits(model, shifter, prefix, table), dim=-1)
         base = logp[:, :1]
         kl = (base.exp() * (base - logp[:, 1:])).sum(-1)  # [chunk, K]
         return kl.sum(0).double().cpu()
@@ -178,46 +179,6 @@ def first_answer_tokens(tokenizer: PreTrainedTokenizerBase, answers: Sequence[st
     if any(not row for row in ids):
         raise MemgenError("an example has an empty answer; there is no token to fit toward")
     return [row[0] for row in ids]
-
-
-def steered_last_logits(
-    model: PreTrainedModel,
-    shifter: RowShifts,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    rows: torch.Tensor,
-) -> torch.Tensor:
-    """Last-position logits of each prompt under each of its copies' shifts.
-
-    `rows` [prompts * copies, L, W] is prompt-major (prompt j's copy k is row
-    j * copies + k), and so are the logits returned. Only the last position differs
-    between the copies (the shift is added there alone), so the prompts but their last
-    token run once, unshifted and without autograd, into a KV cache the copies share;
-    only the last token runs once per copy. Fitting a shift then costs one token's
-    forward and backward per copy instead of the whole prompt's.
-    """
-    copies = rows.shape[0] // ids.shape[0]
-    positions = left_padded_positions(mask)
-    shifter.rows = None
-    with torch.no_grad():
-        out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
-                    position_ids=positions[:, :-1], use_cache=True)  # fmt: skip
-    prefix = out["cache" if "cache" in out else "past_key_values"]
-    prefix.batch_repeat_interleave(copies)
-    shifter.rows = rows
-    logits = model(
-        input_ids=ids[:, -1:].repeat_interleave(copies, dim=0),
-        attention_mask=mask.repeat_interleave(copies, dim=0),
-        position_ids=positions[:, -1:].repeat_interleave(copies, dim=0),
-        use_cache=True, **{_cache_argument(model): prefix},
-    ).logits  # fmt: skip
-    return logits[:, -1].float()
-
-
-def _cache_argument(model: torch.nn.Module) -> str:
-    """transformers 5 names the KV cache argument `cache`; earlier releases `past_key_values`."""
-    parameters = inspect.signature(unwrap(model).forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def fit_shifts(
@@ -287,19 +248,25 @@ def fit_shifts(
             values.mul_((radius / norms).clamp(max=1.0).view(-1, 1, 1))
 
     try:
+        # Every step draws from the same prompts: their shared part runs once, here.
+        prefix = Prefix.of(model, *pad_left(encoded, pad, device), batch_size=batch_size)
         with shifter.attached(model):
             for _ in range(steps):
                 rows = rng.choice(len(prompts), per_shift, replace=False)
                 if per_keep:
                     kept = len(prompts) + rng.choice(len(keep_prompts), per_keep, replace=False)
                     rows = np.concatenate([rows, kept])
-                ids, mask = pad_left([encoded[i] for i in rows], pad, device)
-                # Prompt-major rows: prompt j's copy for shift k is row j * count + k.
-                per_row = (values * allowed * unit).repeat(len(rows), 1, 1)
-                logits = steered_last_logits(model, shifter, ids, mask, per_row)
-                wanted = targets[torch.as_tensor(rows, device=device)].repeat_interleave(count)
+                logits = steered_last_logits(
+                    model, shifter, prefix.select(rows), values * allowed * unit
+                )  # [prompts, shifts, vocab]
+                wanted = targets[torch.as_tensor(rows, device=device)]
                 # The sum over shifts of each one's mean loss: the shifts do not interact.
-                loss = torch.nn.functional.cross_entropy(logits, wanted) * count
+                loss = (
+                    torch.nn.functional.cross_entropy(
+                        logits.flatten(0, 1), wanted.repeat_interleave(count)
+                    )
+                    * count
+                )
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
@@ -309,10 +276,8 @@ def fit_shifts(
             with torch.no_grad():
                 for start in range(0, len(prompts), per_shift):
                     rows = np.arange(start, min(start + per_shift, len(prompts)))
-                    ids, mask = pad_left([encoded[i] for i in rows], pad, device)
-                    per_row = fitted.repeat(len(rows), 1, 1)
-                    logits = steered_last_logits(model, shifter, ids, mask, per_row)
-                    said = logits.argmax(-1).view(len(rows), count).T
+                    logits = steered_last_logits(model, shifter, prefix.select(rows), fitted)
+                    said = logits.argmax(-1).T
                     hits += (said == targets[torch.as_tensor(rows, device=device)]).sum(-1).cpu()
     finally:
         for parameter in frozen:

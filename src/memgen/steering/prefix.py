@@ -1,0 +1,104 @@
+"""Many shifts of the last position, on prompts whose shared part runs once.
+
+A shift added at a prompt's last position changes nothing before it (attention is
+causal), so every shift sees the same keys and values for the prompt but its last
+token. `Prefix` runs that part once, unshifted and without autograd, and keeps its KV
+cache; `steered_last_logits` then runs only the last token, once per shift, the copies
+side by side as the row's last positions, each attending to the prompt and to itself.
+Fitting K shifts for many steps on a fixed set of prompts so costs, per step, one
+token's forward and backward per shift and prompt: no prompt is re-run, and no cache is
+copied K times (benchmarks/fit_prefix.py measures both against running them).
+
+    prefix = Prefix.of(model, ids, mask)                 # once, before any shift is set
+    logits = steered_last_logits(model, shifter, prefix.select(rows), shifts)  # [B, K, V]
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from memgen.core.generation import left_padded_positions
+from memgen.core.modeling import unwrap
+
+if TYPE_CHECKING:
+    from memgen.steering.shifts import RowShifts
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """Left-padded prompts and the KV cache of all but their last token."""
+
+    ids: torch.Tensor  # [N, width]
+    mask: torch.Tensor  # [N, width]
+    positions: torch.Tensor  # [N, width]
+    keys_values: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: [N, heads, width - 1, d]
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor,
+           batch_size: int = 128) -> Prefix:  # fmt: skip
+        """Run the prompts but their last token; no shift may be set while this runs."""
+        positions = left_padded_positions(mask)
+        parts: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        for start in range(0, len(ids), batch_size):
+            rows = slice(start, start + batch_size)
+            out = model(input_ids=ids[rows, :-1], attention_mask=mask[rows, :-1],
+                        position_ids=positions[rows, :-1], use_cache=True)  # fmt: skip
+            cache = out["cache" if "cache" in out else "past_key_values"]
+            parts.append([(layer.keys, layer.values) for layer in cache.layers])
+        keys_values = [
+            (torch.cat([part[i][0] for part in parts]), torch.cat([part[i][1] for part in parts]))
+            for i in range(len(parts[0]))
+        ]
+        return cls(ids, mask, positions, keys_values)
+
+    def select(self, rows: Sequence[int] | np.ndarray) -> Prefix:
+        index = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=self.ids.device)
+        return Prefix(
+            self.ids[index], self.mask[index], self.positions[index],
+            [(keys[index], values[index]) for keys, values in self.keys_values],
+        )  # fmt: skip
+
+    def cache(self, model: PreTrainedModel) -> DynamicCache:
+        """A fresh cache holding the prefix (the forward pass appends to it)."""
+        return DynamicCache(self.keys_values, config=unwrap(model).config)
+
+
+def steered_last_logits(
+    model: PreTrainedModel, shifter: RowShifts, prefix: Prefix, shifts: torch.Tensor
+) -> torch.Tensor:
+    """[N, K, vocab]: the last-position logits of each prompt under each of `shifts` [K, L, W]."""
+    batch, copies = len(prefix.ids), len(shifts)
+    # The copies sit side by side as the row's last `copies` positions, all at the last
+    # token's position id; each attends to the prompt and to itself, never to another copy.
+    seen = torch.cat(
+        [prefix.mask[:, None, :-1].bool().expand(-1, copies, -1),
+         torch.eye(copies, dtype=torch.bool, device=prefix.ids.device).expand(batch, -1, -1)],
+        dim=-1,
+    )  # fmt: skip
+    dtype = next(model.parameters()).dtype
+    blocked = torch.zeros(seen.shape, dtype=dtype, device=seen.device)
+    blocked = blocked.masked_fill(~seen, torch.finfo(dtype).min)[:, None]  # [N, 1, K, keys]
+    shifter.rows = shifts[None].expand(batch, -1, -1, -1)
+    try:
+        logits = model(
+            input_ids=prefix.ids[:, -1:].expand(-1, copies), attention_mask=blocked,
+            position_ids=prefix.positions[:, -1:].expand(-1, copies),
+            use_cache=True, **{_cache_argument(model): prefix.cache(model)},
+        ).logits  # fmt: skip
+    finally:
+        shifter.rows = None
+    return logits.float()
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """transformers 5 names the KV cache argument `cache`; earlier releases `past_key_values`."""
+    parameters = inspect.signature(unwrap(model).forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
