@@ -29,7 +29,7 @@ from overhead import color_model, model_parser, paired_ratio  # type: ignore[imp
 from memgen.core.generation import encode_prompt, generate, left_padded_positions, pad_left
 from memgen.core.modeling import model_identity
 from memgen.steering.api import steer
-from memgen.steering.prefix import Prefix, _cache_argument, steered_last_logits
+from memgen.steering.prefix import Prefix, cache_argument, returned_cache, steered_last_logits
 from memgen.steering.saved import Steering
 from memgen.steering.shifts import RowShifts, fit_shifts, generate_shifted
 
@@ -121,13 +121,13 @@ def fit_steps(model: torch.nn.Module, tokenizer: object, prompts: list[str],
         with torch.no_grad():
             out = model(input_ids=ids[rows, :-1], attention_mask=mask[rows, :-1],
                         position_ids=positions[rows, :-1], use_cache=True)  # fmt: skip
-        cache = out["cache" if "cache" in out else "past_key_values"]
+        cache = returned_cache(out)
         cache.batch_repeat_interleave(count)
         shifter.rows = table.repeat(len(rows), 1, 1)
         logits = model(input_ids=ids[rows, -1:].repeat_interleave(count, 0),
                        attention_mask=mask[rows].repeat_interleave(count, 0),
                        position_ids=positions[rows, -1:].repeat_interleave(count, 0),
-                       **{_cache_argument(model): cache}).logits[:, -1]  # fmt: skip
+                       **{cache_argument(model): cache}).logits[:, -1]  # fmt: skip
         return logits.view(len(rows), count, -1)
 
     def shared_prefix() -> Callable[[np.ndarray], torch.Tensor]:

@@ -7,7 +7,7 @@ cache; `steered_last_logits` then runs only the last token, once per shift, the 
 side by side as the row's last positions, each attending to the prompt and to itself.
 Fitting K shifts for many steps on a fixed set of prompts so costs, per step, one
 token's forward and backward per shift and prompt: no prompt is re-run, and no cache is
-copied K times (benchmarks/fit_prefix.py measures both against running them).
+copied K times (benchmarks/steer_batching.py measures both against running them).
 
     prefix = Prefix.of(model, ids, mask)                 # once, before any shift is set
     logits = steered_last_logits(model, shifter, prefix.select(rows), shifts)  # [B, K, V]
@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ class Prefix:
             rows = slice(start, start + batch_size)
             out = model(input_ids=ids[rows, :-1], attention_mask=mask[rows, :-1],
                         position_ids=positions[rows, :-1], use_cache=True)  # fmt: skip
-            cache = out["cache" if "cache" in out else "past_key_values"]
+            cache = returned_cache(out)
             parts.append([(layer.keys, layer.values) for layer in cache.layers])
         keys_values = [
             (torch.cat([part[i][0] for part in parts]), torch.cat([part[i][1] for part in parts]))
@@ -91,14 +91,19 @@ def steered_last_logits(
         logits = model(
             input_ids=prefix.ids[:, -1:].expand(-1, copies), attention_mask=blocked,
             position_ids=prefix.positions[:, -1:].expand(-1, copies),
-            use_cache=True, **{_cache_argument(model): prefix.cache(model)},
+            use_cache=True, **{cache_argument(model): prefix.cache(model)},
         ).logits  # fmt: skip
     finally:
         shifter.rows = None
     return logits.float()
 
 
-def _cache_argument(model: torch.nn.Module) -> str:
+def cache_argument(model: torch.nn.Module) -> str:
     """transformers 5 names the KV cache argument `cache`; earlier releases `past_key_values`."""
     parameters = inspect.signature(unwrap(model).forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a forward pass returns, under either release's name."""
+    return output["cache" if "cache" in output else "past_key_values"]
