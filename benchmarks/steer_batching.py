@@ -6,7 +6,9 @@
 The steer and specificity stages compare many settings (sizes, sets, controls) on the
 same prompts. Measured on the same prompts and shifts, with equal outputs checked:
   * generation: one `generate_shifted` call for K shifts (each row its own shift) vs a
-    loop of K `memgen.steer` + `generate` calls, one setting at a time;
+    loop of K `memgen.steer` + `generate` calls, one setting at a time; and vs the same
+    rows with every prompt run whole per shift, where `generate_shifted` runs a prompt's
+    shared part once and only its last token per shift;
   * fitting: one `fit_shifts` call for K masks vs K calls of one mask each;
   * a fitting step's forward and backward for K shifts on a batch of prompts: the whole
     prompt once per shift; the prompt but its last token run into a KV cache each step
@@ -26,10 +28,17 @@ import numpy as np
 import torch
 from overhead import color_model, model_parser, paired_ratio  # type: ignore[import-not-found]
 
-from memgen.core.generation import encode_prompt, generate, left_padded_positions, pad_left
-from memgen.core.modeling import model_identity
+from memgen.core.generation import (
+    encode_prompt,
+    generate,
+    generate_batch,
+    left_padded_positions,
+    pad_id_of,
+    pad_left,
+)
+from memgen.core.modeling import cache_argument, model_identity, returned_cache
 from memgen.steering.api import steer
-from memgen.steering.prefix import Prefix, cache_argument, returned_cache, steered_last_logits
+from memgen.steering.prefix import Prefix, steered_last_logits
 from memgen.steering.saved import Steering
 from memgen.steering.shifts import RowShifts, fit_shifts, generate_shifted
 
@@ -70,7 +79,26 @@ def main() -> None:
         return generate_shifted(model, tokenizer, prompts, shifts, "resid", "last",
                                 max_new_tokens=args.new_tokens, batch_size=args.batch)  # fmt: skip
 
-    equal = loop_generate() == batched_generate()
+    encoded = [encode_prompt(tokenizer, prompt, False) for prompt in prompts]
+    device = next(model.parameters()).device
+    table = torch.as_tensor(shifts, dtype=torch.float32, device=device)
+
+    def whole_prompts() -> list[list[str]]:
+        """Rows of (shift, prompt), every prompt run whole per shift (memgen before 2026-12-01)."""
+        items = [(k, i) for k in range(len(shifts)) for i in range(len(prompts))]
+        out = [[""] * len(prompts) for _ in shifts]
+        shifter = RowShifts("resid", list(range(args.layers)), "last")
+        with shifter.attached(model):
+            for start in range(0, len(items), args.batch):
+                chunk = items[start : start + args.batch]
+                ids, mask = pad_left([encoded[i] for _, i in chunk], pad_id_of(tokenizer), device)
+                shifter.rows = table[[k for k, _ in chunk]]
+                texts = generate_batch(model, tokenizer, ids, mask, args.new_tokens)
+                for (k, i), text in zip(chunk, texts, strict=True):
+                    out[k][i] = text
+        return out
+
+    equal = loop_generate() == batched_generate() == whole_prompts()
     answers = [ex.gen_answer for ex in examples]
     unit = np.ones((args.layers, args.width))
 
@@ -90,6 +118,9 @@ def main() -> None:
         "setup": vars(args) | {"threads": torch.get_num_threads(), "torch": torch.__version__},
         "generate_K_shifts": paired(loop_generate, batched_generate, args.repeats)
         | {"outputs_equal": equal},
+        "generate_whole_prompts_vs_shared_prefix": paired(
+            whole_prompts, batched_generate, args.repeats
+        ),
         "fit_K_masks": paired(loop_fit, batched_fit, args.repeats) | {"shifts_close": fits_close},
         **steps,
     }

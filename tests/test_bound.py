@@ -117,3 +117,35 @@ def test_the_cached_prefix_gives_the_logits_of_a_full_forward_under_each_shift(
             torch.testing.assert_close(cached[:, k], full, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(picked[0, 0], cached[1, 1], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(cached[:, 0], cached[:, 1])  # the two shifts differ
+
+
+@pytest.mark.parametrize("position", ["last", "prompt"])
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_generation_from_a_cached_prefix_steers_as_generation_from_the_whole_prompt(
+    family: str, position: str, token_ids: torch.Tensor
+) -> None:
+    """Steered generation runs each prompt's shared part once; the tokens must not change."""
+    from conftest import HIDDEN, LAYERS, build_tiny
+    from memgen.core.modeling import cache_argument
+    from memgen.steering.prefix import Prefix
+    from memgen.steering.shifts import RowShifts
+
+    model = build_tiny(family).eval()
+    mask = torch.ones_like(token_ids)
+    mask[1, :3] = 0  # a left-padded row
+    shifts = 3 * torch.randn(3, LAYERS, HIDDEN, generator=torch.Generator().manual_seed(1))
+    shifter = RowShifts("resid", list(range(LAYERS)), position)
+    kwargs = {"attention_mask": mask, "max_new_tokens": 5, "do_sample": False,
+              "pad_token_id": 0, "eos_token_id": None}  # fmt: skip
+    with torch.no_grad(), shifter.attached(model):
+        plain = model.generate(input_ids=token_ids, **kwargs)
+        shifter.rows = shifts
+        whole = model.generate(input_ids=token_ids, **kwargs)
+        shifter.rows = None
+        prefix = Prefix.of(model, token_ids, mask)
+        shifter.rows = shifts
+        cached = model.generate(
+            input_ids=token_ids, **kwargs, **{cache_argument(model): prefix.cache(model)}
+        )
+    assert torch.equal(cached, whole)
+    assert not torch.equal(whole, plain)  # the shifts change the answers

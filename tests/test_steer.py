@@ -26,6 +26,7 @@ from memgen.steering.methods import (
 )
 from memgen.steering.saved import Steering, load_steering
 from memgen.steering.shifts import generate_shifted
+from memgen.steering.tuning import Candidate, Tried, choose, ranked
 
 
 def _neuron_set(model: PreTrainedModel, layers: list[int], neurons: list[int]) -> NeuronSet:
@@ -305,3 +306,39 @@ def test_a_steering_file_round_trips_and_refuses_another_model(
         load_steering(folder / "missing")
     with pytest.raises(MemgenError, match="finite"):
         Steering(model_identity(model), "resid", "last", np.full((2, 3), np.nan))
+
+
+def _tried(name: str, labels: str, push: float) -> Tried:
+    candidate = Candidate("nmd", name, 1.0, np.zeros((LAYERS, HIDDEN)))
+    return Tried(
+        candidate, "last", [{"g": "gen", "m": "mem", "o": "other"}[c] for c in labels], push
+    )
+
+
+def test_the_choice_ranks_by_target_then_push_and_asks_retention_only_as_needed() -> None:
+    tried = [
+        _tried("noisy", "ggggoo", 0.1),  # the most gen, but `other` 1/3 is out of bounds
+        _tried("strong", "gggggm", 0.9),
+        _tried("gentle", "gggggm", 0.2),  # as much gen as "strong", with a smaller push
+        _tried("weak", "ggmmmm", 0.1),
+    ]
+    assert [t.candidate.selection for t in ranked(tried, "gen", max_other=0.2)] == [
+        "gentle",
+        "strong",
+        "weak",
+        "noisy",
+    ]
+    asked: list[str] = []
+
+    def retention(settings: list[Tried]) -> list[float]:
+        asked.extend(t.candidate.selection for t in settings)
+        return [
+            {"gentle": 0.5, "strong": 0.99, "weak": 1.0}[t.candidate.selection] for t in settings
+        ]
+
+    pick = choose(tried, "gen", max_other=0.2, min_retention=0.95, retention=retention, chunk=2)
+    assert pick.candidate.selection == "strong"  # "gentle" breaks too many kept answers
+    assert asked == ["gentle", "strong"]  # "weak" was never measured
+    # Nothing within bounds: the largest target share, bounds ignored.
+    pick = choose(tried[:1], "gen", max_other=0.2, min_retention=0.95, retention=retention)
+    assert pick.candidate.selection == "noisy"

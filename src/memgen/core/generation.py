@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -13,6 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core import distributed
 from memgen.core.examples import Behaviour, Example, Labelled
+from memgen.core.modeling import cache_argument
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, chat: bool) -> str:
@@ -173,8 +174,14 @@ def generate_batch(
     mask: torch.Tensor,
     max_new_tokens: int,
     num_beams: int = 1,
+    cache: Any = None,
 ) -> list[str]:
-    """The decoded continuations of one left-padded batch."""
+    """The decoded continuations of one left-padded batch.
+
+    `cache`: a KV cache of the prompts' first tokens (a `DynamicCache`), so generation
+    runs only the rest; greedy decoding only.
+    """
+    extra = {} if cache is None else {cache_argument(model): cache}
     with _quiet_dropped_mask(mask):
         generated = model.generate(  # type: ignore[operator]
             input_ids=ids,
@@ -184,6 +191,7 @@ def generate_batch(
             do_sample=False,
             pad_token_id=pad_id_of(tokenizer),
             eos_token_id=tokenizer.eos_token_id,
+            **extra,
         )
     texts: list[str] = tokenizer.batch_decode(
         generated[:, ids.shape[1] :], skip_special_tokens=True

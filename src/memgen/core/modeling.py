@@ -6,6 +6,7 @@ Weights are read with safetensors only; `trust_remote_code` is off unless asked 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -201,3 +202,14 @@ def model_identity(model: torch.nn.Module) -> dict[str, Any]:
         "hidden_size": config.hidden_size,
         "name_or_path": str(getattr(config, "_name_or_path", "")),
     }
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """transformers 5 names the KV cache argument `cache`; earlier releases `past_key_values`."""
+    parameters = inspect.signature(unwrap(model).forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a forward pass returns, under either release's name."""
+    return output["cache" if "cache" in output else "past_key_values"]

@@ -15,17 +15,16 @@ copied K times (benchmarks/steer_batching.py measures both against running them)
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from memgen.core.generation import left_padded_positions
-from memgen.core.modeling import unwrap
+from memgen.core.modeling import cache_argument, returned_cache, unwrap
 
 if TYPE_CHECKING:
     from memgen.steering.shifts import RowShifts
@@ -96,14 +95,3 @@ def steered_last_logits(
     finally:
         shifter.rows = None
     return logits.float()
-
-
-def cache_argument(model: torch.nn.Module) -> str:
-    """transformers 5 names the KV cache argument `cache`; earlier releases `past_key_values`."""
-    parameters = inspect.signature(unwrap(model).forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
-
-
-def returned_cache(output: Any) -> Any:
-    """The KV cache a forward pass returns, under either release's name."""
-    return output["cache" if "cache" in output else "past_key_values"]

@@ -32,6 +32,7 @@ from memgen.core.generation import (
     pad_left,
 )
 from memgen.core.hooks import edit
+from memgen.core.modeling import unwrap
 from memgen.core.sites import Site, SiteKind
 from memgen.steering.prefix import Prefix, steered_last_logits
 
@@ -52,11 +53,25 @@ class RowShifts:
         if position not in ("last", "prompt"):
             raise MemgenError(f"steering position {position!r} is not 'last' or 'prompt'")
         self.kind, self.layers, self.position = kind, [int(x) for x in layers], position
-        self.rows: torch.Tensor | None = None
+        self._rows: torch.Tensor | None = None
+        # Forward passes since `rows` was set: the first is the prompt's. (Not "a pass of
+        # one token": with its prefix cached, the prompt's pass is one token too.)
+        self.passes = 0
+
+    @property
+    def rows(self) -> torch.Tensor | None:
+        return self._rows
+
+    @rows.setter
+    def rows(self, rows: torch.Tensor | None) -> None:
+        self._rows, self.passes = rows, 0
+
+    def _count_pass(self, *_: object) -> None:
+        self.passes += 1
 
     def _adder(self, layer: int):  # type: ignore[no-untyped-def]
         def add(activation: torch.Tensor) -> torch.Tensor | None:
-            if self.rows is None or (self.position == "prompt" and activation.shape[1] == 1):
+            if self.rows is None or (self.position == "prompt" and self.passes > 0):
                 return None
             rows = self.rows if self.rows.dim() == 4 else self.rows[:, None]
             shift = rows[:, :, layer].to(activation.dtype)  # [batch, positions, width]
@@ -75,8 +90,12 @@ class RowShifts:
     @contextmanager
     def attached(self, model: torch.nn.Module) -> Iterator[RowShifts]:
         edits = {Site(self.kind, layer): self._adder(layer) for layer in self.layers}
-        with edit(model, edits):
-            yield self
+        counter = unwrap(model).register_forward_hook(self._count_pass)
+        try:
+            with edit(model, edits):
+                yield self
+        finally:
+            counter.remove()
 
 
 def steered_layers(shifts: np.ndarray) -> list[int]:
@@ -107,10 +126,11 @@ def generate_shifted(
     model.eval()
     device = _device(model)
     encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in prompts]
-    # Every (shift, prompt) pair, similar lengths together to waste less padding.
+    # Every (shift, prompt) pair, similar lengths together to waste less padding, and a
+    # prompt's shifts side by side, so a chunk's prompts are few and their prefix is shared.
     items = sorted(
         ((k, i) for k in range(len(shifts)) for i in range(len(prompts))),
-        key=lambda item: len(encoded[item[1]]),
+        key=lambda item: (len(encoded[item[1]]), item[1]),
     )
     table = torch.as_tensor(np.asarray(shifts, dtype=np.float32), device=device)
     outputs = [[""] * len(prompts) for _ in range(len(shifts))]
@@ -118,9 +138,20 @@ def generate_shifted(
     chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
 
     def answer(chunk: list[tuple[int, int]]) -> list[str]:
-        ids, mask = pad_left([encoded[i] for _, i in chunk], pad_id_of(tokenizer), device)
-        shifter.rows = table[[k for k, _ in chunk]]
-        return generate_batch(model, tokenizer, ids, mask, max_new_tokens, num_beams)
+        rows = [k for k, _ in chunk]
+        if num_beams > 1:  # beam search expands its inputs itself; give it whole prompts
+            ids, mask = pad_left([encoded[i] for _, i in chunk], pad_id_of(tokenizer), device)
+            shifter.rows = table[rows]
+            return generate_batch(model, tokenizer, ids, mask, max_new_tokens, num_beams)
+        # A chunk holds every shift of a few prompts: run each prompt's shared part once.
+        distinct = list(dict.fromkeys(i for _, i in chunk))
+        shifter.rows = None
+        prefix = Prefix.of(
+            model, *pad_left([encoded[i] for i in distinct], pad_id_of(tokenizer), device)
+        ).select([distinct.index(i) for _, i in chunk])
+        shifter.rows = table[rows]
+        return generate_batch(model, tokenizer, prefix.ids, prefix.mask, max_new_tokens,
+                              cache=prefix.cache(model))  # fmt: skip
 
     with shifter.attached(model):
         # Under a launcher each process answers every Nth chunk; all receive every answer.

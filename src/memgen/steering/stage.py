@@ -5,7 +5,8 @@
 The protocol. The flipped pairs chose the neurons and gave NMD. The test prompts the
 unsteered model answered by memory (for mem -> gen) or by rule (gen -> mem) are split
 in two halves: on the *tuning* half each method's setting (neuron set or layer, size,
-position) is chosen, and `fitted` is fitted; on the *held-out* half every reported rate
+position) is chosen (screened first on a few prompts, memgen/steering/tuning.py), and
+`fitted` is fitted; on the *held-out* half every reported rate
 is measured, with its 95% interval and n. Beside each chosen setting, on the same
 held-out prompts: a *matched* control (as many random neurons per layer, or a random
 direction, given the same treatment, over `steer.draws` draws) and the paper's
@@ -50,6 +51,7 @@ from memgen.steering.methods import (
 )
 from memgen.steering.saved import Steering
 from memgen.steering.shifts import fit_shifts, next_token_kl
+from memgen.steering.tuning import Candidate, Tried, choose, tune
 from memgen.tasks.base import make_task
 
 log = logging.getLogger(__name__)
@@ -92,52 +94,6 @@ def side_sets(
         SideSet([kept[i][0] for i in rows], [kept[i][1] for i in rows]) for rows in (first, second)
     ]
     return pick[0], pick[1]
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One setting of one method, ready to run."""
-
-    method: str
-    selection: str  # "top5" (a neuron set) or "layer 2"
-    size: float
-    shift: np.ndarray  # [L, W]
-    mask: np.ndarray | None = None  # the neurons a sparse method moves
-
-
-@dataclass
-class Tried:
-    """A candidate at one position, measured on the tuning split."""
-
-    candidate: Candidate
-    position: str
-    rates: dict[str, float]
-    push: float  # the shift's largest norm over a layer's mean activation norm
-    retention: float | None = None  # measured only where the choice needs it
-
-
-def choose(tried: list[Tried], toward: Toward, max_other: float, min_retention: float,
-           retention: Any, chunk: int = 4) -> Tried:  # fmt: skip
-    """The setting with the largest target share whose `other` and retention stay in bounds.
-
-    `retention(list[Tried])` measures the retention of settings that lack it; it is
-    asked for a few at a time, best first, until one passes, so the side-effect prompts
-    run for the few settings the choice depends on. Falls back to ignoring retention,
-    then `other`, when no setting meets them.
-    """
-    order = sorted(tried, key=lambda t: (-t.rates[toward], t.push))
-    clean = [t for t in order if t.rates["other"] <= max_other]
-    for start in range(0, len(clean), chunk):
-        group = clean[start : start + chunk]
-        missing = [t for t in group if t.retention is None]
-        if missing:
-            for t, value in zip(missing, retention(missing), strict=True):
-                t.retention = value
-        for t in group:
-            assert t.retention is not None
-            if np.isnan(t.retention) or t.retention >= min_retention:
-                return t
-    return clean[0] if clean else order[0]
 
 
 class MethodRunner:
@@ -246,7 +202,7 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
     rows: list[dict[str, Any]] = []
     best: dict[str, dict[str, Any]] = {}
     splits: dict[str, dict[str, list[int]]] = {}  # direction -> rows of test_outputs.jsonl
-    sweep: list[dict[str, Any]] = []  # every setting tried, on the tuning split
+    sweep: list[dict[str, Any]] = []  # every setting tried, on (part of) the tuning split
     for direction, (source, toward) in DIRECTIONS.items():
         index = [i for i, (_, label) in enumerate(labelled) if label == source][: sc.n_prompts]
         prompts = [labelled[i][0] for i in index]
@@ -276,19 +232,19 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
         for method in methods:
             log.info("steer: %s, tuning %s on %d prompts", direction, method.name, len(tuning))
             candidates = runner.candidates(method, toward)
-            shifts = np.stack([c.shift for c in candidates])
-            tried = [
-                Tried(c, position, rates(lab), shift_size(c.shift, stats)["relative_norm"])
-                for position in sc.positions
-                for c, lab in zip(candidates, bench.labels(tuning, shifts, position), strict=True)
-            ]
+            screened, tried = tune(
+                bench, candidates, sc.positions, tuning, toward, sc.max_other,
+                sc.screen_prompts, sc.screen_keep,
+                lambda shift: shift_size(shift, stats)["relative_norm"],
+            )  # fmt: skip
             pick = choose(tried, toward, sc.max_other, sc.min_retention, retention)
             sweep += [
                 {"direction": direction, "method": method.name,
                  "selection": t.candidate.selection, "size": t.candidate.size,
-                 "position": t.position, "split": "tuning", "rates": t.rates,
-                 "retention": t.retention, "push": t.push}
-                for t in tried
+                 "position": t.position, "split": split, "n_prompts": len(t.labels),
+                 "rates": t.rates, "retention": t.retention, "push": t.push}
+                for split, group in (("screen", screened), ("tuning", tried))
+                for t in group
             ]  # fmt: skip
             chosen = pick.candidate
             # Held out: the chosen setting, its matched control and the paper's controls.
@@ -312,7 +268,7 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
                 "top_n": sets[chosen.selection].top_n if chosen.selection in sets else None,
                 "size": chosen.size, "position": pick.position, "split": "held_out",
                 "n_prompts": len(held_out), "targeted": rates(target), "ci": _ci(target),
-                "tuning": {"n_prompts": len(tuning), "rates": pick.rates,
+                "tuning": {"n_prompts": len(pick.labels), "rates": pick.rates,
                            "retention": pick.retention},
                 "n_neurons": int(np.count_nonzero(chosen.shift)),
                 "shift": shift_size(chosen.shift, stats),

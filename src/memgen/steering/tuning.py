@@ -1,0 +1,122 @@
+"""Choosing a steering setting on the tuning split: screen every setting, then rank the few.
+
+    from memgen.steering.tuning import Candidate, choose, tune
+
+A method offers tens of settings (neuron set or layer, size, position). Each is first
+tried on a few tuning prompts (`steer.screen_prompts`); the `steer.screen_keep` best of
+them, ranked as `choose` ranks, are then tried on the rest of the tuning split, and the
+choice is made among those on the whole split. Generation is most of the steer stage's
+time and grows with settings x prompts, so this halves the stage at the cost of a noisy
+first cut, which only has to keep the best few, not order them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from memgen.core.examples import Example
+from memgen.core.stats import rates
+from memgen.steering.bench import Bench
+from memgen.steering.methods import Toward
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One setting of one method, ready to run."""
+
+    method: str
+    selection: str  # "top5" (a neuron set) or "layer 2"
+    size: float
+    shift: np.ndarray  # [L, W]
+    mask: np.ndarray | None = None  # the neurons a sparse method moves
+
+
+@dataclass
+class Tried:
+    """A candidate at one position, measured on (part of) the tuning split."""
+
+    candidate: Candidate
+    position: str
+    labels: list[str]
+    push: float  # the shift's largest norm over a layer's mean activation norm
+    retention: float | None = None  # measured only where the choice needs it
+    rates: dict[str, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rates = rates(self.labels)
+
+
+def measure(bench: Bench, settings: Sequence[tuple[Candidate, str]],
+            examples: Sequence[Example]) -> list[list[str]]:  # fmt: skip
+    """Labels per (candidate, position) on `examples`; the shifts of a position run together."""
+    found: dict[int, list[str]] = {}
+    for position in dict.fromkeys(p for _, p in settings):
+        group = [i for i, (_, p) in enumerate(settings) if p == position]
+        shifts = np.stack([settings[i][0].shift for i in group])
+        found.update(zip(group, bench.labels(examples, shifts, position), strict=True))
+    return [found[i] for i in range(len(settings))]
+
+
+def ranked(tried: Sequence[Tried], toward: Toward, max_other: float) -> list[Tried]:
+    """Largest target share first (the smaller push on ties); `other` above the bound last."""
+    order = sorted(tried, key=lambda t: (-t.rates[toward], t.push))
+    return [t for t in order if t.rates["other"] <= max_other] + [
+        t for t in order if t.rates["other"] > max_other
+    ]
+
+
+def tune(bench: Bench, candidates: Sequence[Candidate], positions: Sequence[str],
+         tuning: Sequence[Example], toward: Toward, max_other: float, screen_prompts: int,
+         screen_keep: int, push: Callable[[np.ndarray], float],
+         ) -> tuple[list[Tried], list[Tried]]:  # fmt: skip
+    """(screened, finalists): every setting on the first `screen_prompts` tuning prompts,
+    and the `screen_keep` best of them on the whole tuning split.
+
+    Without screening (`screen_prompts` 0, or no fewer prompts or settings to gain), the
+    screened list is empty and every setting is measured on the whole split.
+    """
+    settings = [(c, p) for p in positions for c in candidates]
+
+    def tried(prompts: Sequence[Example]) -> list[Tried]:
+        labels = measure(bench, settings, prompts)
+        return [
+            Tried(c, p, lab, push(c.shift)) for (c, p), lab in zip(settings, labels, strict=True)
+        ]
+
+    if not 0 < screen_prompts < len(tuning) or len(settings) <= screen_keep:
+        return [], tried(tuning)
+    screened = tried(tuning[:screen_prompts])
+    survivors = ranked(screened, toward, max_other)[:screen_keep]
+    rest = measure(bench, [(t.candidate, t.position) for t in survivors], tuning[screen_prompts:])
+    finalists = [
+        Tried(t.candidate, t.position, t.labels + more, t.push)
+        for t, more in zip(survivors, rest, strict=True)
+    ]
+    return screened, finalists
+
+
+def choose(tried: list[Tried], toward: Toward, max_other: float, min_retention: float,
+           retention: Callable[[list[Tried]], list[float]], chunk: int = 4) -> Tried:  # fmt: skip
+    """The setting with the largest target share whose `other` and retention stay in bounds.
+
+    `retention(list[Tried])` measures the retention of settings that lack it; it is
+    asked for a few at a time, best first, until one passes, so the side-effect prompts
+    run for the few settings the choice depends on. Falls back to ignoring retention,
+    then `other`, when no setting meets them.
+    """
+    order = ranked(tried, toward, max_other)
+    clean = [t for t in order if t.rates["other"] <= max_other]
+    for start in range(0, len(clean), chunk):
+        group = clean[start : start + chunk]
+        missing = [t for t in group if t.retention is None]
+        if missing:
+            for t, value in zip(missing, retention(missing), strict=True):
+                t.retention = value
+        for t in group:
+            assert t.retention is not None
+            if np.isnan(t.retention) or t.retention >= min_retention:
+                return t
+    return order[0]
