@@ -55,6 +55,13 @@ def test_identical_scores_overlap_fully() -> None:
     assert result["jaccard"] == 1.0 and result["dice"] == 1.0
     assert result["spearman"] == pytest.approx(1.0)
     assert result["chance_jaccard"] < 0.1
+    # NMD signs: all agree with itself, none with its negation, on the 12 shared neurons.
+    nmd = np.random.default_rng(1).normal(size=s.shape)
+    assert compare_scores(s, s, 0.1, nmd=(nmd, nmd))["sign_agreement"] == 1.0
+    flipped = compare_scores(s, s, 0.1, nmd=(nmd, -nmd))
+    assert flipped["sign_agreement"] == 0.0 and flipped["n_shared"] == 12
+    disjoint = compare_scores(s, -np.sign(s) * (10 - np.abs(s)), 0.1, nmd=(nmd, nmd))
+    assert disjoint["jaccard"] == 0.0 and np.isnan(disjoint["sign_agreement"])
     with pytest.raises(MemgenError, match="same model"):
         compare_scores(s, s[:2], 0.1)
 

@@ -14,8 +14,9 @@ from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
 from memgen.core.examples import read_jsonl, read_labelled
 from memgen.core.modeling import load_trained
+from memgen.core.recorded import read_record
 from memgen.core.stats import rates
-from memgen.pipeline import RUN_ORDER, STAGES, open_step, run_all, upstream
+from memgen.pipeline import RUN_ORDER, STAGES, made_with, open_step, run_all, upstream
 from memgen.report.stage import run_report
 from memgen.steering.ablate import run_ablate
 from memgen.steering.bench import DIRECTIONS
@@ -35,8 +36,9 @@ TINY = [
     "train.batch_size=32", "train.warmup_steps=20", "train.max_other=1.0",
     "behave.min_flips=10", "behave.max_pairs=3000", "behave.target_flips=40",
     "probe.folds=2", "probe.learning_curve=[5,10]", "neurons.top_n=[0.1]",
-    "steer.alphas=[3]", "steer.n_prompts=40", "steer.n_side_effect=20", "steer.draws=2",
-    "steer.sd_alphas=[1]", "steer.budgets=[4]", "steer.dense_alphas=[2]", "steer.fit_steps=20",
+    "steer.alphas=[1,3]", "steer.n_prompts=40", "steer.n_side_effect=20", "steer.draws=2",
+    "steer.sd_alphas=[0.5,1]", "steer.budgets=[2,4]", "steer.dense_alphas=[2]",
+    "steer.fit_steps=20", "steer.screen_prompts=4", "steer.screen_keep=2",
     "specificity.sizes=[0.05,0.1]", "specificity.budgets=[4]", "specificity.draws=2",
     "behave.n_rule_check=100",
 ]  # fmt: skip
@@ -127,6 +129,23 @@ def test_steering_is_chosen_on_prompts_it_is_not_reported_on(tiny_run: Path) -> 
         rows = [r for r in results["steering"] if r["direction"] == direction]
         assert all(r["n_prompts"] == len(held_out) for r in rows)
         assert all(r["tuning"]["n_prompts"] == len(tuning) for r in rows)
+    # Every setting is screened on the first 4 tuning prompts, and the 2 best per method
+    # are measured on the whole tuning split; the chosen setting is one of those 2.
+    sweep = json.loads((tiny_run / "steer" / "steering.json").read_text())["sweep"]
+    for row in results["steering"]:
+        tried = [
+            s for s in sweep if (s["direction"], s["method"]) == (row["direction"], row["method"])
+        ]
+        screened = [s for s in tried if s["split"] == "screen"]
+        finalists = [s for s in tried if s["split"] == "tuning"]
+        assert len(screened) > 2 and all(s["n_prompts"] == 4 for s in screened)
+        assert len(finalists) == 2
+        assert all(s["n_prompts"] == row["tuning"]["n_prompts"] for s in finalists)
+        assert any(
+            (s["selection"], s["size"], s["position"])
+            == (row["selection"], row["size"], row["position"])
+            for s in finalists
+        )
 
 
 def test_the_saved_best_steering_reproduces_its_rates_in_a_new_process(tiny_run: Path) -> None:
@@ -287,7 +306,8 @@ def test_compare_a_run_with_its_copy(tiny_run: Path, tmp_path: Path) -> None:
     copy = shutil.copytree(tiny_run, tmp_path / "copy")
     out = tmp_path / "compare"
     done = subprocess.run([sys.executable, "-m", "memgen", "compare", str(tiny_run), str(copy),
-                           "--out", str(out)], capture_output=True, text=True)  # fmt: skip
+                           "--shared-units", "--out", str(out)], capture_output=True,
+                          text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     comparison = json.loads((out / "compare.json").read_text())
     results = json.loads((tiny_run / "results.json").read_text())
@@ -299,7 +319,40 @@ def test_compare_a_run_with_its_copy(tiny_run: Path, tmp_path: Path) -> None:
     (pair,) = comparison["neurons"]
     assert pair["neurons_correspond"] and pair["why"] == "same trained weights"
     assert pair["overlap"]["0.1"]["jaccard"] == 1.0 and pair["layer_profile_distance"]["0.1"] == 0
+    assert pair["overlap"]["0.1"]["sign_agreement"] == 1.0
+    # A probe fitted on one run's pairs reads the other's (its own, here) in both directions.
+    record = read_record(tiny_run / "record")
+    for row in pair["cross_probe"]:
+        assert row["a_on_b"] == row["b_on_a"] and row["a_on_b"]["n"] == len(record.labels)
     assert (out / "compare.png").is_file() and "same trained weights" in done.stdout
+    # The config the steering was made with, rebuilt from manifests (no config.yaml here).
+    made, given = made_with(tiny_run, "steer"), load_config(None, TINY)
+    assert all(getattr(made, s) == getattr(given, s) for s in ("train", "behave", "steer"))
+    # Each best steering applied to the copy's held-out prompts: the run's own held-out rate.
+    best = results["steering_best"]
+    cells = comparison["cross_steering"]
+    assert len(cells) == 4 * len(best) and (out / "cross_steering.png").is_file()
+    for cell in cells:
+        assert cell["targeted"] == best[cell["direction"]]["targeted"]
+        assert cell["n_prompts"] == best[cell["direction"]]["n_prompts"]
+        assert len(cell["control"]["target_per_draw"]) == 2  # steer.draws of the tiny run
+
+
+def test_compare_with_shared_units_refuses_runs_trained_apart(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    """Two separately trained networks have no neuron-to-neuron correspondence."""
+    other = Path(shutil.copytree(tiny_run, tmp_path / "other"))
+    manifest = json.loads((other / "train" / "manifest.json").read_text())
+    for name in [k for k in manifest["outputs"] if k.endswith(".safetensors")]:
+        manifest["outputs"][name] = "another checksum"  # as a second training would leave
+    (other / "train" / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "compare"
+    command = [sys.executable, "-m", "memgen", "compare", str(tiny_run), str(other),
+               "--shared-units", "--out", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 2 and "do not share units" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -358,8 +411,8 @@ TINY_CIPHER = [
     "train.warmup_steps=20", "train.max_other=1.0", "behave.min_flips=6",
     "behave.max_pairs=3000", "behave.target_flips=40", "probe.folds=2",
     "probe.learning_curve=[3,6]", "neurons.top_n=[0.1]", "steer.alphas=[1]",
-    "steer.n_prompts=20", "steer.n_side_effect=20", "steer.draws=2", "steer.sd_alphas=[1]",
-    "steer.budgets=[4]", "steer.dense_alphas=[2]", "steer.fit_steps=20",
+    "steer.n_prompts=20", "steer.n_side_effect=20", "steer.draws=2", "steer.sd_alphas=[0.5,1]",
+    "steer.budgets=[2,4]", "steer.dense_alphas=[2]", "steer.fit_steps=20",
     "steer.methods=[nmd_sd,fitted]", "specificity.sizes=[0.1]", "specificity.budgets=[4]",
     "specificity.draws=2", "specificity.sites=[resid]",
 ]  # fmt: skip

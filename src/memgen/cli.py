@@ -190,12 +190,20 @@ def compare(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the comparison.")] = Path(
         "runs/compare"
     ),
+    shared_units: Annotated[
+        bool,
+        typer.Option(
+            "--shared-units",
+            help="Runs of one model (one network's tasks, or adapters on one base): refuse "
+            "any pair whose neurons do not correspond; compare them unit by unit.",
+        ),
+    ] = False,
 ) -> None:
     """Compare finished runs (seeds, tasks): spread of the results, agreement of the neurons."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from memgen.report.compare import format_table, write_comparison
 
-    comparison = write_comparison(runs, out)
+    comparison = write_comparison(runs, out, shared_units)
     typer.echo(format_table(comparison))
     typer.echo(f"compare: done -> {out}")
 

@@ -136,6 +136,25 @@ def identity(name: str, cfg: RunConfig) -> dict[str, Any]:
     return config
 
 
+def made_with(run_dir: Path, name: str) -> RunConfig:
+    """The config a finished stage and the stages upstream of it were made with.
+
+    Rebuilt from their manifests, so it holds for a run made from Python, with no
+    config.yaml beside it; sections none of them reads keep their defaults.
+    """
+    merged: dict[str, Any] = {}
+    for stage in (*upstream(name), name):
+        for key, value in Stage(run_dir, stage).manifest()["config"].items():
+            section, _, field_name = key.partition(".")
+            if field_name:
+                merged.setdefault(section, {})[field_name] = value
+            elif isinstance(value, dict):
+                merged.setdefault(section, {}).update(value)
+            else:
+                merged[key] = value
+    return RunConfig.model_validate(merged)
+
+
 def stale(name: str, run_dir: Path, cfg: RunConfig) -> list[str]:
     """The stages upstream of `name` that are unfinished or were made for another config.
 

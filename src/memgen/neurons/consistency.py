@@ -75,8 +75,15 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(ra @ rb / scale) if scale > 0 else 0.0
 
 
-def compare_scores(a: np.ndarray, b: np.ndarray, fraction: float) -> dict[str, float]:
-    """Overlap of the top-`fraction` selections of two score maps, and their rank correlation."""
+def compare_scores(
+    a: np.ndarray, b: np.ndarray, fraction: float, nmd: tuple[np.ndarray, np.ndarray] | None = None
+) -> dict[str, float]:
+    """Overlap of the top-`fraction` selections of two score maps, and their rank correlation.
+
+    With both runs' NMD maps (`nmd`), also how often a neuron selected in both leans the
+    same way (`sign_agreement`, chance 0.5; NaN when no neuron is shared): is a
+    "memorization" neuron of one run a memorization neuron of the other?
+    """
     if a.shape != b.shape:
         raise MemgenError(
             f"score maps differ in shape {a.shape} vs {b.shape}; compare the same model and site"
@@ -84,7 +91,7 @@ def compare_scores(a: np.ndarray, b: np.ndarray, fraction: float) -> dict[str, f
     k = n_selected(fraction, a.size)
     top_a, top_b = ranking(a)[:k], ranking(b)[:k]
     chance = chance_overlap(k, k, a.size)
-    return {
+    found: dict[str, float] = {
         "k": k,
         "total": int(a.size),
         "jaccard": jaccard(top_a, top_b),
@@ -93,6 +100,12 @@ def compare_scores(a: np.ndarray, b: np.ndarray, fraction: float) -> dict[str, f
         "chance_jaccard": chance["jaccard"],
         "chance_dice": chance["dice"],
     }
+    if nmd is not None:
+        shared = np.intersect1d(top_a, top_b)
+        signs = [np.sign(np.asarray(m, dtype=np.float64).ravel()[shared]) for m in nmd]
+        found["n_shared"] = len(shared)
+        found["sign_agreement"] = float(np.mean(signs[0] == signs[1])) if len(shared) else np.nan
+    return found
 
 
 def compare_sets(a: NeuronSet, b: NeuronSet) -> dict[str, float]:

@@ -102,7 +102,7 @@ def fold_assignment(pair_ids: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def _fit(classifier: str, seed: int, x: np.ndarray, y: np.ndarray) -> Classifier:
+def fit_probe(classifier: str, seed: int, x: np.ndarray, y: np.ndarray) -> Classifier:
     if len(np.unique(y)) < 2:
         raise MemgenError("probe: a training split holds one behaviour only; use flipped pairs")
     model = PROBES.get(classifier)(seed)
@@ -117,7 +117,7 @@ def cv_predict(
     predictions = np.empty(len(y), dtype=np.int64)
     for k in np.unique(fold):
         test = fold == k
-        model = _fit(classifier, seed, x[~test], y[~test])
+        model = fit_probe(classifier, seed, x[~test], y[~test])
         predictions[test] = model.predict(x[test])
     return predictions
 
@@ -196,7 +196,7 @@ def learning_curve(
         test = np.isin(pair_ids, order[:n_test])
         for n in wanted:
             train = np.isin(pair_ids, order[n_test : n_test + n])
-            model = _fit(classifier, seed, x[train], y[train])
+            model = fit_probe(classifier, seed, x[train], y[train])
             scores[n].append(float((model.predict(x[test]) == y[test]).mean()))
     points = []
     for n, values in scores.items():

@@ -26,9 +26,11 @@ import numpy as np
 from memgen.core.artifacts import Stage, read_json, write_json
 from memgen.core.errors import MemgenError
 from memgen.core.neuron_set import read_scores
+from memgen.core.recorded import read_record
 from memgen.core.stats import summarise
 from memgen.neurons.consistency import compare_scores
 from memgen.neurons.selection import layer_share, select_top
+from memgen.probe.probes import accuracy, fit_probe
 
 # Headline numbers: name -> path into results.json (docs/results-schema.md).
 METRICS: dict[str, str] = {
@@ -50,11 +52,13 @@ class FinishedRun:
     """What `compare` needs from one run folder."""
 
     name: str
+    path: Path
     results: dict[str, Any]
     train_manifest: dict[str, Any]
     site: str
     top_n: list[float]
     score: np.ndarray  # [layers, width]
+    nmd: np.ndarray  # [layers, width]
 
     @classmethod
     def load(cls, run_dir: Path, name: str) -> FinishedRun:
@@ -65,11 +69,13 @@ class FinishedRun:
         neurons = Stage(run_dir, "neurons").manifest()["config"]["neurons"]
         return cls(
             name=name,
+            path=run_dir,
             results=read_json(run_dir / "results.json"),
             train_manifest=Stage(run_dir, "train").manifest(),
             site=str(neurons["site"]),
             top_n=[float(f) for f in neurons["top_n"]],
             score=scores["score"],
+            nmd=scores["nmd"],
         )
 
     @property
@@ -132,17 +138,53 @@ def neuron_agreement(
     row["neurons_correspond"] = why is not None
     row["why"] = why or "trained separately: hidden units do not correspond index by index"
     if why is not None:
-        row["overlap"] = {f"{f:g}": compare_scores(a.score, b.score, f) for f in fractions}
+        row["cross_probe"] = cross_probes(a, b)
+        row["overlap"] = {
+            f"{f:g}": compare_scores(a.score, b.score, f, nmd=(a.nmd, b.nmd)) for f in fractions
+        }
     return row
 
 
-def compare_runs(run_dirs: Sequence[Path]) -> dict[str, Any]:
+def cross_probes(a: FinishedRun, b: FinishedRun) -> list[dict[str, Any]]:
+    """Per layer: a probe fitted on all of one run's flipped pairs, tested on the other's.
+
+    Both directions, at the neurons' site, with `a`'s classifier. Where units correspond
+    this asks whether the two runs encode memorization vs generalization the same way
+    (the paper's inter-task claim, read out rather than selected).
+    """
+    record_a, record_b = (read_record(Stage(run.path, "record").path) for run in (a, b))
+    x_a, x_b = record_a.activations(a.site), record_b.activations(b.site)
+    classifier = str(Stage(a.path, "probe").manifest()["config"]["probe"]["classifier"])
+    rows: list[dict[str, Any]] = []
+    for layer in range(x_a.shape[1]):
+        row: dict[str, Any] = {"layer": layer}
+        for key, (x, y, x_test, y_test) in {
+            "a_on_b": (x_a, record_a.labels, x_b, record_b.labels),
+            "b_on_a": (x_b, record_b.labels, x_a, record_a.labels),
+        }.items():
+            probe = fit_probe(classifier, 0, np.asarray(x[:, layer], np.float32), y)
+            row[key] = accuracy(probe.predict(np.asarray(x_test[:, layer], np.float32)), y_test)
+        rows.append(row)
+    return rows
+
+
+def compare_runs(run_dirs: Sequence[Path], shared_units: bool = False) -> dict[str, Any]:
+    """The comparison; `shared_units` refuses any pair whose neurons do not correspond."""
     if len(run_dirs) < 2:
         raise MemgenError("give at least two run folders to compare")
     names = [path.name for path in run_dirs]
     if len(set(names)) < len(names):
         names = [str(path) for path in run_dirs]
     runs = [FinishedRun.load(path, name) for path, name in zip(run_dirs, names, strict=True)]
+    if shared_units:
+        for a, b in itertools.combinations(runs, 2):
+            if correspondence(a.train_manifest, b.train_manifest) is None or (
+                a.site, a.score.shape) != (b.site, b.score.shape):  # fmt: skip
+                raise MemgenError(
+                    f"{a.name} and {b.name} do not share units (trained separately, or "
+                    "recorded at another site); --shared-units compares runs of one model: "
+                    "the same trained weights, or adapters on one base (train.model)"
+                )
     per_run: list[dict[str, Any]] = [
         {"run": run.name, "task": run.task, "seed": run.results.get("seed"),
          "model": run.results.get("model"),
@@ -157,13 +199,19 @@ def compare_runs(run_dirs: Sequence[Path]) -> dict[str, Any]:
             for key in METRICS
             if (values := [row[key] for row in rows if row[key] is not None])
         }
+    cross: list[dict[str, Any]] = []
+    if shared_units:
+        from memgen.report.cross import cross_steering
+
+        cross = cross_steering([(run.name, run.path) for run in runs])
     profiles = {run.name: {f: run.layer_profile(f) for f in run.top_n} for run in runs}
     pairs = [neuron_agreement(a, b, profiles) for a, b in itertools.combinations(runs, 2)]
     layer_profiles = {
         name: {f"{f:g}": shares.tolist() for f, shares in by_fraction.items()}
         for name, by_fraction in profiles.items()
     }
-    return {"runs": per_run, "summary": summary, "neurons": pairs, "layer_profiles": layer_profiles}
+    return {"runs": per_run, "summary": summary, "neurons": pairs, "layer_profiles": layer_profiles,
+            "cross_steering": cross}  # fmt: skip
 
 
 def format_table(comparison: dict[str, Any]) -> str:
@@ -199,19 +247,39 @@ def format_table(comparison: dict[str, Any]) -> str:
         for key, overlap in pair.get("overlap", {}).items():
             parts.append(
                 f"top {float(key):.0%} Jaccard {overlap['jaccard']:.2f} "
-                f"(chance {overlap['chance_jaccard']:.3f}), Spearman {overlap['spearman']:.2f}"
+                f"(chance {overlap['chance_jaccard']:.3f}), Spearman {overlap['spearman']:.2f}, "
+                f"NMD signs agree on {overlap['sign_agreement']:.0%} of {overlap['n_shared']} "
+                "shared"
             )
         lines.append(head + "; ".join(parts) + f" [{pair['why']}]")
+        for row in pair.get("cross_probe", []):
+            lines.append(
+                f"  layer {row['layer']} probe across runs: {pair['runs'][0]} -> "
+                f"{pair['runs'][1]} {row['a_on_b']['accuracy']:.1%}, reverse "
+                f"{row['b_on_a']['accuracy']:.1%}"
+            )
+    for row in comparison.get("cross_steering", []):
+        toward = "gen" if row["direction"] == "mem_to_gen" else "mem"
+        control = row["control"]["target"]["mean"]
+        lines.append(
+            f"steering {row['direction']} chosen on {row['from']}, applied to {row['to']}: "
+            f"{row['targeted'][toward]:.1%} of {row['n_prompts']} (random directions "
+            f"{control:.1%})"
+        )
     return "\n".join(lines)
 
 
-def write_comparison(run_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
+def write_comparison(
+    run_dirs: Sequence[Path], out: Path, shared_units: bool = False
+) -> dict[str, Any]:
     """compare.json, compare.txt and compare.png in `out`."""
-    from memgen.report.compare_figure import plot_comparison
+    from memgen.report.compare_figure import plot_comparison, plot_cross_steering
 
-    comparison = compare_runs(run_dirs)
+    comparison = compare_runs(run_dirs, shared_units)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", comparison)
     (out / "compare.txt").write_text(format_table(comparison) + "\n")
     plot_comparison(comparison, out / "compare.png")
+    if comparison["cross_steering"]:
+        plot_cross_steering(comparison["cross_steering"], out / "cross_steering.png")
     return comparison

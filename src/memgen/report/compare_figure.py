@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 
 SHOWN = ["gen", "mem", "other", "flip_rate", "probe_best", "mem_to_gen", "gen_to_mem"]
 
@@ -54,6 +55,32 @@ def plot_comparison(comparison: dict[str, Any], path: Path) -> None:
     right.set_title(f"where the {top}neurons sit", fontsize=10)
     right.grid(alpha=0.3)
     right.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_cross_steering(rows: list[dict[str, Any]], path: Path) -> None:
+    """One heat map per direction: steering chosen on a row's run, applied to a column's."""
+    directions = list(dict.fromkeys(row["direction"] for row in rows))
+    names = list(dict.fromkeys([*(r["from"] for r in rows), *(r["to"] for r in rows)]))
+    fig, axes = plt.subplots(1, len(directions), figsize=(4.6 * len(directions), 4.0), dpi=120,
+                             squeeze=False)  # fmt: skip
+    for ax, direction in zip(axes[0], directions, strict=True):
+        toward = "gen" if direction == "mem_to_gen" else "mem"
+        grid = np.full((len(names), len(names)), np.nan)
+        for row in (r for r in rows if r["direction"] == direction):
+            i, j = names.index(row["from"]), names.index(row["to"])
+            grid[i, j] = 100 * row["targeted"][toward]
+            control = 100 * row["control"]["target"]["mean"]
+            ax.text(j, i, f"{grid[i, j]:.0f}%\n(random {control:.0f}%)", ha="center",
+                    va="center", fontsize=7)  # fmt: skip
+        ax.imshow(grid, vmin=0, vmax=100, cmap="Blues")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xlabel("applied to (held-out prompts)")
+        ax.set_ylabel("chosen on")
+        ax.set_title(f"{direction.replace('_', ' ')}: share moved", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
