@@ -129,8 +129,8 @@ def test_steering_is_chosen_on_prompts_it_is_not_reported_on(tiny_run: Path) -> 
         rows = [r for r in results["steering"] if r["direction"] == direction]
         assert all(r["n_prompts"] == len(held_out) for r in rows)
         assert all(r["tuning"]["n_prompts"] == len(tuning) for r in rows)
-    # Every setting is screened on the first 4 tuning prompts, and the 2 best per method
-    # are measured on the whole tuning split; the chosen setting is one of those 2.
+    # Every setting is screened on the first 4 tuning prompts, and the best per method, 2 at
+    # a time, are measured on the whole tuning split; the chosen setting is one of those.
     sweep = json.loads((tiny_run / "steer" / "steering.json").read_text())["sweep"]
     for row in results["steering"]:
         tried = [
@@ -139,7 +139,8 @@ def test_steering_is_chosen_on_prompts_it_is_not_reported_on(tiny_run: Path) -> 
         screened = [s for s in tried if s["split"] == "screen"]
         finalists = [s for s in tried if s["split"] == "tuning"]
         assert len(screened) > 2 and all(s["n_prompts"] == 4 for s in screened)
-        assert len(finalists) == 2
+        assert len(finalists) % 2 == 0 or len(finalists) == len(screened)
+        assert 2 <= len(finalists) <= len(screened)
         assert all(s["n_prompts"] == row["tuning"]["n_prompts"] for s in finalists)
         assert any(
             (s["selection"], s["size"], s["position"])

@@ -26,7 +26,7 @@ from memgen.steering.methods import (
 )
 from memgen.steering.saved import Steering, load_steering
 from memgen.steering.shifts import generate_shifted
-from memgen.steering.tuning import Candidate, Tried, choose, ranked
+from memgen.steering.tuning import Bounds, Candidate, Tried, choose, ranked, tune
 
 
 def _neuron_set(model: PreTrainedModel, layers: list[int], neurons: list[int]) -> NeuronSet:
@@ -342,3 +342,48 @@ def test_the_choice_ranks_by_target_then_push_and_asks_retention_only_as_needed(
     # Nothing within bounds: the largest target share, bounds ignored.
     pick = choose(tried[:1], "gen", max_other=0.2, min_retention=0.95, retention=retention)
     assert pick.candidate.selection == "noisy"
+
+
+class _Scripted:
+    """Stands in for the generating bench in a test of the screening logic alone: setting i
+    (its shift's first value) answers prompt j with `script[i][j]`. Generation itself is
+    tested against a real model above."""
+
+    def __init__(self, script: list[str]) -> None:
+        self.script = script
+        self.calls: list[tuple[list[int], int]] = []
+
+    def labels(self, examples: list[object], shifts: np.ndarray, position: str) -> list[list[str]]:
+        rows = [int(shift[0, 0]) for shift in shifts]
+        first = int(examples[0].prompt)  # type: ignore[attr-defined]
+        self.calls.append((rows, len(examples)))
+        code = {"g": "gen", "m": "mem", "o": "other"}
+        return [[code[self.script[i][first + j]] for j in range(len(examples))] for i in rows]
+
+
+def test_screening_goes_on_down_the_ranking_until_a_setting_meets_the_bounds() -> None:
+    from memgen.core.examples import Example
+
+    script = [
+        "gggg" + "gggggg",  # best screened; fails retention
+        "gggg" + "ggggmm",  # fails retention
+        "gggm" + "gggggm",  # meets the bounds
+        "gggm" + "ggggoo",  # too much `other` on the whole split
+        "ggmm" + "gggggg",  # never completed: ranked below a setting that meets them
+        "gmmm" + "gggggg",
+    ]  # fmt: skip
+    candidates = [Candidate("nmd", f"s{i}", 1.0, np.full((1, 1), float(i))) for i in range(6)]
+    tuning = [Example(str(j), "", "", "", {}) for j in range(10)]
+    bench = _Scripted(script)
+    kept = {"s0": 0.5, "s1": 0.5, "s2": 1.0, "s3": 1.0}
+
+    def retention(settings: list[Tried]) -> list[float]:
+        return [kept[t.candidate.selection] for t in settings]
+
+    bounds = Bounds(max_other=0.1, min_retention=0.95, screen_prompts=4, screen_keep=2)
+    pick, screened, finalists = tune(bench, candidates, ["last"], tuning, "gen", bounds,  # type: ignore[arg-type]
+                                     retention, lambda shift: 0.0)  # fmt: skip
+    assert pick.candidate.selection == "s2" and pick.rates["gen"] == 0.8
+    assert [t.candidate.selection for t in finalists] == ["s0", "s1", "s2", "s3"]
+    assert len(screened) == 6 and all(len(t.labels) == 4 for t in screened)
+    assert bench.calls == [([0, 1, 2, 3, 4, 5], 4), ([0, 1], 6), ([2, 3], 6)]

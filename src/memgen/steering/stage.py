@@ -51,7 +51,7 @@ from memgen.steering.methods import (
 )
 from memgen.steering.saved import Steering
 from memgen.steering.shifts import fit_shifts, next_token_kl
-from memgen.steering.tuning import Candidate, Tried, choose, tune
+from memgen.steering.tuning import Bounds, Candidate, Tried, tune
 from memgen.tasks.base import make_task
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,7 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
     bench = Bench(model, tokenizer, task, cfg, kind)
     out = stage.begin()
     rng = np.random.default_rng(cfg.seed)
+    bounds = Bounds(sc.max_other, sc.min_retention, sc.screen_prompts, sc.screen_keep)
     accuracy_set = trained[: sc.n_side_effect]
     taught = [task.label(ex, ex.completion) for ex in accuracy_set]
 
@@ -232,12 +233,10 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
         for method in methods:
             log.info("steer: %s, tuning %s on %d prompts", direction, method.name, len(tuning))
             candidates = runner.candidates(method, toward)
-            screened, tried = tune(
-                bench, candidates, sc.positions, tuning, toward, sc.max_other,
-                sc.screen_prompts, sc.screen_keep,
+            pick, screened, tried = tune(
+                bench, candidates, sc.positions, tuning, toward, bounds, retention,
                 lambda shift: shift_size(shift, stats)["relative_norm"],
             )  # fmt: skip
-            pick = choose(tried, toward, sc.max_other, sc.min_retention, retention)
             sweep += [
                 {"direction": direction, "method": method.name,
                  "selection": t.candidate.selection, "size": t.candidate.size,
@@ -298,8 +297,7 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
                      toward, 100 * row["targeted"][toward],
                      100 * row["controls"]["matched"]["target"]["mean"])  # fmt: skip
         if chosen_rows:
-            winner = choose([t for t, _ in chosen_rows], toward, sc.max_other, sc.min_retention,
-                            retention)  # fmt: skip
+            winner = bounds.choose([t for t, _ in chosen_rows], toward, retention)
             row = next(r for t, r in chosen_rows if t is winner)
             meta = {key: row[key] for key in ("direction", "method", "selection", "size")}
             meta.update(toward=toward, held_out=row["targeted"], n_held_out=row["n_prompts"],

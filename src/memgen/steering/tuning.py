@@ -5,7 +5,8 @@
 A method offers tens of settings (neuron set or layer, size, position). Each is first
 tried on a few tuning prompts (`steer.screen_prompts`); the `steer.screen_keep` best of
 them, ranked as `choose` ranks, are then tried on the rest of the tuning split, and the
-choice is made among those on the whole split. Generation is most of the steer stage's
+choice is made among those on the whole split; if none meets the bounds (`other`,
+retention), the next `screen_keep` follow, and so on. Generation is most of the steer stage's
 time and grows with settings x prompts, so this halves the stage at the cost of a noisy
 first cut, which only has to keep the best few, not order them.
 """
@@ -68,12 +69,34 @@ def ranked(tried: Sequence[Tried], toward: Toward, max_other: float) -> list[Tri
     ]
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """What a chosen setting must meet (`steer.max_other`, `steer.min_retention`) and how
+    settings are screened (`steer.screen_prompts`, `steer.screen_keep`)."""
+
+    max_other: float
+    min_retention: float
+    screen_prompts: int = 0
+    screen_keep: int = 1
+
+    def met(self, t: Tried) -> bool:
+        if t.retention is None or t.rates["other"] > self.max_other:
+            return False
+        return bool(np.isnan(t.retention) or t.retention >= self.min_retention)
+
+    def choose(self, tried: list[Tried], toward: Toward,
+               retention: Callable[[list[Tried]], list[float]]) -> Tried:  # fmt: skip
+        return choose(tried, toward, self.max_other, self.min_retention, retention)
+
+
 def tune(bench: Bench, candidates: Sequence[Candidate], positions: Sequence[str],
-         tuning: Sequence[Example], toward: Toward, max_other: float, screen_prompts: int,
-         screen_keep: int, push: Callable[[np.ndarray], float],
-         ) -> tuple[list[Tried], list[Tried]]:  # fmt: skip
-    """(screened, finalists): every setting on the first `screen_prompts` tuning prompts,
-    and the `screen_keep` best of them on the whole tuning split.
+         tuning: Sequence[Example], toward: Toward, bounds: Bounds,
+         retention: Callable[[list[Tried]], list[float]], push: Callable[[np.ndarray], float],
+         ) -> tuple[Tried, list[Tried], list[Tried]]:  # fmt: skip
+    """(chosen, screened, finalists): every setting on the first `screen_prompts` tuning
+    prompts; then, `screen_keep` at a time in screening order, settings on the whole
+    tuning split until the choice among them meets the bounds (`other`, retention), so
+    screening never settles outside them while an unmeasured setting might be within.
 
     Without screening (`screen_prompts` 0, or no fewer prompts or settings to gain), the
     screened list is empty and every setting is measured on the whole split.
@@ -86,16 +109,24 @@ def tune(bench: Bench, candidates: Sequence[Candidate], positions: Sequence[str]
             Tried(c, p, lab, push(c.shift)) for (c, p), lab in zip(settings, labels, strict=True)
         ]
 
-    if not 0 < screen_prompts < len(tuning) or len(settings) <= screen_keep:
-        return [], tried(tuning)
-    screened = tried(tuning[:screen_prompts])
-    survivors = ranked(screened, toward, max_other)[:screen_keep]
-    rest = measure(bench, [(t.candidate, t.position) for t in survivors], tuning[screen_prompts:])
-    finalists = [
-        Tried(t.candidate, t.position, t.labels + more, t.push)
-        for t, more in zip(survivors, rest, strict=True)
-    ]
-    return screened, finalists
+    first, keep = bounds.screen_prompts, bounds.screen_keep
+    if not 0 < first < len(tuning) or len(settings) <= keep:
+        every = tried(tuning)
+        return bounds.choose(every, toward, retention), [], every
+    screened = tried(tuning[:first])
+    order = ranked(screened, toward, bounds.max_other)
+    finalists: list[Tried] = []
+    for start in range(0, len(order), keep):
+        group = order[start : start + keep]
+        rest = measure(bench, [(t.candidate, t.position) for t in group], tuning[first:])
+        finalists += [
+            Tried(t.candidate, t.position, t.labels + more, t.push)
+            for t, more in zip(group, rest, strict=True)
+        ]
+        pick = bounds.choose(finalists, toward, retention)
+        if bounds.met(pick):
+            break
+    return pick, screened, finalists
 
 
 def choose(tried: list[Tried], toward: Toward, max_other: float, min_retention: float,
