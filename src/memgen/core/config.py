@@ -181,12 +181,15 @@ class SteerConfig(Section):
         400, ge=4, description="test prompts per direction: half to tune on, half held out"
     )
     draws: int = Field(5, ge=1, description="random draws of each matched control")
-    # Every setting is first tried on `screen_prompts` tuning prompts; the `screen_keep`
-    # best go on to the whole tuning split (memgen/steering/tuning.py says why).
+    # Every setting is first tried on `screen_prompts` tuning prompts; the best go on to
+    # the whole tuning split, `screen_keep` at a time, until one meets `max_other` and
+    # `min_retention` (memgen/steering/tuning.py says why).
     screen_prompts: int = Field(
         48, ge=0, description="tuning prompts each setting is screened on; 0: no screening"
     )
-    screen_keep: int = Field(4, ge=1, description="settings per method kept after screening")
+    screen_keep: int = Field(
+        4, ge=1, description="settings per method measured on the whole tuning split at a time"
+    )
     # random: random neurons, shifts of the selected sizes with random signs (the paper's).
     # low_correlation: the least correlated neurons, shifted by those sizes their own way.
     controls: list[Literal["random", "low_correlation"]] = ["random", "low_correlation"]

@@ -40,6 +40,11 @@ def rates_with_ci(labels: Iterable[str]) -> dict[str, dict[str, float]]:
     return table
 
 
+def intervals(labels: Iterable[str]) -> dict[str, list[float]]:
+    """Per behaviour, the 95% Wilson interval [low, high] of its share of `labels`."""
+    return {b: [v["ci_low"], v["ci_high"]] for b, v in rates_with_ci(labels).items()}
+
+
 def summarise(values: Sequence[float]) -> dict[str, float | int | None]:
     """Mean, sample sd and the 95% t-interval of the mean (None below two values)."""
     array = np.asarray(values, dtype=np.float64)

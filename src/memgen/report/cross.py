@@ -25,7 +25,7 @@ from memgen.core.artifacts import Stage, read_json
 from memgen.core.examples import read_test_answers
 from memgen.core.modeling import load_run_model
 from memgen.core.sites import SiteKind
-from memgen.core.stats import rates, rates_with_ci, summarise
+from memgen.core.stats import intervals, rates, summarise
 from memgen.pipeline import made_with
 from memgen.steering.bench import DIRECTIONS, Bench
 from memgen.steering.methods import random_like
@@ -60,13 +60,12 @@ def cross_steering(runs: Sequence[tuple[str, Path]], seed: int = 0) -> list[dict
                 shifts = np.stack([steering.shift, *controls])
                 labels = bench.labels(held_out, shifts, steering.position)
                 draws = [rates(lab)[toward] for lab in labels[1:]]
-                table = rates_with_ci(labels[0])
                 rows.append({
                     "from": source_name, "to": target_name, "direction": direction,
                     "task_from": str(steering.meta.get("task")), "task_to": cfg.task,
                     "method": steering.meta.get("method"), "position": steering.position,
                     "n_prompts": len(held_out), "targeted": rates(labels[0]),
-                    "ci": {b: [v["ci_low"], v["ci_high"]] for b, v in table.items()},
+                    "ci": intervals(labels[0]),
                     "control": {"rates": rates([x for lab in labels[1:] for x in lab]),
                                 "target_per_draw": draws, "target": summarise(draws)},
                 })  # fmt: skip

@@ -19,6 +19,7 @@ The best method per direction (chosen on tuning) is saved as a steering file,
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from memgen.core.modeling import load_run_model, model_identity
 from memgen.core.neuron_set import NeuronSet, read_scores
 from memgen.core.recorded import read_record
 from memgen.core.sites import SiteKind
-from memgen.core.stats import rates, rates_with_ci, summarise
+from memgen.core.stats import intervals, rates, summarise
 from memgen.pipeline import open_step
 from memgen.steering.bench import DIRECTIONS, Bench, split_half
 from memgen.steering.figures import plot_steering
@@ -51,7 +52,7 @@ from memgen.steering.methods import (
 )
 from memgen.steering.saved import Steering
 from memgen.steering.shifts import fit_shifts, next_token_kl
-from memgen.steering.tuning import Bounds, Candidate, Tried, tune
+from memgen.steering.tuning import Bounds, Candidate, Tried, per_position, tune
 from memgen.tasks.base import make_task
 
 log = logging.getLogger(__name__)
@@ -154,11 +155,6 @@ class MethodRunner:
         return method.sparse(self.stats, masks, chosen.size, toward, self.fit)
 
 
-def _ci(labels: list[str]) -> dict[str, list[float]]:
-    table = rates_with_ci(labels)
-    return {b: [v["ci_low"], v["ci_high"]] for b, v in table.items()}
-
-
 def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
     step = open_step(run_dir, "steer", cfg, force)
     if step is None:
@@ -223,12 +219,8 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
 
         def retention(settings: list[Tried], side: SideSet = side_tune) -> list[float]:
             """Retention on the tuning side-effect prompts, batched per position."""
-            found: dict[int, float] = {}
-            for position in dict.fromkeys(t.position for t in settings):
-                group = [i for i, t in enumerate(settings) if t.position == position]
-                shifts = np.stack([settings[i].candidate.shift for i in group])
-                found.update(zip(group, side.retention(bench, shifts, position), strict=True))
-            return [found[i] for i in range(len(settings))]
+            settings_at = [(t.candidate, t.position) for t in settings]
+            return per_position(settings_at, functools.partial(side.retention, bench))
 
         for method in methods:
             log.info("steer: %s, tuning %s on %d prompts", direction, method.name, len(tuning))
@@ -266,7 +258,7 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
                 "direction": direction, "method": method.name, "selection": chosen.selection,
                 "top_n": sets[chosen.selection].top_n if chosen.selection in sets else None,
                 "size": chosen.size, "position": pick.position, "split": "held_out",
-                "n_prompts": len(held_out), "targeted": rates(target), "ci": _ci(target),
+                "n_prompts": len(held_out), "targeted": rates(target), "ci": intervals(target),
                 "tuning": {"n_prompts": len(pick.labels), "rates": pick.rates,
                            "retention": pick.retention},
                 "n_neurons": int(np.count_nonzero(chosen.shift)),

@@ -1,20 +1,22 @@
 """Choosing a steering setting on the tuning split: screen every setting, then rank the few.
 
-    from memgen.steering.tuning import Candidate, choose, tune
+    from memgen.steering.tuning import Bounds, Candidate, tune
 
 A method offers tens of settings (neuron set or layer, size, position). Each is first
 tried on a few tuning prompts (`steer.screen_prompts`); the `steer.screen_keep` best of
 them, ranked as `choose` ranks, are then tried on the rest of the tuning split, and the
 choice is made among those on the whole split; if none meets the bounds (`other`,
-retention), the next `screen_keep` follow, and so on. Generation is most of the steer stage's
-time and grows with settings x prompts, so this halves the stage at the cost of a noisy
-first cut, which only has to keep the best few, not order them.
+retention), the next `screen_keep` follow, and so on. Generation is most of the steer
+stage's time and grows with settings x prompts; on cipher this cut the stage by about a
+third (421 s to 292 s), at the cost of a noisy first cut, which only has to keep the
+best few, not order them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -22,6 +24,8 @@ from memgen.core.examples import Example
 from memgen.core.stats import rates
 from memgen.steering.bench import Bench
 from memgen.steering.methods import Toward
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -50,15 +54,22 @@ class Tried:
         self.rates = rates(self.labels)
 
 
-def measure(bench: Bench, settings: Sequence[tuple[Candidate, str]],
-            examples: Sequence[Example]) -> list[list[str]]:  # fmt: skip
-    """Labels per (candidate, position) on `examples`; the shifts of a position run together."""
-    found: dict[int, list[str]] = {}
+def per_position(settings: Sequence[tuple[Candidate, str]],
+                 run: Callable[[np.ndarray, str], Sequence[T]]) -> list[T]:  # fmt: skip
+    """`run(shifts, position)` once per position, its settings' shifts stacked; one result
+    per setting, in order."""
+    found: dict[int, T] = {}
     for position in dict.fromkeys(p for _, p in settings):
         group = [i for i, (_, p) in enumerate(settings) if p == position]
         shifts = np.stack([settings[i][0].shift for i in group])
-        found.update(zip(group, bench.labels(examples, shifts, position), strict=True))
+        found.update(zip(group, run(shifts, position), strict=True))
     return [found[i] for i in range(len(settings))]
+
+
+def measure(bench: Bench, settings: Sequence[tuple[Candidate, str]],
+            examples: Sequence[Example]) -> list[list[str]]:  # fmt: skip
+    """Labels per (candidate, position) on `examples`."""
+    return per_position(settings, lambda shifts, position: bench.labels(examples, shifts, position))
 
 
 def ranked(tried: Sequence[Tried], toward: Toward, max_other: float) -> list[Tried]:
