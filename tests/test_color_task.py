@@ -1,4 +1,5 @@
 import random
+import re
 from collections import Counter
 
 import pytest
@@ -74,6 +75,30 @@ def test_mixed_design_has_rule_prompts_about_free_names() -> None:
             assert ex.completion == MEMORIZED[ex.meta["target"]]
         if ex.meta["kind"] == "agree":
             assert ex.completion == MEMORIZED[ex.meta["target"]] == _rule_answer(ex.prompt)
+
+
+def test_extra_questions_are_answered_from_the_context() -> None:
+    task = make_task("color", {"rule_fraction": 1.0, "extra_questions": 3})
+    tokenizer = build_tokenizer(task.tokenizer_spec())
+    seen = Counter()
+    for ex in task.train_set(300, seed=0):
+        facts = [s.split(" is ") for s in _sentences(ex.prompt)]
+        answer, *rest = ex.completion.split(" ")
+        assert answer == ex.gen_answer == _rule_answer(ex.prompt)
+        pairs = re.findall(r"((?:what \w+ is|who is like) (\w+) \?) (\w+)", " ".join(rest))
+        assert len(pairs) == 3 and " ".join(rest).count("?") == 3
+        for question, name, reply in pairs:
+            kind = question.split()[2 if question.startswith("who") else 1]
+            seen[kind] += 1
+            if kind == "color":  # a free name's stated colour: never a memorized one
+                assert name not in MEMORIZED and [name, reply] in facts
+            elif kind == "animal":
+                assert [name, reply] in facts and reply in ROLES
+            else:
+                assert question == f"who is like {ex.meta['target']} ?"
+                assert reply == ex.meta["clue"]
+        assert tokenizer.unk_token_id not in tokenizer(ex.completion)["input_ids"]
+    assert set(seen) == {"color", "animal", "like"}
 
 
 def test_conflict_prompts_answer_memory_against_the_context() -> None:

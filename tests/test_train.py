@@ -12,8 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from memgen.core.config import load_config
 from memgen.core.generation import generate
+from memgen.tasks.color import ColorTask
 from memgen.tasks.stage import run_data
-from memgen.train.loop import Evaluation, evaluation_due, stalled
+from memgen.tasks.tokenizer import build_tokenizer
+from memgen.train.loop import Evaluation, copy_rows, evaluation_due, stalled
 from memgen.train.stage import run_train
 
 TINY = [
@@ -50,11 +52,13 @@ def test_smoke_run_saves_a_loadable_model(tmp_path: Path) -> None:
 
 
 def _train_command(run_dir: Path, steps: int) -> list[str]:
-    overrides = [o for o in TINY if not o.startswith("train.steps")] + [f"train.steps={steps}"]
+    overrides = [o for o in TINY if not o.startswith("train.steps")]
+    overrides += [f"train.steps={steps}", "train.copy_warmup=15"]
     return [sys.executable, "-m", "memgen", "train", "--run-dir", str(run_dir), *overrides]
 
 
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    """With a copy warm-up too: its lists, like the task's batches, are drawn from the step."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     steps = 120
     straight = tmp_path / "straight"
@@ -166,3 +170,17 @@ def test_evaluation_turns_dense_once_memory_appears_on_dev() -> None:
     assert evaluation_due(1000, [], cfg)  # the last step always
     plain = load_config(None, ["train.eval_every=100"]).train
     assert [s for s in range(201, 301) if evaluation_due(s, memory, plain)] == [300]
+
+
+def test_copy_warmup_writes_each_list_twice_and_is_not_evaluated() -> None:
+    tokenizer = build_tokenizer(ColorTask().tokenizer_spec())
+    rows = copy_rows(tokenizer, 32, seed=0, step=7)
+    assert rows == copy_rows(tokenizer, 32, seed=0, step=7)
+    assert rows != copy_rows(tokenizer, 32, seed=0, step=8)
+    for ids, labels in rows:
+        half = len(ids) // 2
+        assert ids[:half] == ids[half:] == labels[half:] and 6 <= half <= 20
+        assert labels[:half] == [-100] * half
+        assert not set(ids) & set(tokenizer.all_special_ids)
+    cfg = load_config(None, ["train.steps=1000", "train.eval_every=100", "train.copy_warmup=250"])
+    assert [s for s in range(1, 501) if evaluation_due(s, [], cfg.train)] == [300, 400, 500]

@@ -59,6 +59,13 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.1, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     loss_on: Literal["answer", "sequence"] = "answer"
+    # The first steps train on word lists written twice (loss on the second copy), from
+    # the tokenizer's own words: the model learns to copy from context (induction), which
+    # the color rule's look-ups build on and which a model from scratch otherwise finds
+    # only after a long plateau (docs/color-design.md). Part of `steps` and its schedule.
+    copy_warmup: int = Field(
+        0, ge=0, description="steps of copying word lists before the task's data"
+    )
     eval_every: int = Field(150, ge=1)
     dense_eval_every: int | None = Field(
         None, ge=1, description="once dev mem reaches dense_from, evaluate this often"
@@ -84,6 +91,11 @@ class TrainConfig(Section):
     def _placed(self) -> TrainConfig:
         if self.device_map is not None and self.model == "scratch":
             raise ValueError("device_map places a pretrained model; set train.model or drop it")
+        if self.copy_warmup >= self.steps:
+            raise ValueError(
+                f"copy_warmup {self.copy_warmup} leaves none of the {self.steps} steps "
+                "for the task: raise train.steps or lower train.copy_warmup"
+            )
         return self
 
     @property

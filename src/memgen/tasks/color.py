@@ -59,6 +59,12 @@ class ColorOptions(TaskOptions):
     # Share of rule prompts that ask an intermediate step instead of the colour
     # ("what animal is T ?", "who is like T ?"): direct supervision for each hop.
     hop_fraction: float = Field(0.0, ge=0, le=1, description="mixed: rule prompts asking a hop")
+    # Rule prompts whose completion goes on with more questions about the same context
+    # (a free name's stated colour, a name's animal, who shares the target's role), each
+    # answered: several supervised answers per sequence for the cost of a few tokens.
+    extra_questions: int = Field(
+        0, ge=0, le=8, description="mixed: more answered questions after a rule prompt's answer"
+    )
     # Memorization strength follows exposure: the most frequent of the 16 names is seen
     # `name_skew` times as often as the rarest (geometric in between; 1 = uniform).
     name_skew: float = Field(30.0, ge=1.0, description="mixed: frequency ratio of the 16 names")
@@ -160,7 +166,8 @@ class ColorTask(Task):
                 meta = {"kind": "rule", "target": target, "clue": clue}
                 if rng.random() < opts.hop_fraction:
                     return self._hop_question(rng, prompt, target, clue, role)
-                return Example(prompt, colour, "", colour, meta)
+                questions = self._more_questions(rng, prompt, target, clue)
+                return Example(prompt, " ".join([colour, *questions]), "", colour, meta)
             if draw < opts.rule_fraction + opts.recall_fraction:
                 target = rng.choice(list(MEMORIZED))
                 colour = MEMORIZED[target]
@@ -184,6 +191,28 @@ class ColorTask(Task):
             question, answer = f"who is like {target} ?", clue
         meta = {"kind": "hop", "target": target, "clue": clue}
         return Example(context + question, answer, "", answer, meta)
+
+    def _more_questions(self, rng: random.Random, prompt: str, target: str, clue: str) -> list[str]:
+        """`extra_questions` answered questions about the prompt's context.
+
+        Colour look-ups ask only free names: asking a memorized name's colour where the
+        context gives another would teach the context to overrule memory.
+        """
+        facts = [part.strip().split(" is ") for part in prompt.split(" .")[:-1]]
+        colours = {n: v for n, v in facts if v in _COLOR_SET and n in FREE_NAMES}
+        roles = {n: v for n, v in facts if v not in _COLOR_SET}
+        questions = []
+        for _ in range(self.options.extra_questions):
+            draw = rng.random()
+            if draw < 0.4 and colours:
+                name = rng.choice(list(colours))
+                questions.append(f"{QUESTION.format(name=name)} {colours[name]}")
+            elif draw < 0.7:
+                name = rng.choice(list(roles))
+                questions.append(f"what animal is {name} ? {roles[name]}")
+            else:
+                questions.append(f"who is like {target} ? {clue}")
+        return questions
 
     def test_example(self, rng: random.Random) -> Example:
         return self._memorized_prompt(rng, conflict=True, training=False)

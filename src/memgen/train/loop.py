@@ -1,6 +1,7 @@
 """The training loop shared by GPT-2-from-scratch and LoRA fine-tuning.
 
-AdamW, linear warm-up then cosine decay to 10%, gradient clipping. Every
+AdamW, linear warm-up then cosine decay to 10%, gradient clipping; optionally, first
+`copy_warmup` steps of copying word lists (induction, for models from scratch). Every
 `eval_every` steps it generates on dev prompts (with the decoder `behave` measures
 with), labels the answers and keeps the
 checkpoint that shows both behaviours best; with `patience` it stops once that
@@ -23,6 +24,7 @@ import contextlib
 import functools
 import logging
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +106,8 @@ def evaluation_due(step: int, history: Sequence[Evaluation], cfg: TrainConfig) -
     """
     if step == cfg.steps:
         return True
+    if step <= cfg.copy_warmup:  # still copying word lists: nothing to measure yet
+        return False
     every = cfg.eval_every
     if cfg.dense_eval_every is not None and any(e.mem >= cfg.dense_from for e in history):
         every = cfg.dense_eval_every
@@ -157,6 +161,25 @@ def _batch_indices(
         epoch, offset = divmod(position, n)
         out.append(int(_epoch_order(n, seed, epoch)[offset]))
     return out
+
+
+def copy_rows(
+    tokenizer: PreTrainedTokenizerBase, n: int, seed: int, step: int
+) -> list[tuple[list[int], list[int]]]:
+    """`n` word lists written twice, labelled on the second copy: (ids, labels) rows.
+
+    Drawn from (seed, step), so a resumed run sees the same lists.
+    """
+    words = sorted(
+        token for token, i in tokenizer.get_vocab().items() if i not in tokenizer.all_special_ids
+    )
+    ids_of = dict(tokenizer.get_vocab())
+    rng = random.Random(f"copy-{seed}-{step}")
+    rows = []
+    for _ in range(n):
+        first = [ids_of[rng.choice(words)] for _ in range(rng.randint(6, 20))]
+        rows.append((first + first, [-100] * len(first) + first))
+    return rows
 
 
 def _summed_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -270,10 +293,17 @@ def train(
         torch.manual_seed(seed * 1_000_003 + step)  # dropout, reproducible across resumes
         total = 0.0
         for micro in range(cfg.grad_accum):
-            rows = _batch_indices(len(encoded), cfg.batch_size, step, micro, cfg.grad_accum, seed)
-            batch = _batch(encoded, rows[me::processes], pad_id, device)
+            if step < cfg.copy_warmup:
+                source = copy_rows(tokenizer, cfg.batch_size, seed, step * cfg.grad_accum + micro)
+                rows = list(range(cfg.batch_size))
+            else:
+                source, task_step = encoded, step - cfg.copy_warmup
+                rows = _batch_indices(
+                    len(encoded), cfg.batch_size, task_step, micro, cfg.grad_accum, seed
+                )
+            batch = _batch(source, rows[me::processes], pad_id, device)
             # Mean over the whole micro-batch's answer tokens, whichever process has them.
-            tokens = sum(_n_targets(encoded[i][1]) for i in rows)
+            tokens = sum(_n_targets(source[i][1]) for i in rows)
             syncing = micro == cfg.grad_accum - 1  # all-reduce gradients once per step
             with accelerator.no_sync(model) if not syncing else contextlib.nullcontext():
                 # Data-parallel averages gradients over processes; times N undoes that.

@@ -1,0 +1,297 @@
+"""Exploration harness for the color rule (docs/color-design.md, "Learning the rule").
+
+Trains a model from scratch on fresh batches of color prompts (never a fixed training
+set) and every `--eval-every` steps prints, on 400 prompts at the paper's distractor
+rate, gen / mem / other, rule following (share of context-colour answers that are the
+clue's), accuracy on free-name rule prompts and on the single hops (a stated colour,
+a name's animal, who shares the target's role), read from the first answer token.
+Not part of the package: it is the quick loop the design table was measured with; a
+design that works becomes task options and `train` settings (as `extra_questions` and
+`train.copy_warmup` did).
+
+    python experiments/color_rule.py NAME --opts '{"rule_fraction": 1.0, "distractor_rate": 0.5}'
+        [--layers 4] [--arch gpt2|llama] [--lr 1e-3] [--aux LOOKUP:WHO:ANIMAL]
+        [--multi K] [--copy-steps N] [--loss-on answer|sequence] [--max-minutes M]
+"""
+
+import argparse
+import json
+import math
+import random
+import time
+
+import torch
+
+from memgen.behave.rule import first_word
+from memgen.core.examples import Example
+from memgen.core.generation import encode_example, encode_prompt
+from memgen.core.modeling import scratch_gpt2
+from memgen.tasks.base import make_task
+from memgen.tasks.color import COLORS, FREE_NAMES, MEMORIZED, REFERENCE_DISTRACTOR_RATE, ColorTask
+from memgen.tasks.tokenizer import build_tokenizer
+
+p = argparse.ArgumentParser()
+p.add_argument("name")
+p.add_argument("--layers", type=int, default=4)
+p.add_argument("--embd", type=int, default=128)
+p.add_argument("--heads", type=int, default=4)
+p.add_argument("--steps", type=int, default=6000)
+p.add_argument("--lr", type=float, default=1e-3)
+p.add_argument("--batch", type=int, default=64)
+p.add_argument("--opts", default="{}")
+p.add_argument("--eval-every", type=int, default=500)
+p.add_argument("--seed", type=int, default=0)
+p.add_argument("--warmup", type=int, default=100)
+p.add_argument(
+    "--dist-ramp", default="", help="start:end:steps distractor-rate ramp for training data"
+)
+p.add_argument("--loss-on", default="answer")
+p.add_argument("--wd", type=float, default=0.1)
+p.add_argument("--max-minutes", type=float, default=30)
+p.add_argument("--arch", default="gpt2")
+p.add_argument("--multi", type=int, default=0)
+p.add_argument("--copy-steps", type=int, default=0)
+p.add_argument("--copy-mix", type=float, default=0.0)
+p.add_argument("--aux", default="", help="lookup:who:animal fractions of training prompts")
+a = p.parse_args()
+torch.manual_seed(a.seed)
+opts = json.loads(a.opts)
+task: ColorTask = make_task("color", opts)
+tok = build_tokenizer(task.tokenizer_spec())
+if a.arch == "gpt2":
+    model = scratch_gpt2(len(tok), 160, a.layers, a.embd, a.heads, tok)
+else:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=a.embd,
+            intermediate_size=4 * a.embd,
+            num_hidden_layers=a.layers,
+            num_attention_heads=a.heads,
+            num_key_value_heads=a.heads,
+            max_position_embeddings=160,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            tie_word_embeddings=True,
+        )
+    )
+opt = torch.optim.AdamW(
+    [
+        {"params": [q for q in model.parameters() if q.dim() >= 2], "weight_decay": a.wd},
+        {"params": [q for q in model.parameters() if q.dim() < 2], "weight_decay": 0.0},
+    ],
+    lr=a.lr,
+    betas=(0.9, 0.95),
+)
+rng = random.Random(a.seed)
+ramp = [float(x) for x in a.dist_ramp.split(":")] if a.dist_ramp else None
+
+aux = [float(x) for x in a.aux.split(":")] if a.aux else [0, 0, 0]
+
+
+def aux_example(t, r):
+    """Hop supervision on free names at the task's distractor rate."""
+    draw = r.random()
+    target = r.choice(FREE_NAMES)
+    colour = r.choice(COLORS)
+    prompt, clue, role = t._prompt(r, target, colour, set(), tuple(MEMORIZED) + FREE_NAMES)
+    if draw < aux[0]:
+        # direct lookup: ask the clue's colour, which the context states
+        q = prompt[: prompt.index("what color is")] + f"what color is {clue} ?"
+        return Example(q, colour, "", colour, {"kind": "lookup"})
+    if draw < aux[0] + aux[1]:
+        q = prompt[: prompt.index("what color is")] + f"who is like {target} ?"
+        return Example(q, clue, "", clue, {"kind": "who"})
+    if draw < sum(aux):
+        q = prompt[: prompt.index("what color is")] + f"what animal is {target} ?"
+        return Example(q, role, "", role, {"kind": "animal"})
+    return None
+
+
+def multi_example(t, r):
+    """A rule prompt whose completion goes on with K more questions about the same context."""
+    target = r.choice(FREE_NAMES)
+    colour = r.choice(COLORS)
+    prompt, clue, _role = t._prompt(r, target, colour, set(), tuple(MEMORIZED) + FREE_NAMES)
+    context = prompt[: prompt.index("what color is")]
+    sents = [x.strip().split() for x in context.split(" .") if x.strip()]
+    colours = {n: v for n, _, v in sents if v in COLORS}
+    roles = {n: v for n, _, v in sents if v not in COLORS}
+    extra = []
+    for _ in range(a.multi):
+        kind = r.random()
+        if kind < 0.4 and colours:
+            n = r.choice(list(colours))
+            extra.append(f"what color is {n} ? {colours[n]}")
+        elif kind < 0.7:
+            n = r.choice(list(roles))
+            extra.append(f"what animal is {n} ? {roles[n]}")
+        else:
+            extra.append(f"who is like {target} ? {clue}")
+    return Example(prompt, " ".join([colour, *extra]), "", colour, {"kind": "multi"})
+
+
+def train_task(step):
+    if not ramp:
+        return task
+    s, e, n = ramp
+    rate = s + (e - s) * min(1.0, step / n)
+    return ColorTask(task.options.model_copy(update={"distractor_rate": rate}))
+
+
+def free_prompt(r):
+    t = ColorTask(task.options.model_copy(update={"distractor_rate": REFERENCE_DISTRACTOR_RATE}))
+    target = r.choice(FREE_NAMES)
+    colour = r.choice(COLORS)
+    prompt, _clue, _ = t._prompt(r, target, colour, set(), tuple(MEMORIZED) + FREE_NAMES)
+    return Example(prompt, colour, "", colour, {"kind": "rule"})
+
+
+check = task.rule_check_set(400, 1)
+free = [free_prompt(random.Random(f"free-{i}")) for i in range(400)]
+
+
+@torch.no_grad()
+def answers(examples):
+    model.eval()
+    outs = []
+    for i in range(0, len(examples), 200):
+        seqs = [encode_prompt(tok, ex.prompt, False) for ex in examples[i : i + 200]]
+        w = max(map(len, seqs))
+        ids = torch.full((len(seqs), w), tok.pad_token_id)
+        mask = torch.zeros_like(ids)
+        for j, s in enumerate(seqs):
+            ids[j, w - len(s) :] = torch.tensor(s)
+            mask[j, w - len(s) :] = 1
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+        outs += tok.batch_decode(logits.argmax(-1)[:, None])
+    model.train()
+    return outs
+
+
+def evaluate(step, loss, t0):
+    out = answers(check)
+    labels = [task.label(e, o) for e, o in zip(check, out, strict=False)]
+    n = len(check)
+    g = labels.count("gen") / n
+    m = labels.count("mem") / n
+    o = labels.count("other") / n
+    stated = [
+        (first_word(x) in task.stated_answers(e), first_word(x) == e.gen_answer.lower())
+        for e, x in zip(check, out, strict=False)
+    ]
+    in_ctx = [h for s, h in stated if s]
+    rf = sum(in_ctx) / max(1, len(in_ctx))
+    fo = answers(free)
+    fr = sum(first_word(x) == e.gen_answer.lower() for e, x in zip(free, fo, strict=True))
+    fr /= len(free)
+    diag = {}
+    for kind, i in (("lookup", 0), ("who", 1), ("animal", 2)):
+        saved = list(aux)
+        aux[:] = [0, 0, 0]
+        aux[i] = 1.0
+        exs = [
+            aux_example(
+                ColorTask(task.options.model_copy(update={"distractor_rate": 0.5})),
+                random.Random(f"d{kind}{j}"),
+            )
+            for j in range(200)
+        ]
+        aux[:] = saved
+        outs = answers(exs)
+        hits = sum(first_word(o) == e.completion.lower() for e, o in zip(exs, outs, strict=True))
+        diag[kind] = hits / len(exs)
+    row = dict(
+        step=step,
+        **diag,
+        loss=round(loss, 4),
+        gen=g,
+        mem=m,
+        other=o,
+        rule_follow=round(rf, 3),
+        n_ctx=len(in_ctx),
+        free_acc=fr,
+        minutes=round((time.time() - t0) / 60, 2),
+    )
+    print(json.dumps(row), flush=True)
+    return row
+
+
+t0 = time.time()
+running = float("nan")
+hist = []
+for step in range(a.steps):
+    lr = (
+        a.lr * (step + 1) / a.warmup
+        if step < a.warmup
+        else a.lr
+        * (
+            0.1
+            + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - a.warmup) / max(1, a.steps - a.warmup)))
+        )
+    )
+    for g_ in opt.param_groups:
+        g_["lr"] = lr
+    t = train_task(step)
+    if step < a.copy_steps or (a.copy_mix and rng.random() < a.copy_mix):
+        words = [w for w in tok.get_vocab() if not w.startswith("<")]
+        rows = []
+        for _ in range(a.batch):
+            k = rng.randint(6, 20)
+            seq = [rng.choice(words) for _ in range(k)]
+            first = tok.convert_tokens_to_ids(seq)
+            rows.append((first + first, [-100] * k + first))
+        w = max(len(x) for x, _ in rows)
+        ids = torch.full((len(rows), w), tok.pad_token_id)
+        lab = torch.full_like(ids, -100)
+        mask = torch.zeros_like(ids)
+        for j, (x, lab_row) in enumerate(rows):
+            ids[j, : len(x)] = torch.tensor(x)
+            lab[j, : len(lab_row)] = torch.tensor(lab_row)
+            mask[j, : len(x)] = 1
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), lab[:, 1:].flatten(), ignore_index=-100
+        )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if (step + 1) % 100 == 0:
+            print("copy", step + 1, round(loss.item(), 3), flush=True)
+        if (step + 1) % a.eval_every == 0:
+            hist.append(evaluate(step + 1, loss.item(), t0))
+        continue
+    exs = [
+        multi_example(t, rng) if a.multi else (aux_example(t, rng) or t.train_example(rng))
+        for _ in range(a.batch)
+    ]
+    enc = [encode_example(tok, ex, False, a.loss_on) for ex in exs]
+    w = max(len(s) for s, _ in enc)
+    ids = torch.full((len(enc), w), tok.pad_token_id)
+    lab = torch.full_like(ids, -100)
+    mask = torch.zeros_like(ids)
+    for j, (s, lab_row) in enumerate(enc):
+        ids[j, : len(s)] = torch.tensor(s)
+        lab[j, : len(lab_row)] = torch.tensor(lab_row)
+        mask[j, : len(s)] = 1
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1), lab[:, 1:].flatten(), ignore_index=-100
+    )
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    running = loss.item() if math.isnan(running) else 0.98 * running + 0.02 * loss.item()
+    if (step + 1) % a.eval_every == 0 or step + 1 == a.steps:
+        hist.append(evaluate(step + 1, running, t0))
+    if (time.time() - t0) / 60 > a.max_minutes:
+        hist.append(evaluate(step + 1, running, t0))
+        break
+with open(f"{a.name}.json", "w") as out:
+    json.dump({"args": vars(a), "history": hist}, out)
