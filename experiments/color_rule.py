@@ -23,12 +23,14 @@ import time
 import torch
 
 from memgen.behave.rule import first_word
+from memgen.core.config import TrainConfig
 from memgen.core.examples import Example
 from memgen.core.generation import encode_example, encode_prompt
 from memgen.core.modeling import scratch_gpt2
 from memgen.tasks.base import make_task
 from memgen.tasks.color import COLORS, FREE_NAMES, MEMORIZED, REFERENCE_DISTRACTOR_RATE, ColorTask
 from memgen.tasks.tokenizer import build_tokenizer
+from memgen.train.loop import _batch, copy_rows, learning_rate, word_ids
 
 p = argparse.ArgumentParser()
 p.add_argument("name")
@@ -56,6 +58,8 @@ p.add_argument("--aux", default="", help="lookup:who:animal fractions of trainin
 a = p.parse_args()
 torch.manual_seed(a.seed)
 opts = json.loads(a.opts)
+if a.multi:
+    opts["extra_questions"] = a.multi
 task: ColorTask = make_task("color", opts)
 tok = build_tokenizer(task.tokenizer_spec())
 if a.arch == "gpt2":
@@ -109,29 +113,6 @@ def aux_example(t, r):
         q = prompt[: prompt.index("what color is")] + f"what animal is {target} ?"
         return Example(q, role, "", role, {"kind": "animal"})
     return None
-
-
-def multi_example(t, r):
-    """A rule prompt whose completion goes on with K more questions about the same context."""
-    target = r.choice(FREE_NAMES)
-    colour = r.choice(COLORS)
-    prompt, clue, _role = t._prompt(r, target, colour, set(), tuple(MEMORIZED) + FREE_NAMES)
-    context = prompt[: prompt.index("what color is")]
-    sents = [x.strip().split() for x in context.split(" .") if x.strip()]
-    colours = {n: v for n, _, v in sents if v in COLORS}
-    roles = {n: v for n, _, v in sents if v not in COLORS}
-    extra = []
-    for _ in range(a.multi):
-        kind = r.random()
-        if kind < 0.4 and colours:
-            n = r.choice(list(colours))
-            extra.append(f"what color is {n} ? {colours[n]}")
-        elif kind < 0.7:
-            n = r.choice(list(roles))
-            extra.append(f"what animal is {n} ? {roles[n]}")
-        else:
-            extra.append(f"who is like {target} ? {clue}")
-    return Example(prompt, " ".join([colour, *extra]), "", colour, {"kind": "multi"})
 
 
 def train_task(step):
@@ -224,70 +205,30 @@ def evaluate(step, loss, t0):
 t0 = time.time()
 running = float("nan")
 hist = []
+words = word_ids(tok)
+schedule = TrainConfig(steps=a.steps, lr=a.lr, warmup_steps=a.warmup)
 for step in range(a.steps):
-    lr = (
-        a.lr * (step + 1) / a.warmup
-        if step < a.warmup
-        else a.lr
-        * (
-            0.1
-            + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - a.warmup) / max(1, a.steps - a.warmup)))
-        )
-    )
-    for g_ in opt.param_groups:
-        g_["lr"] = lr
-    t = train_task(step)
-    if step < a.copy_steps or (a.copy_mix and rng.random() < a.copy_mix):
-        words = [w for w in tok.get_vocab() if not w.startswith("<")]
-        rows = []
-        for _ in range(a.batch):
-            k = rng.randint(6, 20)
-            seq = [rng.choice(words) for _ in range(k)]
-            first = tok.convert_tokens_to_ids(seq)
-            rows.append((first + first, [-100] * k + first))
-        w = max(len(x) for x, _ in rows)
-        ids = torch.full((len(rows), w), tok.pad_token_id)
-        lab = torch.full_like(ids, -100)
-        mask = torch.zeros_like(ids)
-        for j, (x, lab_row) in enumerate(rows):
-            ids[j, : len(x)] = torch.tensor(x)
-            lab[j, : len(lab_row)] = torch.tensor(lab_row)
-            mask[j, : len(x)] = 1
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1), lab[:, 1:].flatten(), ignore_index=-100
-        )
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if (step + 1) % 100 == 0:
-            print("copy", step + 1, round(loss.item(), 3), flush=True)
-        if (step + 1) % a.eval_every == 0:
-            hist.append(evaluate(step + 1, loss.item(), t0))
-        continue
-    exs = [
-        multi_example(t, rng) if a.multi else (aux_example(t, rng) or t.train_example(rng))
-        for _ in range(a.batch)
-    ]
-    enc = [encode_example(tok, ex, False, a.loss_on) for ex in exs]
-    w = max(len(s) for s, _ in enc)
-    ids = torch.full((len(enc), w), tok.pad_token_id)
-    lab = torch.full_like(ids, -100)
-    mask = torch.zeros_like(ids)
-    for j, (s, lab_row) in enumerate(enc):
-        ids[j, : len(s)] = torch.tensor(s)
-        lab[j, : len(lab_row)] = torch.tensor(lab_row)
-        mask[j, : len(s)] = 1
-    logits = model(input_ids=ids, attention_mask=mask).logits
+    for group in opt.param_groups:
+        group["lr"] = learning_rate(step, schedule)
+    copying = step < a.copy_steps or (a.copy_mix and rng.random() < a.copy_mix)
+    if copying:  # word lists written twice, loss on the second copy
+        rows = copy_rows(words, a.batch, a.seed, step)
+    else:
+        t = train_task(step)
+        exs = [aux_example(t, rng) or t.train_example(rng) for _ in range(a.batch)]
+        rows = [encode_example(tok, ex, False, a.loss_on) for ex in exs]
+    batch = _batch(rows, list(range(len(rows))), tok.pad_token_id, torch.device("cpu"))
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     loss = torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1), lab[:, 1:].flatten(), ignore_index=-100
+        logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100
     )
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
     running = loss.item() if math.isnan(running) else 0.98 * running + 0.02 * loss.item()
+    if copying and (step + 1) % 100 == 0:
+        print("copy", step + 1, round(loss.item(), 3), flush=True)
     if (step + 1) % a.eval_every == 0 or step + 1 == a.steps:
         hist.append(evaluate(step + 1, running, t0))
     if (time.time() - t0) / 60 > a.max_minutes:

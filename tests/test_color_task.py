@@ -87,6 +87,7 @@ def test_extra_questions_are_answered_from_the_context() -> None:
         assert answer == ex.gen_answer == _rule_answer(ex.prompt)
         pairs = re.findall(r"((?:what \w+ is|who is like) (\w+) \?) (\w+)", " ".join(rest))
         assert len(pairs) == 3 and " ".join(rest).count("?") == 3
+        assert len({question for question, _, _ in pairs}) == 3  # distinct: none copied
         for question, name, reply in pairs:
             kind = question.split()[2 if question.startswith("who") else 1]
             seen[kind] += 1

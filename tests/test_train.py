@@ -8,14 +8,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from memgen.core.config import load_config
+from memgen.core.errors import MemgenError
 from memgen.core.generation import generate
 from memgen.tasks.color import ColorTask
 from memgen.tasks.stage import run_data
 from memgen.tasks.tokenizer import build_tokenizer
-from memgen.train.loop import Evaluation, copy_rows, evaluation_due, stalled
+from memgen.train.loop import Evaluation, copy_rows, evaluation_due, stalled, word_ids
 from memgen.train.stage import run_train
 
 TINY = [
@@ -58,7 +60,7 @@ def _train_command(run_dir: Path, steps: int) -> list[str]:
 
 
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    """With a copy warm-up too: its lists, like the task's batches, are drawn from the step."""
+    """With a copy warm-up too, so the task's batches are resumed at the right offset."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     steps = 120
     straight = tmp_path / "straight"
@@ -174,13 +176,26 @@ def test_evaluation_turns_dense_once_memory_appears_on_dev() -> None:
 
 def test_copy_warmup_writes_each_list_twice_and_is_not_evaluated() -> None:
     tokenizer = build_tokenizer(ColorTask().tokenizer_spec())
-    rows = copy_rows(tokenizer, 32, seed=0, step=7)
-    assert rows == copy_rows(tokenizer, 32, seed=0, step=7)
-    assert rows != copy_rows(tokenizer, 32, seed=0, step=8)
+    tokenizer.add_tokens(["<|reserved|>"], special_tokens=True)
+    words = word_ids(tokenizer)
+    special = {*tokenizer.all_special_ids, *tokenizer.added_tokens_decoder}
+    assert words and not set(words) & special
+    rows = copy_rows(words, 32, seed=0, step=7)
+    assert rows == copy_rows(words, 32, seed=0, step=7)
+    assert rows != copy_rows(words, 32, seed=0, step=8)
     for ids, labels in rows:
         half = len(ids) // 2
         assert ids[:half] == ids[half:] == labels[half:] and 6 <= half <= 20
         assert labels[:half] == [-100] * half
-        assert not set(ids) & set(tokenizer.all_special_ids)
-    cfg = load_config(None, ["train.steps=1000", "train.eval_every=100", "train.copy_warmup=250"])
-    assert [s for s in range(1, 501) if evaluation_due(s, [], cfg.train)] == [300, 400, 500]
+    steps = ["train.steps=1000", "train.eval_every=100"]
+    cfg = load_config(None, [*steps, "train.copy_warmup=300"]).train
+    assert [s for s in range(1, 501) if evaluation_due(s, [], cfg)] == [400, 500]
+    plain = load_config(None, steps).train
+    assert [s for s in range(1, 501) if evaluation_due(s, [], plain)] == [100, 200, 300, 400, 500]
+
+
+def test_copy_warmup_is_refused_where_it_cannot_apply() -> None:
+    with pytest.raises(MemgenError, match="copy_warmup"):
+        load_config(None, ["train.steps=100", "train.copy_warmup=100"])
+    with pytest.raises(MemgenError, match="copy_warmup"):
+        load_config(None, ["train.model=some/model", "train.copy_warmup=10"])

@@ -60,9 +60,10 @@ class TrainConfig(Section):
     grad_clip: float = Field(1.0, gt=0)
     loss_on: Literal["answer", "sequence"] = "answer"
     # The first steps train on word lists written twice (loss on the second copy), from
-    # the tokenizer's own words: the model learns to copy from context (induction), which
-    # the color rule's look-ups build on and which a model from scratch otherwise finds
-    # only after a long plateau (docs/color-design.md). Part of `steps` and its schedule.
+    # the tokenizer's own words: a model from scratch learns to copy from context
+    # (induction), which the color rule's look-ups build on and which it otherwise finds
+    # only after a long plateau (docs/color-design.md). Counted within `steps`; the
+    # learning-rate warm-up and cosine span both phases.
     copy_warmup: int = Field(
         0, ge=0, description="steps of copying word lists before the task's data"
     )
@@ -91,10 +92,19 @@ class TrainConfig(Section):
     def _placed(self) -> TrainConfig:
         if self.device_map is not None and self.model == "scratch":
             raise ValueError("device_map places a pretrained model; set train.model or drop it")
+        return self
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainConfig:
         if self.copy_warmup >= self.steps:
             raise ValueError(
-                f"copy_warmup {self.copy_warmup} leaves none of the {self.steps} steps "
-                "for the task: raise train.steps or lower train.copy_warmup"
+                f"train.copy_warmup {self.copy_warmup} leaves none of train.steps "
+                f"{self.steps} for the task: raise train.steps or lower train.copy_warmup"
+            )
+        if self.copy_warmup and self.model != "scratch":
+            raise ValueError(
+                "train.copy_warmup teaches a model from scratch to copy; a pretrained "
+                "model already does: drop it or set train.model=scratch"
             )
         return self
 

@@ -61,7 +61,9 @@ class ColorOptions(TaskOptions):
     hop_fraction: float = Field(0.0, ge=0, le=1, description="mixed: rule prompts asking a hop")
     # Rule prompts whose completion goes on with more questions about the same context
     # (a free name's stated colour, a name's animal, who shares the target's role), each
-    # answered: several supervised answers per sequence for the cost of a few tokens.
+    # answered: several supervised answers per sequence, about 6 tokens each. With loss on
+    # the answer the question words are scored too, so losses of runs with and without
+    # them do not compare.
     extra_questions: int = Field(
         0, ge=0, le=8, description="mixed: more answered questions after a rule prompt's answer"
     )
@@ -193,26 +195,23 @@ class ColorTask(Task):
         return Example(context + question, answer, "", answer, meta)
 
     def _more_questions(self, rng: random.Random, prompt: str, target: str, clue: str) -> list[str]:
-        """`extra_questions` answered questions about the prompt's context.
+        """Up to `extra_questions` distinct answered questions about the prompt's context.
 
-        Colour look-ups ask only free names: asking a memorized name's colour where the
-        context gives another would teach the context to overrule memory.
+        Drawn from: each free name's stated colour, each name's animal, and who shares
+        the target's role. Colour look-ups ask only free names: asking a memorized name's
+        colour where the context gives another would teach the context to overrule
+        memory. Distinct, so no answer can be copied from an earlier one.
         """
+        if not self.options.extra_questions:
+            return []
         facts = [part.strip().split(" is ") for part in prompt.split(" .")[:-1]]
-        colours = {n: v for n, v in facts if v in _COLOR_SET and n in FREE_NAMES}
-        roles = {n: v for n, v in facts if v not in _COLOR_SET}
-        questions = []
-        for _ in range(self.options.extra_questions):
-            draw = rng.random()
-            if draw < 0.4 and colours:
-                name = rng.choice(list(colours))
-                questions.append(f"{QUESTION.format(name=name)} {colours[name]}")
-            elif draw < 0.7:
-                name = rng.choice(list(roles))
-                questions.append(f"what animal is {name} ? {roles[name]}")
-            else:
-                questions.append(f"who is like {target} ? {clue}")
-        return questions
+        candidates = [f"who is like {target} ? {clue}"]
+        for name, value in facts:
+            if value in _COLOR_SET and name in FREE_NAMES:
+                candidates.append(f"{QUESTION.format(name=name)} {value}")
+            elif value not in _COLOR_SET:
+                candidates.append(f"what animal is {name} ? {value}")
+        return rng.sample(candidates, min(self.options.extra_questions, len(candidates)))
 
     def test_example(self, rng: random.Random) -> Example:
         return self._memorized_prompt(rng, conflict=True, training=False)

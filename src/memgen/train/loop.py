@@ -99,6 +99,7 @@ def stalled(history: Sequence[Evaluation], cfg: TrainConfig) -> bool:
 def evaluation_due(step: int, history: Sequence[Evaluation], cfg: TrainConfig) -> bool:
     """Every `eval_every` steps, and every `dense_eval_every` once memory has appeared.
 
+    Never during the copy warm-up; always at the last step.
     Both behaviours can coexist for only a few hundred steps (memory rising, the rule not
     yet forgotten); evaluating densely from the first sign of memory, and from then on,
     catches that window on any seed. A function of the history alone, so a resumed run
@@ -163,21 +164,27 @@ def _batch_indices(
     return out
 
 
-def copy_rows(
-    tokenizer: PreTrainedTokenizerBase, n: int, seed: int, step: int
-) -> list[tuple[list[int], list[int]]]:
-    """`n` word lists written twice, labelled on the second copy: (ids, labels) rows.
+COPY_MAX_WORDS = 20  # the longest copy list: rows are twice as long
 
-    Drawn from (seed, step), so a resumed run sees the same lists.
+
+def word_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokenizer's ids that are words: no special or added tokens."""
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    return sorted(set(tokenizer.get_vocab().values()) - special)
+
+
+def copy_rows(
+    words: Sequence[int], n: int, seed: int, step: int
+) -> list[tuple[list[int], list[int]]]:
+    """One step's `n` word lists written twice, labelled on the second copy: (ids, labels).
+
+    Drawn from (seed, step) alone, so a resumed run, and the same step split into
+    micro-batches, sees the same lists.
     """
-    words = sorted(
-        token for token, i in tokenizer.get_vocab().items() if i not in tokenizer.all_special_ids
-    )
-    ids_of = dict(tokenizer.get_vocab())
     rng = random.Random(f"copy-{seed}-{step}")
     rows = []
     for _ in range(n):
-        first = [ids_of[rng.choice(words)] for _ in range(rng.randint(6, 20))]
+        first = [rng.choice(words) for _ in range(rng.randint(6, COPY_MAX_WORDS))]
         rows.append((first + first, [-100] * len(first) + first))
     return rows
 
@@ -250,6 +257,7 @@ def train(
     chat = cfg.chat
     decoder = decoder or Decoder()
     encoded = [encode_example(tokenizer, ex, chat, cfg.loss_on) for ex in train_examples]
+    words = word_ids(tokenizer) if cfg.copy_warmup else []
     pad_id = pad_id_of(tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
     # Biases and norms are not decayed (the usual GPT recipe).
@@ -294,15 +302,15 @@ def train(
         total = 0.0
         for micro in range(cfg.grad_accum):
             if step < cfg.copy_warmup:
-                source = copy_rows(tokenizer, cfg.batch_size, seed, step * cfg.grad_accum + micro)
-                rows = list(range(cfg.batch_size))
+                source = copy_rows(words, cfg.batch_size * cfg.grad_accum, seed, step)
+                rows = list(range(micro * cfg.batch_size, (micro + 1) * cfg.batch_size))
             else:
                 source, task_step = encoded, step - cfg.copy_warmup
                 rows = _batch_indices(
                     len(encoded), cfg.batch_size, task_step, micro, cfg.grad_accum, seed
                 )
             batch = _batch(source, rows[me::processes], pad_id, device)
-            # Mean over the whole micro-batch's answer tokens, whichever process has them.
+            # Mean over the whole micro-batch's labelled tokens, whichever process has them.
             tokens = sum(_n_targets(source[i][1]) for i in rows)
             syncing = micro == cfg.grad_accum - 1  # all-reduce gradients once per step
             with accelerator.no_sync(model) if not syncing else contextlib.nullcontext():
@@ -314,6 +322,8 @@ def train(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         total = distributed.all_sum(total)  # alone: the value itself
+        if step == cfg.copy_warmup:  # the task's loss starts afresh, not from copying's
+            running = float("nan")
         running = total if math.isnan(running) else 0.95 * running + 0.05 * total
         done = step + 1
         if evaluation_due(done, history, cfg):

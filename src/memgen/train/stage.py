@@ -30,7 +30,7 @@ from memgen.tasks.base import Task, make_task
 from memgen.tasks.tokenizer import build_tokenizer
 from memgen.train import checkpoint
 from memgen.train.curve import plot_curve
-from memgen.train.loop import Decoder, kept_index, train
+from memgen.train.loop import COPY_MAX_WORDS, Decoder, kept_index, train
 from memgen.train.lora import add_lora
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ def build_model(
         tokenizer = build_tokenizer(task.tokenizer_spec())
         longest = max(len(encode_example(tokenizer, ex, False, "answer")[0]) for ex in examples)
         # Room for pair twins and steering prompts a little longer than the data.
+        longest = max(longest, 2 * COPY_MAX_WORDS) if tc.copy_warmup else longest
         n_positions = 32 * math.ceil((longest + task.max_new_tokens + 16) / 32)
         model = scratch_gpt2(
             len(tokenizer), n_positions, tc.n_layer, tc.n_embd, tc.n_head, tokenizer
