@@ -22,13 +22,22 @@ import time
 
 import torch
 
-from memgen.behave.rule import first_word
+from memgen.behave.rule import first_word, rule_following
 from memgen.core.config import TrainConfig
 from memgen.core.examples import Example
-from memgen.core.generation import encode_example, encode_prompt
+from memgen.core.generation import encode_example, encode_prompt, left_padded_positions, pad_left
 from memgen.core.modeling import scratch_gpt2
 from memgen.tasks.base import make_task
-from memgen.tasks.color import COLORS, FREE_NAMES, MEMORIZED, REFERENCE_DISTRACTOR_RATE, ColorTask
+from memgen.tasks.color import (
+    ANIMAL_QUESTION,
+    COLORS,
+    FREE_NAMES,
+    LIKE_QUESTION,
+    MEMORIZED,
+    QUESTION,
+    REFERENCE_DISTRACTOR_RATE,
+    ColorTask,
+)
 from memgen.tasks.tokenizer import build_tokenizer
 from memgen.train.loop import _batch, copy_rows, learning_rate, word_ids
 
@@ -93,25 +102,33 @@ opt = torch.optim.AdamW(
 rng = random.Random(a.seed)
 ramp = [float(x) for x in a.dist_ramp.split(":")] if a.dist_ramp else None
 
-aux = [float(x) for x in a.aux.split(":")] if a.aux else [0, 0, 0]
+aux = [float(x) for x in a.aux.split(":")] if a.aux else [0.0, 0.0, 0.0]
+HOPS = ("lookup", "who", "animal")
 
 
-def aux_example(t, r):
-    """Hop supervision on free names at the task's distractor rate."""
-    draw = r.random()
+def rule_prompt(t, r):
+    """A rule prompt about a free name: (prompt, target, clue, its colour, the shared role)."""
     target = r.choice(FREE_NAMES)
     colour = r.choice(COLORS)
     prompt, clue, role = t._prompt(r, target, colour, set(), tuple(MEMORIZED) + FREE_NAMES)
-    if draw < aux[0]:
-        # direct lookup: ask the clue's colour, which the context states
-        q = prompt[: prompt.index("what color is")] + f"what color is {clue} ?"
-        return Example(q, colour, "", colour, {"kind": "lookup"})
-    if draw < aux[0] + aux[1]:
-        q = prompt[: prompt.index("what color is")] + f"who is like {target} ?"
-        return Example(q, clue, "", clue, {"kind": "who"})
-    if draw < sum(aux):
-        q = prompt[: prompt.index("what color is")] + f"what animal is {target} ?"
-        return Example(q, role, "", role, {"kind": "animal"})
+    return prompt, target, clue, colour, role
+
+
+def aux_example(t, r, fractions=aux):
+    """Hop supervision on free names (look-up, who, animal shares), or None for the task's."""
+    draw = r.random()
+    prompt, target, clue, colour, role = rule_prompt(t, r)
+    context = prompt[: prompt.index("what color is")]
+    questions = (  # the clue's colour, which the context states; the clue; the animal
+        (QUESTION.format(name=clue), colour),
+        (LIKE_QUESTION.format(name=target), clue),
+        (ANIMAL_QUESTION.format(name=target), role),
+    )
+    bound = 0.0
+    for kind, share, (question, answer) in zip(HOPS, fractions, questions, strict=True):
+        bound += share
+        if draw < bound:
+            return Example(context + question, answer, "", answer, {"kind": kind})
     return None
 
 
@@ -123,79 +140,53 @@ def train_task(step):
     return ColorTask(task.options.model_copy(update={"distractor_rate": rate}))
 
 
-def free_prompt(r):
-    t = ColorTask(task.options.model_copy(update={"distractor_rate": REFERENCE_DISTRACTOR_RATE}))
-    target = r.choice(FREE_NAMES)
-    colour = r.choice(COLORS)
-    prompt, _clue, _ = t._prompt(r, target, colour, set(), tuple(MEMORIZED) + FREE_NAMES)
-    return Example(prompt, colour, "", colour, {"kind": "rule"})
-
-
+# Evaluation prompts, drawn once, at the paper's distractor rate.
+paper = ColorTask(task.options.model_copy(update={"distractor_rate": REFERENCE_DISTRACTOR_RATE}))
 check = task.rule_check_set(400, 1)
-free = [free_prompt(random.Random(f"free-{i}")) for i in range(400)]
+free = []
+for i in range(400):
+    prompt, _, _, colour, _ = rule_prompt(paper, random.Random(f"free-{i}"))
+    free.append(Example(prompt, colour, "", colour, {"kind": "rule"}))
+hop_sets = {
+    kind: [aux_example(paper, random.Random(f"d{kind}{j}"), onehot) for j in range(200)]
+    for kind, onehot in zip(HOPS, ((1, 0, 0), (0, 1, 0), (0, 0, 1)), strict=True)
+}
 
 
 @torch.no_grad()
 def answers(examples):
+    """The first answer token, greedy, per prompt."""
     model.eval()
     outs = []
     for i in range(0, len(examples), 200):
         seqs = [encode_prompt(tok, ex.prompt, False) for ex in examples[i : i + 200]]
-        w = max(map(len, seqs))
-        ids = torch.full((len(seqs), w), tok.pad_token_id)
-        mask = torch.zeros_like(ids)
-        for j, s in enumerate(seqs):
-            ids[j, w - len(s) :] = torch.tensor(s)
-            mask[j, w - len(s) :] = 1
-        pos = (mask.cumsum(1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
-        outs += tok.batch_decode(logits.argmax(-1)[:, None])
+        ids, mask = pad_left(seqs, tok.pad_token_id, torch.device("cpu"))
+        positions = left_padded_positions(mask)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        outs += tok.batch_decode(logits[:, -1].argmax(-1)[:, None])
     model.train()
     return outs
 
 
+def accuracy(examples):
+    outs = answers(examples)
+    hits = sum(
+        first_word(o) == e.completion.split()[0].lower()
+        for e, o in zip(examples, outs, strict=True)
+    )
+    return hits / len(examples)
+
+
 def evaluate(step, loss, t0):
-    out = answers(check)
-    labels = [task.label(e, o) for e, o in zip(check, out, strict=False)]
-    n = len(check)
-    g = labels.count("gen") / n
-    m = labels.count("mem") / n
-    o = labels.count("other") / n
-    stated = [
-        (first_word(x) in task.stated_answers(e), first_word(x) == e.gen_answer.lower())
-        for e, x in zip(check, out, strict=False)
-    ]
-    in_ctx = [h for s, h in stated if s]
-    rf = sum(in_ctx) / max(1, len(in_ctx))
-    fo = answers(free)
-    fr = sum(first_word(x) == e.gen_answer.lower() for e, x in zip(free, fo, strict=True))
-    fr /= len(free)
-    diag = {}
-    for kind, i in (("lookup", 0), ("who", 1), ("animal", 2)):
-        saved = list(aux)
-        aux[:] = [0, 0, 0]
-        aux[i] = 1.0
-        exs = [
-            aux_example(
-                ColorTask(task.options.model_copy(update={"distractor_rate": 0.5})),
-                random.Random(f"d{kind}{j}"),
-            )
-            for j in range(200)
-        ]
-        aux[:] = saved
-        outs = answers(exs)
-        hits = sum(first_word(o) == e.completion.lower() for e, o in zip(exs, outs, strict=True))
-        diag[kind] = hits / len(exs)
+    rule = rule_following(task, check, answers(check))
     row = dict(
         step=step,
-        **diag,
+        **{kind: accuracy(examples) for kind, examples in hop_sets.items()},
         loss=round(loss, 4),
-        gen=g,
-        mem=m,
-        other=o,
-        rule_follow=round(rf, 3),
-        n_ctx=len(in_ctx),
-        free_acc=fr,
+        **rule["rates"],
+        rule_follow=round(rule["share"] or 0.0, 3),
+        n_ctx=rule["n"],
+        free_acc=accuracy(free),
         minutes=round((time.time() - t0) / 60, 2),
     )
     print(json.dumps(row), flush=True)

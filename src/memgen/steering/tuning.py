@@ -149,6 +149,7 @@ def choose(tried: list[Tried], toward: Toward, max_other: float, min_retention: 
     run for the few settings the choice depends on. Falls back to ignoring retention,
     then `other`, when no setting meets them.
     """
+    bounds = Bounds(max_other, min_retention)
     order = ranked(tried, toward, max_other)
     clean = [t for t in order if t.rates["other"] <= max_other]
     for start in range(0, len(clean), chunk):
@@ -158,7 +159,6 @@ def choose(tried: list[Tried], toward: Toward, max_other: float, min_retention: 
             for t, value in zip(missing, retention(missing), strict=True):
                 t.retention = value
         for t in group:
-            assert t.retention is not None
-            if np.isnan(t.retention) or t.retention >= min_retention:
+            if bounds.met(t):
                 return t
     return order[0]

@@ -41,6 +41,9 @@ ROLES: tuple[str, ...] = (
     "seal", "swan", "duck", "hawk", "crow", "bat", "mole", "toad", "newt", "yak",
 )  # fmt: skip
 QUESTION = "what color is {name} ?"
+# The hop questions training may ask (`hop_fraction`, `extra_questions`).
+ANIMAL_QUESTION = "what animal is {name} ?"
+LIKE_QUESTION = "who is like {name} ?"
 REFERENCE_DISTRACTOR_RATE = 0.5
 _COLOR_SET = frozenset(COLORS)
 
@@ -188,9 +191,9 @@ class ColorTask(Task):
         """Ask for the target's role or for the clue name, on the same context."""
         context = prompt[: prompt.index("what color is")]
         if rng.random() < 0.5:
-            question, answer = f"what animal is {target} ?", role
+            question, answer = ANIMAL_QUESTION.format(name=target), role
         else:
-            question, answer = f"who is like {target} ?", clue
+            question, answer = LIKE_QUESTION.format(name=target), clue
         meta = {"kind": "hop", "target": target, "clue": clue}
         return Example(context + question, answer, "", answer, meta)
 
@@ -205,12 +208,12 @@ class ColorTask(Task):
         if not self.options.extra_questions:
             return []
         facts = [part.strip().split(" is ") for part in prompt.split(" .")[:-1]]
-        candidates = [f"who is like {target} ? {clue}"]
+        candidates = [f"{LIKE_QUESTION.format(name=target)} {clue}"]
         for name, value in facts:
             if value in _COLOR_SET and name in FREE_NAMES:
                 candidates.append(f"{QUESTION.format(name=name)} {value}")
             elif value not in _COLOR_SET:
-                candidates.append(f"what animal is {name} ? {value}")
+                candidates.append(f"{ANIMAL_QUESTION.format(name=name)} {value}")
         return rng.sample(candidates, min(self.options.extra_questions, len(candidates)))
 
     def test_example(self, rng: random.Random) -> Example:

@@ -300,9 +300,11 @@ def train(
             group["lr"] = learning_rate(step, cfg)
         torch.manual_seed(seed * 1_000_003 + step)  # dropout, reproducible across resumes
         total = 0.0
+        copying = step < cfg.copy_warmup
+        copies = copy_rows(words, cfg.batch_size * cfg.grad_accum, seed, step) if copying else []
         for micro in range(cfg.grad_accum):
-            if step < cfg.copy_warmup:
-                source = copy_rows(words, cfg.batch_size * cfg.grad_accum, seed, step)
+            if copying:
+                source = copies
                 rows = list(range(micro * cfg.batch_size, (micro + 1) * cfg.batch_size))
             else:
                 source, task_step = encoded, step - cfg.copy_warmup
