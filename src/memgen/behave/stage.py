@@ -47,6 +47,12 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
             handle.write(json.dumps(row.to_row()) + "\n")
     test_rates = rates_with_ci(row.label for row in labelled)
     write_json(out / "rates.json", test_rates)
+    label_of = {id(row.example): row.label for row in labelled}
+    parts = task.split_by_task(test)
+    by_task = {  # a mixture's rates per component task
+        name: rates_with_ci(label_of[id(example)] for example in examples)
+        for name, _, examples in parts
+    } if len(parts) > 1 else {}  # fmt: skip
     log.info("behave: test rates %s", {k: round(v["rate"], 3) for k, v in test_rates.items()})
 
     rule = None
@@ -69,6 +75,7 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
     summary = {
         "test_rates": {k: v["rate"] for k, v in test_rates.items()},
         "test_rates_ci": test_rates,
+        "test_rates_by_task": by_task,
         "rule_following": rule,
         "pairs": {
             "evaluated": search.evaluated,

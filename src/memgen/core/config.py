@@ -51,7 +51,9 @@ class TrainConfig(Section):
     n_layer: int = Field(4, ge=1)
     n_embd: int = Field(128, ge=8)
     n_head: int = Field(4, ge=1)
-    steps: int = Field(1500, ge=1)
+    # 0 = take `model` as it is, no training (a model trained elsewhere, e.g. a task
+    # mixture's, analysed on one of its tasks).
+    steps: int = Field(1500, ge=0)
     batch_size: int = Field(64, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -96,7 +98,12 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:
-        if self.copy_warmup >= self.steps:
+        if self.steps == 0 and self.model == "scratch":
+            raise ValueError(
+                "train.steps=0 analyses a trained model as it is; a model from scratch "
+                "needs training: raise train.steps or set train.model to a model folder"
+            )
+        if self.copy_warmup and self.copy_warmup >= self.steps:
             raise ValueError(
                 f"train.copy_warmup {self.copy_warmup} leaves none of train.steps "
                 f"{self.steps} for the task: raise train.steps or lower train.copy_warmup"

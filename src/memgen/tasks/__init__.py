@@ -1,7 +1,7 @@
 """Tasks whose prompts can be answered by memory or by rule. Importing registers them."""
 
 from memgen.core.examples import BEHAVIOURS, Behaviour, Example
-from memgen.tasks import cipher, color, math
+from memgen.tasks import cipher, color, math, mix
 from memgen.tasks.base import TASKS, Task, make_task
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "color",
     "make_task",
     "math",
+    "mix",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -33,12 +33,35 @@ class TokenizerSpec:
 
     `kind="word"`: split on whitespace and punctuation, tokens joined by spaces.
     `kind="char"`: one token per character, except the `units` (multi-character
-    tokens such as tags), decoded by plain concatenation.
+    tokens such as tags) and the `words` (whole words, one token each, matched only
+    where no letter touches them), decoded by plain concatenation.
     """
 
     kind: Literal["word", "char"]
     vocabulary: tuple[str, ...]
     units: tuple[str, ...] = ()
+    words: tuple[str, ...] = ()
+
+    @staticmethod
+    def union(specs: Sequence[TokenizerSpec]) -> TokenizerSpec:
+        """One spec that covers every spec's text (several tasks in one model).
+
+        Word tokenizers alone stay one; with any char tokenizer the result reads
+        characters, the word vocabularies become whole-word tokens and the space between
+        words a token of its own.
+        """
+        vocabulary = tuple(dict.fromkeys(token for spec in specs for token in spec.vocabulary))
+        if all(spec.kind == "word" for spec in specs):
+            return TokenizerSpec(kind="word", vocabulary=vocabulary)
+        units = tuple(dict.fromkeys(u for spec in specs if spec.kind == "char" for u in spec.units))
+        words = tuple(
+            dict.fromkeys(
+                word
+                for spec in specs
+                for word in (spec.vocabulary if spec.kind == "word" else spec.words)
+            )
+        )
+        return TokenizerSpec("char", tuple(dict.fromkeys([*vocabulary, " "])), units, words)
 
 
 class Task(ABC):
@@ -47,7 +70,7 @@ class Task(ABC):
     name: ClassVar[str]
     Options: ClassVar[type[TaskOptions]] = TaskOptions
     # Generation budget for one answer (GPT-2 scratch tokenizer tokens).
-    max_new_tokens: ClassVar[int] = 8
+    max_new_tokens: int = 8
 
     def __init__(self, options: TaskOptions | None = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -111,6 +134,10 @@ class Task(ABC):
     def stated_answers(self, example: Example) -> list[str]:
         """The candidate answers a prompt states outright (distinct, lower case)."""
         return []
+
+    def split_by_task(self, examples: Sequence[Example]) -> list[tuple[str, Task, list[Example]]]:
+        """(name, task, its examples) per component task: one part, unless a mixture."""
+        return [(self.name, self, list(examples))]
 
     def pairs(self, seed: int) -> Iterator[tuple[Example, Example]]:
         """An endless, seeded stream of (example, twin) test pairs."""

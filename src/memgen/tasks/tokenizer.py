@@ -24,10 +24,16 @@ def build_tokenizer(spec: TokenizerSpec) -> PreTrainedTokenizerFast:
         tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
         tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     else:
-        # Multi-character units first (longest first), then any single character,
-        # whitespace included, so decoding is plain concatenation.
-        units = sorted(spec.units, key=len, reverse=True)
-        pattern = "|".join([*(re.escape(unit) for unit in units), r"[\s\S]"])
+        # Multi-character units first (longest first), then whole words where no letter
+        # touches them (a mixture's "is" must not split a cipher's "...IS..." or a
+        # "this"), then any single character, whitespace included, so decoding is plain
+        # concatenation.
+        units = [re.escape(unit) for unit in sorted(spec.units, key=len, reverse=True)]
+        words = [
+            rf"(?<![A-Za-z]){re.escape(word)}(?![A-Za-z])"
+            for word in sorted(spec.words, key=len, reverse=True)
+        ]
+        pattern = "|".join([*units, *words, r"[\s\S]"])
         tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
         tokenizer.decoder = decoders.Fuse()
     fast = PreTrainedTokenizerFast(

@@ -25,9 +25,10 @@ import functools
 import logging
 import math
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -47,18 +48,31 @@ from memgen.train import checkpoint
 log = logging.getLogger(__name__)
 
 
+def _score(shares: Mapping[str, float], rule: str, max_other: float) -> tuple[bool, float]:
+    gen, mem = shares["gen"], shares["mem"]
+    value = gen * mem if rule == "gen_x_mem" else min(gen, mem)
+    return shares["other"] <= max_other, value
+
+
 @dataclass(frozen=True)
 class Evaluation:
     step: int
-    loss: float
+    loss: float | None  # the running training loss; None for a model not trained here
     gen: float
     mem: float
     other: float
+    # A mixture's rates per component task; empty for a single task.
+    by_task: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def score(self, rule: str, max_other: float) -> tuple[bool, float]:
-        """Higher is better; checkpoints with too many 'other' answers rank last."""
-        value = self.gen * self.mem if rule == "gen_x_mem" else min(self.gen, self.mem)
-        return self.other <= max_other, value
+        """Higher is better; checkpoints with too many 'other' answers rank last.
+
+        A mixture scores as its worst task: every task must show both behaviours.
+        """
+        if not self.by_task:
+            return _score(vars(self), rule, max_other)
+        scores = [_score(shares, rule, max_other) for shares in self.by_task.values()]
+        return all(ok for ok, _ in scores), min(value for _, value in scores)
 
 
 @dataclass(frozen=True)
@@ -224,9 +238,16 @@ def evaluate(
     examples: Sequence[Example],
     chat: bool,
     decoder: Decoder,
-) -> dict[str, float]:
-    labelled = label_examples(model, tokenizer, task, examples, decoder, chat=chat)
-    return rates(row.label for row in labelled)
+) -> dict[str, Any]:
+    """Rates on `examples`, with `by_task` per component for a mixture."""
+    parts = {
+        name: label_examples(model, tokenizer, part, rows, decoder, chat=chat)
+        for name, part, rows in task.split_by_task(examples)
+    }
+    shares: dict[str, Any] = rates(row.label for rows in parts.values() for row in rows)
+    if len(parts) > 1:
+        shares["by_task"] = {name: rates(row.label for row in rows) for name, rows in parts.items()}
+    return shares
 
 
 def train(
@@ -293,7 +314,8 @@ def train(
         desc="train",
         disable=None if progress else True,
     )
-    running = history[-1].loss if history else float("nan")
+    last_loss = history[-1].loss if history else None
+    running = float("nan") if last_loss is None else last_loss
     model.train()
     for step in bar:
         for group in optimizer.param_groups:

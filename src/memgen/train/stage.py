@@ -30,7 +30,7 @@ from memgen.tasks.base import Task, make_task
 from memgen.tasks.tokenizer import build_tokenizer
 from memgen.train import checkpoint
 from memgen.train.curve import plot_curve
-from memgen.train.loop import COPY_MAX_WORDS, Decoder, kept_index, train
+from memgen.train.loop import COPY_MAX_WORDS, Decoder, Evaluation, evaluate, kept_index, train
 from memgen.train.lora import add_lora
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ def build_model(
             trust_remote_code=tc.trust_remote_code,
             device_map=tc.device_map,
         )
-        model = add_lora(model, tc.lora)
+        if tc.steps:  # else analysed as it is
+            model = add_lora(model, tc.lora)
     if tc.device_map is None:  # else from_pretrained has placed it
         model.to(device)  # type: ignore[arg-type]  # transformers types `to` oddly
     return model, tokenizer
@@ -128,20 +129,25 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
         shutil.rmtree(best_dir, ignore_errors=True)
         tmp.rename(best_dir)
 
-    history = train(
-        model,
-        tokenizer,
-        task,
-        train_examples,
-        dev_examples,
-        cfg.train,
-        seed=cfg.seed,
-        out_dir=state_dir,
-        save_best=save_best,
-        decoder=decoder_of(cfg),
-        progress=progress,
-        identity=identity,
-    )
+    if cfg.train.steps == 0:  # the model as it is: measured once, kept
+        shares = evaluate(model, tokenizer, task, dev_examples, cfg.train.chat, decoder_of(cfg))
+        history = [Evaluation(step=0, loss=None, **shares)]
+        save_best(model)
+    else:
+        history = train(
+            model,
+            tokenizer,
+            task,
+            train_examples,
+            dev_examples,
+            cfg.train,
+            seed=cfg.seed,
+            out_dir=state_dir,
+            save_best=save_best,
+            decoder=decoder_of(cfg),
+            progress=progress,
+            identity=identity,
+        )
     rows = [vars(e) for e in history]
     best = history[kept_index(history, cfg.train)]
     write_json(out / "history.json", rows)
