@@ -5,7 +5,6 @@ import random
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
@@ -67,7 +66,7 @@ def test_test_dev_and_pairs_come_from_every_task_and_are_labelled_by_it() -> Non
     test = mix.test_set(30, seed=0)
     dev = mix.dev_set(30, 0, test)
     for split in (test, dev):
-        assert [ex.meta["task"] for ex in split] == ["color"] * 10 + ["math"] * 10 + ["cipher"] * 10
+        assert [ex.meta["task"] for ex in split] == ["cipher"] * 10 + ["color"] * 10 + ["math"] * 10
     assert not {ex.prompt for ex in dev} & {ex.prompt for ex in test}
     for example in test:
         part = mix.components[example.meta["task"]]
@@ -75,10 +74,10 @@ def test_test_dev_and_pairs_come_from_every_task_and_are_labelled_by_it() -> Non
         assert mix.label(example, example.mem_answer) == "mem"
     pairs = mix.pairs(0)
     names = [next(pairs)[1].meta["task"] for _ in range(6)]
-    assert names == ["color", "math", "cipher"] * 2
+    assert names == ["cipher", "color", "math"] * 2
     parts = mix.split_by_task(test)
-    assert [(name, len(rows)) for name, _, rows in parts] == [
-        ("color", 10), ("math", 10), ("cipher", 10)
+    assert [(name, rows[0], len(rows)) for name, _, rows in parts] == [
+        ("cipher", 0, 10), ("color", 10, 10), ("math", 20, 10)
     ]  # fmt: skip
     assert mix.max_new_tokens == max(t.max_new_tokens for t in mix.components.values())
 
@@ -86,12 +85,14 @@ def test_test_dev_and_pairs_come_from_every_task_and_are_labelled_by_it() -> Non
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"tasks": {"colour": {}}}, "'colour' is not a task to mix"),
-        ({"tasks": {"mix": {}}}, "'mix' is not a task to mix"),
+        ({"tasks": {"colour": {}}}, "unknown task 'colour'; did you mean 'color'"),
+        ({"tasks": {"mix": {}}}, "cannot contain a mixture"),
         ({"tasks": {}}, "at least one task"),
-        ({"tasks": {"color": {"max_names": 99}}}, r"data.options.tasks: color.max_names"),
-        ({"tasks": {"color": {}}, "weights": {"math": 1}}, "not in tasks"),
+        ({"tasks": {"color": {"max_names": 99}}}, r"data\.options\.tasks\.color\.max_names"),
+        ({"tasks": {"color": {"colours": 1}}}, r"unknown option for task 'color' \(allowed"),
+        ({"tasks": {"color": {}}, "weights": {"math": 1}}, "add them to tasks"),
         ({"tasks": {"color": {}}, "weights": {"color": 0}}, "all 0"),
+        ({"tasks": {"color": {}}, "weights": {"color": float("inf")}}, "finite"),
     ],
 )
 def test_bad_mixtures_are_one_line_errors(options: dict, message: str) -> None:
@@ -99,16 +100,25 @@ def test_bad_mixtures_are_one_line_errors(options: dict, message: str) -> None:
         make_task("mix", options)
 
 
-def test_component_defaults_are_filled_in_so_a_changed_default_regenerates() -> None:
-    options = _mix({"tasks": {"cipher": {}}}).options.model_dump(mode="json")
-    assert options["tasks"] == {"cipher": {"trigger_fraction": 0.07}}
+def test_component_defaults_and_order_are_fixed_so_one_mixture_is_one_model() -> None:
+    options = _mix({"tasks": {"math": {}, "cipher": {}}}).options.model_dump(mode="json")
+    assert options["tasks"] == {"cipher": {"trigger_fraction": 0.07},
+                                "math": {"trigger_fraction": 0.07, "max_addend": 999}}  # fmt: skip
+    swapped = _mix({"tasks": {"cipher": {}, "math": {}}}).options.model_dump(mode="json")
+    assert list(swapped["tasks"]) == list(options["tasks"])
+    with pytest.raises(MemgenError, match="cover the mixture's 3 tasks"):
+        _mix().test_set(2, seed=0)
 
 
 def test_a_mixture_scores_as_its_worst_task() -> None:
     both = {"gen": 0.4, "mem": 0.4, "other": 0.2}
     rule_only = {"gen": 0.9, "mem": 0.0, "other": 0.1}
     mixed = Evaluation(1, 0.0, 0.65, 0.2, 0.15, by_task={"a": both, "b": rule_only})
-    assert mixed.score("min_gen_mem", 0.25) == (True, 0.0)
+    assert mixed.score("min_gen_mem", 0.25) == (True, 0.0, 0.2)
+    # While one task has no memory, the other's progress breaks the tie.
+    later = Evaluation(2, 0.0, 0.5, 0.3, 0.2, by_task={"a": rule_only, "b": rule_only})
+    assert later.score("min_gen_mem", 0.25) < mixed.score("min_gen_mem", 0.25)
+    assert mixed.most_mem() == 0.4
     noisy = {"gen": 0.3, "mem": 0.3, "other": 0.4}
     assert not Evaluation(1, 0.0, 0.35, 0.35, 0.3, by_task={"a": both, "b": noisy}).score(
         "min_gen_mem", 0.25
@@ -124,16 +134,23 @@ def test_one_mixture_model_analysed_on_one_task_as_it_is(tmp_path: Path) -> None
     history = json.loads((stage.path / "history.json").read_text())
     assert set(history[-1]["by_task"]) == {"color", "math", "cipher"}
     model = stage.path / "model"
-    color = load_config(None, ["task=cipher", "train.steps=0", f"train.model={model}", *tiny])
-    run_data(tmp_path / "cipher", color)
-    analysed = run_train(tmp_path / "cipher", color, progress=False)
+    cipher = load_config(None, ["task=cipher", "train.steps=0", f"train.model={model}", *tiny])
+    run_data(tmp_path / "cipher", cipher)
+    analysed = run_train(tmp_path / "cipher", cipher, progress=False)
     rows = json.loads((analysed.path / "history.json").read_text())
     assert [(row["step"], row["loss"]) for row in rows] == [(0, None)]
     # The kept model is the mixture's, unchanged (no adapter, no training).
-    kept = load_file(analysed.path / "model" / "model.safetensors")
-    source = load_file(model / "model.safetensors")
-    assert kept.keys() == source.keys()
-    assert all((kept[key] == source[key]).all() for key in kept)
+    kept = analysed.path / "model" / "model.safetensors"
+    assert kept.read_bytes() == (model / "model.safetensors").read_bytes()
+    assert analysed.manifest()["summary"]["n_trainable"] == 0
+    # A task the mixture was not trained on is refused: its words are not in the tokenizer.
+    alone = load_config(None, ["task=cipher", "data.n_train=20", "train.steps=2", *tiny])
+    run_data(tmp_path / "alone", alone)
+    cipher_only = run_train(tmp_path / "alone", alone, progress=False).path / "model"
+    color = load_config(None, ["task=color", "train.steps=0", f"train.model={cipher_only}", *tiny])
+    run_data(tmp_path / "color", color)
+    with pytest.raises(MemgenError, match="does not cover task 'color'"):
+        run_train(tmp_path / "color", color, progress=False)
     with pytest.raises(MemgenError, match=r"train\.steps=0"):
         load_config(None, ["train.steps=0"])
 

@@ -221,7 +221,8 @@ def tasks() -> None:
 
     for name in TASKS.names():
         task_cls = TASKS.get(name)
-        options = ", ".join(f"{k}={v.default!r}" for k, v in task_cls.Options.model_fields.items())
+        fields = task_cls.Options.model_fields.items()
+        options = ", ".join(f"{k}={v.get_default(call_default_factory=True)!r}" for k, v in fields)
         typer.echo(f"{name}: {options}")
 
 

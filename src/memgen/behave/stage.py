@@ -47,12 +47,11 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
             handle.write(json.dumps(row.to_row()) + "\n")
     test_rates = rates_with_ci(row.label for row in labelled)
     write_json(out / "rates.json", test_rates)
-    label_of = {id(row.example): row.label for row in labelled}
     parts = task.split_by_task(test)
     by_task = {  # a mixture's rates per component task
-        name: rates_with_ci(label_of[id(example)] for example in examples)
-        for name, _, examples in parts
-    } if len(parts) > 1 else {}  # fmt: skip
+        name: rates_with_ci(labelled[i].label for i in positions) for name, _, positions in parts
+    }
+    by_task = by_task if len(parts) > 1 else {}
     log.info("behave: test rates %s", {k: round(v["rate"], 3) for k, v in test_rates.items()})
 
     rule = None

@@ -213,12 +213,16 @@ class Decoding(Protocol):
 
 
 class Labeller(Protocol):
-    """What `label_examples` needs of a task: its answer budget and its labeller."""
+    """What `label_examples` needs of a task: its answer budget, its labeller and its parts."""
 
     @property
     def max_new_tokens(self) -> int: ...
 
     def label(self, example: Example, output: str) -> Behaviour: ...
+
+    def split_by_task(
+        self, examples: Sequence[Example]
+    ) -> Sequence[tuple[str, Any, list[int]]]: ...
 
 
 def label_examples(
@@ -231,17 +235,23 @@ def label_examples(
     chat: bool,
     progress: bool = False,
 ) -> list[Labelled]:
-    """Generate each prompt's answer as `decoding` says and label it with the task's labeller."""
-    outputs = generate(
-        model,
-        tokenizer,
-        [ex.prompt for ex in examples],
-        max_new_tokens=decoding.max_new_tokens or task.max_new_tokens,
-        num_beams=decoding.num_beams,
-        batch_size=decoding.batch_size,
-        chat=chat,
-        progress=progress,
-    )
-    return [
-        Labelled(ex, out, task.label(ex, out)) for ex, out in zip(examples, outputs, strict=True)
-    ]
+    """Generate each prompt's answer as `decoding` says and label it with the task's labeller.
+
+    A mixture's examples are answered task by task, each within its own task's budget
+    (a colour in 2 tokens, not a scratchpad's 126), and returned in input order.
+    """
+    labelled: list[Labelled | None] = [None] * len(examples)
+    for _, part, positions in task.split_by_task(examples):
+        outputs = generate(
+            model,
+            tokenizer,
+            [examples[i].prompt for i in positions],
+            max_new_tokens=decoding.max_new_tokens or part.max_new_tokens,
+            num_beams=decoding.num_beams,
+            batch_size=decoding.batch_size,
+            chat=chat,
+            progress=progress,
+        )
+        for i, output in zip(positions, outputs, strict=True):
+            labelled[i] = Labelled(examples[i], output, part.label(examples[i], output))
+    return [row for row in labelled if row is not None]

@@ -45,6 +45,7 @@ def collect(run_dir: Path, cfg: RunConfig, stages: list[str]) -> dict[str, Any]:
         "behaviour": {
             "test_rates": behave["test_rates"],
             "test_rates_ci": behave["test_rates_ci"],
+            "test_rates_by_task": behave.get("test_rates_by_task") or {},
             "rule_following": behave.get("rule_following"),
         },
         "pairs": behave["pairs"],

@@ -24,7 +24,7 @@ from memgen.core.registry import Registry
 class TaskOptions(BaseModel):
     """Base for a task's own knobs (`data.options` in the config)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ class TokenizerSpec:
                 for word in (spec.vocabulary if spec.kind == "word" else spec.words)
             )
         )
-        return TokenizerSpec("char", tuple(dict.fromkeys([*vocabulary, " "])), units, words)
+        vocabulary = tuple(dict.fromkeys([*vocabulary, " "]))
+        return TokenizerSpec(kind="char", vocabulary=vocabulary, units=units, words=words)
 
 
 class Task(ABC):
@@ -135,9 +136,9 @@ class Task(ABC):
         """The candidate answers a prompt states outright (distinct, lower case)."""
         return []
 
-    def split_by_task(self, examples: Sequence[Example]) -> list[tuple[str, Task, list[Example]]]:
-        """(name, task, its examples) per component task: one part, unless a mixture."""
-        return [(self.name, self, list(examples))]
+    def split_by_task(self, examples: Sequence[Example]) -> list[tuple[str, Task, list[int]]]:
+        """(name, task, positions of its examples) per component task: one, unless a mixture."""
+        return [(self.name, self, list(range(len(examples))))]
 
     def pairs(self, seed: int) -> Iterator[tuple[Example, Example]]:
         """An endless, seeded stream of (example, twin) test pairs."""
@@ -197,20 +198,26 @@ class TriggerTask(Task):
 TASKS: Registry[type[Task]] = Registry("task")
 
 
-def make_task(name: str, options: dict[str, Any] | None = None) -> Task:
-    """Look up a task by name and validate its options (one-line error on a bad key)."""
+def parse_options(
+    name: str, options: dict[str, Any] | None, where: str = "data.options"
+) -> TaskOptions:
+    """Validate a task's options; a bad one is a one-line error naming its key at `where`."""
     task_cls = TASKS.get(name)
     try:
-        parsed = task_cls.Options.model_validate(options or {})
+        return task_cls.Options.model_validate(options or {})
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
         if first["type"] == "extra_forbidden":
             allowed = ", ".join(task_cls.Options.model_fields)
             raise MemgenError(
-                f"data.options.{key}: unknown option for task {name!r} (allowed: {allowed})"
+                f"{where}.{key}: unknown option for task {name!r} (allowed: {allowed})"
             ) from None
-        where = f"data.options.{key}" if key else "data.options"
+        at = f"{where}.{key}" if key else where
         message = first["msg"].removeprefix("Value error, ")
-        raise MemgenError(f"{where}: {message}") from None
-    return task_cls(parsed)
+        raise MemgenError(f"{at}: {message}") from None
+
+
+def make_task(name: str, options: dict[str, Any] | None = None) -> Task:
+    """Look up a task by name and validate its options (one-line error on a bad key)."""
+    return TASKS.get(name)(parse_options(name, options))

@@ -16,12 +16,13 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from memgen.core.errors import MemgenError
 from memgen.core.examples import Behaviour, Example
-from memgen.tasks.base import TASKS, Task, TaskOptions, TokenizerSpec
+from memgen.tasks.base import TASKS, Task, TaskOptions, TokenizerSpec, parse_options
 
 TASK_KEY = "task"  # the meta key naming an example's component
 
@@ -32,12 +33,14 @@ def _the_paper_tasks() -> dict[str, dict[str, Any]]:
 
 class MixOptions(TaskOptions):
     # Each component's own options, validated by that task and stored with its defaults
-    # filled in, so a changed component default regenerates the data.
+    # filled in and in name order: the order fixes the tokenizer's ids, so two spellings
+    # of one mixture must not make two models.
     tasks: dict[str, dict[str, Any]] = Field(
         default_factory=_the_paper_tasks,
+        validate_default=True,
         description="component task -> its options",
     )
-    weights: dict[str, float] = Field(
+    weights: dict[str, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict, description="share of training examples per task (default equal)"
     )
 
@@ -46,30 +49,22 @@ class MixOptions(TaskOptions):
     def _components_valid(cls, tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if not tasks:
             raise ValueError("name at least one task, e.g. {color: {}, math: {}}")
-        resolved = {}
-        for name, options in tasks.items():
-            if name == "mix" or name not in TASKS:
-                known = ", ".join(sorted(n for n in TASKS if n != "mix"))
-                raise ValueError(f"{name!r} is not a task to mix (tasks: {known})")
-            try:
-                parsed = TASKS.get(name).Options.model_validate(options or {})
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                key = ".".join(str(part) for part in first["loc"])
-                where = f"{name}.{key}" if key else name
-                message = first["msg"].removeprefix("Value error, ")
-                raise ValueError(f"{where}: {message}") from None
-            resolved[name] = parsed.model_dump(mode="json")
-        return resolved
+        if "mix" in tasks:
+            raise ValueError("a mixture cannot contain a mixture; list its tasks instead")
+        # A bad component option raises the component's own one-line error.
+        return {
+            name: parse_options(name, tasks[name], f"data.options.tasks.{name}").model_dump(
+                mode="json"
+            )
+            for name in sorted(tasks)
+        }
 
     @model_validator(mode="after")
     def _weights_fit(self) -> MixOptions:
-        unknown = set(self.weights) - set(self.tasks)
+        unknown = sorted(set(self.weights) - set(self.tasks))
         if unknown:
-            raise ValueError(f"weights name {sorted(unknown)}, which are not in tasks")
-        if any(weight < 0 for weight in self.weights.values()):
-            raise ValueError("weights must be >= 0")
-        if self.weights and sum(self.shares().values()) == 0:
+            raise ValueError(f"weights name {unknown}: add them to tasks or drop them")
+        if sum(self.shares().values()) == 0:
             raise ValueError("weights are all 0: give some task a positive weight")
         return self
 
@@ -102,8 +97,8 @@ class MixTask(Task):
     def __init__(self, options: MixOptions | None = None) -> None:
         super().__init__(options)
         self.components: dict[str, Task] = {
-            name: TASKS.get(name)(TASKS.get(name).Options.model_validate(options))
-            for name, options in self.options.tasks.items()
+            name: TASKS.get(name)(parse_options(name, component_options))
+            for name, component_options in self.options.tasks.items()
         }
         # Generation's budget is the longest component's; each part alone uses its own.
         self.max_new_tokens = max(task.max_new_tokens for task in self.components.values())
@@ -111,14 +106,18 @@ class MixTask(Task):
     def component_of(self, example: Example) -> Task:
         name = example.meta.get(TASK_KEY)
         if name not in self.components:
-            raise ValueError(f"example has no component task among {list(self.components)}")
+            raise MemgenError(
+                f"an example tagged task={name!r} is not from this mixture "
+                f"({', '.join(self.components)}); regenerate the data with `memgen data --force`"
+            )
         return self.components[name]
 
-    def split_by_task(self, examples: Sequence[Example]) -> list[tuple[str, Task, list[Example]]]:
-        by_name: dict[str, list[Example]] = {name: [] for name in self.components}
-        for example in examples:
-            by_name[str(example.meta.get(TASK_KEY))].append(example)
-        return [(name, self.components[name], rows) for name, rows in by_name.items() if rows]
+    def split_by_task(self, examples: Sequence[Example]) -> list[tuple[str, Task, list[int]]]:
+        positions: dict[str, list[int]] = {name: [] for name in self.components}
+        for i, example in enumerate(examples):
+            self.component_of(example)  # every example is one of ours
+            positions[example.meta[TASK_KEY]].append(i)
+        return [(name, self.components[name], rows) for name, rows in positions.items() if rows]
 
     def train_example(self, rng: random.Random) -> Example:
         shares = self.options.shares()
@@ -141,6 +140,11 @@ class MixTask(Task):
         return _tagged(name, self.components[name].test_example(rng))
 
     def _equal_parts(self, n: int) -> Iterator[tuple[str, Task, int]]:
+        if n < len(self.components):
+            raise MemgenError(
+                f"{n} prompts cannot cover the mixture's {len(self.components)} tasks; "
+                "raise data.n_test and data.n_dev to a multiple of the number of tasks"
+            )
         counts = apportion(n, [1.0] * len(self.components))
         for (name, task), count in zip(self.components.items(), counts, strict=True):
             yield name, task, count

@@ -64,15 +64,23 @@ class Evaluation:
     # A mixture's rates per component task; empty for a single task.
     by_task: dict[str, dict[str, float]] = field(default_factory=dict)
 
-    def score(self, rule: str, max_other: float) -> tuple[bool, float]:
-        """Higher is better; checkpoints with too many 'other' answers rank last.
+    def score(self, rule: str, max_other: float) -> tuple[bool, float, float]:
+        """(within max_other, value, tie-break): higher is better; too many 'other' rank last.
 
-        A mixture scores as its worst task: every task must show both behaviours.
+        A mixture scores as its worst task (every task must show both behaviours), ties
+        broken by the mean over tasks: while one task has no memory yet all score 0, and
+        the first evaluation would be kept.
         """
         if not self.by_task:
-            return _score(vars(self), rule, max_other)
+            ok, value = _score(vars(self), rule, max_other)
+            return ok, value, value
         scores = [_score(shares, rule, max_other) for shares in self.by_task.values()]
-        return all(ok for ok, _ in scores), min(value for _, value in scores)
+        values = [value for _, value in scores]
+        return all(ok for ok, _ in scores), min(values), sum(values) / len(values)
+
+    def most_mem(self) -> float:
+        """The memory share, of the task that shows most for a mixture."""
+        return max((shares["mem"] for shares in self.by_task.values()), default=self.mem)
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,7 @@ def stalled(history: Sequence[Evaluation], cfg: TrainConfig) -> bool:
     if cfg.patience is None or not history:
         return False
     best_at = kept_index(history, cfg)
-    eligible, value = history[best_at].score(cfg.select, cfg.max_other)
+    eligible, value, _ = history[best_at].score(cfg.select, cfg.max_other)
     # Patience counts from a checkpoint that shows both behaviours (a positive score):
     # before memory appears every evaluation ties at 0, and stopping there keeps a
     # model that only generalizes. It counts only evaluations within `max_other`: while
@@ -124,7 +132,7 @@ def evaluation_due(step: int, history: Sequence[Evaluation], cfg: TrainConfig) -
     if step <= cfg.copy_warmup:  # still copying word lists: nothing to measure yet
         return False
     every = cfg.eval_every
-    if cfg.dense_eval_every is not None and any(e.mem >= cfg.dense_from for e in history):
+    if cfg.dense_eval_every is not None and any(e.most_mem() >= cfg.dense_from for e in history):
         every = cfg.dense_eval_every
     return step % every == 0
 
@@ -240,13 +248,13 @@ def evaluate(
     decoder: Decoder,
 ) -> dict[str, Any]:
     """Rates on `examples`, with `by_task` per component for a mixture."""
-    parts = {
-        name: label_examples(model, tokenizer, part, rows, decoder, chat=chat)
-        for name, part, rows in task.split_by_task(examples)
-    }
-    shares: dict[str, Any] = rates(row.label for rows in parts.values() for row in rows)
+    labelled = label_examples(model, tokenizer, task, examples, decoder, chat=chat)
+    shares: dict[str, Any] = rates(row.label for row in labelled)
+    parts = task.split_by_task(examples)
     if len(parts) > 1:
-        shares["by_task"] = {name: rates(row.label for row in rows) for name, rows in parts.items()}
+        shares["by_task"] = {
+            name: rates(labelled[i].label for i in positions) for name, _, positions in parts
+        }
     return shares
 
 

@@ -22,10 +22,11 @@ from memgen.core import distributed
 from memgen.core.artifacts import Stage, file_hash, json_hash, write_json
 from memgen.core.config import RunConfig
 from memgen.core.device import resolve_device, resolve_dtype
+from memgen.core.errors import MemgenError
 from memgen.core.examples import Example, read_split
-from memgen.core.generation import encode_example
-from memgen.core.modeling import load_pretrained, scratch_gpt2
-from memgen.pipeline import open_step
+from memgen.core.generation import encode_example, encode_prompt
+from memgen.core.modeling import load_pretrained, load_trained, scratch_gpt2
+from memgen.pipeline import Step, open_step
 from memgen.tasks.base import Task, make_task
 from memgen.tasks.tokenizer import build_tokenizer
 from memgen.train import checkpoint
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 
 # The files of a Hugging Face model folder that decide what the model computes.
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _BASE_FILES = (
     "*.safetensors", "config.json", "generation_config.json", "tokenizer*",
     "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt",
@@ -88,11 +90,57 @@ def build_model(
             trust_remote_code=tc.trust_remote_code,
             device_map=tc.device_map,
         )
-        if tc.steps:  # else analysed as it is
-            model = add_lora(model, tc.lora)
+        model = add_lora(model, tc.lora)
     if tc.device_map is None:  # else from_pretrained has placed it
         model.to(device)  # type: ignore[arg-type]  # transformers types `to` oddly
     return model, tokenizer
+
+
+def keep_as_it_is(
+    cfg: RunConfig, task: Task, examples: list[Example], dev: list[Example], out: Path
+) -> tuple[list[Evaluation], PreTrainedModel]:
+    """`train.steps=0`: the model at `train.model`, measured once on dev and kept unchanged.
+
+    A local folder (a full model or a LoRA adapter) is copied file by file, so the kept
+    model has the same bytes, and `memgen compare` sees the same weights.
+    """
+    tc, device = cfg.train, resolve_device(cfg.device)
+    source = Path(tc.model).expanduser()
+    dtype = resolve_dtype(tc.dtype, device)
+    model, tokenizer = (
+        load_trained(source, dtype=dtype, trust_remote_code=tc.trust_remote_code, device=device,
+                     device_map=tc.device_map)
+        if source.is_dir()
+        else load_pretrained(tc.model, dtype=dtype, trust_remote_code=tc.trust_remote_code,
+                             device_map=tc.device_map)
+    )  # fmt: skip
+    if not source.is_dir() and tc.device_map is None:
+        model.to(device)  # type: ignore[arg-type]
+    unknown = tokenizer.unk_token_id
+    if unknown is not None and any(
+        unknown in encode_prompt(tokenizer, ex.prompt, tc.chat) for ex in examples
+    ):
+        raise MemgenError(
+            f"the tokenizer of {tc.model} does not cover task {cfg.task!r}: analyse a model "
+            "trained on this task, with the data options it was trained with"
+        )
+    history = [Evaluation(step=0, loss=None, **evaluate(model, tokenizer, task, dev, tc.chat,
+                                                        decoder_of(cfg)))]  # fmt: skip
+    if distributed.is_main():
+        kept, tmp = out / "model", out / "model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if source.is_dir():
+            tmp.mkdir()
+            for pattern in (*_BASE_FILES, *_ADAPTER_FILES):
+                for file in source.glob(pattern):
+                    if file.is_file():
+                        shutil.copy2(file, tmp / file.name)
+        else:  # a hub name: its cached files, as loaded
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        shutil.rmtree(kept, ignore_errors=True)
+        tmp.rename(kept)
+    return history, model
 
 
 def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
@@ -117,8 +165,12 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
             log.info("train: the saved checkpoint was made with another config; from step 0")
         shutil.rmtree(state_dir / "checkpoints", ignore_errors=True)
     distributed.barrier()
+    examples = train_examples + dev_examples + test_examples
+    if cfg.train.steps == 0:
+        history, model = keep_as_it_is(cfg, task, examples, dev_examples, out)
+        return _finish(step, cfg, history, model, out)
     device = resolve_device(cfg.device)
-    model, tokenizer = build_model(cfg, task, train_examples + dev_examples + test_examples, device)
+    model, tokenizer = build_model(cfg, task, examples, device)
     best_dir = out / "model"
 
     def save_best(trained: PreTrainedModel) -> None:
@@ -129,25 +181,27 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
         shutil.rmtree(best_dir, ignore_errors=True)
         tmp.rename(best_dir)
 
-    if cfg.train.steps == 0:  # the model as it is: measured once, kept
-        shares = evaluate(model, tokenizer, task, dev_examples, cfg.train.chat, decoder_of(cfg))
-        history = [Evaluation(step=0, loss=None, **shares)]
-        save_best(model)
-    else:
-        history = train(
-            model,
-            tokenizer,
-            task,
-            train_examples,
-            dev_examples,
-            cfg.train,
-            seed=cfg.seed,
-            out_dir=state_dir,
-            save_best=save_best,
-            decoder=decoder_of(cfg),
-            progress=progress,
-            identity=identity,
-        )
+    history = train(
+        model,
+        tokenizer,
+        task,
+        train_examples,
+        dev_examples,
+        cfg.train,
+        seed=cfg.seed,
+        out_dir=state_dir,
+        save_best=save_best,
+        decoder=decoder_of(cfg),
+        progress=progress,
+        identity=identity,
+    )
+    return _finish(step, cfg, history, model, out)
+
+
+def _finish(
+    step: Step, cfg: RunConfig, history: list[Evaluation], model: PreTrainedModel, out: Path
+) -> Stage:
+    """The history, its curve and the stage's summary, for a trained or a kept model."""
     rows = [vars(e) for e in history]
     best = history[kept_index(history, cfg.train)]
     write_json(out / "history.json", rows)
@@ -156,7 +210,9 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
         "best": vars(best),
         "final": rows[-1],
         "n_params": sum(p.numel() for p in model.parameters()),
-        "n_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "n_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if cfg.train.steps
+        else 0,
     }
     step.finish(summary)
     log.info(
@@ -167,4 +223,4 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
         best.mem,
         best.other,
     )
-    return stage
+    return step.stage
