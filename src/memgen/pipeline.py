@@ -65,7 +65,8 @@ STAGES: tuple[StageSpec, ...] = (
               extra="memgen.tasks.stage:resolved_options"),
     StageSpec("train", "memgen.train.stage:run_train", ("data",),
               ("train", "behave.num_beams", "behave.max_new_tokens"),
-              "Train GPT-2 from scratch, or LoRA-tune train.model; resumes if killed.",
+              "Train GPT-2 from scratch, or LoRA-tune train.model (steps=0: keep it as it is); "
+              "resumes if killed.",
               extra="memgen.train.stage:base_identity_of", figures={"curve": "curve.png"},
               parallel=True),
     StageSpec("behave", "memgen.behave.stage:run_behave", ("data", "train"), ("behave",),

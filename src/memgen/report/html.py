@@ -166,6 +166,13 @@ def render(results: dict[str, Any], figures: dict[str, Path]) -> str:
             best_probe["accuracy"] >= 0.92,
         ),
     ]
+    for task, shares in (results["behaviour"].get("test_rates_by_task") or {}).items():
+        cards.insert(1, _card(  # a mixture: each task's own test prompts
+            f"test behaviour: {html.escape(task)}",
+            f"{_pct(shares['gen']['rate'])} gen",
+            f"{_pct(shares['mem']['rate'])} mem · {_pct(shares['other']['rate'])} other "
+            f"(n={sum(int(row['n']) for row in shares.values())})",
+        ))  # fmt: skip
     rule = results["behaviour"].get("rule_following")
     if rule and rule["n"]:
         cards.insert(1, _card(

@@ -2,6 +2,8 @@
 
     memgen train --run-dir runs/color                       # GPT-2 from scratch
     memgen train --run-dir runs/color train.model=PATH      # LoRA on a HF causal LM
+    memgen train --run-dir runs/mix-color task=color train.model=runs/mix/train/model train.steps=0
+                                                            # a trained model, as it is
 
 Writes `train/model/` (the kept checkpoint, `save_pretrained` safetensors and the
 tokenizer), `history.json`, `curve.png`. Killed runs resume from
