@@ -12,6 +12,7 @@ design that works becomes task options and `train` settings (as `extra_questions
     python experiments/color_rule.py NAME --opts '{"rule_fraction": 1.0, "distractor_rate": 0.5}'
         [--layers 4] [--arch gpt2|llama] [--lr 1e-3] [--aux LOOKUP:WHO:ANIMAL]
         [--multi K] [--copy-steps N] [--loss-on answer|sequence] [--max-minutes M]
+        [--early-opts '{"max_names": 3, "distractor_rate": 1.0}' --early-steps N]
 """
 
 import argparse
@@ -64,6 +65,8 @@ p.add_argument("--multi", type=int, default=0)
 p.add_argument("--copy-steps", type=int, default=0)
 p.add_argument("--copy-mix", type=float, default=0.0)
 p.add_argument("--aux", default="", help="lookup:who:animal fractions of training prompts")
+p.add_argument("--early-opts", default="{}", help="task options for the first task steps")
+p.add_argument("--early-steps", type=int, default=0, help="task steps that use --early-opts")
 a = p.parse_args()
 torch.manual_seed(a.seed)
 opts = json.loads(a.opts)
@@ -133,6 +136,8 @@ def aux_example(t, r, fractions=aux):
 
 
 def train_task(step):
+    if step < a.copy_steps + a.early_steps:  # a curriculum: easier prompts first
+        return early
     if not ramp:
         return task
     s, e, n = ramp
@@ -140,6 +145,7 @@ def train_task(step):
     return ColorTask(task.options.model_copy(update={"distractor_rate": rate}))
 
 
+early = ColorTask(task.options.model_copy(update=json.loads(a.early_opts)))
 # Evaluation prompts, drawn once, at the paper's distractor rate.
 paper = ColorTask(task.options.model_copy(update={"distractor_rate": REFERENCE_DISTRACTOR_RATE}))
 check = task.rule_check_set(400, 1)
@@ -147,6 +153,10 @@ free = []
 for i in range(400):
     prompt, _, _, colour, _ = rule_prompt(paper, random.Random(f"free-{i}"))
     free.append(Example(prompt, colour, "", colour, {"kind": "rule"}))
+easy = []  # rule prompts from the curriculum's first phase
+for i in range(400 if a.early_steps else 0):
+    prompt, _, _, colour, _ = rule_prompt(early, random.Random(f"easy-{i}"))
+    easy.append(Example(prompt, colour, "", colour, {"kind": "rule"}))
 hop_sets = {
     kind: [aux_example(paper, random.Random(f"d{kind}{j}"), onehot) for j in range(200)]
     for kind, onehot in zip(HOPS, ((1, 0, 0), (0, 1, 0), (0, 0, 1)), strict=True)
@@ -187,6 +197,7 @@ def evaluate(step, loss, t0):
         rule_follow=round(rule["share"] or 0.0, 3),
         n_ctx=rule["n"],
         free_acc=accuracy(free),
+        **({"easy_acc": accuracy(easy)} if easy else {}),
         minutes=round((time.time() - t0) / 60, 2),
     )
     print(json.dumps(row), flush=True)
