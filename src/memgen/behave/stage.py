@@ -71,6 +71,8 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
                 handle.write(json.dumps({"pair_id": pair_id, **member.to_row()}) + "\n")
     require_flips(search, cfg.behave)  # after writing: the pairs found are kept either way
     low, high = wilson(len(search.flipped), search.evaluated)
+    flipped_parts = task.split_by_task([pair[0].example for pair in search.flipped])
+    flips_by_task = {name: len(rows) for name, _, rows in flipped_parts}
     summary = {
         "test_rates": {k: v["rate"] for k, v in test_rates.items()},
         "test_rates_ci": test_rates,
@@ -81,6 +83,8 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
             "flipped": len(search.flipped),
             "flip_rate": search.flip_rate,
             "flip_rate_ci": [low, high],
+            # A mixture's neurons are scored on all its pairs: how many each task gave.
+            "by_task": flips_by_task if len(by_task) > 1 else {},
         },
     }
     step.finish(summary)
