@@ -8,6 +8,7 @@ import pytest
 from memgen.core.errors import MemgenError
 from memgen.core.neuron_set import NeuronSet
 from memgen.neurons.consistency import (
+    across_halves,
     chance_overlap,
     compare_scores,
     compare_sets,
@@ -128,3 +129,16 @@ def test_compare_sets() -> None:
     assert result["chance_jaccard"] == pytest.approx(chance_overlap(3, 3, 64)["jaccard"])
     with pytest.raises(MemgenError, match="same model and site"):
         compare_sets(a, make_set([1], [0.1], site="attn"))
+
+
+def test_across_halves_finds_shared_neurons_and_not_disjoint_ones() -> None:
+    a = paired_data(signal=3.0, seed=0)
+    b = paired_data(signal=3.0, seed=1)  # the same 10 neurons carry the signal
+    shared = across_halves(a, b, "pearson", [0.1], n_splits=6)
+    (row,) = shared["top_n"]
+    assert row["jaccard"]["ci_low"] > 0.5 > 5 * row["jaccard_chance"]
+    x, y, pair_ids = paired_data(signal=3.0, seed=2)
+    moved = np.concatenate([x[:, :, 10:], x[:, :, :10]], axis=2)  # signal in other neurons
+    apart = across_halves(a, (moved, y, pair_ids), "pearson", [0.1], n_splits=6)
+    assert apart["top_n"][0]["jaccard"]["mean"] < 0.2
+    assert across_halves(a, b, "pearson", [0.1], n_splits=6) == shared  # seeded

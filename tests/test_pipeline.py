@@ -321,6 +321,11 @@ def test_compare_a_run_with_its_copy(tiny_run: Path, tmp_path: Path) -> None:
     assert pair["neurons_correspond"] and pair["why"] == "same trained weights"
     assert pair["overlap"]["0.1"]["jaccard"] == 1.0 and pair["layer_profile_distance"]["0.1"] == 0
     assert pair["overlap"]["0.1"]["sign_agreement"] == 1.0
+    # From half the pairs of each: the same data, so at least the chance overlap; each
+    # run's own split-half overlap beside it.
+    halves = {row["top_n"]: row for row in pair["overlap_halves"]["top_n"]}
+    assert halves[0.1]["jaccard"]["mean"] >= halves[0.1]["jaccard_chance"]
+    assert set(pair["overlap_halves"]["within"]) == {row["run"] for row in comparison["runs"]}
     # A probe fitted on one run's pairs reads the other's (its own, here) in both directions.
     record = read_record(tiny_run / "record")
     for row in pair["cross_probe"]:

@@ -4,6 +4,7 @@
     report = split_half(X, y, pair_ids, scorer="pearson", fractions=[0.05], n_splits=10)
     compare_scores(score_a, score_b, 0.05)  # two score arrays of the same model/site
     compare_sets(set_a, set_b)              # two saved NeuronSets of the same model/site
+    across_halves(run_a, run_b, "pearson", [0.05])  # two runs of one model, half vs half
 
 Intra-task (`split_half`): the flipped pairs are split, by pair id, into two disjoint
 halves several times (seeded); each half selects its own top-N% and the two
@@ -15,6 +16,10 @@ keeps every half balanced and the pair contents matched, so only the behaviour
 signal is removed). Intervals are the 2.5-97.5 percentiles over splits: the halves
 of different splits share data, so this is a spread, not a confidence interval of
 the mean.
+
+Across runs of one model (tasks of one network, adapters on one base: `across_halves`),
+each split takes half of each run's pairs, so the overlap between runs is measured at
+the same amount of data as the split-half overlap within a run, and the two compare.
 """
 
 from __future__ import annotations
@@ -227,3 +232,46 @@ def split_half(
             row[f"{metric}_chance"] = chance[metric]
         report["top_n"].append(row)
     return report
+
+
+def across_halves(
+    a: tuple[np.ndarray, np.ndarray, np.ndarray],
+    b: tuple[np.ndarray, np.ndarray, np.ndarray],
+    scorer: str,
+    fractions: Sequence[float],
+    n_splits: int = 10,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Overlap of two runs' top-N selections, each made from half of its run's pairs.
+
+    `a` and `b` are (activations, labels, pair ids) of runs whose units correspond. Per
+    split, a random half of each run's pairs selects its top-N; Jaccard and Spearman are
+    summarised over splits (a spread, as in `split_half`), beside the chance overlap.
+    """
+    rng = np.random.default_rng(seed)
+    per_split: list[dict[str, float]] = []
+    for _ in range(n_splits):
+        half_a, half_b = (
+            run_scorer(scorer, x[rows], np.asarray(y)[rows])
+            for x, y, pair_ids in (a, b)
+            for rows in [split_pairs(np.asarray(pair_ids), rng)[0]]
+        )
+        entry = {"spearman": spearman(half_a, half_b)}
+        for fraction in fractions:
+            entry[f"jaccard@{fraction:g}"] = compare_scores(half_a, half_b, fraction)["jaccard"]
+        per_split.append(entry)
+    total = int(np.prod(a[0].shape[1:]))
+    return {
+        "n_splits": n_splits,
+        "spearman": summarise([s["spearman"] for s in per_split]),
+        "top_n": [
+            {
+                "top_n": fraction,
+                "jaccard": summarise([s[f"jaccard@{fraction:g}"] for s in per_split]),
+                "jaccard_chance": chance_overlap(
+                    n_selected(fraction, total), n_selected(fraction, total), total
+                )["jaccard"],
+            }
+            for fraction in fractions
+        ],
+    }

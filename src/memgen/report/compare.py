@@ -28,7 +28,7 @@ from memgen.core.errors import MemgenError
 from memgen.core.neuron_set import read_scores
 from memgen.core.recorded import read_record
 from memgen.core.stats import summarise
-from memgen.neurons.consistency import compare_scores
+from memgen.neurons.consistency import across_halves, compare_scores
 from memgen.neurons.selection import layer_share, select_top
 from memgen.probe.probes import accuracy, fit_probe
 
@@ -142,7 +142,25 @@ def neuron_agreement(
         row["overlap"] = {
             f"{f:g}": compare_scores(a.score, b.score, f, nmd=(a.nmd, b.nmd)) for f in fractions
         }
+        row["overlap_halves"] = overlap_halves(a, b, fractions)
     return row
+
+
+def overlap_halves(a: FinishedRun, b: FinishedRun, fractions: Sequence[float]) -> dict[str, Any]:
+    """The runs' overlap from half of each one's pairs, beside each run's own split-half
+    overlap: is a neuron set as close to the other run's as to itself on other data?"""
+    runs = [(run, read_record(Stage(run.path, "record").path)) for run in (a, b)]
+    scorer = str(Stage(a.path, "neurons").manifest()["config"]["neurons"]["scorer"])
+    data = [(rec.activations(run.site), rec.labels, rec.pair_ids) for run, rec in runs]
+    found = across_halves(data[0], data[1], scorer, fractions)
+    found["within"] = {  # each run's own split-half Jaccard, per top-N fraction
+        run.name: {
+            f"{row['top_n']:g}": row["jaccard"]
+            for row in read_json(Stage(run.path, "neurons").path / "consistency.json")["top_n"]
+        }
+        for run in (a, b)
+    }
+    return found
 
 
 def cross_probes(a: FinishedRun, b: FinishedRun) -> list[dict[str, Any]]:
@@ -252,6 +270,19 @@ def format_table(comparison: dict[str, Any]) -> str:
                 "shared"
             )
         lines.append(head + "; ".join(parts) + f" [{pair['why']}]")
+        halves = pair.get("overlap_halves")
+        for row in halves["top_n"] if halves else []:
+            key, jac = f"{row['top_n']:g}", row["jaccard"]
+            within = ", ".join(
+                f"{name} {by_n[key]['mean']:.2f}"
+                for name, by_n in halves["within"].items()
+                if key in by_n
+            )
+            lines.append(
+                f"  top {row['top_n']:.0%} from half the pairs: Jaccard across runs "
+                f"{jac['mean']:.2f} [{jac['ci_low']:.2f}, {jac['ci_high']:.2f}] (chance "
+                f"{row['jaccard_chance']:.3f}); within each run: {within}"
+            )
         for row in pair.get("cross_probe", []):
             lines.append(
                 f"  layer {row['layer']} probe across runs: {pair['runs'][0]} -> "
