@@ -331,6 +331,7 @@ def test_compare_a_run_with_its_copy(tiny_run: Path, tmp_path: Path) -> None:
     for row in pair["cross_probe"]:
         assert row["a_on_b"] == row["b_on_a"] and row["a_on_b"]["n"] == len(record.labels)
     assert (out / "compare.png").is_file() and "same trained weights" in done.stdout
+    assert (out / "neuron_agreement.png").stat().st_size > 10_000
     # The config the steering was made with, rebuilt from manifests (no config.yaml here).
     made, given = made_with(tiny_run, "steer"), load_config(None, TINY)
     assert all(getattr(made, s) == getattr(given, s) for s in ("train", "behave", "steer"))

@@ -304,13 +304,19 @@ def write_comparison(
     run_dirs: Sequence[Path], out: Path, shared_units: bool = False
 ) -> dict[str, Any]:
     """compare.json, compare.txt and compare.png in `out`."""
-    from memgen.report.compare_figure import plot_comparison, plot_cross_steering
+    from memgen.report.compare_figure import (
+        plot_comparison,
+        plot_cross_steering,
+        plot_neuron_agreement,
+    )
 
     comparison = compare_runs(run_dirs, shared_units)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", comparison)
     (out / "compare.txt").write_text(format_table(comparison) + "\n")
     plot_comparison(comparison, out / "compare.png")
+    if any(pair.get("neurons_correspond") for pair in comparison["neurons"]):
+        plot_neuron_agreement(comparison, out / "neuron_agreement.png")
     if comparison["cross_steering"]:
         plot_cross_steering(comparison["cross_steering"], out / "cross_steering.png")
     return comparison

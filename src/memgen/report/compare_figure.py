@@ -84,3 +84,47 @@ def plot_cross_steering(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_neuron_agreement(comparison: dict[str, Any], path: Path) -> None:
+    """Run x run heat maps where units correspond: overlap, NMD signs, probes across runs.
+
+    Left: Jaccard of top-N sets each chosen from half of its run's pairs (diagonal: the
+    run against itself on the other half), so every cell has the same amount of data.
+    Middle: how often a neuron in both full top-N sets leans the same way (chance 0.5).
+    Right: a probe fitted on the row's pairs, tested on the column's (best layer).
+    """
+    names = [row["run"] for row in comparison["runs"]]
+    pairs = [p for p in comparison["neurons"] if p.get("neurons_correspond")]
+    size = len(names)
+    jaccard, signs, probes = (np.full((size, size), np.nan) for _ in range(3))
+    chance = np.nan
+    for pair in pairs:
+        i, j = (names.index(name) for name in pair["runs"])
+        row = pair["overlap_halves"]["top_n"][0]
+        chance, key = row["jaccard_chance"], f"{row['top_n']:g}"
+        jaccard[i, j] = jaccard[j, i] = row["jaccard"]["mean"]
+        for k, name in ((i, names[i]), (j, names[j])):
+            jaccard[k, k] = pair["overlap_halves"]["within"][name][key]["mean"]
+        signs[i, j] = signs[j, i] = pair["overlap"][key]["sign_agreement"]
+        probes[i, j] = max(layer["a_on_b"]["accuracy"] for layer in pair["cross_probe"])
+        probes[j, i] = max(layer["b_on_a"]["accuracy"] for layer in pair["cross_probe"])
+    for k, run in enumerate(comparison["runs"]):
+        probes[k, k] = run.get("probe_best", np.nan)
+    panels = (
+        (jaccard, f"top-N Jaccard, half the pairs each\n(chance {chance:.3f})", 0, 1),
+        (signs, "NMD signs agree (shared neurons)\n(chance 0.5)", 0, 1),
+        (probes, "probe: fitted on row, tested on column\n(best layer; chance 0.5)", 0.5, 1),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.4), dpi=120)
+    for ax, (grid, title, low, high) in zip(axes, panels, strict=True):
+        ax.imshow(grid, vmin=low, vmax=high, cmap="Blues")
+        for (i, j), value in np.ndenumerate(grid):
+            if not np.isnan(value):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(size), names, rotation=30, ha="right", fontsize=7)
+        ax.set_yticks(range(size), names, fontsize=7)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
