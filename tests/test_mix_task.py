@@ -8,6 +8,7 @@ import pytest
 
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
+from memgen.pipeline import made_with
 from memgen.tasks import make_task
 from memgen.tasks.base import TokenizerSpec
 from memgen.tasks.mix import MixTask, apportion
@@ -143,6 +144,8 @@ def test_one_mixture_model_analysed_on_one_task_as_it_is(tmp_path: Path) -> None
     kept = analysed.path / "model" / "model.safetensors"
     assert kept.read_bytes() == (model / "model.safetensors").read_bytes()
     assert analysed.manifest()["summary"]["n_trainable"] == 0
+    # The config rebuilt from manifests (cross-run steering) skips the base's file hashes.
+    assert made_with(tmp_path / "cipher", "train").train.model == str(model)
     # A task the mixture was not trained on is refused: its words are not in the tokenizer.
     alone = load_config(None, ["task=cipher", "data.n_train=20", "train.steps=2", *tiny])
     run_data(tmp_path / "alone", alone)

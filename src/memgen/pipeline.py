@@ -147,6 +147,8 @@ def made_with(run_dir: Path, name: str) -> RunConfig:
     for stage in (*upstream(name), name):
         for key, value in Stage(run_dir, stage).manifest()["config"].items():
             section, _, field_name = key.partition(".")
+            if section not in RunConfig.model_fields:  # identity only (a base's file hashes)
+                continue
             if field_name:
                 merged.setdefault(section, {})[field_name] = value
             elif isinstance(value, dict):
