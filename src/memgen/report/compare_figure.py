@@ -97,7 +97,7 @@ def plot_neuron_agreement(comparison: dict[str, Any], path: Path) -> None:
     names = [row["run"] for row in comparison["runs"]]
     pairs = [p for p in comparison["neurons"] if p.get("neurons_correspond")]
     size = len(names)
-    jaccard, signs, probes = (np.full((size, size), np.nan) for _ in range(3))
+    jaccard, signs, probes, shared = (np.full((size, size), np.nan) for _ in range(4))
     chance = np.nan
     for pair in pairs:
         i, j = (names.index(name) for name in pair["runs"])
@@ -107,6 +107,7 @@ def plot_neuron_agreement(comparison: dict[str, Any], path: Path) -> None:
         for k, name in ((i, names[i]), (j, names[j])):
             jaccard[k, k] = pair["overlap_halves"]["within"][name][key]["mean"]
         signs[i, j] = signs[j, i] = pair["overlap"][key]["sign_agreement"]
+        shared[i, j] = shared[j, i] = pair["overlap"][key]["n_shared"]
         probes[i, j] = max(layer["a_on_b"]["accuracy"] for layer in pair["cross_probe"])
         probes[j, i] = max(layer["b_on_a"]["accuracy"] for layer in pair["cross_probe"])
     for k, run in enumerate(comparison["runs"]):
@@ -120,8 +121,9 @@ def plot_neuron_agreement(comparison: dict[str, Any], path: Path) -> None:
     for ax, (grid, title, low, high) in zip(axes, panels, strict=True):
         ax.imshow(grid, vmin=low, vmax=high, cmap="Blues")
         for (i, j), value in np.ndenumerate(grid):
-            if not np.isnan(value):
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
+            count = f"\n(n={shared[i, j]:.0f})" if grid is signs and i != j else ""
+            if not np.isnan(value) or count:  # a sign share of no shared neuron is nan
+                ax.text(j, i, f"{value:.2f}{count}", ha="center", va="center", fontsize=8)
         ax.set_xticks(range(size), names, rotation=30, ha="right", fontsize=7)
         ax.set_yticks(range(size), names, fontsize=7)
         ax.set_title(title, fontsize=9)
