@@ -15,6 +15,7 @@ layer) are compared instead.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import numpy as np
 from memgen.core.artifacts import Stage, read_json, write_json
 from memgen.core.errors import MemgenError
 from memgen.core.neuron_set import read_scores
-from memgen.core.recorded import read_record
+from memgen.core.recorded import Recorded, read_record
 from memgen.core.stats import summarise
 from memgen.neurons.consistency import across_halves, compare_scores
 from memgen.neurons.selection import layer_share, select_top
@@ -77,6 +78,11 @@ class FinishedRun:
             score=scores["score"],
             nmd=scores["nmd"],
         )
+
+    @functools.cached_property
+    def record(self) -> Recorded:
+        """The run's recorded activations, read once however many pairs it is in."""
+        return read_record(Stage(self.path, "record").path)
 
     @property
     def task(self) -> str:
@@ -149,9 +155,9 @@ def neuron_agreement(
 def overlap_halves(a: FinishedRun, b: FinishedRun, fractions: Sequence[float]) -> dict[str, Any]:
     """The runs' overlap from half of each one's pairs, beside each run's own split-half
     overlap: is a neuron set as close to the other run's as to itself on other data?"""
-    runs = [(run, read_record(Stage(run.path, "record").path)) for run in (a, b)]
     scorer = str(Stage(a.path, "neurons").manifest()["config"]["neurons"]["scorer"])
-    data = [(rec.activations(run.site), rec.labels, rec.pair_ids) for run, rec in runs]
+    data = [(run.record.activations(run.site), run.record.labels, run.record.pair_ids)
+            for run in (a, b)]  # fmt: skip
     found = across_halves(data[0], data[1], scorer, fractions)
     found["within"] = {  # each run's own split-half Jaccard, per top-N fraction
         run.name: {
@@ -170,7 +176,7 @@ def cross_probes(a: FinishedRun, b: FinishedRun) -> list[dict[str, Any]]:
     this asks whether the two runs encode memorization vs generalization the same way
     (the paper's inter-task claim, read out rather than selected).
     """
-    record_a, record_b = (read_record(Stage(run.path, "record").path) for run in (a, b))
+    record_a, record_b = a.record, b.record
     x_a, x_b = record_a.activations(a.site), record_b.activations(b.site)
     classifier = str(Stage(a.path, "probe").manifest()["config"]["probe"]["classifier"])
     rows: list[dict[str, Any]] = []

@@ -167,12 +167,11 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
             log.info("train: the saved checkpoint was made with another config; from step 0")
         shutil.rmtree(state_dir / "checkpoints", ignore_errors=True)
     distributed.barrier()
-    examples = train_examples + dev_examples + test_examples
-    if cfg.train.steps == 0:
-        history, model = keep_as_it_is(cfg, task, examples, dev_examples, out)
+    if cfg.train.steps == 0:  # no training: only the prompts it will answer must fit
+        history, model = keep_as_it_is(cfg, task, dev_examples + test_examples, dev_examples, out)
         return _finish(step, cfg, history, model, out)
     device = resolve_device(cfg.device)
-    model, tokenizer = build_model(cfg, task, examples, device)
+    model, tokenizer = build_model(cfg, task, train_examples + dev_examples + test_examples, device)
     best_dir = out / "model"
 
     def save_best(trained: PreTrainedModel) -> None:
