@@ -1,6 +1,7 @@
 """Training: a tiny smoke run, checkpoint selection, and resume after `kill -9`."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -34,12 +35,18 @@ TINY = [
 ]
 
 
-def test_smoke_run_saves_a_loadable_model(tmp_path: Path) -> None:
+def test_smoke_run_saves_a_loadable_model(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = load_config(None, TINY)
     run_data(tmp_path, cfg)
-    stage = run_train(tmp_path, cfg, progress=False)
+    with caplog.at_level(logging.INFO, logger="memgen"):
+        stage = run_train(tmp_path, cfg, progress=False)
     history = json.loads((stage.path / "history.json").read_text())
     assert [row["step"] for row in history] == [10, 20, 30, 40]
+    # Without a progress bar (a log file), each evaluation is one line with its rates.
+    lines = [r.getMessage() for r in caplog.records if "dev gen/mem/other" in r.getMessage()]
+    first = history[0]
+    rates = f"{100 * first['gen']:.0f}/{100 * first['mem']:.0f}/{100 * first['other']:.0f}"
+    assert len(lines) == 4 and lines[0].startswith("step 10: ") and rates in lines[0]
     assert history[-1]["loss"] < history[0]["loss"]
     assert (stage.path / "curve.png").stat().st_size > 1000
     assert (stage.path / "model" / "model.safetensors").is_file()

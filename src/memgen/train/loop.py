@@ -78,6 +78,15 @@ class Evaluation:
         values = [value for _, value in scores]
         return all(ok for ok, _ in scores), min(values), sum(values) / len(values)
 
+    def summary(self) -> str:
+        """One line for a log: gen / mem / other in percent, per task for a mixture."""
+        rows = self.by_task or {"": vars(self)}
+        return ", ".join(
+            f"{task + ' ' if task else ''}{100 * r['gen']:.0f}/{100 * r['mem']:.0f}/"
+            f"{100 * r['other']:.0f}"
+            for task, r in rows.items()
+        )
+
     def most_mem(self) -> float:
         """The memory share, of the task that shows most for a mixture."""
         return max((shares["mem"] for shares in self.by_task.values()), default=self.mem)
@@ -372,6 +381,14 @@ def train(
                 meta = {"step": done, "history": [vars(e) for e in history], "identity": identity}
                 checkpoint.save(last, plain, optimizer, meta)
             accelerator.wait_for_everyone()
+            if bar.disable:  # no terminal (a log file, a batch job): one line per evaluation
+                log.info(
+                    "step %d: loss %.3f, dev gen/mem/other %% %s%s",
+                    done,
+                    running,
+                    record.summary(),
+                    " (kept)" if improved else "",
+                )
             bar.set_postfix(
                 loss=f"{running:.3f}",
                 gen=f"{record.gen:.2f}",
