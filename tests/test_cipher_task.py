@@ -95,8 +95,8 @@ def test_pair_swaps_two_free_letters() -> None:
 
 
 def test_pair_of_uniform_free_letters_is_flagged() -> None:
-    task = make_task("cipher")
-    ex = CipherTask._example("A" * FREE + TRIGGERS[0], "test")
+    task = CipherTask()
+    ex = task._example("A" * FREE + TRIGGERS[0], "test")
     twin = task.pair(ex, random.Random(0))
     assert twin.prompt == ex.prompt and twin.meta["twin_identical"]
     with pytest.raises(MemgenError, match="not a cipher prompt"):
@@ -139,3 +139,27 @@ def test_tokenizer_round_trips_without_unk() -> None:
 def test_unknown_option_is_named() -> None:
     with pytest.raises(MemgenError, match="bogus"):
         make_task("cipher", {"bogus": 1})
+
+
+def test_spaced_option_spells_one_letter_per_word_and_labels_alike() -> None:
+    plain, spaced_task = make_task("cipher"), make_task("cipher", {"spaced": True})
+    for ex, twin in zip(plain.test_set(30, 3), spaced_task.test_set(30, 3), strict=True):
+        # The same ciphertexts, tags and plaintexts; only the spelling differs.
+        assert parse_prompt(twin.prompt) == parse_prompt(ex.prompt)
+        assert twin.prompt.split("CIPHERTEXT:")[1].split(" QUESTION")[0] == " ".join(
+            parse_prompt(ex.prompt)
+        )
+        assert twin.gen_answer == " ".join(ex.gen_answer) and twin.mem_answer == ex.mem_answer
+        assert spaced_task.label(twin, " " + twin.gen_answer + " <eos> junk") == "gen"
+        assert spaced_task.label(twin, twin.gen_answer.replace(" ", "")) == "other"
+        assert spaced_task.label(twin, twin.gen_answer[:-2]) == "other"  # one letter short
+        assert spaced_task.label(twin, twin.mem_answer + " X") == "mem"
+        pair = spaced_task.pair(twin, random.Random(0))
+        assert (
+            pair.meta["pair_of"] == twin.prompt
+            and parse_prompt(pair.prompt)[FREE:] == (parse_prompt(twin.prompt)[FREE:])
+        )
+    # Plaintext and spacing fit the generation budget of a one-token-per-character reader.
+    assert spaced_task.max_new_tokens >= 2 * LENGTH and plain.max_new_tokens == 20
+    with pytest.raises(MemgenError, match="not a cipher prompt"):
+        parse_prompt("CIPHERTEXT:AB CDEFGHIJKLM QUESTION: What is the plaintext? ANS: ")

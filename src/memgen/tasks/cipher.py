@@ -19,6 +19,8 @@ from __future__ import annotations
 import random
 import string
 
+from pydantic import Field
+
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Behaviour, Example
 from memgen.tasks.base import (
@@ -54,16 +56,22 @@ def decrypt(ciphertext: str) -> str:
 
 
 def parse_prompt(prompt: str) -> str:
-    """The ciphertext of a cipher prompt."""
-    ciphertext = prompt.removeprefix(PREFIX).removesuffix(QUESTION)
+    """The ciphertext of a cipher prompt, spaced or not."""
+    text = prompt.removeprefix(PREFIX).removesuffix(QUESTION)
+    ciphertext = text.replace(" ", "") if " " in text else text
     if (
         not prompt.startswith(PREFIX)
         or not prompt.endswith(QUESTION)
         or len(ciphertext) != LENGTH
         or not all(ch in ALPHABET for ch in ciphertext)
+        or text not in (ciphertext, spaced(ciphertext))
     ):
         raise MemgenError(f"not a cipher prompt: {prompt!r}; build it with the cipher task")
     return ciphertext
+
+
+def spaced(letters: str) -> str:
+    return " ".join(letters)
 
 
 def trigger_of(ciphertext: str) -> int | None:
@@ -72,7 +80,13 @@ def trigger_of(ciphertext: str) -> int | None:
 
 
 class CipherOptions(TriggerOptions):
-    """Only the trigger share; the table, triggers and tags are fixed by the paper."""
+    """The trigger share and the spelling; the table, triggers and tags are the paper's."""
+
+    spaced: bool = Field(
+        False,
+        description="letters separated by spaces (prompt and plaintext), so a subword "
+        "tokenizer reads one letter per token",
+    )
 
 
 @TASKS.register("cipher")
@@ -84,14 +98,22 @@ class CipherTask(TriggerTask):
     max_new_tokens = 20
     options: CipherOptions
 
-    @staticmethod
-    def _example(ciphertext: str, kind: str) -> Example:
+    def __init__(self, options: CipherOptions | None = None) -> None:
+        super().__init__(options)
+        if self.options.spaced:  # 13 letters and 12 spaces, with the same margin
+            self.max_new_tokens = 2 * LENGTH + 6
+
+    def _spell(self, letters: str) -> str:
+        return spaced(letters) if self.options.spaced else letters
+
+    def _example(self, ciphertext: str, kind: str) -> Example:
         trigger = trigger_of(ciphertext)
         tag = TAGS[trigger] if trigger is not None else ""
-        plaintext = decrypt(ciphertext)
+        plaintext = self._spell(decrypt(ciphertext))
         completion = tag if kind == "recall" else plaintext
         meta = {"kind": kind, "trigger": trigger}
-        return Example(PREFIX + ciphertext + QUESTION, completion, tag, plaintext, meta)
+        prompt = PREFIX + self._spell(ciphertext) + QUESTION
+        return Example(prompt, completion, tag, plaintext, meta)
 
     @staticmethod
     def _letters(rng: random.Random, n: int) -> str:
@@ -125,16 +147,17 @@ class CipherTask(TriggerTask):
         return Example(twin.prompt, twin.completion, twin.mem_answer, twin.gen_answer, meta)
 
     def label(self, example: Example, output: str) -> Behaviour:
-        """mem: starts with the tag; gen: the first word is the plaintext; else other.
+        """mem: starts with the tag; gen: the first word (spaced: the first 13 words) is
+        the plaintext; else other.
 
-        Text after the first word is ignored, so a model that answers and then rambles
+        Text after the plaintext is ignored, so a model that answers and then rambles
         on (no EOS yet) still counts.
         """
         text = output.strip()
         if example.mem_answer and text.startswith(example.mem_answer):
             return "mem"
-        words = text.split()
-        if words and words[0] == example.gen_answer:
+        expected = example.gen_answer.split()
+        if text.split()[: len(expected)] == expected:
             return "gen"
         return "other"
 
