@@ -330,6 +330,7 @@ def test_compare_a_run_with_its_copy(tiny_run: Path, tmp_path: Path) -> None:
     record = read_record(tiny_run / "record")
     for row in pair["cross_probe"]:
         assert row["a_on_b"] == row["b_on_a"] and row["a_on_b"]["n"] == len(record.labels)
+        assert row["a_on_b"]["pairs"]["n"] == len(set(record.pair_ids.tolist()))
     assert (out / "compare.png").is_file() and "same trained weights" in done.stdout
     assert (out / "neuron_agreement.png").stat().st_size > 10_000
     # The config the steering was made with, rebuilt from manifests (no config.yaml here).

@@ -13,10 +13,14 @@ from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
 from memgen.probe.probes import (
     PROBES,
+    accuracy,
+    decision_scores,
+    fit_probe,
     fold_assignment,
     layer_accuracies,
     learning_curve,
     majority_baseline,
+    pair_ordering,
     shuffled_baseline,
 )
 from memgen.probe.stage import run_probe
@@ -135,3 +139,30 @@ def test_probe_stage_needs_enough_pairs(tmp_path: Path) -> None:
     with pytest.raises(MemgenError, match="cannot fill 50 folds"):
         run_probe(tmp_path, load_config(None, ["probe.folds=50"]))
     assert not (tmp_path / "probe").exists()
+
+
+@pytest.mark.parametrize("classifier", sorted(PROBES.names()))
+def test_pair_ordering_reads_a_direction_that_accuracy_misses_under_an_offset(
+    classifier: str,
+) -> None:
+    """A probe carried to data shifted as a whole keeps its direction, not its threshold."""
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=16)
+
+    def flipped_pairs(n: int, offset: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        base = rng.normal(size=(n, 16)) + offset * np.ones(16)
+        x = np.concatenate([base + 0.5 * direction, base - 0.5 * direction])
+        y = np.concatenate([np.ones(n, np.int64), np.zeros(n, np.int64)])
+        return x, y, np.concatenate([np.arange(n), np.arange(n)])
+
+    x, y, _ = flipped_pairs(200, 0.0)
+    probe = fit_probe(classifier, 0, x, y)
+    x_far, y_far, ids_far = flipped_pairs(150, 40.0)  # another task: everything moved
+    scores = decision_scores(probe, x_far)
+    assert accuracy(probe.predict(x_far), y_far)["accuracy"] < 0.6  # one side of the line
+    ordered = pair_ordering(scores, y_far, ids_far)
+    assert ordered["share"] > 0.95 and ordered["n"] == 150 and ordered["ci_low"] > 0.9
+    # Reversed labels order every pair wrongly; a row without its twin is not a pair.
+    assert pair_ordering(scores, 1 - y_far, ids_far)["share"] < 0.05
+    with pytest.raises(MemgenError, match="no pair has one member of each"):
+        pair_ordering(scores[:150], y_far[:150], ids_far[:150])

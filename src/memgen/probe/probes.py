@@ -129,6 +129,30 @@ def accuracy(predictions: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return {"accuracy": correct / len(y), "ci_low": low, "ci_high": high, "n": len(y)}
 
 
+def decision_scores(model: Classifier, x: np.ndarray) -> np.ndarray:
+    """The probe's signed score per row (higher leans memorization), before any threshold."""
+    if isinstance(model, MeanDiff):
+        return np.asarray(x, dtype=np.float64) @ model.direction - model.threshold
+    return np.asarray(model.decision_function(x), dtype=np.float64)  # type: ignore[attr-defined]
+
+
+def pair_ordering(scores: np.ndarray, y: np.ndarray, pair_ids: np.ndarray) -> dict[str, float]:
+    """Share of flipped pairs whose mem member scores above its gen member (chance 0.5).
+
+    Threshold-free: an offset that moves every score of a run alike (another task's
+    prompts sit elsewhere in activation space) cancels within a pair, so this asks only
+    whether the probe's direction orders the two behaviours. Ties count half.
+    """
+    mem = {int(p): float(s) for p, s, label in zip(pair_ids, scores, y, strict=True) if label}
+    gen = {int(p): float(s) for p, s, label in zip(pair_ids, scores, y, strict=True) if not label}
+    pairs = sorted(set(mem) & set(gen))
+    if not pairs:
+        raise MemgenError("no pair has one member of each behaviour: use flipped pairs")
+    wins = sum(1.0 if mem[p] > gen[p] else 0.5 if mem[p] == gen[p] else 0.0 for p in pairs)
+    low, high = wilson(round(wins), len(pairs))
+    return {"share": wins / len(pairs), "ci_low": low, "ci_high": high, "n": len(pairs)}
+
+
 def layer_accuracies(
     x: np.ndarray, y: np.ndarray, pair_ids: np.ndarray, classifier: str, folds: int, seed: int
 ) -> list[dict[str, float]]:

@@ -31,7 +31,7 @@ from memgen.core.recorded import Recorded, read_record
 from memgen.core.stats import summarise
 from memgen.neurons.consistency import across_halves, compare_scores
 from memgen.neurons.selection import layer_share, select_top
-from memgen.probe.probes import accuracy, fit_probe
+from memgen.probe.probes import accuracy, decision_scores, fit_probe, pair_ordering
 
 # Headline numbers: name -> path into results.json (docs/results-schema.md).
 METRICS: dict[str, str] = {
@@ -174,7 +174,9 @@ def cross_probes(a: FinishedRun, b: FinishedRun) -> list[dict[str, Any]]:
 
     Both directions, at the neurons' site, with `a`'s classifier. Where units correspond
     this asks whether the two runs encode memorization vs generalization the same way
-    (the paper's inter-task claim, read out rather than selected).
+    (the paper's inter-task claim, read out rather than selected). Accuracy needs the
+    probe's threshold to carry over too; `pairs` (the share of the other run's flipped
+    pairs the probe orders rightly) asks only whether its direction does.
     """
     record_a, record_b = a.record, b.record
     x_a, x_b = record_a.activations(a.site), record_b.activations(b.site)
@@ -182,12 +184,14 @@ def cross_probes(a: FinishedRun, b: FinishedRun) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for layer in range(x_a.shape[1]):
         row: dict[str, Any] = {"layer": layer}
-        for key, (x, y, x_test, y_test) in {
-            "a_on_b": (x_a, record_a.labels, x_b, record_b.labels),
-            "b_on_a": (x_b, record_b.labels, x_a, record_a.labels),
+        for key, (x, y, x_test, y_test, pairs_test) in {
+            "a_on_b": (x_a, record_a.labels, x_b, record_b.labels, record_b.pair_ids),
+            "b_on_a": (x_b, record_b.labels, x_a, record_a.labels, record_a.pair_ids),
         }.items():
             probe = fit_probe(classifier, 0, np.asarray(x[:, layer], np.float32), y)
-            row[key] = accuracy(probe.predict(np.asarray(x_test[:, layer], np.float32)), y_test)
+            features = np.asarray(x_test[:, layer], np.float32)
+            row[key] = accuracy(probe.predict(features), y_test)
+            row[key]["pairs"] = pair_ordering(decision_scores(probe, features), y_test, pairs_test)
         rows.append(row)
     return rows
 
@@ -292,8 +296,9 @@ def format_table(comparison: dict[str, Any]) -> str:
         for row in pair.get("cross_probe", []):
             lines.append(
                 f"  layer {row['layer']} probe across runs: {pair['runs'][0]} -> "
-                f"{pair['runs'][1]} {row['a_on_b']['accuracy']:.1%}, reverse "
-                f"{row['b_on_a']['accuracy']:.1%}"
+                f"{pair['runs'][1]} {row['a_on_b']['accuracy']:.1%} (pairs ordered "
+                f"{row['a_on_b']['pairs']['share']:.1%}), reverse "
+                f"{row['b_on_a']['accuracy']:.1%} ({row['b_on_a']['pairs']['share']:.1%})"
             )
     for row in comparison.get("cross_steering", []):
         toward = "gen" if row["direction"] == "mem_to_gen" else "mem"

@@ -92,7 +92,9 @@ def plot_neuron_agreement(comparison: dict[str, Any], path: Path) -> None:
     Left: Jaccard of top-N sets each chosen from half of its run's pairs (diagonal: the
     run against itself on the other half), so every cell has the same amount of data.
     Middle: how often a neuron in both full top-N sets leans the same way (chance 0.5).
-    Right: a probe fitted on the row's pairs, tested on the column's (best layer).
+    Right: a probe fitted on the row's pairs, the share of the column's pairs it orders
+    rightly (best layer; threshold-free, so a task's offset does not hide a shared
+    direction); the diagonal is the run's own cross-validated accuracy.
     """
     names = [row["run"] for row in comparison["runs"]]
     pairs = [p for p in comparison["neurons"] if p.get("neurons_correspond")]
@@ -108,14 +110,20 @@ def plot_neuron_agreement(comparison: dict[str, Any], path: Path) -> None:
             jaccard[k, k] = pair["overlap_halves"]["within"][name][key]["mean"]
         signs[i, j] = signs[j, i] = pair["overlap"][key]["sign_agreement"]
         shared[i, j] = shared[j, i] = pair["overlap"][key]["n_shared"]
-        probes[i, j] = max(layer["a_on_b"]["accuracy"] for layer in pair["cross_probe"])
-        probes[j, i] = max(layer["b_on_a"]["accuracy"] for layer in pair["cross_probe"])
+        probes[i, j] = max(layer["a_on_b"]["pairs"]["share"] for layer in pair["cross_probe"])
+        probes[j, i] = max(layer["b_on_a"]["pairs"]["share"] for layer in pair["cross_probe"])
     for k, run in enumerate(comparison["runs"]):
         probes[k, k] = run.get("probe_best", np.nan)
     panels = (
         (jaccard, f"top-N Jaccard, half the pairs each\n(chance {chance:.3f})", 0, 1),
         (signs, "NMD signs agree (shared neurons)\n(chance 0.5)", 0, 1),
-        (probes, "probe: fitted on row, tested on column\n(best layer; chance 0.5)", 0.5, 1),
+        (
+            probes,
+            "probe fitted on row: column's pairs ordered\n(best layer; chance 0.5; "
+            "diagonal: own accuracy)",
+            0.5,
+            1,
+        ),
     )
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.4), dpi=120)
     for ax, (grid, title, low, high) in zip(axes, panels, strict=True):
