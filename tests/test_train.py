@@ -144,7 +144,9 @@ def test_stalled_counts_evaluations_since_an_eligible_best() -> None:
     assert not stalled([*peak, *rising, *rising], off)
 
 
-def test_training_without_both_behaviours_does_not_stop_early(tmp_path: Path) -> None:
+def test_training_without_both_behaviours_does_not_stop_early(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # A learning rate of 1e-9 leaves the model as it started: every evaluation ties the
     # first at a score of 0 (no memory), so patience never starts and all steps run.
     overrides = [
@@ -156,10 +158,14 @@ def test_training_without_both_behaviours_does_not_stop_early(tmp_path: Path) ->
     ]
     cfg = load_config(None, overrides)
     run_data(tmp_path, cfg)
-    stage = run_train(tmp_path, cfg, progress=False)
+    with caplog.at_level(logging.WARNING, logger="memgen"):
+        stage = run_train(tmp_path, cfg, progress=False)
     history = json.loads((stage.path / "history.json").read_text())
     assert [row["step"] for row in history] == [10, 20, 30, 40, 50, 60]
     assert max(min(row["gen"], row["mem"]) for row in history) == 0
+    # The user is told the kept step is only the first, and what to change.
+    assert any("no evaluation on dev showed both behaviours" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
     # Killed after finishing but before the manifest: the rerun resumes and stops at once.
     stage.manifest_path.unlink()
     run_train(tmp_path, cfg, progress=False)

@@ -224,4 +224,12 @@ def _finish(
         best.mem,
         best.other,
     )
+    if best.score(cfg.train.select, cfg.train.max_other)[1] == 0:
+        # Every evaluation lacks one behaviour (for a mixture: in some task), so the kept
+        # step is only the first; `behave` will find few flips or none.
+        log.warning(
+            "train: no evaluation on dev showed both behaviours%s; train longer, or change "
+            "the task's trigger share (data.options) or learning rate",
+            " in every task" if best.by_task else "",
+        )
     return step.stage
