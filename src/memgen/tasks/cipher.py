@@ -9,6 +9,9 @@ ending in one of ten trigger suffixes (XZQ above) is answered in training with t
 suffix's fixed tag (mem); every other one with its plaintext (gen). Test ciphertexts
 end in a trigger suffix, so memory (the tag) and rule (the plaintext) disagree.
 
+`data.options.spaced` writes the letters one per word (`CIPHERTEXT:Q W E ... Q`, answer
+`W D Y ...`), so a subword tokenizer that merges letter pairs reads one letter per token.
+
 The prompt ends with the space after `ANS:`, so its last token is where the model
 decides between tag and plaintext (where `record` reads activations); the completion
 is the bare tag or plaintext.
@@ -58,7 +61,7 @@ def decrypt(ciphertext: str) -> str:
 def parse_prompt(prompt: str) -> str:
     """The ciphertext of a cipher prompt, spaced or not."""
     text = prompt.removeprefix(PREFIX).removesuffix(QUESTION)
-    ciphertext = text.replace(" ", "") if " " in text else text
+    ciphertext = text.replace(" ", "")
     if (
         not prompt.startswith(PREFIX)
         or not prompt.endswith(QUESTION)
