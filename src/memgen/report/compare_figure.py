@@ -93,8 +93,9 @@ def plot_neuron_agreement(comparison: dict[str, Any], path: Path) -> None:
     run against itself on the other half), so every cell has the same amount of data.
     Middle: how often a neuron in both full top-N sets leans the same way (chance 0.5).
     Right: a probe fitted on the row's pairs, the share of the column's pairs it orders
-    rightly (best layer; threshold-free, so a task's offset does not hide a shared
-    direction); the diagonal is the run's own cross-validated accuracy.
+    rightly (threshold-free, so a task's offset does not hide a shared direction), at
+    the layer farthest from chance either way; the diagonal is the run's own
+    cross-validated accuracy.
     """
     names = [row["run"] for row in comparison["runs"]]
     pairs = [p for p in comparison["neurons"] if p.get("neurons_correspond")]
@@ -110,8 +111,11 @@ def plot_neuron_agreement(comparison: dict[str, Any], path: Path) -> None:
             jaccard[k, k] = pair["overlap_halves"]["within"][name][key]["mean"]
         signs[i, j] = signs[j, i] = pair["overlap"][key]["sign_agreement"]
         shared[i, j] = shared[j, i] = pair["overlap"][key]["n_shared"]
-        probes[i, j] = max(layer["a_on_b"]["pairs"]["share"] for layer in pair["cross_probe"])
-        probes[j, i] = max(layer["b_on_a"]["pairs"]["share"] for layer in pair["cross_probe"])
+        for (row, col), key in (((i, j), "a_on_b"), ((j, i), "b_on_a")):
+            shares = [layer[key]["pairs"]["share"] for layer in pair["cross_probe"]]
+            # The layer farthest from chance either way: a reversed order (a shared axis
+            # of opposite polarity) is as much a finding as a kept one.
+            probes[row, col] = max(shares, key=lambda share: abs(share - 0.5))
     for k, run in enumerate(comparison["runs"]):
         probes[k, k] = run.get("probe_best", np.nan)
     panels = (
@@ -119,15 +123,16 @@ def plot_neuron_agreement(comparison: dict[str, Any], path: Path) -> None:
         (signs, "NMD signs agree (shared neurons)\n(chance 0.5)", 0, 1),
         (
             probes,
-            "probe fitted on row: column's pairs ordered\n(best layer; chance 0.5; "
+            "probe fitted on row: column's pairs ordered\n(layer farthest from chance 0.5; "
             "diagonal: own accuracy)",
-            0.5,
+            0,
             1,
         ),
     )
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.4), dpi=120)
     for ax, (grid, title, low, high) in zip(axes, panels, strict=True):
-        ax.imshow(grid, vmin=low, vmax=high, cmap="Blues")
+        # Pair order runs both ways from chance (0.5): a diverging map shows reversal.
+        ax.imshow(grid, vmin=low, vmax=high, cmap="RdBu_r" if grid is probes else "Blues")
         for (i, j), value in np.ndenumerate(grid):
             count = f"\n(n={shared[i, j]:.0f})" if grid is signs and i != j else ""
             if not np.isnan(value) or count:  # a sign share of no shared neuron is nan
