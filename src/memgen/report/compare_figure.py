@@ -119,20 +119,20 @@ def plot_neuron_agreement(comparison: dict[str, Any], path: Path) -> None:
     for k, run in enumerate(comparison["runs"]):
         probes[k, k] = run.get("probe_best", np.nan)
     panels = (
-        (jaccard, f"top-N Jaccard, half the pairs each\n(chance {chance:.3f})", 0, 1),
-        (signs, "NMD signs agree (shared neurons)\n(chance 0.5)", 0, 1),
+        (jaccard, f"top-N Jaccard, half the pairs each\n(chance {chance:.3f})", 0, 1, "Blues"),
+        (signs, "NMD signs agree (shared neurons)\n(chance 0.5)", 0, 1, "Blues"),
         (
             probes,
             "probe fitted on row: column's pairs ordered\n(layer farthest from chance 0.5; "
             "diagonal: own accuracy)",
             0,
             1,
+            "RdBu_r",  # pair order runs both ways from chance: a diverging map shows reversal
         ),
     )
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.4), dpi=120)
-    for ax, (grid, title, low, high) in zip(axes, panels, strict=True):
-        # Pair order runs both ways from chance (0.5): a diverging map shows reversal.
-        ax.imshow(grid, vmin=low, vmax=high, cmap="RdBu_r" if grid is probes else "Blues")
+    for ax, (grid, title, low, high, cmap) in zip(axes, panels, strict=True):
+        ax.imshow(grid, vmin=low, vmax=high, cmap=cmap)
         for (i, j), value in np.ndenumerate(grid):
             count = f"\n(n={shared[i, j]:.0f})" if grid is signs and i != j else ""
             if not np.isnan(value) or count:  # a sign share of no shared neuron is nan
