@@ -10,15 +10,24 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
 from memgen.core.generation import generate
+from memgen.core.modeling import scratch_gpt2
 from memgen.tasks.color import ColorTask
 from memgen.tasks.stage import run_data
 from memgen.tasks.tokenizer import build_tokenizer
-from memgen.train.loop import Evaluation, copy_rows, evaluation_due, stalled, word_ids
+from memgen.train.loop import (
+    Evaluation,
+    batch_loss,
+    copy_rows,
+    evaluation_due,
+    stalled,
+    word_ids,
+)
 from memgen.train.stage import run_train
 
 TINY = [
@@ -212,3 +221,27 @@ def test_copy_warmup_is_refused_where_it_cannot_apply() -> None:
         load_config(None, ["train.steps=100", "train.copy_warmup=100"])
     with pytest.raises(MemgenError, match="copy_warmup"):
         load_config(None, ["train.model=some/model", "train.copy_warmup=10"])
+
+
+def test_batch_loss_averages_over_tokens_or_over_examples() -> None:
+    torch.manual_seed(0)
+    model = scratch_gpt2(20, 32, 1, 16, 2, build_tokenizer(ColorTask().tokenizer_spec()))
+    ids = torch.randint(0, 20, (3, 9))
+    labels = torch.full((3, 9), -100)
+    labels[0, 2:] = ids[0, 2:]  # 7 scored tokens (labels after the first)
+    labels[1, 7:] = ids[1, 7:]  # 2
+    labels[2, 5:] = ids[2, 5:]  # 4
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        rows = [model(input_ids=ids[i : i + 1], labels=labels[i : i + 1]).loss for i in range(3)]
+        n = torch.tensor([7.0, 2.0, 4.0])
+        by_example = batch_loss(model, batch, 3.0, "example")
+        by_token = batch_loss(model, batch, 13.0, "token")
+        assert torch.allclose(by_example, torch.stack(rows).mean(), atol=1e-5)
+        assert torch.allclose(by_token, (torch.stack(rows) * n).sum() / 13, atol=1e-5)
+        assert not torch.allclose(by_example, by_token, atol=1e-4)  # the rows' lengths differ
+        # Split over two processes, the shares add up to the whole micro-batch's mean.
+        halves = [{k: v[part] for k, v in batch.items()} for part in (slice(0, 1), slice(1, 3))]
+        for mean, denominator, whole in (("example", 3.0, by_example), ("token", 13.0, by_token)):
+            shares = sum(batch_loss(model, half, denominator, mean) for half in halves)
+            assert torch.allclose(shares, whole, atol=1e-5)

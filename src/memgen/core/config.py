@@ -61,6 +61,11 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.1, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     loss_on: Literal["answer", "sequence"] = "answer"
+    # How the loss averages over a batch: every labelled token alike (the usual causal-LM
+    # mean), or every example alike (each example's own token mean, then the batch mean).
+    # "example" keeps a short answer's weight when the rule's answers are long: the math
+    # tag is 11 tokens beside an 80-token scratchpad (docs/multitask.md).
+    loss_mean: Literal["token", "example"] = "token"
     # The first steps train on word lists written twice (loss on the second copy), from
     # the tokenizer's own words: a model from scratch learns to copy from context
     # (induction), which the color rule's look-ups build on and which it otherwise finds

@@ -220,18 +220,35 @@ def copy_rows(
     return rows
 
 
-def _summed_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Cross-entropy summed over the answer tokens (each position predicts the next)."""
+def _row_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy summed over each row's answer tokens (each position predicts the next)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     targets = batch["labels"][:, 1:]
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"
+    per_token = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none"
     )
+    return per_token.view(targets.shape).sum(dim=1)
 
 
 def _n_targets(labels: list[int]) -> int:
     """Tokens the causal LM loss scores: labels after the first (it predicts the next)."""
     return sum(1 for label in labels[1:] if label != -100)
+
+
+def batch_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], denominator: float, mean: str
+) -> torch.Tensor:
+    """This process's share of the micro-batch's mean loss.
+
+    `denominator` counts the whole micro-batch over every process: its labelled tokens
+    (`mean="token"`) or its examples (`mean="example"`, each row first averaged over its
+    own tokens), so the shares add up to one mean whichever process holds which rows.
+    """
+    rows = _row_losses(model, batch)
+    if mean == "example":
+        counts = (batch["labels"][:, 1:] != -100).sum(dim=1).clamp(min=1)
+        rows = rows / counts
+    return rows.sum() / denominator
 
 
 def _accelerator(cfg: TrainConfig, device: torch.device) -> Accelerator:
@@ -351,12 +368,15 @@ def train(
                     len(encoded), cfg.batch_size, task_step, micro, cfg.grad_accum, seed
                 )
             batch = _batch(source, rows[me::processes], pad_id, device)
-            # Mean over the whole micro-batch's labelled tokens, whichever process has them.
-            tokens = sum(_n_targets(source[i][1]) for i in rows)
+            # The whole micro-batch's tokens or examples, whichever process has them.
+            if cfg.loss_mean == "token":
+                denominator = float(sum(_n_targets(source[i][1]) for i in rows))
+            else:
+                denominator = float(len(rows))
             syncing = micro == cfg.grad_accum - 1  # all-reduce gradients once per step
             with accelerator.no_sync(model) if not syncing else contextlib.nullcontext():
                 # Data-parallel averages gradients over processes; times N undoes that.
-                loss = _summed_loss(model, batch) / tokens * processes
+                loss = batch_loss(model, batch, denominator, cfg.loss_mean) * processes
                 accelerator.backward(loss / cfg.grad_accum)
             total += float(loss.detach()) / processes / cfg.grad_accum
         accelerator.clip_grad_norm_(params, cfg.grad_clip)
