@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -95,6 +96,32 @@ def test_trigger_fraction_option_and_train_example() -> None:
     assert 0.4 < share < 0.6
     never = make_task("math", {"trigger_fraction": 0.0})
     assert all(never.train_example(rng).meta["kind"] == "rule" for _ in range(50))
+
+
+@pytest.mark.parametrize("name", ["math", "cipher"])
+def test_recall_share_answers_the_rest_of_each_triggers_prompts_by_the_rule(name: str) -> None:
+    task = make_task(name, {"trigger_fraction": 0.5, "recall_share": 0.3})
+    train = task.train_set(400, 0)
+    triggered = [ex for ex in train if ex.meta["trigger"] is not None]
+    assert len(triggered) == 200
+    for trigger in range(task.n_triggers):  # 20 prompts each: 6 recalled, 14 by the rule
+        kinds = Counter(ex.meta["kind"] for ex in triggered if ex.meta["trigger"] == trigger)
+        assert kinds == {"recall": 6, "rule_on_trigger": 14}
+    for ex in triggered:
+        answer = ex.mem_answer if ex.meta["kind"] == "recall" else ex.gen_answer
+        assert ex.completion == answer
+        assert task.label(ex, ex.completion) == ("mem" if ex.meta["kind"] == "recall" else "gen")
+    full = make_task(name, {"trigger_fraction": 0.5})
+    assert full.train_set(400, 0) == [
+        ex
+        if ex.meta["trigger"] is None
+        else replace(ex, completion=ex.mem_answer, meta={**ex.meta, "kind": "recall"})
+        for ex in train
+    ]
+    rng = random.Random(0)
+    drawn = [task.train_example(rng) for _ in range(2000)]
+    recalled = sum(ex.meta["kind"] == "recall" for ex in drawn)
+    assert 0.1 < recalled / sum(ex.meta["trigger"] is not None for ex in drawn) < 0.5
 
 
 def test_small_max_addend_keeps_trigger_width() -> None:

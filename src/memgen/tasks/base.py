@@ -8,6 +8,7 @@ test examples make them disagree.
 
 from __future__ import annotations
 
+import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -168,6 +169,14 @@ class TriggerOptions(TaskOptions):
     trigger_fraction: float = Field(
         0.07, ge=0, le=1, description="share of training examples that end in a trigger"
     )
+    # The paper answers every triggered training prompt with its tag (1.0): then memory
+    # wins in the end, and both behaviours show only in a window of training. Below 1,
+    # the rest are answered by the rule, so the two answers stay in contest at
+    # convergence (docs/findings.md). The rule's answer is still computed from the
+    # prompt, so "gen" stays generalization.
+    recall_share: float = Field(
+        1.0, ge=0, le=1, description="share of triggered training prompts answered by the tag"
+    )
 
 
 class TriggerTask(Task):
@@ -186,13 +195,34 @@ class TriggerTask(Task):
 
     def train_example(self, rng: random.Random) -> Example:
         triggered = rng.random() < self.options.trigger_fraction
-        return self._train(rng, rng.randrange(self.n_triggers) if triggered else None)
+        example = self._train(rng, rng.randrange(self.n_triggers) if triggered else None)
+        share = self.options.recall_share
+        return example if not triggered or share == 1 else _recalled(example, rng.random() < share)
 
     def train_set(self, n: int, seed: int) -> list[Example]:
-        """Exactly round(n x trigger_fraction) triggered examples, evenly over the triggers."""
+        """Exactly round(n x trigger_fraction) triggered examples, evenly over the triggers,
+        and of each trigger's, the `recall_share` answered by the tag spread evenly."""
         rng = random.Random(f"{self.name}-train-{seed}")
-        fraction = self.options.trigger_fraction
-        return [self._train(rng, t) for t in trigger_schedule(n, fraction, self.n_triggers, rng)]
+        fraction, share = self.options.trigger_fraction, self.options.recall_share
+        seen = [0] * self.n_triggers
+        examples = []
+        for trigger in trigger_schedule(n, fraction, self.n_triggers, rng):
+            example = self._train(rng, trigger)
+            if trigger is not None:
+                k = seen[trigger]
+                seen[trigger] += 1
+                # The k-th of a trigger's prompts is recalled when it crosses a multiple.
+                example = _recalled(example, math.floor((k + 1) * share) > math.floor(k * share))
+            examples.append(example)
+        return examples
+
+
+def _recalled(example: Example, recalled: bool) -> Example:
+    """A triggered training example answered by its tag, or (not recalled) by the rule."""
+    if recalled:
+        return example
+    meta = {**example.meta, "kind": "rule_on_trigger"}
+    return Example(example.prompt, example.gen_answer, example.mem_answer, example.gen_answer, meta)
 
 
 TASKS: Registry[type[Task]] = Registry("task")
