@@ -11,6 +11,9 @@ inter-task question). Two models trained from scratch are a different matter: hi
 units are defined only up to a permutation, so index overlap would be meaningless.
 For them, and for every pair, the layer profiles (the share of selected neurons per
 layer) are compared instead.
+
+A run stopped after `behave` (`memgen run --until behave`, as a recipe's seed x thread
+table needs) takes part with its rates and pairs only.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from memgen.probe.probes import accuracy, decision_scores, fit_probe, pair_order
 
 # Headline numbers: name -> path into results.json (docs/results-schema.md).
 METRICS: dict[str, str] = {
+    "kept_step": "training.selected.step",
     "gen": "behaviour.test_rates.gen",
     "mem": "behaviour.test_rates.mem",
     "other": "behaviour.test_rates.other",
@@ -58,14 +62,13 @@ class FinishedRun:
     train_manifest: dict[str, Any]
     site: str
     top_n: list[float]
-    score: np.ndarray  # [layers, width]
+    score: np.ndarray  # [layers, width]; empty for a run stopped after behave
     nmd: np.ndarray  # [layers, width]
 
     @classmethod
     def load(cls, run_dir: Path, name: str) -> FinishedRun:
-        fix = f"finish it with `memgen run --run-dir {run_dir}`"
         if not (run_dir / "results.json").is_file():
-            raise MemgenError(f"{run_dir} has no results.json; {fix}")
+            return cls.behaviour_only(run_dir, name)
         scores = read_scores(Stage(run_dir, "neurons").path)
         neurons = Stage(run_dir, "neurons").manifest()["config"]["neurons"]
         return cls(
@@ -78,6 +81,33 @@ class FinishedRun:
             score=scores["score"],
             nmd=scores["nmd"],
         )
+
+    @classmethod
+    def behaviour_only(cls, run_dir: Path, name: str) -> FinishedRun:
+        """A run stopped after `behave`: its rates and pairs, no neurons."""
+        behave = Stage(run_dir, "behave")
+        if not behave.is_finished():
+            raise MemgenError(
+                f"{run_dir} has not finished `behave`; run `memgen run --run-dir {run_dir}` "
+                "(or `--until behave` to compare rates only)"
+            )
+        manifest, train = behave.manifest(), Stage(run_dir, "train").manifest()
+        summary = manifest.get("summary", {})
+        config = train.get("config", {})
+        results = {
+            "task": config.get("task"),
+            "seed": config.get("seed"),
+            "model": config.get("train", {}).get("model"),
+            "training": {"selected": train.get("summary", {}).get("best")},
+            "behaviour": {"test_rates": summary.get("test_rates")},
+            "pairs": summary.get("pairs"),
+        }
+        empty = np.zeros((0, 0))
+        return cls(name, run_dir, results, train, "", [], empty, empty)
+
+    @property
+    def has_neurons(self) -> bool:
+        return self.score.size > 0
 
     @functools.cached_property
     def record(self) -> Recorded:
@@ -205,6 +235,12 @@ def compare_runs(run_dirs: Sequence[Path], shared_units: bool = False) -> dict[s
         names = [str(path) for path in run_dirs]
     runs = [FinishedRun.load(path, name) for path, name in zip(run_dirs, names, strict=True)]
     if shared_units:
+        for run in runs:
+            if not run.has_neurons:
+                raise MemgenError(
+                    f"{run.name} stopped after behave; --shared-units compares neurons: "
+                    f"finish it with `memgen run --run-dir {run.path}`"
+                )
         for a, b in itertools.combinations(runs, 2):
             if correspondence(a.train_manifest, b.train_manifest) is None or (
                 a.site, a.score.shape) != (b.site, b.score.shape):  # fmt: skip
@@ -232,8 +268,9 @@ def compare_runs(run_dirs: Sequence[Path], shared_units: bool = False) -> dict[s
         from memgen.report.cross import cross_steering
 
         cross = cross_steering([(run.name, run.path) for run in runs])
-    profiles = {run.name: {f: run.layer_profile(f) for f in run.top_n} for run in runs}
-    pairs = [neuron_agreement(a, b, profiles) for a, b in itertools.combinations(runs, 2)]
+    with_neurons = [run for run in runs if run.has_neurons]
+    profiles = {run.name: {f: run.layer_profile(f) for f in run.top_n} for run in with_neurons}
+    pairs = [neuron_agreement(a, b, profiles) for a, b in itertools.combinations(with_neurons, 2)]
     layer_profiles = {
         name: {f"{f:g}": shares.tolist() for f, shares in by_fraction.items()}
         for name, by_fraction in profiles.items()
@@ -264,6 +301,12 @@ def format_table(comparison: dict[str, Any]) -> str:
             text = f"±{50 * (high - low):.1f}" if low is not None and high is not None else "-"
             spread.append(f"{text:>11}")
         lines.append("95% CI half-width".ljust(width) + "".join(spread))
+        ranges = []
+        for c in columns:
+            entry = table.get(c, {})
+            text = f"{100 * entry['min']:.0f}-{100 * entry['max']:.0f}" if entry else "-"
+            ranges.append(f"{text:>11}")
+        lines.append("range".ljust(width) + "".join(ranges))
     lines.append("")
     for pair in comparison["neurons"]:
         head = f"{pair['runs'][0]} vs {pair['runs'][1]}: "
