@@ -25,6 +25,7 @@ from memgen.train.loop import (
     batch_loss,
     copy_rows,
     evaluation_due,
+    loss_denominator,
     stalled,
     word_ids,
 )
@@ -232,6 +233,9 @@ def test_batch_loss_averages_over_tokens_or_over_examples() -> None:
     labels[1, 7:] = ids[1, 7:]  # 2
     labels[2, 5:] = ids[2, 5:]  # 4
     batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
+    rows_labels = labels.tolist()
+    assert loss_denominator(rows_labels, "token") == 13.0
+    assert loss_denominator(rows_labels, "example") == 3.0
     with torch.no_grad():
         rows = [model(input_ids=ids[i : i + 1], labels=labels[i : i + 1]).loss for i in range(3)]
         n = torch.tensor([7.0, 2.0, 4.0])

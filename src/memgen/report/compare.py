@@ -294,18 +294,15 @@ def format_table(comparison: dict[str, Any]) -> str:
     for task, table in comparison["summary"].items():
         means = [cell(table[c]["mean"] if c in table else None) for c in columns]
         lines.append(f"mean ({task})".ljust(width) + "".join(means))
-        spread = []
+        spread, ranges = [], []
         for c in columns:
             entry = table.get(c, {})
             low, high = entry.get("ci_low"), entry.get("ci_high")
             text = f"±{50 * (high - low):.1f}" if low is not None and high is not None else "-"
             spread.append(f"{text:>11}")
-        lines.append("95% CI half-width".ljust(width) + "".join(spread))
-        ranges = []
-        for c in columns:
-            entry = table.get(c, {})
             text = f"{100 * entry['min']:.0f}-{100 * entry['max']:.0f}" if entry else "-"
             ranges.append(f"{text:>11}")
+        lines.append("95% CI half-width".ljust(width) + "".join(spread))
         lines.append("range".ljust(width) + "".join(ranges))
     lines.append("")
     for pair in comparison["neurons"]:

@@ -197,7 +197,9 @@ class TriggerTask(Task):
         triggered = rng.random() < self.options.trigger_fraction
         example = self._train(rng, rng.randrange(self.n_triggers) if triggered else None)
         share = self.options.recall_share
-        return example if not triggered or share == 1 else _recalled(example, rng.random() < share)
+        if not triggered or share == 1:  # no draw: the paper's design keeps its random stream
+            return example
+        return _recalled(example, rng.random() < share)
 
     def train_set(self, n: int, seed: int) -> list[Example]:
         """Exactly round(n x trigger_fraction) triggered examples, evenly over the triggers,

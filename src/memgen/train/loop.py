@@ -235,15 +235,20 @@ def _n_targets(labels: list[int]) -> int:
     return sum(1 for label in labels[1:] if label != -100)
 
 
+def loss_denominator(labels: Sequence[list[int]], mean: str) -> float:
+    """What the micro-batch's loss is averaged over: its labelled tokens or its examples.
+
+    `labels` are the whole micro-batch's rows, over every process, so each process's
+    share (`batch_loss`) adds up to one mean whichever process holds which rows.
+    """
+    return float(sum(map(_n_targets, labels)) if mean == "token" else len(labels))
+
+
 def batch_loss(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], denominator: float, mean: str
 ) -> torch.Tensor:
-    """This process's share of the micro-batch's mean loss.
-
-    `denominator` counts the whole micro-batch over every process: its labelled tokens
-    (`mean="token"`) or its examples (`mean="example"`, each row first averaged over its
-    own tokens), so the shares add up to one mean whichever process holds which rows.
-    """
+    """This process's share of the micro-batch's mean loss (`loss_denominator`): summed
+    over tokens (`mean="token"`) or over rows each first averaged over its own tokens."""
     rows = _row_losses(model, batch)
     if mean == "example":
         counts = (batch["labels"][:, 1:] != -100).sum(dim=1).clamp(min=1)
@@ -368,11 +373,7 @@ def train(
                     len(encoded), cfg.batch_size, task_step, micro, cfg.grad_accum, seed
                 )
             batch = _batch(source, rows[me::processes], pad_id, device)
-            # The whole micro-batch's tokens or examples, whichever process has them.
-            if cfg.loss_mean == "token":
-                denominator = float(sum(_n_targets(source[i][1]) for i in rows))
-            else:
-                denominator = float(len(rows))
+            denominator = loss_denominator([source[i][1] for i in rows], cfg.loss_mean)
             syncing = micro == cfg.grad_accum - 1  # all-reduce gradients once per step
             with accelerator.no_sync(model) if not syncing else contextlib.nullcontext():
                 # Data-parallel averages gradients over processes; times N undoes that.
