@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from memgen.core.stats import summarise
+from memgen.core.stats import SHARE, summarise
 from memgen.report.compare import correspondence
 
 
@@ -38,3 +38,12 @@ def test_summary_is_the_mean_with_a_t_interval() -> None:
     assert (found["min"], found["max"]) == (0.29, 0.42)
     single = summarise([0.5])
     assert single["mean"] == 0.5 and single["sd"] is None and single["ci_low"] is None
+
+
+def test_a_share_interval_stays_within_zero_and_one() -> None:
+    draws = [0.02, 0.0, 0.9, 0.97, 0.99]  # five random draws, two of them near zero
+    free = summarise(draws)
+    assert free["ci_low"] < 0 and free["ci_high"] > 1  # the t-interval leaves [0, 1]
+    clipped = summarise(draws, SHARE)
+    assert (clipped["ci_low"], clipped["ci_high"]) == (0.0, 1.0)
+    assert clipped["mean"] == free["mean"] and clipped["sd"] == free["sd"]

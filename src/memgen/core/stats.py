@@ -11,6 +11,8 @@ from scipy import stats
 
 from memgen.core.examples import BEHAVIOURS
 
+SHARE = (0.0, 1.0)  # the range of a rate, for `summarise(..., bounds=SHARE)`
+
 
 def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval for a proportion (well behaved near 0 and 1)."""
@@ -45,8 +47,14 @@ def intervals(labels: Iterable[str]) -> dict[str, list[float]]:
     return {b: [v["ci_low"], v["ci_high"]] for b, v in rates_with_ci(labels).items()}
 
 
-def summarise(values: Sequence[float]) -> dict[str, float | int | None]:
-    """Mean, sample sd and the 95% t-interval of the mean (None below two values)."""
+def summarise(
+    values: Sequence[float], bounds: tuple[float, float] | None = None
+) -> dict[str, float | int | None]:
+    """Mean, sample sd and the 95% t-interval of the mean (None below two values).
+
+    `bounds` clips the interval to the values' range: a share over five random draws can
+    have a t-interval past 0 or 1, which no draw could reach.
+    """
     array = np.asarray(values, dtype=np.float64)
     n = len(array)
     mean = float(array.mean())
@@ -55,5 +63,8 @@ def summarise(values: Sequence[float]) -> dict[str, float | int | None]:
                 "min": mean, "max": mean}  # fmt: skip
     sd = float(array.std(ddof=1))
     half = float(stats.t.ppf(0.975, n - 1)) * sd / np.sqrt(n)
-    return {"n": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half,
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"n": n, "mean": mean, "sd": sd, "ci_low": low, "ci_high": high,
             "min": float(array.min()), "max": float(array.max())}  # fmt: skip

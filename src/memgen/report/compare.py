@@ -31,7 +31,7 @@ from memgen.core.artifacts import Stage, read_json, write_json
 from memgen.core.errors import MemgenError
 from memgen.core.neuron_set import read_scores
 from memgen.core.recorded import Recorded, read_record
-from memgen.core.stats import summarise
+from memgen.core.stats import SHARE, summarise
 from memgen.neurons.consistency import across_halves, compare_scores
 from memgen.neurons.selection import layer_share, select_top
 from memgen.probe.probes import accuracy, decision_scores, fit_probe, pair_ordering
@@ -49,6 +49,11 @@ METRICS: dict[str, str] = {
     "gen_to_mem": "steering_best.gen_to_mem.targeted.mem",
     "gen_to_mem_control": "steering_best.gen_to_mem.control.mem",
     "split_half_spearman": "neurons.consistency.spearman",
+}
+# The range each metric's interval is clipped to: shares unless named here.
+METRIC_BOUNDS: dict[str, tuple[float, float] | None] = {
+    "kept_step": None,
+    "split_half_spearman": (-1.0, 1.0),
 }
 
 
@@ -259,7 +264,7 @@ def compare_runs(run_dirs: Sequence[Path], shared_units: bool = False) -> dict[s
     for task in dict.fromkeys(run.task for run in runs):
         rows = [row for row in per_run if row["task"] == task]
         summary[task] = {
-            key: summarise(values)
+            key: summarise(values, METRIC_BOUNDS.get(key, SHARE))
             for key in METRICS
             if (values := [row[key] for row in rows if row[key] is not None])
         }

@@ -25,7 +25,7 @@ from memgen.core.artifacts import Stage, read_json
 from memgen.core.examples import read_test_answers
 from memgen.core.modeling import load_run_model
 from memgen.core.sites import SiteKind
-from memgen.core.stats import intervals, rates, summarise
+from memgen.core.stats import SHARE, intervals, rates, summarise
 from memgen.pipeline import made_with
 from memgen.steering.bench import DIRECTIONS, Bench
 from memgen.steering.methods import random_like
@@ -67,7 +67,7 @@ def cross_steering(runs: Sequence[tuple[str, Path]], seed: int = 0) -> list[dict
                     "n_prompts": len(held_out), "targeted": rates(labels[0]),
                     "ci": intervals(labels[0]),
                     "control": {"rates": rates([x for lab in labels[1:] for x in lab]),
-                                "target_per_draw": draws, "target": summarise(draws)},
+                                "target_per_draw": draws, "target": summarise(draws, SHARE)},
                 })  # fmt: skip
                 log.info("cross-steering %s: %s -> %s, %s %.1f%% (random %.1f%%)", direction,
                          source_name, target_name, toward, 100 * rows[-1]["targeted"][toward],

@@ -28,7 +28,7 @@ from memgen.core.examples import read_test_answers
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
 from memgen.core.sites import SiteKind
-from memgen.core.stats import rates, summarise, wilson
+from memgen.core.stats import SHARE, rates, summarise, wilson
 from memgen.neurons.scores import score as neuron_score
 from memgen.neurons.selection import select_top
 from memgen.pipeline import open_step
@@ -99,7 +99,7 @@ def run_specificity(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage
                             "budget": budget, "n_prompts": len(held_out),
                             "targeted": rates(group[0]),
                             "targeted_ci": list(wilson(hits, len(held_out))),
-                            "matched": summarise(draws), "matched_per_draw": draws,
+                            "matched": summarise(draws, SHARE), "matched_per_draw": draws,
                         })  # fmt: skip
     write_json(out / "specificity.json", {"rows": rows})
     plot_specificity(rows, out / "specificity.png")

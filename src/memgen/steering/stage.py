@@ -35,7 +35,7 @@ from memgen.core.modeling import load_run_model, model_identity
 from memgen.core.neuron_set import NeuronSet, read_scores
 from memgen.core.recorded import read_record
 from memgen.core.sites import SiteKind
-from memgen.core.stats import intervals, rates, summarise
+from memgen.core.stats import SHARE, intervals, rates, summarise
 from memgen.pipeline import open_step
 from memgen.steering.bench import DIRECTIONS, Bench, split_half
 from memgen.steering.figures import plot_steering
@@ -266,7 +266,7 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
                 "control": matched_rates,
                 "controls": {
                     "matched": {"rates": matched_rates, "target_per_draw": draws,
-                                "target": summarise(draws),
+                                "target": summarise(draws, SHARE),
                                 "retention_per_draw": kept[1:]},
                     **{k: rates(lab) for k, lab in zip(sc.controls, labels[1 + len(matched):],
                                                       strict=False)},
