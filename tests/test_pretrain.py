@@ -137,3 +137,21 @@ def test_bad_pretrain_input_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(MemgenError, match="new folder"):
         pretrain(tmp_path / "mine", load_pretrain_config(TINY_BASE), progress=False)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("command", ["pretrain", "compare"])
+def test_commands_keep_library_bars_off_a_log(command: str, tmp_path: Path) -> None:
+    """transformers' "Loading weights" bars would fill a log that is not a terminal."""
+    from transformers.utils import logging as hf_logging
+
+    args = {
+        "pretrain": ["pretrain", "--out", str(tmp_path / "base"), "layers=2"],
+        "compare": ["compare", str(tmp_path / "a"), str(tmp_path / "b")],
+    }[command]
+    hf_logging.enable_progress_bar()
+    try:
+        result = CliRunner().invoke(app, args)  # both stop on their bad input
+        assert result.exit_code != 0
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()

@@ -177,6 +177,7 @@ def pretrain(
 ) -> None:
     """Make a small pretrained LLaMA base (BPE tokenizer, generic text) to LoRA-tune offline."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _quiet_library_bars()
     from memgen.train.pretrain import load_pretrain_config
     from memgen.train.pretrain import pretrain as build_base
 
@@ -201,6 +202,7 @@ def compare(
 ) -> None:
     """Compare finished runs (seeds, tasks): spread of the results, agreement of the neurons."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _quiet_library_bars()
     from memgen.report.compare import format_table, write_comparison
 
     comparison = write_comparison(runs, out, shared_units)
