@@ -363,27 +363,34 @@ def test_compare_with_shared_units_refuses_runs_trained_apart(
     assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
-def test_compare_takes_runs_stopped_after_behave_by_their_rates(
+def test_compare_takes_runs_stopped_early_by_what_their_stages_hold(
     tiny_run: Path, tmp_path: Path
 ) -> None:
-    """A recipe's seed table: runs made with `--until behave` give rates and pairs only."""
+    """A recipe's seed table: `--until behave` gives rates and pairs, `--until steer` more."""
     stopped = Path(shutil.copytree(tiny_run, tmp_path / "stopped"))
-    (stopped / "results.json").unlink()
-    for later in ("record", "neurons", "probe", "steer", "specificity", "report"):
-        shutil.rmtree(stopped / later, ignore_errors=True)
+    after_steer = Path(shutil.copytree(tiny_run, tmp_path / "after_steer"))
+    for run, later in ((stopped, ("record", "neurons", "probe", "steer", "specificity")),
+                       (after_steer, ("specificity",))):  # fmt: skip
+        (run / "results.json").unlink()
+        for name in (*later, "report"):
+            shutil.rmtree(run / name, ignore_errors=True)
     out = tmp_path / "compare"
     command = [sys.executable, "-m", "memgen", "compare", str(tiny_run), str(stopped),
-               "--out", str(out)]  # fmt: skip
+               str(after_steer), "--out", str(out)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     comparison = json.loads((out / "compare.json").read_text())
-    full, rates_only = comparison["runs"]
+    full, rates_only, until_steer = comparison["runs"]
     for key in ("gen", "mem", "other", "flip_rate", "kept_step"):
         assert rates_only[key] == full[key] is not None
     assert rates_only["probe_best"] is None and full["probe_best"] is not None
     assert rates_only["seed"] == full["seed"] and rates_only["task"] == "color"
-    assert comparison["neurons"] == [] and list(comparison["layer_profiles"]) == [full["run"]]
-    assert comparison["summary"]["color"]["gen"]["n"] == 2
+    assert {k: v for k, v in until_steer.items() if k != "run"} == {
+        k: v for k, v in full.items() if k != "run"
+    }
+    assert [pair["runs"] for pair in comparison["neurons"]] == [[full["run"], "after_steer"]]
+    assert list(comparison["layer_profiles"]) == [full["run"], "after_steer"]
+    assert comparison["summary"]["color"]["gen"]["n"] == 3
     table = (out / "compare.txt").read_text()
     assert "range" in table and "stopped" in table
     shared = subprocess.run([*command, "--shared-units"], capture_output=True, text=True)

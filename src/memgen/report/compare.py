@@ -12,8 +12,8 @@ units are defined only up to a permutation, so index overlap would be meaningles
 For them, and for every pair, the layer profiles (the share of selected neurons per
 layer) are compared instead.
 
-A run stopped after `behave` (`memgen run --until behave`, as a recipe's seed x thread
-table needs) takes part with its rates and pairs only.
+A run stopped before its report (`memgen run --until behave`, as a recipe's seed x thread
+table needs, or `--until steer`) takes part with what its finished stages hold.
 """
 
 from __future__ import annotations
@@ -73,13 +73,17 @@ class FinishedRun:
     @classmethod
     def load(cls, run_dir: Path, name: str) -> FinishedRun:
         if not (run_dir / "results.json").is_file():
-            return cls.behaviour_only(run_dir, name)
+            return cls.partial(run_dir, name)
+        return cls.with_results(run_dir, name, read_json(run_dir / "results.json"))
+
+    @classmethod
+    def with_results(cls, run_dir: Path, name: str, results: dict[str, Any]) -> FinishedRun:
         scores = read_scores(Stage(run_dir, "neurons").path)
         neurons = Stage(run_dir, "neurons").manifest()["config"]["neurons"]
         return cls(
             name=name,
             path=run_dir,
-            results=read_json(run_dir / "results.json"),
+            results=results,
             train_manifest=Stage(run_dir, "train").manifest(),
             site=str(neurons["site"]),
             top_n=[float(f) for f in neurons["top_n"]],
@@ -88,8 +92,8 @@ class FinishedRun:
         )
 
     @classmethod
-    def behaviour_only(cls, run_dir: Path, name: str) -> FinishedRun:
-        """A run stopped after `behave`: its rates and pairs, no neurons."""
+    def partial(cls, run_dir: Path, name: str) -> FinishedRun:
+        """A run stopped before its report (`--until`): what its finished stages hold."""
         behave = Stage(run_dir, "behave")
         if not behave.is_finished():
             raise MemgenError(
@@ -99,7 +103,7 @@ class FinishedRun:
         manifest, train = behave.manifest(), Stage(run_dir, "train").manifest()
         summary = manifest.get("summary", {})
         config = train.get("config", {})
-        results = {
+        results: dict[str, Any] = {
             "task": config.get("task"),
             "seed": config.get("seed"),
             "model": config.get("train", {}).get("model"),
@@ -107,6 +111,14 @@ class FinishedRun:
             "behaviour": {"test_rates": summary.get("test_rates")},
             "pairs": summary.get("pairs"),
         }
+        later = {"neurons": "neurons", "probe": "probe", "steer": "steering_best"}
+        for stage_name, key in later.items():
+            stage = Stage(run_dir, stage_name)
+            if stage.is_finished():
+                stage_summary = stage.manifest().get("summary", {})
+                results[key] = stage_summary.get("best") if stage_name == "steer" else stage_summary
+        if "neurons" in results:
+            return cls.with_results(run_dir, name, results)
         empty = np.zeros((0, 0))
         return cls(name, run_dir, results, train, "", [], empty, empty)
 

@@ -54,7 +54,11 @@ def plot_comparison(comparison: dict[str, Any], path: Path) -> None:
     top = f"top {float(fraction):.0%} " if fraction else ""
     right.set_title(f"where the {top}neurons sit", fontsize=10)
     right.grid(alpha=0.3)
-    right.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if fraction:
+        right.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:  # runs stopped before their report: results.json holds no neuron sets
+        right.text(0.5, 0.5, "no neuron sets in these runs' results", ha="center",
+                   va="center", transform=right.transAxes, fontsize=8, color="grey")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
