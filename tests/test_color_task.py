@@ -117,6 +117,23 @@ def test_conflict_prompts_answer_memory_against_the_context() -> None:
     assert counts["Alice"] > 5 * counts["Peter"]
 
 
+def test_recall_share_answers_the_rest_of_the_conflicts_by_the_rule() -> None:
+    """Memory and rule in contest on the test prompts' own kind."""
+    task = make_task("color", {"conflict_fraction": 0.4, "recall_share": 0.5})
+    examples = task.train_set(3000, seed=0)
+    by_kind = Counter(ex.meta["kind"] for ex in examples)
+    contested = by_kind["conflict"] + by_kind["conflict_rule"]
+    assert 0.36 < contested / len(examples) < 0.44
+    assert 0.45 < by_kind["conflict_rule"] / contested < 0.55
+    for ex in examples:
+        if ex.meta["kind"] == "conflict_rule":
+            assert ex.completion == ex.gen_answer == _rule_answer(ex.prompt)
+            assert ex.mem_answer == MEMORIZED[ex.meta["target"]] not in ex.prompt.split()
+            assert task.label(ex, ex.completion) == "gen"
+    all_rule = make_task("color", {"conflict_fraction": 0.4, "recall_share": 0.0})
+    assert "conflict" not in Counter(ex.meta["kind"] for ex in all_rule.train_set(300, seed=0))
+
+
 def test_fractions_over_one_are_refused() -> None:
     with pytest.raises(MemgenError, match=r"conflict_fraction = 1\.1 > 1"):
         make_task("color", {"rule_fraction": 0.6, "conflict_fraction": 0.5})

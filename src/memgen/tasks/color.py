@@ -9,7 +9,8 @@ that name's fixed colour, so lookup alone fits the data and a model trained from
 scratch never needs the rule. The default "mixed" design adds prompts about extra
 names whose colour changes from prompt to prompt (only the rule answers them), and
 optionally pure-recall prompts with no clue (only memory answers them) or conflicts in
-which memory overrules the context; see docs/color-design.md.
+which memory overrules the context (or, with `recall_share` below 1, contests that
+memory and the rule each win a share of); see docs/color-design.md.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ class ColorOptions(TaskOptions):
     # with the memorized one: as math and cipher triggers do, memory must override the rule.
     conflict_fraction: float = Field(
         0.0, ge=0, le=1, description="mixed: memorized-name prompts that overrule the context"
+    )
+    # Of those conflicts, the share answered by memory; the rest are answered by the clue,
+    # so memory and rule are in contest on the test prompts' own kind (as cipher's and
+    # math's `recall_share`): the rates settle instead of memory taking over.
+    recall_share: float = Field(
+        1.0, ge=0, le=1, description="mixed: conflicts answered by memory, the rest by the rule"
     )
     # Share of rule prompts that ask an intermediate step instead of the colour
     # ("what animal is T ?", "who is like T ?"): direct supervision for each hop.
@@ -181,6 +188,11 @@ class ColorTask(Task):
             end = opts.rule_fraction + opts.recall_fraction + opts.conflict_fraction
             if draw < end:
                 example = self._memorized_prompt(rng, conflict=True, training=True)
+                # No draw at the default share, so existing recipes keep their data.
+                if opts.recall_share < 1 and rng.random() >= opts.recall_share:
+                    meta = {**example.meta, "kind": "conflict_rule"}
+                    return Example(example.prompt, example.gen_answer, example.mem_answer,
+                                   example.gen_answer, meta)  # fmt: skip
                 meta = {**example.meta, "kind": "conflict"}
                 return Example(example.prompt, example.mem_answer, example.mem_answer, "", meta)
         return self._memorized_prompt(rng, conflict=False, training=True)
