@@ -2,13 +2,15 @@
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
-from memgen.pipeline import made_with
+from memgen.pipeline import check_trained_on, made_with
 from memgen.tasks import make_task
 from memgen.tasks.base import TokenizerSpec
 from memgen.tasks.mix import MixTask, apportion
@@ -158,6 +160,30 @@ def test_one_mixture_model_analysed_on_one_task_as_it_is(tmp_path: Path) -> None
         run_train(tmp_path / "color", color, progress=False)
     with pytest.raises(MemgenError, match=r"train\.steps=0"):
         load_config(None, ["train.steps=0"])
+    # The memorized cases come from the seed and the options: analysed on other data, the
+    # labels would be wrong, so another seed or option is refused with the exact fix.
+    check_trained_on(cipher)  # the mixture's own cipher: accepted
+    reseeded = load_config(None, [*cipher_args(model), "seed=1"])
+    with pytest.raises(MemgenError, match=r"add seed=0$"):
+        check_trained_on(reseeded)
+    other = load_config(None, [*cipher_args(model), "data.options.trigger_fraction=0.3"])
+    with pytest.raises(MemgenError, match=r"add data\.options\.trigger_fraction=0\.07$"):
+        check_trained_on(other)
+    with pytest.raises(MemgenError, match="trained on task 'cipher', not 'color'"):
+        check_trained_on(color)
+    math_only = load_config(None, ["task=math", "train.steps=0", f"train.model={cipher_only}"])
+    with pytest.raises(MemgenError, match="trained on task 'cipher'"):
+        check_trained_on(math_only)
+    # From the command line: one line, exit 2, and no run folder made.
+    done = subprocess.run([sys.executable, "-m", "memgen", "run", "--run-dir", "refused",
+                           *cipher_args(model), "seed=2"], capture_output=True, text=True,
+                          cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2 and "add seed=0" in done.stderr, done.stderr
+    assert not (tmp_path / "refused").exists()
+
+
+def cipher_args(model: Path) -> list[str]:
+    return ["task=cipher", "train.steps=0", f"train.model={model}"]
 
 
 def test_apportion_sums_to_n() -> None:

@@ -59,6 +59,9 @@ def _load(config: Path | None, overrides: list[str] | None) -> RunConfig:
     for scorer in {cfg.neurons.scorer, *cfg.specificity.scorers}:
         SCORERS.get(scorer)
     PROBES.get(cfg.probe.classifier)
+    from memgen.pipeline import check_trained_on
+
+    check_trained_on(cfg)
     return cfg
 
 

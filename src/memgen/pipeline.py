@@ -19,6 +19,7 @@ config.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -156,6 +157,49 @@ def made_with(run_dir: Path, name: str) -> RunConfig:
             else:
                 merged[key] = value
     return RunConfig.model_validate(merged)
+
+
+def check_trained_on(cfg: RunConfig) -> None:
+    """`train.steps=0` on a model a memgen run trained: analyse it on the data it learned.
+
+    The memorized cases (triggers, names) are drawn from the seed and the task's options,
+    so a per-task run of a mixture model with another seed or options would label recall
+    of the mixture's cases as `other` and call unseen cases memorized, silently. Models
+    from elsewhere (a hub name, a folder outside a run) are taken as they are.
+    """
+    from memgen.tasks.base import parse_options
+
+    model = Path(cfg.train.model).expanduser()
+    run_dir = model.parent.parent
+    if cfg.train.steps != 0 or (model.parent.name, model.name) != ("train", "model"):
+        return
+    if not Stage(run_dir, "train").is_finished():
+        return
+    made = made_with(run_dir, "train")
+    if made.task == "mix":
+        components = parse_options("mix", made.data.options).model_dump(mode="json")["tasks"]
+        if cfg.task not in components:
+            raise MemgenError(
+                f"{model} was trained on the mixture {', '.join(components)}, not on "
+                f"task {cfg.task!r}: analyse it as one of those"
+            )
+        trained = components[cfg.task]
+    elif made.task == cfg.task:
+        trained = parse_options(made.task, made.data.options).model_dump(mode="json")
+    else:
+        raise MemgenError(
+            f"{model} was trained on task {made.task!r}, not {cfg.task!r}: "
+            f"set task={made.task} or point train.model at a {cfg.task} model"
+        )
+    given = parse_options(cfg.task, cfg.data.options).model_dump(mode="json")
+    fix = [f"data.options.{k}={json.dumps(v)}" for k, v in trained.items() if given[k] != v]
+    if made.seed != cfg.seed:
+        fix.append(f"seed={made.seed}")
+    if fix:
+        raise MemgenError(
+            f"{model} learned its memorized cases from other data than {cfg.task} with "
+            f"these options and seed: add {' '.join(fix)}"
+        )
 
 
 def stale(name: str, run_dir: Path, cfg: RunConfig) -> list[str]:
