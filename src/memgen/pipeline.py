@@ -197,8 +197,8 @@ def check_trained_on(cfg: RunConfig) -> None:
         fix.append(f"seed={made.seed}")
     if fix:
         raise MemgenError(
-            f"{model} learned its memorized cases from other data than {cfg.task} with "
-            f"these options and seed: add {' '.join(fix)}"
+            f"{model} was trained on {cfg.task} data of another seed or options, so its "
+            f"memorized cases would be mislabelled: add {' '.join(fix)}"
         )
 
 
