@@ -64,6 +64,14 @@ def plot_comparison(comparison: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _ink(share: float, cmap: str) -> str:
+    """White on the dark end of a colour map, black elsewhere, so every label reads."""
+    if np.isnan(share):
+        return "black"
+    red, green, blue, _ = plt.get_cmap(cmap)(float(np.clip(share, 0, 1)))
+    return "white" if 0.299 * red + 0.587 * green + 0.114 * blue < 0.5 else "black"
+
+
 def plot_cross_steering(rows: list[dict[str, Any]], path: Path) -> None:
     """One heat map per direction: steering chosen on a row's run, applied to a column's."""
     directions = list(dict.fromkeys(row["direction"] for row in rows))
@@ -78,7 +86,7 @@ def plot_cross_steering(rows: list[dict[str, Any]], path: Path) -> None:
             grid[i, j] = 100 * row["targeted"][toward]
             control = 100 * row["control"]["target"]["mean"]
             ax.text(j, i, f"{grid[i, j]:.0f}%\n(random {control:.0f}%)", ha="center",
-                    va="center", fontsize=7)  # fmt: skip
+                    va="center", fontsize=7, color=_ink(grid[i, j] / 100, "Blues"))  # fmt: skip
         ax.imshow(grid, vmin=0, vmax=100, cmap="Blues")
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
         ax.set_yticks(range(len(names)), names, fontsize=7)
@@ -140,7 +148,9 @@ def plot_neuron_agreement(comparison: dict[str, Any], path: Path) -> None:
         for (i, j), value in np.ndenumerate(grid):
             count = f"\n(n={shared[i, j]:.0f})" if grid is signs and i != j else ""
             if not np.isnan(value) or count:  # a sign share of no shared neuron is nan
-                ax.text(j, i, f"{value:.2f}{count}", ha="center", va="center", fontsize=8)
+                ink = _ink((value - low) / (high - low), cmap)
+                ax.text(j, i, f"{value:.2f}{count}", ha="center", va="center", fontsize=8,
+                        color=ink)  # fmt: skip
         ax.set_xticks(range(size), names, rotation=30, ha="right", fontsize=7)
         ax.set_yticks(range(size), names, fontsize=7)
         ax.set_title(title, fontsize=9)
