@@ -179,7 +179,7 @@ def test_the_saved_best_steering_reproduces_its_rates_in_a_new_process(tiny_run:
         assert found == pytest.approx(best["targeted"])
         # The same answers as the stage's batched generation, and the shift reaches the
         # logits (a zero or unapplied shift gives KL exactly 0). How far it moves them
-        # depends on which setting wins on this tiny model: with the packages of
+        # depends on which setting wins on this tiny model: on the machine and packages of
         # 2026-12-02 a probe direction at alpha 2 (KL 2e-5), earlier a stronger one.
         saved = load_steering(tiny_run / "steer" / "best" / direction)
         model, tokenizer = load_trained(tiny_run / "train" / "model")
