@@ -139,7 +139,7 @@ def test_one_mixture_model_analysed_on_one_task_as_it_is(tmp_path: Path) -> None
     history = json.loads((stage.path / "history.json").read_text())
     assert set(history[-1]["by_task"]) == {"color", "math", "cipher"}
     model = stage.path / "model"
-    cipher = load_config(None, ["task=cipher", "train.steps=0", f"train.model={model}", *tiny])
+    cipher = load_config(None, [*_cipher_on(model), *tiny])
     run_data(tmp_path / "cipher", cipher)
     analysed = run_train(tmp_path / "cipher", cipher, progress=False)
     rows = json.loads((analysed.path / "history.json").read_text())
@@ -163,10 +163,10 @@ def test_one_mixture_model_analysed_on_one_task_as_it_is(tmp_path: Path) -> None
     # The memorized cases come from the seed and the options: analysed on other data, the
     # labels would be wrong, so another seed or option is refused with the exact fix.
     check_trained_on(cipher)  # the mixture's own cipher: accepted
-    reseeded = load_config(None, [*cipher_args(model), "seed=1"])
+    reseeded = load_config(None, [*_cipher_on(model), "seed=1"])
     with pytest.raises(MemgenError, match=r"add seed=0$"):
         check_trained_on(reseeded)
-    other = load_config(None, [*cipher_args(model), "data.options.trigger_fraction=0.3"])
+    other = load_config(None, [*_cipher_on(model), "data.options.trigger_fraction=0.3"])
     with pytest.raises(MemgenError, match=r"add data\.options\.trigger_fraction=0\.07$"):
         check_trained_on(other)
     with pytest.raises(MemgenError, match="trained on task 'cipher', not 'color'"):
@@ -176,13 +176,14 @@ def test_one_mixture_model_analysed_on_one_task_as_it_is(tmp_path: Path) -> None
         check_trained_on(math_only)
     # From the command line: one line, exit 2, and no run folder made.
     done = subprocess.run([sys.executable, "-m", "memgen", "run", "--run-dir", "refused",
-                           *cipher_args(model), "seed=2"], capture_output=True, text=True,
+                           *_cipher_on(model), "seed=2"], capture_output=True, text=True,
                           cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2 and "add seed=0" in done.stderr, done.stderr
     assert not (tmp_path / "refused").exists()
 
 
-def cipher_args(model: Path) -> list[str]:
+def _cipher_on(model: Path) -> list[str]:
+    """Overrides that analyse `model` as it is on the cipher task."""
     return ["task=cipher", "train.steps=0", f"train.model={model}"]
 
 

@@ -170,9 +170,9 @@ def check_trained_on(cfg: RunConfig) -> None:
     from memgen.tasks.base import parse_options
 
     model = Path(cfg.train.model).expanduser()
-    run_dir = model.parent.parent
     if cfg.train.steps != 0 or (model.parent.name, model.name) != ("train", "model"):
         return
+    run_dir = model.parent.parent
     if not Stage(run_dir, "train").is_finished():
         return
     made = made_with(run_dir, "train")
