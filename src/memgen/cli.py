@@ -6,6 +6,7 @@ Every command takes `--config FILE.yaml`, `--run-dir DIR` and `key=value` overri
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -59,6 +60,10 @@ def _load(config: Path | None, overrides: list[str] | None) -> RunConfig:
     for scorer in {cfg.neurons.scorer, *cfg.specificity.scorers}:
         SCORERS.get(scorer)
     PROBES.get(cfg.probe.classifier)
+    from memgen.core.gguf import check_gguf, is_gguf_source
+
+    if is_gguf_source(cfg.train.model):
+        check_gguf(cfg.train.model)
     from memgen.pipeline import check_trained_on
 
     check_trained_on(cfg)
@@ -129,6 +134,16 @@ def _remember(cfg: RunConfig, folder: Path) -> bool:
     return True
 
 
+def _writing(folder: Path) -> contextlib.AbstractContextManager[None]:
+    """One command writes a folder at a time: the main process holds its lock."""
+    from memgen.core import distributed
+    from memgen.core.locks import exclusive
+
+    if not distributed.is_main():
+        return contextlib.nullcontext()
+    return exclusive(folder, f"the run folder {folder}")
+
+
 def _stage_command(name: str, summary: str) -> None:
     def command(
         overrides: Overrides = None,
@@ -139,8 +154,10 @@ def _stage_command(name: str, summary: str) -> None:
         cfg, folder = _setup(config, overrides, run_dir)
         from memgen.pipeline import run_stage
 
-        stage = run_stage(name, folder, cfg, force=force)
-        if _remember(cfg, folder):
+        with _writing(folder):
+            stage = run_stage(name, folder, cfg, force=force)
+            done = _remember(cfg, folder)
+        if done:
             typer.echo(f"{name}: done -> {stage.path}")
 
     command.__doc__ = summary
@@ -165,8 +182,10 @@ def run(
 
     if until is not None and until not in RUN_ORDER:
         raise MemgenError(f"--until {until!r} is not a stage (stages: {', '.join(RUN_ORDER)})")
-    run_all(folder, cfg, force=force, until=until)
-    if _remember(cfg, folder):
+    with _writing(folder):
+        run_all(folder, cfg, force=force, until=until)
+        done = _remember(cfg, folder)
+    if done:
         typer.echo(f"done: open {folder / 'report' / 'report.html'}")
 
 
@@ -184,7 +203,9 @@ def pretrain(
     from memgen.train.pretrain import load_pretrain_config
     from memgen.train.pretrain import pretrain as build_base
 
-    build_base(out, load_pretrain_config(overrides or []), force=force)
+    settings = load_pretrain_config(overrides or [])
+    with _writing(out):
+        build_base(out, settings, force=force)
     typer.echo(f"pretrain: done -> {out}; LoRA-tune it with `memgen run train.model={out}`")
 
 
@@ -208,7 +229,8 @@ def compare(
     _quiet_library_bars()
     from memgen.report.compare import format_table, write_comparison
 
-    comparison = write_comparison(runs, out, shared_units)
+    with _writing(out):
+        comparison = write_comparison(runs, out, shared_units)
     typer.echo(format_table(comparison))
     typer.echo(f"compare: done -> {out}")
 
