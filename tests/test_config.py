@@ -103,3 +103,21 @@ def test_the_wheel_ships_every_preset(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("memgen-*.whl")
     shipped = {Path(n).stem for n in zipfile.ZipFile(wheel).namelist() if "/configs/" in n}
     assert shipped == set(presets()) and "gpt2-cipher-cpu" in shipped
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """One line of YAML whose aliases multiply nine-fold a level: 9**10 values from 400 bytes."""
+    rows = ["&a0 [x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, levels + 1):
+        rows.append(f"&a{level} [" + ", ".join([f"*a{level - 1}"] * 9) + "]")
+    return "[" + ", ".join(rows) + "]"
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(f"steer:\n  alphas: {_alias_bomb()}\n")
+    with pytest.raises(MemgenError, match="more than 100,000 values") as info:
+        load_config(bomb)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+    with pytest.raises(MemgenError, match="more than 100,000 values"):
+        load_config(None, [f"steer.alphas={_alias_bomb()}"])

@@ -301,17 +301,48 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+# A config is a few hundred values; YAML aliases can make a small file stand for billions
+# (each alias of an alias doubles the tree), which validation would walk forever.
+MAX_VALUES = 100_000
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _check_size(tree: Any, source: str) -> None:
+    """Refuse a tree of more than MAX_VALUES values, counting every alias as a copy."""
+    count, stack = 0, [tree]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise MemgenError(
+                f"{source}: expands to more than {MAX_VALUES:,} values (nested YAML "
+                "aliases?); write the config out without aliases"
+            )
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value for an error message: its repr, cut short (an input may be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """`["train.lr=3e-4", "task=math"]` -> nested dict; values are parsed as YAML."""
     tree: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise MemgenError(f"override {item!r} is not key=value (e.g. train.lr=3e-4)")
+            raise MemgenError(f"override {_shown(item)} is not key=value (e.g. train.lr=3e-4)")
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
-            raise MemgenError(f"override {item!r}: the value is not valid YAML") from None
+            raise MemgenError(f"override {_shown(item)}: the value is not valid YAML") from None
+        _check_size(value, f"override {key.strip()}")
         _set_path(tree, key.strip(), value)
     return tree
 
@@ -333,12 +364,12 @@ _MOVED = {"train.n_eval": "data.n_dev (checkpoints are chosen on dev prompts, no
 def format_validation_error(error: ValidationError, source: str) -> str:
     """The first problem, on one line, naming the dotted key."""
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "<root>"
+    key = (".".join(str(part) for part in first["loc"]) or "<root>")[:100]
     if first["type"] == "extra_forbidden" and key in _MOVED:
         return f"{source}: {key} is now {_MOVED[key]}; rename it"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key {key!r}; remove it or check the spelling (memgen config)"
-    return f"{source}: {key}: {first['msg']} (got {first.get('input')!r})"
+    return f"{source}: {key}: {first['msg']} (got {_shown(first.get('input'))})"
 
 
 def presets() -> dict[str, Path]:
@@ -369,16 +400,24 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
     if path is not None:
         path = resolve_config(path)
         source = str(path)
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise MemgenError(
+                f"{path}: {path.stat().st_size:,} bytes is too large for a config "
+                f"(at most {MAX_CONFIG_BYTES:,}); is it a config file?"
+            )
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError:
             raise MemgenError(f"{path}: not UTF-8 text; is it a config file?") from None
+        except RecursionError:
+            raise MemgenError(f"{path}: nested too deeply for a config; flatten it") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
             raise MemgenError(f"{path}: not valid YAML{where}; fix the syntax") from None
         if not isinstance(loaded, dict):
             raise MemgenError(f"{path}: the top level must be a mapping of sections")
+        _check_size(loaded, str(path))
         tree = loaded
     tree = _merge(tree, parse_overrides(overrides or []))
     try:
