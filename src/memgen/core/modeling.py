@@ -27,6 +27,7 @@ from memgen.core import distributed
 from memgen.core.config import TrainConfig
 from memgen.core.device import resolve_device, resolve_dtype
 from memgen.core.errors import MemgenError
+from memgen.core.gguf import dequantized, gguf_name, is_gguf_source
 
 log = logging.getLogger(__name__)
 ADAPTER_CONFIG = "adapter_config.json"
@@ -55,11 +56,14 @@ def scratch_gpt2(
 
 
 def resolve_model_source(name_or_path: str) -> str:
-    """A local folder as an absolute path (adapters record it), or a hub name unchanged.
+    """A local folder as an absolute path (adapters record it), a GGUF as its dequantized
+    cache folder (memgen.core.gguf), or a hub name unchanged.
 
     Something that can only be a path (`./x`, `/x`, `a/b/c`, `runs/x` where `runs/`
     exists) and is not a folder fails here, at once, instead of after the hub's retries.
     """
+    if is_gguf_source(name_or_path):
+        return str(dequantized(name_or_path))
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -98,7 +102,7 @@ def load_pretrained(
             f"train.device_map={device_map} spreads one model over one process's GPUs; "
             "run without a launcher, or drop device_map to copy the model to each process"
         )
-    name_or_path = resolve_model_source(name_or_path)
+    source, name_or_path = name_or_path, resolve_model_source(name_or_path)
     placement = {} if device_map is None else {"device_map": device_map}
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -115,6 +119,10 @@ def load_pretrained(
             f"cannot load model {name_or_path!r} ({first_line}); give a local folder with "
             "config.json and *.safetensors, or a hub name that is already in the cache"
         ) from None
+    if is_gguf_source(source):
+        # Adapters and neuron sets name the GGUF, not this machine's cache folder, so
+        # they load wherever the GGUF does (the cache is remade from it).
+        model.name_or_path = model.config._name_or_path = gguf_name(source)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

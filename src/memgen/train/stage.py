@@ -27,6 +27,7 @@ from memgen.core.device import resolve_device, resolve_dtype
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example, read_split
 from memgen.core.generation import encode_example, encode_prompt
+from memgen.core.gguf import gguf_identity, is_gguf_source
 from memgen.core.modeling import load_pretrained, load_trained, scratch_gpt2
 from memgen.pipeline import Step, open_step
 from memgen.tasks.base import Task, make_task
@@ -48,10 +49,13 @@ _BASE_FILES = (
 
 
 def base_identity(name_or_path: str) -> dict[str, str]:
-    """A local base folder's model-file hashes, so rebuilding the base re-runs training.
+    """A local base folder's model-file hashes, so rebuilding the base re-runs training;
+    a GGUF's name and sha256.
 
     A hub name stands for itself (the hub cache pins its files).
     """
+    if is_gguf_source(name_or_path):
+        return gguf_identity(name_or_path)
     path = Path(name_or_path).expanduser()
     if not path.is_dir():
         return {"name": name_or_path}
