@@ -22,6 +22,7 @@ from memgen.tasks.stage import run_data
 from memgen.tasks.tokenizer import build_tokenizer
 from memgen.train.loop import (
     Evaluation,
+    RowLosses,
     batch_loss,
     copy_rows,
     evaluation_due,
@@ -226,7 +227,8 @@ def test_copy_warmup_is_refused_where_it_cannot_apply() -> None:
 
 def test_batch_loss_averages_over_tokens_or_over_examples() -> None:
     torch.manual_seed(0)
-    model = scratch_gpt2(20, 32, 1, 16, 2, build_tokenizer(ColorTask().tokenizer_spec()))
+    lm = scratch_gpt2(20, 32, 1, 16, 2, build_tokenizer(ColorTask().tokenizer_spec()))
+    model = RowLosses(lm)
     ids = torch.randint(0, 20, (3, 9))
     labels = torch.full((3, 9), -100)
     labels[0, 2:] = ids[0, 2:]  # 7 scored tokens (labels after the first)
@@ -237,7 +239,7 @@ def test_batch_loss_averages_over_tokens_or_over_examples() -> None:
     assert loss_denominator(rows_labels, "token") == 13.0
     assert loss_denominator(rows_labels, "example") == 3.0
     with torch.no_grad():
-        rows = [model(input_ids=ids[i : i + 1], labels=labels[i : i + 1]).loss for i in range(3)]
+        rows = [lm(input_ids=ids[i : i + 1], labels=labels[i : i + 1]).loss for i in range(3)]
         n = torch.tensor([7.0, 2.0, 4.0])
         by_example = batch_loss(model, batch, 3.0, "example")
         by_token = batch_loss(model, batch, 13.0, "token")
@@ -249,3 +251,28 @@ def test_batch_loss_averages_over_tokens_or_over_examples() -> None:
         for mean, denominator, whole in (("example", 3.0, by_example), ("token", 13.0, by_token)):
             shares = sum(batch_loss(model, half, denominator, mean) for half in halves)
             assert torch.allclose(shares, whole, atol=1e-5)
+
+
+def test_the_head_on_scored_positions_only_gives_the_full_logits_loss(
+    family_model: tuple[str, torch.nn.Module],
+) -> None:
+    """RowLosses's shortcut (head only where labels are) equals cross-entropy on the full
+    logits, on every family, plain and LoRA-wrapped; and it takes the shortcut."""
+    family, model = family_model
+    ids = torch.randint(3, 100, (3, 8), generator=torch.Generator().manual_seed(1))
+    labels = torch.full_like(ids, -100)
+    labels[0, 5:], labels[1, 2:], labels[2, 7:] = ids[0, 5:], ids[1, 2:], ids[2, 7:]
+    mask = torch.ones_like(ids)
+    mask[2, :2] = 0
+    losses = RowLosses(model)
+    assert losses._split is not None, family
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        full = (
+            torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="none"
+            )
+            .view(3, -1)
+            .sum(dim=1)
+        )
+        assert torch.allclose(losses(ids, mask, labels), full, atol=1e-5)

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -220,14 +221,55 @@ def copy_rows(
     return rows
 
 
-def _row_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Cross-entropy summed over each row's answer tokens (each position predicts the next)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    targets = batch["labels"][:, 1:]
-    per_token = torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none"
-    )
-    return per_token.view(targets.shape).sum(dim=1)
+class RowLosses(torch.nn.Module):
+    """Cross-entropy summed over each row's labelled tokens (each position predicts the next).
+
+    The output head runs only at the labelled positions: on a pretrained model the head is
+    a vocabulary-wide matmul (49,152 x 576 on SmolLM2) at every position, most of a LoRA
+    step's time when the loss is on a short answer (benchmarks/stages.py). Architectures
+    whose head does more than a linear map of the decoder's output (logit soft-capping,
+    scaling) take the full logits. The trained model is `lm`; this wrapper is what the
+    accelerator prepares, so data-parallel hooks see every forward pass.
+    """
+
+    def __init__(self, lm: torch.nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+        self._split = _decoder_and_head(lm)  # a tuple: not registered twice as submodules
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        targets = labels[:, 1:]
+        scored = targets != -100
+        if self._split is None:
+            logits = self.lm(input_ids=input_ids, attention_mask=attention_mask).logits
+            logits = logits[:, :-1][scored]
+        else:
+            decoder, head = self._split
+            hidden = decoder(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+            ).last_hidden_state
+            logits = head(hidden[:, :-1][scored])
+        per_token = torch.nn.functional.cross_entropy(
+            logits.float(), targets[scored], reduction="none"
+        )
+        rows = torch.zeros(len(labels), dtype=per_token.dtype, device=per_token.device)
+        return rows.index_add(0, scored.nonzero()[:, 0], per_token)
+
+
+# Families whose logits are exactly `head(decoder(x).last_hidden_state)`.
+_LINEAR_HEAD = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox"}
+
+
+def _decoder_and_head(lm: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    base = lm.get_base_model() if isinstance(lm, PeftModel) else lm
+    if not isinstance(base, PreTrainedModel) or base.config.model_type not in _LINEAR_HEAD:
+        return None
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    if decoder is None or decoder is base or not isinstance(head, torch.nn.Linear):
+        return None
+    return decoder, head
 
 
 def _n_targets(labels: list[int]) -> int:
@@ -247,9 +289,10 @@ def loss_denominator(labels: Sequence[list[int]], mean: str) -> float:
 def batch_loss(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], denominator: float, mean: str
 ) -> torch.Tensor:
-    """This process's share of the micro-batch's mean loss (`loss_denominator`): summed
-    over tokens (`mean="token"`) or over rows each first averaged over its own tokens."""
-    rows = _row_losses(model, batch)
+    """This process's share of the micro-batch's mean loss (`loss_denominator`): summed over
+    tokens (`mean="token"`) or over rows each first averaged over its own tokens. `model`
+    is a (prepared) `RowLosses`."""
+    rows = model(**batch)
     if mean == "example":
         counts = (batch["labels"][:, 1:] != -100).sum(dim=1).clamp(min=1)
         rows = rows / counts
@@ -341,7 +384,7 @@ def train(
             "processes launched; each needs at least one row: raise it or launch fewer"
         )
     plain = model  # what is evaluated and saved: never the data-parallel wrapper
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = accelerator.prepare(RowLosses(model), optimizer)
     processes, me = distributed.world_size(), distributed.rank()
 
     if stalled(history, cfg):
