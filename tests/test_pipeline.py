@@ -437,15 +437,42 @@ def test_compare_takes_runs_stopped_early_by_what_their_stages_hold(
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(
+    tmp_path: Path,
+    args: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """In this process, as `memgen` runs them (`main`): a subprocess each costs seconds of
+    imports; `test_bad_input_in_a_new_process_is_one_line` checks the real command."""
+    from memgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    monkeypatch.setattr(sys, "argv", ["memgen", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    stderr = capsys.readouterr().err
+    assert exited.value.code == 2, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], stderr
+    assert "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["empty"], ["other"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["run", "task=colr"], "did you mean 'color'"), (["run", "--until", "x"], "not a stage")],
+)
+def test_bad_input_in_a_new_process_is_one_line(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
-    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     done = subprocess.run([sys.executable, "-m", "memgen", *args], capture_output=True, text=True,
                           cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], done.stderr
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())
 
 
 # Cipher on a 2-layer model: with 30% triggered examples, the kept checkpoint (step 500)
