@@ -200,11 +200,13 @@ def pretrain(
     """Make a small pretrained LLaMA base (BPE tokenizer, generic text) to LoRA-tune offline."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _quiet_library_bars()
+    from memgen.core.locks import exclusive
     from memgen.train.pretrain import load_pretrain_config
     from memgen.train.pretrain import pretrain as build_base
 
     settings = load_pretrain_config(overrides or [])
-    with _writing(out):
+    # The base is written beside `out` and swapped in, so the lock is on the folder above.
+    with exclusive(out.resolve().parent, f"the folder {out.parent} (a base is being built there)"):
         build_base(out, settings, force=force)
     typer.echo(f"pretrain: done -> {out}; LoRA-tune it with `memgen run train.model={out}`")
 
