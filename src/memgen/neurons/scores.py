@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -53,63 +54,109 @@ def check_labels(y: np.ndarray, n_rows: int) -> np.ndarray:
     return mask
 
 
+def _blocks(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[slice]]:
+    """X as [N, F], the labels as a mask, and column blocks that bound float64 memory."""
+    if x.ndim < 2:
+        raise MemgenError(f"activations must be [rows, ...neurons], got shape {x.shape}")
+    flat = x.reshape(x.shape[0], -1)
+    mask = check_labels(y, flat.shape[0])
+    n_rows, n_features = flat.shape
+    step = max(1, _BLOCK_BYTES // (8 * max(n_rows, 1)))
+    return flat, mask, [slice(a, a + step) for a in range(0, n_features, step)]
+
+
 def _blockwise(fn: BlockScorer) -> Scorer:
     """Lift a scorer of a float64 [N, f] block to X [N, ...] -> scores [...]."""
 
     @functools.wraps(fn)
     def scorer(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        if x.ndim < 2:
-            raise MemgenError(f"activations must be [rows, ...neurons], got shape {x.shape}")
-        flat = x.reshape(x.shape[0], -1)
-        mask = check_labels(y, flat.shape[0])
-        n_rows, n_features = flat.shape
-        out = np.empty(n_features, dtype=np.float64)
-        step = max(1, _BLOCK_BYTES // (8 * max(n_rows, 1)))
-        for start in range(0, n_features, step):
-            block = np.asarray(flat[:, start : start + step], dtype=np.float64)
-            out[start : start + step] = fn(block, mask)
+        flat, mask, blocks = _blocks(x, y)
+        out = np.empty(flat.shape[1], dtype=np.float64)
+        for cols in blocks:
+            out[cols] = fn(np.asarray(flat[:, cols], dtype=np.float64), mask)
         return out.reshape(x.shape[1:])
 
     return scorer
 
 
-def _constant(block: np.ndarray) -> np.ndarray:
-    # Exact test: a mean-centred constant column can keep ~1e-17 residue in floating point,
-    # which would otherwise turn into a spurious correlation of +-1.
-    result: np.ndarray = block.max(axis=0) == block.min(axis=0)
-    return result
+@dataclass(frozen=True)
+class Moments:
+    """Per class (mem, gen) and column: the count, the mean and the summed squared
+    deviations (M2), which is exactly 0 where the class's column is constant."""
+
+    n: np.ndarray  # [2, 1]
+    mean: np.ndarray  # [2, f]
+    m2: np.ndarray  # [2, f]
+
+
+def _moments(rows: np.ndarray, n_mem: int) -> Moments:
+    """Sums and sums of squares per class, in one pass over a float64 scratch block whose
+    mem rows come first; each class is shifted, in place, by its own first row.
+
+    The shift keeps the sums of squares free of cancellation where a column's mean is
+    large next to its spread, and makes a constant column's M2 exactly zero, without the
+    centred copies a two-pass formula makes.
+    """
+    means, m2s = [], []
+    for part in (rows[:n_mem], rows[n_mem:]):
+        shift = part[0].copy()
+        part -= shift
+        total = part.sum(axis=0)
+        squares = np.einsum("ij,ij->j", part, part)
+        means.append(shift + total / len(part))
+        m2s.append(np.maximum(squares - total * total / len(part), 0.0))
+    n = np.array([[n_mem], [len(rows) - n_mem]], dtype=np.float64)
+    return Moments(n, np.stack(means), np.stack(m2s))
+
+
+MomentScorer = Callable[[Moments], np.ndarray]
+
+
+def _from_moments(fn: MomentScorer) -> Scorer:
+    """Lift a scorer of class moments to X [N, ...] -> scores [...]."""
+
+    @functools.wraps(fn)
+    def scorer(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        flat, mask, blocks = _blocks(x, y)
+        order, n_mem = np.argsort(~mask, kind="stable"), int(mask.sum())
+        out = np.empty(flat.shape[1], dtype=np.float64)
+        for cols in blocks:
+            rows = np.take(flat[:, cols], order, axis=0).astype(np.float64, copy=False)
+            out[cols] = fn(_moments(rows, n_mem))
+        return out.reshape(x.shape[1:])
+
+    return scorer
 
 
 @SCORERS.register("nmd")
-@_blockwise
-def nmd(block: np.ndarray, mem: np.ndarray) -> np.ndarray:
-    result: np.ndarray = block[mem].mean(axis=0) - block[~mem].mean(axis=0)
+@_from_moments
+def nmd(m: Moments) -> np.ndarray:
+    result: np.ndarray = m.mean[0] - m.mean[1]
     return result
 
 
 @SCORERS.register("pearson")
-@_blockwise
-def pearson(block: np.ndarray, mem: np.ndarray) -> np.ndarray:
-    centred = block - block.mean(axis=0)
-    label = mem.astype(np.float64)
-    label -= label.mean()
-    covariance = label @ centred
-    scale = np.sqrt(np.einsum("ij,ij->j", centred, centred) * (label @ label))
-    constant = _constant(block)
-    r = np.divide(covariance, scale, out=np.zeros_like(covariance), where=~constant)
+@_from_moments
+def pearson(m: Moments) -> np.ndarray:
+    # Point-biserial r = d sqrt(n1 n0 / (N M2)), M2 pooled from the classes' (Chan et
+    # al.'s parallel variance); a constant neuron (M2 = 0) scores 0.
+    (n_mem,), (n_gen,) = m.n
+    diff = m.mean[0] - m.mean[1]
+    total = n_mem + n_gen
+    m2 = m.m2.sum(axis=0) + diff * diff * n_mem * n_gen / total
+    scale = np.sqrt(m2 * total / (n_mem * n_gen))
+    r = np.divide(diff, scale, out=np.zeros_like(diff), where=m2 > 0)
     return np.clip(r, -1.0, 1.0)
 
 
 @SCORERS.register("t")
-@_blockwise
-def welch_t(block: np.ndarray, mem: np.ndarray) -> np.ndarray:
-    a, b = block[mem], block[~mem]
-    if len(a) < 2 or len(b) < 2:
+@_from_moments
+def welch_t(m: Moments) -> np.ndarray:
+    if (m.n < 2).any():
         raise MemgenError("Welch t needs at least two rows of each behaviour; mine more pairs")
-    se = np.sqrt(a.var(axis=0, ddof=1) / len(a) + b.var(axis=0, ddof=1) / len(b))
-    flat = _constant(a) & _constant(b)
-    diff = a.mean(axis=0) - b.mean(axis=0)
-    return np.divide(diff, se, out=np.zeros_like(diff), where=~flat & (se > 0))
+    se = np.sqrt((m.m2 / (m.n - 1) / m.n).sum(axis=0))
+    diff = m.mean[0] - m.mean[1]
+    return np.divide(diff, se, out=np.zeros_like(diff), where=se > 0)
 
 
 def _mem_rank_sum(block: np.ndarray, mem: np.ndarray) -> np.ndarray:
