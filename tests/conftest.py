@@ -7,7 +7,9 @@ are removed by the context managers, so using them in `record`/`intervene` is fi
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -169,3 +171,39 @@ def token_ids() -> torch.Tensor:
     """A [3, 7] batch of random token ids avoiding the special ids 0-2."""
     generator = torch.Generator().manual_seed(0)
     return torch.randint(3, VOCAB, (3, 7), generator=generator)
+
+
+@dataclass(frozen=True)
+class Exited:
+    """What a `memgen` command left: its exit code, and what it printed (not its log)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def errors(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture
+def memgen_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., Exited]:
+    """Run `memgen ARGS` in this process, as the console script does (`memgen.cli.main`).
+
+    A new process costs seconds of imports per call; the tests that must see a real
+    process (`test_bad_input_in_a_new_process_is_one_line`, the steering reload) use one.
+    """
+    from memgen.cli import main
+
+    def call(*args: object) -> Exited:
+        monkeypatch.setattr(sys, "argv", ["memgen", *map(str, args)])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main()
+        printed = capsys.readouterr()
+        code = exited.value.code
+        return Exited(0 if code is None else int(code), printed.out, printed.err)
+
+    return call

@@ -95,6 +95,7 @@ def test_presets_load_by_name_from_anywhere(
         load_config(Path("gpt2-ciper-cpu"))
 
 
+@pytest.mark.slow  # builds the wheel with pip
 def test_the_wheel_ships_every_preset(tmp_path: Path) -> None:
     root = Path(__file__).parents[1]
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",

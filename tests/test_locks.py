@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from conftest import Exited
 from memgen.core.errors import MemgenError
 from memgen.core.locks import HOLDER, exclusive, run_folder_lock
 
@@ -33,48 +35,33 @@ def _holding(folder: Path) -> subprocess.Popen[str]:
     return holder
 
 
-def _memgen(
-    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> tuple[int, str]:
-    """Run `memgen ARGS` in this process, as the console script does."""
-    from memgen.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["memgen", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    code = exited.value.code
-    return (0 if code is None else int(code)), capsys.readouterr().err
-
-
 def test_a_second_command_on_a_held_run_folder_exits_2_naming_the_holder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, memgen_cli: Callable[..., Exited]
 ) -> None:
     folder = tmp_path / "run"
     holder = _holding(folder)
     try:
         before = sorted(folder.iterdir())
-        code, stderr = _memgen(["data", "--run-dir", str(folder), "data.n_train=50"],
-                               monkeypatch, capsys)  # fmt: skip
+        done = memgen_cli("data", "--run-dir", folder, "data.n_train=50")
         assert sorted(folder.iterdir()) == before  # the refused command wrote nothing
     finally:
         holder.terminate()
         holder.wait()
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert code == 2 and len(errors) == 1, stderr
-    assert f"pid {holder.pid}" in errors[0] and "in use" in errors[0]
+    assert done.returncode == 2 and len(done.errors) == 1, done.stderr
+    assert f"pid {holder.pid}" in done.errors[0] and "in use" in done.errors[0]
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, memgen_cli: Callable[..., Exited]
 ) -> None:
     folder = tmp_path / "run"
     holder = _holding(folder)
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
     assert f"pid {holder.pid}" in (folder / HOLDER).read_text()  # it had no time to clean up
-    code, stderr = _memgen(["data", "--run-dir", str(folder), "data.n_train=50",
-                            "data.n_dev=10", "data.n_test=10"], monkeypatch, capsys)  # fmt: skip
-    assert code == 0, stderr
+    done = memgen_cli("data", "--run-dir", folder, "data.n_train=50", "data.n_dev=10",
+                      "data.n_test=10")  # fmt: skip
+    assert done.returncode == 0, done.stderr
     assert (folder / "data").is_dir() and not (folder / HOLDER).exists()
 
 

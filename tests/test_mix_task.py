@@ -130,6 +130,7 @@ def test_a_mixture_scores_as_its_worst_task() -> None:
     )[0]
 
 
+@pytest.mark.slow  # an end-to-end training
 def test_one_mixture_model_analysed_on_one_task_as_it_is(tmp_path: Path) -> None:
     tiny = ["train.n_layer=1", "train.n_embd=32", "train.n_head=2", "data.n_test=12"]
     tiny += ["data.n_dev=12", "train.batch_size=8", "train.warmup_steps=2"]

@@ -4,11 +4,13 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from safetensors.numpy import load_file
 
+from conftest import Exited
 from memgen.core.artifacts import Stage
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
@@ -268,7 +270,9 @@ CHANGED = {
 }  # fmt: skip
 
 
-def test_every_stage_is_stale_after_a_change_upstream_and_says_so(own_run: Path) -> None:
+def test_every_stage_is_stale_after_a_change_upstream_and_says_so(
+    own_run: Path, memgen_cli: Callable[..., Exited]
+) -> None:
     cfg = load_config(None, TINY)
     for spec in STAGES:  # the finished run is up to date everywhere (bound, ablate: not run)
         assert (open_step(own_run, spec.name, cfg, force=False) is None) == spec.in_run
@@ -284,34 +288,34 @@ def test_every_stage_is_stale_after_a_change_upstream_and_says_so(own_run: Path)
     # The case from the issue: a new neuron set asked of `steer` alone.
     before = Stage(own_run, "steer").manifest()
     args = ["steer", "--run-dir", str(own_run), *TINY, "neurons.top_n=[0.2]"]
-    done = subprocess.run([sys.executable, "-m", "memgen", *args], capture_output=True, text=True)
-    assert done.returncode == 2 and "steer: neurons was made with another config" in (done.stderr)
+    done = memgen_cli(*args)
+    assert done.returncode == 2 and "steer: neurons was made with another config" in done.stderr
     assert Stage(own_run, "steer").manifest() == before  # nothing changed in the run folder
 
 
-def test_a_run_folder_remembers_its_config(tmp_path: Path) -> None:
+def test_a_run_folder_remembers_its_config(
+    tmp_path: Path, memgen_cli: Callable[..., Exited], caplog: pytest.LogCaptureFixture
+) -> None:
     run = tmp_path / "run"
-    memgen = [sys.executable, "-m", "memgen"]
     small = ["task=cipher", "data.n_test=30", "data.n_train=50", "data.n_dev=20"]
-    made = subprocess.run([*memgen, "data", "--run-dir", str(run), *small],
-                          capture_output=True, text=True)  # fmt: skip
-    assert made.returncode == 0, made.stderr
+    assert memgen_cli("data", "--run-dir", run, *small).returncode == 0
     assert load_config(run / "config.yaml").task == "cipher"
-    again = subprocess.run([*memgen, "data", "--run-dir", str(run)], capture_output=True, text=True)
-    assert again.returncode == 0 and "data: up to date, skipped" in again.stderr, again.stderr
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert memgen_cli("data", "--run-dir", run).returncode == 0
+    assert "data: up to date, skipped" in caplog.text
     # Overrides apply on top of the remembered config.
-    more = subprocess.run([*memgen, "data", "--run-dir", str(run), "data.n_test=31"],
-                          capture_output=True, text=True)  # fmt: skip
-    assert more.returncode == 0 and len(read_jsonl(run / "data" / "test.jsonl")) == 31
+    assert memgen_cli("data", "--run-dir", run, "data.n_test=31").returncode == 0
+    assert len(read_jsonl(run / "data" / "test.jsonl")) == 31
 
 
-def test_compare_a_run_with_its_copy(tiny_run: Path, tmp_path: Path) -> None:
+def test_compare_a_run_with_its_copy(
+    tiny_run: Path, tmp_path: Path, memgen_cli: Callable[..., Exited]
+) -> None:
     """The same weights: the neuron indices correspond, and every selection agrees exactly."""
     copy = shutil.copytree(tiny_run, tmp_path / "copy")
     out = tmp_path / "compare"
-    done = subprocess.run([sys.executable, "-m", "memgen", "compare", str(tiny_run), str(copy),
-                           "--shared-units", "--out", str(out)], capture_output=True,
-                          text=True)  # fmt: skip
+    done = memgen_cli("compare", tiny_run, copy, "--shared-units", "--out", out)
     assert done.returncode == 0, done.stderr
     comparison = json.loads((out / "compare.json").read_text())
     results = json.loads((tiny_run / "results.json").read_text())
@@ -350,7 +354,7 @@ def test_compare_a_run_with_its_copy(tiny_run: Path, tmp_path: Path) -> None:
 
 
 def test_compare_with_shared_units_refuses_runs_trained_apart(
-    tiny_run: Path, tmp_path: Path
+    tiny_run: Path, tmp_path: Path, memgen_cli: Callable[..., Exited]
 ) -> None:
     """Two separately trained networks have no neuron-to-neuron correspondence."""
     other = Path(shutil.copytree(tiny_run, tmp_path / "other"))
@@ -359,15 +363,13 @@ def test_compare_with_shared_units_refuses_runs_trained_apart(
         manifest["outputs"][name] = "another checksum"  # as a second training would leave
     (other / "train" / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "compare"
-    command = [sys.executable, "-m", "memgen", "compare", str(tiny_run), str(other),
-               "--shared-units", "--out", str(out)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True)
-    assert done.returncode == 2 and "do not share units" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
+    done = memgen_cli("compare", tiny_run, other, "--shared-units", "--out", out)
+    assert done.returncode == 2 and len(done.errors) == 1 and "do not share units" in done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
 
 
 def test_compare_takes_runs_stopped_early_by_what_their_stages_hold(
-    tiny_run: Path, tmp_path: Path
+    tiny_run: Path, tmp_path: Path, memgen_cli: Callable[..., Exited]
 ) -> None:
     """A recipe's seed table: `--until behave` gives rates and pairs, `--until steer` more."""
     stopped = Path(shutil.copytree(tiny_run, tmp_path / "stopped"))
@@ -378,9 +380,8 @@ def test_compare_takes_runs_stopped_early_by_what_their_stages_hold(
         for name in (*later, "report"):
             shutil.rmtree(run / name, ignore_errors=True)
     out = tmp_path / "compare"
-    command = [sys.executable, "-m", "memgen", "compare", str(tiny_run), str(stopped),
-               str(after_steer), "--out", str(out)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True)
+    command = ["compare", tiny_run, stopped, after_steer, "--out", out]
+    done = memgen_cli(*command)
     assert done.returncode == 0, done.stderr
     comparison = json.loads((out / "compare.json").read_text())
     full, rates_only, until_steer = comparison["runs"]
@@ -396,9 +397,9 @@ def test_compare_takes_runs_stopped_early_by_what_their_stages_hold(
     assert comparison["summary"]["color"]["gen"]["n"] == 3
     table = (out / "compare.txt").read_text()
     assert "range" in table and "stopped" in table
-    shared = subprocess.run([*command, "--shared-units"], capture_output=True, text=True)
-    assert shared.returncode == 2 and "stopped after behave" in shared.stderr
-    assert len(shared.stderr.strip().splitlines()) == 1
+    shared = memgen_cli(*command, "--shared-units")
+    assert shared.returncode == 2 and len(shared.errors) == 1
+    assert "stopped after behave" in shared.errors[0]
 
 
 @pytest.mark.parametrize(
@@ -491,6 +492,7 @@ TINY_CIPHER = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow  # a 1,000-step training and every stage
 def test_cipher_runs_every_stage(tmp_path: Path) -> None:
     run_all(tmp_path, load_config(None, TINY_CIPHER))
     results = json.loads((tmp_path / "results.json").read_text())
@@ -501,6 +503,7 @@ def test_cipher_runs_every_stage(tmp_path: Path) -> None:
     assert (tmp_path / "report" / "report.html").is_file()
 
 
+@pytest.mark.slow  # an end-to-end training
 def test_math_runs_to_pair_mining_and_stops_with_the_fix(tmp_path: Path) -> None:
     """A tiny model cannot learn the scratchpad, so math stops at behave: one line, exit 2.
 

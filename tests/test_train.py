@@ -77,6 +77,7 @@ def _train_command(run_dir: Path, steps: int) -> list[str]:
     return [sys.executable, "-m", "memgen", "train", "--run-dir", str(run_dir), *overrides]
 
 
+@pytest.mark.slow  # three trainings, one killed
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     """With a copy warm-up too, so the task's batches are resumed at the right offset."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
