@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -14,15 +13,13 @@ from memgen.core.examples import BEHAVIOURS
 SHARE = (0.0, 1.0)  # the range of a rate, for `summarise(..., bounds=SHARE)`
 
 
-def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion (well behaved near 0 and 1)."""
+def wilson(successes: int, total: int) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion (well behaved near 0 and 1); none of an
+    empty sample."""
     if total == 0:
         return 0.0, 1.0
-    p = successes / total
-    denom = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    ci = stats.binomtest(successes, total).proportion_ci(0.95, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def rates(labels: Iterable[str]) -> dict[str, float]:

@@ -147,11 +147,21 @@ def evaluation_due(step: int, history: Sequence[Evaluation], cfg: TrainConfig) -
     return step % every == 0
 
 
+def warmup_cosine(step: int, peak: float, warmup: int, total: int) -> float:
+    """Linear warm-up to `peak`, then cosine decay to 10% of it by step `total`.
+
+    transformers' `get_cosine_with_min_lr_schedule_with_warmup` is the same curve (its
+    warm-up starts one step lower), but as a scheduler object it carries state that every
+    checkpoint would have to save; as a function of the step, a resumed run needs none.
+    """
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def learning_rate(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.steps)
 
 
 def _batch(

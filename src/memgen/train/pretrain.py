@@ -39,6 +39,7 @@ from memgen.core.device import resolve_device
 from memgen.core.errors import MemgenError
 from memgen.core.generation import generate
 from memgen.tasks.color import COLORS, FREE_NAMES, MEMORIZED, ROLES
+from memgen.train.loop import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -280,11 +281,7 @@ def pack(tokenizer: PreTrainedTokenizerFast, texts: list[str], seq_len: int) -> 
 
 
 def _learning_rate(step: int, cfg: PretrainConfig) -> float:
-    warmup = max(1, cfg.steps // 20)
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, cfg.steps - warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return warmup_cosine(step, cfg.lr, max(1, cfg.steps // 20), cfg.steps)
 
 
 @torch.no_grad()
