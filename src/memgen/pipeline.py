@@ -91,7 +91,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("report", "memgen.report.stage:run_report",
               ("train", "behave", "neurons", "probe", "steer", "specificity"), (),
               "Write results.json, figures and a self-contained report.html.",
-              optional=("bound", "ablate")),
+              optional=("bound", "ablate", "localize")),
     StageSpec("bound", "memgen.steering.bound:run_bound", ("train", "behave", "record"),
               ("bound", "steer.batch_size"),
               "Fit the best shared shift per layer: how far could any steering go?",
@@ -99,6 +99,10 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("ablate", "memgen.steering.ablate:run_ablate", ("train", "behave"), ("ablate",),
               "Knock out (or scale) each attention and MLP layer: where is it decided?",
               in_run=False, figures={"ablation": "ablate.png"}, parallel=True),
+    StageSpec("localize", "memgen.localize.stage:run_localize", ("data", "train"),
+              ("localize",),
+              "Plant facts in known MLP neurons: do the selectors find and delete them?",
+              in_run=False),
 )  # fmt: skip
 SPECS: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}
 RUN_ORDER: tuple[str, ...] = tuple(spec.name for spec in STAGES if spec.in_run)
@@ -291,15 +295,17 @@ def open_step(run_dir: Path, name: str, cfg: RunConfig, force: bool) -> Step | N
     spec = spec_of(name)
     behind = stale(name, run_dir, cfg)
     missing = [before for before in behind if not Stage(run_dir, before).is_finished()]
+    # `memgen run` runs only RUN_ORDER's stages: for the others, up to their last input.
+    until = name if spec.in_run else max(spec.reads, key=RUN_ORDER.index)
     if missing:
         raise MemgenError(
             f"{name}: {', '.join(missing)} has not run in {run_dir}; run "
-            f"`memgen {missing[0]} --run-dir {run_dir}` first, or `memgen run --until {name}`"
+            f"`memgen {missing[0]} --run-dir {run_dir}` first, or `memgen run --until {until}`"
         )
     if behind:
         raise MemgenError(
             f"{name}: {', '.join(behind)} {'was' if len(behind) == 1 else 'were'} made with "
-            f"another config; run `memgen run --until {name}` with the same --config and "
+            f"another config; run `memgen run --until {until}` with the same --config and "
             "overrides (or pass the ones the run was made with)"
         )
     inputs = {read: Stage(run_dir, read) for read in spec.reads}

@@ -274,6 +274,27 @@ class AblateConfig(Section):
     n_prompts: int = Field(150, ge=1, description="test prompts per behaviour")
 
 
+class LocalizeConfig(Section):
+    # `memgen localize`: facts planted in known MLP neurons; can the selectors find them?
+    fraction: float = Field(0.01, gt=0, lt=1, description="planted share of each layer's MLP")
+    n_facts: int = Field(16, ge=1, description="facts planted")
+    steps: int = Field(300, ge=1, description="most Adam steps of planting")
+    lr: float = Field(0.01, gt=0)
+    batch_size: int = Field(32, ge=1, description="replayed training rows per step")
+    target: float = Field(0.9, gt=0, le=1, description="share of facts planting must reach")
+    selectors: list[Literal["attribution", "activation", "nmd", "random"]] = Field(
+        ["attribution", "activation", "nmd", "random"], min_length=1
+    )
+    sizes: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        [0.01, 0.05], min_length=1, description="selections, as shares of all MLP neurons"
+    )
+    draws: int = Field(20, ge=1, description="random selections per row, for its p-value")
+    n_reference: int = Field(256, ge=1, description="training prompts giving usual values")
+    n_ordinary: int = Field(
+        300, ge=1, description="training prompts kept out of planting, for the collateral"
+    )
+
+
 class RunConfig(Section):
     task: str = "color"
     seed: int = Field(0, ge=0)
@@ -288,6 +309,7 @@ class RunConfig(Section):
     specificity: SpecificityConfig = SpecificityConfig()
     bound: BoundConfig = BoundConfig()
     ablate: AblateConfig = AblateConfig()
+    localize: LocalizeConfig = LocalizeConfig()
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

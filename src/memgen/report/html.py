@@ -118,6 +118,22 @@ def _bound_table(rows: list[dict[str, Any]]) -> str:
     return _table(header, cells)
 
 
+def _localization_table(result: dict[str, Any]) -> str:
+    header = ["selector", "k", "recall@k", "facts kept", "ordinary kept",
+              "random: facts kept (mean, range)", "p"]  # fmt: skip
+    cells = []
+    for r in result["rows"]:
+        chance = r["random_recalled"]
+        cells.append([
+            r["selector"], str(r["k"]),
+            "–" if r["recall_at_k"] is None else f"{r['recall_at_k']:.2f}",
+            _pct(r["deletion"]["facts_recalled"]), _pct(r["deletion"]["ordinary_kept"]),
+            f"{_pct(sum(chance) / len(chance))} ({_pct(min(chance))} – {_pct(max(chance))})",
+            f"{r['p_value']:.3f}",
+        ])  # fmt: skip
+    return _table(header, cells)
+
+
 def _optional_sections(results: dict[str, Any], figures: dict[str, Path]) -> list[str]:
     """Sections for the stages `memgen run` leaves out, when they have been run."""
     sections: list[str] = []
@@ -138,6 +154,20 @@ def _optional_sections(results: dict[str, Any], figures: dict[str, Path]) -> lis
             "scale, and the test prompts answered by memory, and by rule, generated again. "
             "Dark cells are components the answer depends on.</p>",
             _figure(figures.get("ablation"), "Share of answers changed, per site and layer."),
+        ]
+        number += 1
+    if "localization" in results:
+        planted = results["localization"]["planted"]
+        sections += [
+            f"<h2>{number}. Can a selector find a planted memory? (<code>memgen localize"
+            "</code>)</h2>",
+            f'<p class="note">{planted["n_facts"]} new facts trained into '
+            f"{planted['n_neurons']} random MLP neurons ({planted['per_layer']} per layer) and "
+            "nowhere else. Each selector's top k set to their usual values at every position: "
+            "the facts still recalled, the ordinary training answers kept, and the same for "
+            "random sets with the same per-layer counts (p: the rank of the selection among "
+            "them). The first row deletes the planted neurons themselves.</p>",
+            _localization_table(results["localization"]),
         ]
     return sections
 

@@ -63,4 +63,6 @@ def collect(run_dir: Path, cfg: RunConfig, stages: list[str]) -> dict[str, Any]:
         results["bound"] = _summary(Stage(run_dir, "bound"))["rows"]
     if "ablate" in stages:
         results["ablation"] = _summary(Stage(run_dir, "ablate"))
+    if "localize" in stages:
+        results["localization"] = _summary(Stage(run_dir, "localize"))
     return results

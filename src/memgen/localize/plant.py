@@ -1,0 +1,228 @@
+"""A memory planted in known MLP neurons: the ground truth a localization test needs.
+
+After Chang, Thomason & Jia (NAACL 2024, "Do Localization Methods Actually Localize
+Memorized Data in LLMs?", their INJ benchmark): take a trained model, pick a random
+few MLP neurons per layer, and teach the model new facts by training only those
+neurons' parameters (the rows that compute each neuron and the column that writes it
+back), everything else frozen. The facts can then live nowhere but in those neurons, so
+a selector that localizes memories must find them, and ablating them must forget them.
+
+Here a fact is one of the task's prompts answered with a memorized answer of the task
+(a tag, a colour, a number) that its rule does not give: a new memory in the task's own
+vocabulary, which every tokenizer of the task can spell.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.pytorch_utils import Conv1D
+
+from memgen.core.errors import MemgenError
+from memgen.core.examples import Example
+from memgen.core.generation import encode_example
+from memgen.core.sites import Site, n_layers, resolve, site_width
+from memgen.train.loop import _batch
+
+
+@dataclass(frozen=True)
+class Neurons:
+    """MLP neurons as parallel (layer, index) arrays."""
+
+    layers: np.ndarray
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def flat(self, width: int) -> np.ndarray:
+        return np.asarray(self.layers * width + self.indices)
+
+    def per_layer(self, depth: int) -> np.ndarray:
+        return np.bincount(self.layers, minlength=depth)
+
+
+def random_neurons(
+    per_layer: Sequence[int] | np.ndarray, width: int, rng: np.random.Generator
+) -> Neurons:
+    """`per_layer[l]` distinct random neurons of each layer l."""
+    layers = np.repeat(np.arange(len(per_layer)), per_layer)
+    chosen = [rng.choice(width, size=int(count), replace=False) for count in per_layer]
+    indices = np.concatenate(chosen).astype(int) if chosen else np.zeros(0, dtype=int)
+    return Neurons(layers, indices)
+
+
+def make_facts(examples: Sequence[Example], n_facts: int, seed: int) -> list[Example]:
+    """`n_facts` rule prompts, each answered with a memorized answer its rule does not give.
+
+    The planted answer stands in `completion` and `mem_answer`; `gen_answer` keeps what
+    the rule says, so "planted" and "rule" read like the task's own mem and gen.
+    """
+    rule = [ex for ex in examples if ex.gen_answer]
+    answers = sorted({ex.mem_answer for ex in examples if ex.mem_answer})
+    if len(rule) < n_facts or not answers:
+        raise MemgenError(
+            f"localize: the training set has {len(rule)} rule prompts and {len(answers)} "
+            f"memorized answers; planting {n_facts} facts needs more (raise data.n_train)"
+        )
+    rng = random.Random(seed)
+    facts = []
+    for ex in rng.sample(rule, n_facts):
+        planted = rng.choice([a for a in answers if a != ex.gen_answer])
+        facts.append(replace(ex, completion=planted, mem_answer=planted,
+                             meta={**ex.meta, "planted": True}))  # fmt: skip
+    return facts
+
+
+def neuron_masks(model: PreTrainedModel, neurons: Neurons) -> dict[str, torch.Tensor]:
+    """For each MLP parameter that computes or writes a chosen neuron: a 0/1 gradient mask
+    that lets only the chosen neurons' rows (and the down projection's columns) change.
+
+    The MLP's own modules are found by shape: every projection that outputs the MLP's
+    width computes its neurons (GPT-2 `c_fc`; LLaMA `gate_proj`, `up_proj`), and the
+    site's module (the down projection) reads them.
+    """
+    masks: dict[str, torch.Tensor] = {}
+    width = site_width(model, "mlp")
+    names = {id(p): name for name, p in model.named_parameters()}
+    for layer in range(n_layers(model)):
+        chosen = torch.as_tensor(neurons.indices[neurons.layers == layer], dtype=torch.long)
+        if not len(chosen):
+            continue
+        down = resolve(model, Site("mlp", layer))
+        parent = _parent(model, down)
+        for module in parent.modules():
+            for name, param in module.named_parameters(recurse=False):
+                mask = _rows(module, name, param, width, chosen, module is down)
+                if mask is not None:
+                    masks[names[id(param)]] = mask
+    if not masks:
+        raise MemgenError("localize: found no MLP projection of the model's MLP width")
+    return masks
+
+
+def _parent(model: torch.nn.Module, child: torch.nn.Module) -> torch.nn.Module:
+    for module in model.modules():
+        if any(c is child for c in module.children()):
+            return module
+    raise MemgenError("localize: the MLP's down projection has no parent module")
+
+
+def _rows(
+    module: torch.nn.Module,
+    name: str,
+    param: torch.Tensor,
+    width: int,
+    chosen: torch.Tensor,
+    is_down: bool,
+) -> torch.Tensor | None:
+    """The mask of `param` that selects the chosen neurons, or None if it holds none."""
+    mask = torch.zeros_like(param)
+    # nn.Linear keeps weight [out, in]; GPT-2's Conv1D keeps it [in, out].
+    out_axis, in_axis = (1, 0) if isinstance(module, Conv1D) else (0, 1)
+    if name == "bias":
+        if is_down or param.shape[0] != width:
+            return None
+        mask[chosen] = 1
+    elif is_down:
+        mask.index_fill_(in_axis, chosen, 1)
+    elif param.dim() == 2 and param.shape[out_axis] == width:
+        mask.index_fill_(out_axis, chosen, 1)
+    else:
+        return None
+    return mask
+
+
+@dataclass(frozen=True)
+class Planting:
+    steps: int
+    recall: float  # share of the facts answered exactly, teacher-forced
+
+
+def plant(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    facts: Sequence[Example],
+    replay: Sequence[Example],
+    neurons: Neurons,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    target: float,
+    chat: bool,
+    seed: int,
+) -> Planting:
+    """Train the facts (beside replayed training rows, so the rest is kept) into
+    `neurons` only, until `target` of them are recalled or `steps` run out. In place.
+
+    Adam without weight decay: a parameter entry whose gradient is always zero never
+    moves, so every weight outside the chosen rows stays bit-for-bit as it was.
+    """
+    masks = neuron_masks(model, neurons)
+    params = dict(model.named_parameters())
+    trained = [params[name] for name in masks]
+    for param in model.parameters():
+        param.requires_grad_(False)
+    handles = []
+    for name, mask in masks.items():
+        params[name].requires_grad_(True)
+        handles.append(params[name].register_hook(lambda grad, m=mask: grad * m))
+    optimizer = torch.optim.Adam(trained, lr=lr)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded_facts = [encode_example(tokenizer, ex, chat, "answer") for ex in facts]
+    encoded_replay = [encode_example(tokenizer, ex, chat, "answer") for ex in replay]
+    rng = random.Random(seed)
+    recall, step = 0.0, 0
+    try:
+        for step in range(1, steps + 1):
+            rows = encoded_facts + rng.sample(encoded_replay, min(batch_size, len(replay)))
+            model.train()
+            loss = model(**_batch(rows, list(range(len(rows))), pad, device)).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if step % 10 == 0 or step == steps:
+                recall = float(np.mean(recalled(model, tokenizer, facts, chat)))
+                if recall >= target:
+                    break
+    finally:
+        for handle in handles:
+            handle.remove()
+        for param in model.parameters():
+            param.requires_grad_(False)
+        model.eval()
+    return Planting(step, recall)
+
+
+@torch.no_grad()
+def recalled(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    chat: bool,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Per example: whether greedy decoding gives its `completion` (and then the end token).
+
+    Teacher-forced: every answer token must be the argmax after the ones before it, which
+    is exactly when greedy generation writes that answer; one forward pass, no decoding.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded = [encode_example(tokenizer, ex, chat, "answer") for ex in examples]
+    hits = []
+    for start in range(0, len(encoded), batch_size):
+        rows = list(range(start, min(start + batch_size, len(encoded))))
+        batch = _batch(encoded, rows, pad, device)
+        labels = batch.pop("labels")[:, 1:]
+        said = model(**batch).logits[:, :-1].argmax(-1)
+        hits.append(((said == labels) | (labels == -100)).all(dim=1).cpu().numpy())
+    return np.concatenate(hits) if hits else np.zeros(0, dtype=bool)

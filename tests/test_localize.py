@@ -1,0 +1,74 @@
+"""The localization positive control: facts planted in known MLP neurons, found and deleted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from memgen.core.config import load_config
+from memgen.core.examples import read_split
+from memgen.core.modeling import load_run_model
+from memgen.core.sites import n_layers, site_width
+from memgen.localize.plant import make_facts, neuron_masks, plant, random_neurons, recalled
+from memgen.pipeline import run_all, run_stage
+
+# A 2-layer cipher model, briefly trained: planting needs a model, not a good one.
+TINY = [
+    "task=cipher", "data.n_train=2000", "data.n_test=40", "data.n_dev=20",
+    "data.options.trigger_fraction=0.3", "train.steps=400", "train.eval_every=200",
+    "train.n_layer=2", "train.n_embd=64", "train.n_head=2", "train.lr=3e-3",
+    "train.batch_size=32", "train.warmup_steps=20", "train.max_other=1.0",
+    "localize.lr=0.03", "localize.n_facts=8", "localize.fraction=0.02",
+    "localize.sizes=[0.01]", "localize.n_ordinary=200",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("localize")
+    run_all(run_dir, load_config(None, TINY), until="train")
+    return run_dir
+
+
+def test_planting_moves_only_the_planted_neurons_rows(trained: Path) -> None:
+    cfg = load_config(None, TINY)
+    model, tokenizer = load_run_model(trained / "train", cfg.train, "cpu")
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    examples = read_split(trained / "data", "train")
+    facts = make_facts(examples, 8, seed=0)
+    assert not recalled(model, tokenizer, facts, chat=False).any()  # new to the model
+    depth, width = n_layers(model), site_width(model, "mlp")
+    planted = random_neurons([5] * depth, width, np.random.default_rng(0))
+    done = plant(model, tokenizer, facts, examples[100:], planted, steps=300, lr=0.03,
+                 batch_size=32, target=0.9, chat=False, seed=0)  # fmt: skip
+    assert done.recall >= 0.9 and recalled(model, tokenizer, facts, chat=False).mean() >= 0.9
+    masks = neuron_masks(model, planted)
+    assert len(masks) == 3 * depth  # c_fc weight and bias, c_proj weight, per layer
+    for name, param in model.named_parameters():
+        moved = param.detach() != before[name]
+        allowed = masks.get(name, torch.zeros_like(param)).bool()
+        assert not (moved & ~allowed).any(), name  # nothing outside the planted rows moved
+    assert all((model.get_parameter(n) != before[n]).any() for n in masks)
+
+
+def test_attribution_finds_planted_neurons_and_deleting_them_forgets_the_facts(
+    trained: Path,
+) -> None:
+    cfg = load_config(None, TINY)
+    run_stage("localize", trained, cfg)
+    result = json.loads((trained / "localize" / "localize.json").read_text())
+    rows = {row["selector"]: row for row in result["rows"]}
+    assert result["planted"]["recall"] >= 0.9 and result["planted"]["n_neurons"] == 10
+    # The test has power: deleting the planted neurons forgets the facts, keeps the rest.
+    oracle = rows["planted"]
+    assert oracle["deletion"]["facts_recalled"] <= 0.1
+    assert oracle["deletion"]["ordinary_kept"] >= 0.85
+    # The causal selector finds them; random selections neither find nor delete them.
+    assert rows["attribution"]["recall_at_k"] >= 0.8
+    assert rows["attribution"]["p_value"] <= 1 / (1 + cfg.localize.draws) + 1e-9
+    assert rows["random"]["recall_at_k"] <= 0.2 and rows["random"]["p_value"] > 0.5
+    assert len(rows["attribution"]["random_recalled"]) == cfg.localize.draws
