@@ -149,3 +149,24 @@ def test_generation_from_a_cached_prefix_steers_as_generation_from_the_whole_pro
         )
     assert torch.equal(cached, whole)
     assert not torch.equal(whole, plain)  # the shifts change the answers
+
+
+def test_a_fitted_vector_steers_through_intervene_as_documented(
+    family_model: tuple[str, PreTrainedModel],
+) -> None:
+    """docs/results-schema.md: `as_interventions` turns a saved shift into one dense add."""
+    from memgen.core.hooks import intervene
+    from memgen.core.sites import Site, site_width
+    from memgen.steering.bound import as_interventions
+
+    model = family_model[1]
+    width = site_width(model, "resid")
+    shift = np.linspace(-1, 1, width)
+    (iv,) = as_interventions(Site("resid", 0), shift)
+    assert iv.op == "add" and iv.neurons == tuple(range(width)) and len(iv.values) == width
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.no_grad():
+        plain = model(ids).logits
+        with intervene(model, [iv]):
+            steered = model(ids).logits
+    assert not torch.allclose(plain, steered)

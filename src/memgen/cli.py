@@ -185,7 +185,9 @@ def run(
     with _writing(folder):
         run_all(folder, cfg, force=force, until=until)
         done = _remember(cfg, folder)
-    if done:
+    if done and until is not None and until != RUN_ORDER[-1]:
+        typer.echo(f"done: every stage up to {until} -> {folder}")
+    elif done:
         typer.echo(f"done: open {folder / 'report' / 'report.html'}")
 
 

@@ -25,6 +25,7 @@ from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import read_test_answers
+from memgen.core.hooks import Intervention
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
 from memgen.core.sites import Site, n_layers, site_width
@@ -36,6 +37,12 @@ from memgen.steering.shifts import fit_shifts
 from memgen.tasks.base import make_task
 
 log = logging.getLogger(__name__)
+
+
+def as_interventions(site: Site, shift: np.ndarray) -> list[Intervention]:
+    """A fitted vector of `bound/shifts.safetensors` as one dense `add`, for `intervene`
+    (the documented way to steer with it: docs/results-schema.md)."""
+    return [Intervention(site, tuple(range(len(shift))), "add", tuple(float(v) for v in shift))]
 
 
 def run_bound(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
