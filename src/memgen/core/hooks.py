@@ -8,8 +8,11 @@
     with intervene(model, [push]):
         model.generate(...)                     # applied at every forward pass
 
-This is the only module of the package that registers PyTorch hooks; `edit` runs any
-function at a site, for what `Intervention` cannot say. All three context managers
+Every hook on a site (a layer's residual stream, MLP neurons or attention output) is
+registered here; `edit` runs any function at a site, for what `Intervention` cannot say.
+The package's other hooks are not on sites: a pass counter on the whole model
+(`steering.shifts`), and in `localize` a leaf at the token embeddings and gradient masks
+on parameters. All three context managers
 resolve every site before registering anything, fail with MemgenError when one does
 not resolve, and remove every handle in `finally`. Hooks registered later run later,
 so a `record` opened inside an `intervene` sees the changed activations.
