@@ -44,7 +44,7 @@ def test_planting_moves_only_the_planted_neurons_rows(trained: Path) -> None:
     depth, width = n_layers(model), site_width(model, "mlp")
     planted = random_neurons([5] * depth, width, np.random.default_rng(0))
     done = plant(model, tokenizer, facts, examples[100:], planted, steps=300, lr=0.03,
-                 batch_size=32, target=0.9, chat=False, seed=0)  # fmt: skip
+                 batch_size=32, chat=False, seed=0)  # fmt: skip
     assert done.recall >= 0.9 and recalled(model, tokenizer, facts, chat=False).mean() >= 0.9
     masks = neuron_masks(model, planted)
     assert len(masks) == 3 * depth  # c_fc weight and bias, c_proj weight, per layer

@@ -154,12 +154,11 @@ def plant(
     steps: int,
     lr: float,
     batch_size: int,
-    target: float,
     chat: bool,
     seed: int,
 ) -> Planting:
     """Train the facts (beside replayed training rows, so the rest is kept) into
-    `neurons` only, until `target` of them are recalled or `steps` run out. In place.
+    `neurons` only, until all of them are recalled or `steps` run out. In place.
 
     Adam without weight decay: a parameter entry whose gradient is always zero never
     moves, so every weight outside the chosen rows stays bit-for-bit as it was.
@@ -190,7 +189,7 @@ def plant(
             optimizer.step()
             if step % 10 == 0 or step == steps:
                 recall = float(np.mean(recalled(model, tokenizer, facts, chat)))
-                if recall >= target:
+                if recall == 1.0:
                     break
     finally:
         for handle in handles:

@@ -26,7 +26,7 @@ from memgen.core.errors import MemgenError
 from memgen.core.examples import read_split
 from memgen.core.modeling import load_run_model
 from memgen.core.sites import n_layers, site_width
-from memgen.localize.plant import Neurons, make_facts, plant, random_neurons
+from memgen.localize.plant import Neurons, make_facts, plant, random_neurons, recalled
 from memgen.localize.selectors import SELECTORS, _usual
 from memgen.localize.test import Deleter, Localization, localize
 from memgen.pipeline import open_step
@@ -54,7 +54,7 @@ def run_localize(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     per_layer = max(1, round(lc.fraction * width))
     planted = random_neurons([per_layer] * depth, width, np.random.default_rng(cfg.seed))
     planting = plant(model, tokenizer, facts, replay, planted, steps=lc.steps, lr=lc.lr,
-                     batch_size=lc.batch_size, target=lc.target, chat=chat,
+                     batch_size=lc.batch_size, chat=chat,
                      seed=cfg.seed)  # fmt: skip
     log.info("localize: %d facts in %d MLP neurons (%d per layer), %.0f%% recalled after %d "
              "steps", len(facts), len(planted), per_layer, 100 * planting.recall,
@@ -65,6 +65,10 @@ def run_localize(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
             f"{planting.steps} steps (target {lc.target:.0%}); raise localize.steps or "
             "localize.lr, or plant fewer facts (localize.n_facts)"
         )
+    # The planted memories are the facts planting made: the tests ask about those only.
+    facts = [
+        f for f, hit in zip(facts, recalled(model, tokenizer, facts, chat), strict=True) if hit
+    ]
     reference = replay[: lc.n_reference]
     usual, _ = _usual(model, tokenizer, reference, chat)
     deleter = Deleter(model, tokenizer, facts, ordinary, usual, chat)
@@ -78,7 +82,8 @@ def run_localize(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
             rows.append(localize(name, scores, k, deleter, planted, lc.draws, cfg.seed + 1))
     result = {
         "planted": {"n_neurons": len(planted), "per_layer": per_layer, "fraction": lc.fraction,
-                    "n_facts": len(facts), "steps": planting.steps, "recall": planting.recall,
+                    "n_facts": lc.n_facts, "n_recalled": len(facts), "steps": planting.steps,
+                    "recall": planting.recall,
                     "layers": planted.layers.tolist(), "neurons": planted.indices.tolist()},
         "ordinary_prompts": len(deleter.ordinary),
         "rows": [row.to_dict() for row in rows],

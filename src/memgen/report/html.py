@@ -161,7 +161,7 @@ def _optional_sections(results: dict[str, Any], figures: dict[str, Path]) -> lis
         sections += [
             f"<h2>{number}. Can a selector find a planted memory? (<code>memgen localize"
             "</code>)</h2>",
-            f'<p class="note">{planted["n_facts"]} new facts trained into '
+            f'<p class="note">{planted["n_recalled"]} new facts trained into '
             f"{planted['n_neurons']} random MLP neurons ({planted['per_layer']} per layer) and "
             "nowhere else. Each selector's top k set to their usual values at every position: "
             "the facts still recalled, the ordinary training answers kept, and the same for "
