@@ -25,7 +25,7 @@ import functools
 import logging
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -342,6 +342,140 @@ def evaluate(
     return shares
 
 
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    # Biases and norms are not decayed (the usual GPT recipe).
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+@dataclass
+class _Progress:
+    """Where a training run stands: the step to start at, its evaluations, the best score."""
+
+    start: int
+    history: list[Evaluation]
+    best: tuple[bool, float, float] | None
+    running: float  # the smoothed training loss (nan before the first step)
+
+    def smooth(self, loss: float) -> None:
+        self.running = loss if math.isnan(self.running) else 0.95 * self.running + 0.05 * loss
+
+    def add(self, record: Evaluation, cfg: TrainConfig) -> tuple[Evaluation, bool]:
+        """Append an evaluation; whether it beats every earlier one (then it is kept)."""
+        self.history.append(record)
+        score = record.score(cfg.select, cfg.max_other)
+        improved = self.best is None or score > self.best
+        self.best = score if improved else self.best
+        return record, improved
+
+
+def _report(bar: Any, record: Evaluation, improved: bool) -> None:
+    if bar.disable:  # no terminal (a log file, a batch job): one line per evaluation
+        log.info("step %d: loss %.3f, dev gen/mem/other %% %s%s", record.step, record.loss,
+                 record.summary(), " (kept)" if improved else "")  # fmt: skip
+    bar.set_postfix(loss=f"{record.loss:.3f}", gen=f"{record.gen:.2f}",
+                    mem=f"{record.mem:.2f}", other=f"{record.other:.2f}")  # fmt: skip
+
+
+def _resume(last: Path, model: torch.nn.Module, optimizer: Any, cfg: TrainConfig) -> _Progress:
+    start, history = 0, []
+    if last.is_dir():
+        meta = checkpoint.load(last, model, optimizer)
+        start = meta["step"]
+        history = [Evaluation(**row) for row in meta["history"]]
+        log.info("resuming from step %d (%s)", start, last)
+    if stalled(history, cfg):
+        start = cfg.steps  # killed after stopping early: nothing left to do
+    best = max((e.score(cfg.select, cfg.max_other) for e in history), default=None)
+    running = history[-1].loss if history and history[-1].loss is not None else float("nan")
+    return _Progress(start, history, best, running)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The training rows of a run, and how a step picks its micro-batches from them."""
+
+    encoded: list[tuple[list[int], list[int]]]
+    words: list[int]
+    pad_id: int
+    device: torch.device
+    seed: int
+
+    @classmethod
+    def of(
+        cls,
+        tokenizer: PreTrainedTokenizerBase,
+        examples: Sequence[Example],
+        cfg: TrainConfig,
+        device: torch.device,
+        seed: int,
+    ) -> _Rows:
+        encoded = [encode_example(tokenizer, ex, cfg.chat, cfg.loss_on) for ex in examples]
+        words = word_ids(tokenizer) if cfg.copy_warmup else []
+        return cls(encoded, words, pad_id_of(tokenizer), device, seed)
+
+    def micro_batches(
+        self, step: int, cfg: TrainConfig
+    ) -> Iterator[tuple[dict[str, torch.Tensor], float]]:
+        """This process's share of each micro-batch of `step`, with the loss denominator."""
+        processes, me = distributed.world_size(), distributed.rank()
+        copying = step < cfg.copy_warmup
+        per_step = cfg.batch_size * cfg.grad_accum
+        copies = copy_rows(self.words, per_step, self.seed, step) if copying else []
+        for micro in range(cfg.grad_accum):
+            if copying:
+                source = copies
+                rows = list(range(micro * cfg.batch_size, (micro + 1) * cfg.batch_size))
+            else:
+                source, task_step = self.encoded, step - cfg.copy_warmup
+                rows = _batch_indices(
+                    len(self.encoded), cfg.batch_size, task_step, micro, cfg.grad_accum, self.seed
+                )
+            batch = _batch(source, rows[me::processes], self.pad_id, self.device)
+            yield batch, loss_denominator([source[i][1] for i in rows], cfg.loss_mean)
+
+
+def _train_step(
+    model: torch.nn.Module,
+    optimizer: Any,
+    accelerator: Accelerator,
+    rows: _Rows,
+    step: int,
+    cfg: TrainConfig,
+    params: list[torch.nn.Parameter],
+) -> float:
+    """One optimizer step over `cfg.grad_accum` micro-batches: the step's mean loss."""
+    model.train()  # evaluation between steps leaves it in eval mode
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(step, cfg)
+    torch.manual_seed(rows.seed * 1_000_003 + step)  # dropout, reproducible across resumes
+    processes = distributed.world_size()
+    total = 0.0
+    for micro, (batch, denominator) in enumerate(rows.micro_batches(step, cfg)):
+        syncing = micro == cfg.grad_accum - 1  # all-reduce gradients once per step
+        with accelerator.no_sync(model) if not syncing else contextlib.nullcontext():
+            # Data-parallel averages gradients over processes; times N undoes that.
+            loss = batch_loss(model, batch, denominator, cfg.loss_mean) * processes
+            accelerator.backward(loss / cfg.grad_accum)
+        total += float(loss.detach()) / processes / cfg.grad_accum
+    accelerator.clip_grad_norm_(params, cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return distributed.all_sum(total)  # alone: the value itself
+
+
+def _check_batch(cfg: TrainConfig) -> None:
+    if cfg.batch_size < distributed.world_size():
+        raise MemgenError(
+            f"train.batch_size {cfg.batch_size} is below the {distributed.world_size()} "
+            "processes launched; each needs at least one row: raise it or launch fewer"
+        )
+
+
 def train(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -357,124 +491,47 @@ def train(
     progress: bool = True,
     identity: str = "",
 ) -> list[Evaluation]:
-    """Train in place; call `save_best` whenever the selection score improves.
-
-    `decoder` is how answers are generated at each evaluation (greedy by default); pass the
-    one that will measure the kept checkpoint, so it is chosen under the same decoding.
+    """Train in place; call `save_best` whenever the selection score improves. `decoder`
+    is how answers are generated at each evaluation (greedy by default); pass the one
+    that will measure the kept checkpoint, so it is chosen under the same decoding.
 
     Resumes from `out_dir/checkpoints/last` when it exists; `identity` (the run's config
     and inputs) is saved with each checkpoint, so a caller can tell whose it is.
     """
     device = next(model.parameters()).device
     accelerator = _accelerator(cfg, device)
-    chat = cfg.chat
     decoder = decoder or Decoder()
-    encoded = [encode_example(tokenizer, ex, chat, cfg.loss_on) for ex in train_examples]
-    words = word_ids(tokenizer) if cfg.copy_warmup else []
-    pad_id = pad_id_of(tokenizer)
-    params = [p for p in model.parameters() if p.requires_grad]
-    # Biases and norms are not decayed (the usual GPT recipe).
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    rows = _Rows.of(tokenizer, train_examples, cfg, device, seed)
+    params = [p for p in model.parameters() if p.requires_grad]  # clipped in this order
+    optimizer = _optimizer(model, cfg)
     last = out_dir / "checkpoints" / "last"
-    history: list[Evaluation] = []
-    start = 0
-    if last.is_dir():
-        meta = checkpoint.load(last, model, optimizer)
-        start = meta["step"]
-        history = [Evaluation(**row) for row in meta["history"]]
-        log.info("resuming from step %d (%s)", start, last)
-    best = max((e.score(cfg.select, cfg.max_other) for e in history), default=None)
-    if cfg.batch_size < distributed.world_size():
-        raise MemgenError(
-            f"train.batch_size {cfg.batch_size} is below the {distributed.world_size()} "
-            "processes launched; each needs at least one row: raise it or launch fewer"
-        )
-    plain = model  # what is evaluated and saved: never the data-parallel wrapper
-    model, optimizer = accelerator.prepare(RowLosses(model), optimizer)
-    processes, me = distributed.world_size(), distributed.rank()
-
-    if stalled(history, cfg):
-        start = cfg.steps  # killed after stopping early: nothing left to do
-    bar = tqdm(
-        range(start, cfg.steps),
-        initial=start,
-        total=cfg.steps,
-        desc="train",
-        disable=None if progress else True,
-    )
-    last_loss = history[-1].loss if history else None
-    running = float("nan") if last_loss is None else last_loss
-    model.train()
+    state = _resume(last, model, optimizer, cfg)
+    _check_batch(cfg)
+    # `model` is what is evaluated and saved: never the data-parallel wrapper.
+    wrapped, optimizer = accelerator.prepare(RowLosses(model), optimizer)
+    bar = tqdm(range(state.start, cfg.steps), initial=state.start, total=cfg.steps,
+               desc="train", disable=None if progress else True)  # fmt: skip
     for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg)
-        torch.manual_seed(seed * 1_000_003 + step)  # dropout, reproducible across resumes
-        total = 0.0
-        copying = step < cfg.copy_warmup
-        copies = copy_rows(words, cfg.batch_size * cfg.grad_accum, seed, step) if copying else []
-        for micro in range(cfg.grad_accum):
-            if copying:
-                source = copies
-                rows = list(range(micro * cfg.batch_size, (micro + 1) * cfg.batch_size))
-            else:
-                source, task_step = encoded, step - cfg.copy_warmup
-                rows = _batch_indices(
-                    len(encoded), cfg.batch_size, task_step, micro, cfg.grad_accum, seed
-                )
-            batch = _batch(source, rows[me::processes], pad_id, device)
-            denominator = loss_denominator([source[i][1] for i in rows], cfg.loss_mean)
-            syncing = micro == cfg.grad_accum - 1  # all-reduce gradients once per step
-            with accelerator.no_sync(model) if not syncing else contextlib.nullcontext():
-                # Data-parallel averages gradients over processes; times N undoes that.
-                loss = batch_loss(model, batch, denominator, cfg.loss_mean) * processes
-                accelerator.backward(loss / cfg.grad_accum)
-            total += float(loss.detach()) / processes / cfg.grad_accum
-        accelerator.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        total = distributed.all_sum(total)  # alone: the value itself
+        total = _train_step(wrapped, optimizer, accelerator, rows, step, cfg, params)
         if step == cfg.copy_warmup:  # the task's loss starts afresh, not from copying's
-            running = float("nan")
-        running = total if math.isnan(running) else 0.95 * running + 0.05 * total
+            state.running = float("nan")
+        state.smooth(total)
         done = step + 1
-        if evaluation_due(done, history, cfg):
-            shares = evaluate(plain, tokenizer, task, dev_examples, chat, decoder)
-            model.train()
-            record = Evaluation(step=done, loss=running, **shares)
-            history.append(record)
-            score = record.score(cfg.select, cfg.max_other)
-            improved = best is None or score > best
-            best = score if improved else best
-            if accelerator.is_main_process:
-                if improved:
-                    save_best(plain)
-                meta = {"step": done, "history": [vars(e) for e in history], "identity": identity}
-                checkpoint.save(last, plain, optimizer, meta)
-            accelerator.wait_for_everyone()
-            if bar.disable:  # no terminal (a log file, a batch job): one line per evaluation
-                log.info(
-                    "step %d: loss %.3f, dev gen/mem/other %% %s%s",
-                    done,
-                    running,
-                    record.summary(),
-                    " (kept)" if improved else "",
-                )
-            bar.set_postfix(
-                loss=f"{running:.3f}",
-                gen=f"{record.gen:.2f}",
-                mem=f"{record.mem:.2f}",
-                other=f"{record.other:.2f}",
-            )
-            if stalled(history, cfg):
-                log.info(
-                    "stopping at step %d: %d evaluations without a better checkpoint",
-                    done,
-                    cfg.patience,
-                )
-                break
+        if not evaluation_due(done, state.history, cfg):
+            continue
+        shares = evaluate(model, tokenizer, task, dev_examples, cfg.chat, decoder)
+        record, improved = state.add(Evaluation(step=done, loss=state.running, **shares), cfg)
+        if accelerator.is_main_process:
+            if improved:
+                save_best(model)
+            meta = {"step": done, "history": [vars(e) for e in state.history],
+                    "identity": identity}  # fmt: skip
+            checkpoint.save(last, model, optimizer, meta)
+        accelerator.wait_for_everyone()
+        _report(bar, record, improved)
+        if stalled(state.history, cfg):
+            log.info("stopping at step %d: %d evaluations without a better checkpoint",
+                     done, cfg.patience)  # fmt: skip
+            break
     bar.close()
-    return history
+    return state.history
