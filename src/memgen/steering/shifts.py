@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -245,75 +246,130 @@ def fit_shifts(
     if not prompts:
         raise MemgenError("no prompts to fit a shift on")
     device = _device(model)
-    count = len(masks)
-    radius = (
-        None
-        if budget is None
-        else torch.as_tensor(
-            np.broadcast_to(np.asarray(budget, dtype=np.float32), (count,)).copy(), device=device
-        )
-    )
-    if radius is not None and not bool((radius > 0).all() and radius.isfinite().all()):
-        raise MemgenError(f"a fitting budget must be positive and finite (got {budget})")
+    fit = _Values.zeros(masks, scale, _radius(budget, len(masks), device), device)
     encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in [*prompts, *keep_prompts]]
     targets = torch.tensor(first_answer_tokens(tokenizer, [*answers, *keep_answers]), device=device)
-    allowed = torch.as_tensor(np.asarray(masks, dtype=np.float32), device=device)
-    unit = torch.as_tensor(np.asarray(scale, dtype=np.float32), device=device)
-    values = torch.zeros_like(allowed, requires_grad=True)
     shifter = RowShifts(kind, steered_layers(np.asarray(masks, dtype=np.float32)), "last")
-    per_shift = min(len(prompts), batch_size)
-    per_keep = min(len(keep_prompts), batch_size)
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for parameter in frozen:
-        parameter.requires_grad_(False)
-    model.eval()
-    rng = np.random.default_rng(seed)
-    optimiser = torch.optim.Adam([values], lr=lr)
-    pad = pad_id_of(tokenizer)
-
-    def project() -> None:
-        if radius is None:
-            return
-        with torch.no_grad():
-            norms = (values * allowed).flatten(1).norm(dim=1).clamp(min=1e-12)
-            values.mul_((radius / norms).clamp(max=1.0).view(-1, 1, 1))
-
-    try:
+    draws = _Draws(len(prompts), len(keep_prompts), batch_size, np.random.default_rng(seed))
+    with _frozen(model):
         # Every step draws from the same prompts: their shared part runs once, here.
-        prefix = Prefix.of(model, *pad_left(encoded, pad, device), batch_size=batch_size)
+        prefix = Prefix.of(model, *pad_left(encoded, pad_id_of(tokenizer), device),
+                           batch_size=batch_size)  # fmt: skip
         with shifter.attached(model):
+            optimiser = torch.optim.Adam([fit.values], lr=lr)
             for _ in range(steps):
-                rows = rng.choice(len(prompts), per_shift, replace=False)
-                if per_keep:
-                    kept = len(prompts) + rng.choice(len(keep_prompts), per_keep, replace=False)
-                    rows = np.concatenate([rows, kept])
-                logits = steered_last_logits(
-                    model, shifter, prefix.select(rows), values * allowed * unit
-                )  # [prompts, shifts, vocab]
-                wanted = targets[torch.as_tensor(rows, device=device)]
-                # The sum over shifts of each one's mean loss: the shifts do not interact.
-                loss = (
-                    torch.nn.functional.cross_entropy(
-                        logits.flatten(0, 1), wanted.repeat_interleave(count)
-                    )
-                    * count
-                )
+                rows = draws.next()
+                logits = steered_last_logits(model, shifter, prefix.select(rows), fit.shifts())
+                loss = _summed_loss(logits, targets[torch.as_tensor(rows, device=device)])
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
-                project()
-            fitted = (values * allowed * unit).detach()
-            hits = torch.zeros(count)
-            with torch.no_grad():
-                for start in range(0, len(prompts), per_shift):
-                    rows = np.arange(start, min(start + per_shift, len(prompts)))
-                    logits = steered_last_logits(model, shifter, prefix.select(rows), fitted)
-                    said = logits.argmax(-1).T
-                    hits += (said == targets[torch.as_tensor(rows, device=device)]).sum(-1).cpu()
-    finally:
-        for parameter in frozen:
-            parameter.requires_grad_(True)
+                fit.project()
+            fitted = fit.shifts().detach()
+            hits = _hits(model, shifter, prefix, fitted, targets, len(prompts), draws.per_shift)
     shifts: np.ndarray = fitted.cpu().numpy().astype(np.float64)
     # Every process fits the same shifts from the same draws; they take the main one's, so
     # an ulp of summation order cannot make the processes steer with different values.
     return distributed.from_main((shifts, (hits / len(prompts)).numpy()))
+
+
+def _summed_loss(logits: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    """The sum over shifts of each one's mean first-token loss (the shifts do not interact);
+    `logits` [prompts, shifts, vocab]."""
+    count = logits.shape[1]
+    loss: torch.Tensor = (
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), wanted.repeat_interleave(count))
+        * count
+    )
+    return loss
+
+
+def _radius(
+    budget: float | Sequence[float] | None, count: int, device: torch.device
+) -> torch.Tensor | None:
+    """Each shift's L2 radius (None: no limit), checked positive and finite."""
+    if budget is None:
+        return None
+    sizes = np.broadcast_to(np.asarray(budget, dtype=np.float32), (count,)).copy()
+    radius = torch.as_tensor(sizes, device=device)
+    if not bool((radius > 0).all() and radius.isfinite().all()):
+        raise MemgenError(f"a fitting budget must be positive and finite (got {budget})")
+    return radius
+
+
+@dataclass(frozen=True)
+class _Values:
+    """K shifts being fitted, in units of `unit`, each moving only its `allowed` neurons."""
+
+    values: torch.Tensor  # [K, L, W], trained
+    allowed: torch.Tensor
+    unit: torch.Tensor
+    radius: torch.Tensor | None
+
+    @classmethod
+    def zeros(
+        cls, masks: np.ndarray, scale: np.ndarray, radius: torch.Tensor | None, device: torch.device
+    ) -> _Values:
+        allowed = torch.as_tensor(np.asarray(masks, dtype=np.float32), device=device)
+        unit = torch.as_tensor(np.asarray(scale, dtype=np.float32), device=device)
+        return cls(torch.zeros_like(allowed, requires_grad=True), allowed, unit, radius)
+
+    def shifts(self) -> torch.Tensor:
+        """The shifts in activation units."""
+        return self.values * self.allowed * self.unit
+
+    def project(self) -> None:
+        """Each shift back into its L2 ball (in the fitting units)."""
+        if self.radius is None:
+            return
+        with torch.no_grad():
+            norms = (self.values * self.allowed).flatten(1).norm(dim=1).clamp(min=1e-12)
+            self.values.mul_((self.radius / norms).clamp(max=1.0).view(-1, 1, 1))
+
+
+@contextmanager
+def _frozen(model: PreTrainedModel) -> Iterator[None]:
+    """The model's weights without gradients, in eval mode, for the length of a fit."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    model.eval()
+    try:
+        yield
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+
+
+class _Draws:
+    """The rows of each fitting step: `batch_size` prompts (and as many kept prompts)."""
+
+    def __init__(self, n: int, n_keep: int, batch_size: int, rng: np.random.Generator) -> None:
+        self.n, self.n_keep, self.rng = n, n_keep, rng
+        self.per_shift, self.per_keep = min(n, batch_size), min(n_keep, batch_size)
+
+    def next(self) -> np.ndarray:
+        rows = self.rng.choice(self.n, self.per_shift, replace=False)
+        if self.per_keep:
+            kept = self.n + self.rng.choice(self.n_keep, self.per_keep, replace=False)
+            rows = np.concatenate([rows, kept])
+        return rows
+
+
+@torch.no_grad()
+def _hits(
+    model: PreTrainedModel,
+    shifter: RowShifts,
+    prefix: Prefix,
+    fitted: torch.Tensor,
+    targets: torch.Tensor,
+    n_prompts: int,
+    batch: int,
+) -> torch.Tensor:
+    """Per shift, how many of the prompts now say their answer's first token first."""
+    hits = torch.zeros(len(fitted))
+    for start in range(0, n_prompts, batch):
+        rows = np.arange(start, min(start + batch, n_prompts))
+        said = steered_last_logits(model, shifter, prefix.select(rows), fitted).argmax(-1).T
+        hits += (said == targets[torch.as_tensor(rows, device=targets.device)]).sum(-1).cpu()
+    return hits
