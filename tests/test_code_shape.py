@@ -18,7 +18,6 @@ NOT_YET = {
     "behave/stage.py:run_behave": 68,
     "probe/stage.py:run_probe": 67,
     "steering/specificity.py:run_specificity": 64,
-    "record/stage.py:record_last_token": 62,
 }
 
 

@@ -45,6 +45,22 @@ def allocate(model: torch.nn.Module, kinds: Sequence[SiteKind], n: int) -> dict[
 
 
 @torch.no_grad()
+def _checked_out(
+    model: torch.nn.Module,
+    kinds: Sequence[SiteKind],
+    n: int,
+    out: Mapping[str, np.ndarray] | None,
+) -> dict[str, np.ndarray]:
+    """`out`, checked to hold an [n, n_layers, width] array per kind, or new arrays."""
+    arrays = dict(out) if out is not None else allocate(model, kinds, n)
+    for kind in kinds:
+        wanted = (n, n_layers(model), site_width(model, kind))
+        if kind not in arrays or arrays[kind].shape != wanted:
+            got = arrays[kind].shape if kind in arrays else None
+            raise MemgenError(f"out[{kind!r}] must have shape {wanted} (got {got})")
+    return arrays
+
+
 def record_last_token(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -64,24 +80,12 @@ def record_last_token(
     """
     if not prompts:
         raise MemgenError("no prompts to record")
-    arrays = dict(out) if out is not None else allocate(model, kinds, len(prompts))
+    arrays = _checked_out(model, kinds, len(prompts), out)
     sites = all_sites(model, kinds)
-    for kind in kinds:
-        wanted = (len(prompts), n_layers(model), site_width(model, kind))
-        if kind not in arrays or arrays[kind].shape != wanted:
-            got = arrays[kind].shape if kind in arrays else None
-            raise MemgenError(f"out[{kind!r}] must have shape {wanted} (got {got})")
     model.eval()
     device = next(model.parameters()).device
-    batches = padded_batches(
-        tokenizer,
-        prompts,
-        chat=chat,
-        batch_size=batch_size,
-        device=device,
-        desc="record",
-        progress=progress,
-    )
+    batches = padded_batches(tokenizer, prompts, chat=chat, batch_size=batch_size,
+                             device=device, desc="record", progress=progress)  # fmt: skip
     # The transformer without its LM head: full-vocabulary logits for every token would be
     # [batch, seq, vocab] floats (GBs at 128k vocabularies) that nothing here reads.
     body = unwrap(model).base_model
