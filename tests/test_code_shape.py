@@ -17,7 +17,6 @@ NOT_YET = {
     "neurons/stage.py:run_neurons": 68,
     "behave/stage.py:run_behave": 68,
     "probe/stage.py:run_probe": 67,
-    "steering/specificity.py:run_specificity": 64,
 }
 
 

@@ -13,6 +13,7 @@ answers the question at equal size and push; `specificity.png` draws it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,8 +24,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig
-from memgen.core.examples import read_test_answers
+from memgen.core.config import RunConfig, SpecificityConfig
+from memgen.core.examples import Example, read_test_answers
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
 from memgen.core.sites import SiteKind
@@ -51,7 +52,7 @@ def run_specificity(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage
     task = make_task(cfg.task, cfg.data.options)
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
     recorded = read_record(record.path)
-    labelled = read_test_answers(behave.path)
+    splits = _splits(read_test_answers(behave.path), sc.n_prompts, cfg.seed)
     out = stage.begin()
     rng = np.random.default_rng(cfg.seed)
     rows: list[dict[str, Any]] = []
@@ -61,24 +62,9 @@ def run_specificity(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage
         bench = Bench(model, tokenizer, task, cfg, kind)
         for scorer in spec.scorers:
             score = neuron_score(scorer, recorded.activations(site), recorded.labels)
-            targeted = []
-            for size in spec.sizes:
-                layers, neurons = select_top(score, size)
-                mask = np.zeros(stats.shape, dtype=bool)
-                mask[layers, neurons] = True
-                targeted.append(mask)
-            # Per size: the targeted set first, then its matched random draws.
-            masks = np.concatenate(
-                [np.concatenate([m[None], matched_masks(m, spec.draws, rng)]) for m in targeted]
-            )
-            for direction, (source, toward) in DIRECTIONS.items():
-                prompts = [ex for ex, label in labelled if label == source][: sc.n_prompts]
-                if len(prompts) < 4:
-                    log.warning("specificity: too few %r prompts; %s skipped", source, direction)
-                    continue
-                tune_rows, held_rows = split_half(len(prompts), cfg.seed)
-                fitting = [prompts[i] for i in tune_rows]
-                held_out = [prompts[i] for i in held_rows]
+            targeted, masks = _masks(score, spec, stats.shape, rng)
+            for direction, (fitting, held_out) in splits.items():
+                toward = DIRECTIONS[direction][1]
                 answers = [ex.gen_answer if toward == "gen" else ex.mem_answer for ex in fitting]
                 for budget in spec.budgets:
                     log.info("specificity: %s %s %s budget %g", site, scorer, direction, budget)
@@ -88,19 +74,8 @@ def run_specificity(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage
                         batch_size=spec.fit_batch, seed=cfg.seed, chat=cfg.train.chat,
                     )  # fmt: skip
                     labels = bench.labels(held_out, shifts, spec.position)
-                    per_size = 1 + spec.draws
-                    for s, size in enumerate(spec.sizes):
-                        group = labels[s * per_size : (s + 1) * per_size]
-                        hits = sum(label == toward for label in group[0])
-                        draws = [rates(g)[toward] for g in group[1:]]
-                        rows.append({
-                            "site": site, "scorer": scorer, "direction": direction,
-                            "size": size, "n_neurons": int(targeted[s].sum()),
-                            "budget": budget, "n_prompts": len(held_out),
-                            "targeted": rates(group[0]),
-                            "targeted_ci": list(wilson(hits, len(held_out))),
-                            "matched": summarise(draws, SHARE), "matched_per_draw": draws,
-                        })  # fmt: skip
+                    common = {"site": site, "scorer": scorer, "direction": direction}
+                    rows += _size_rows(labels, spec, targeted, toward, held_out, common, budget)
     write_json(out / "specificity.json", {"rows": rows})
     plot_specificity(rows, out / "specificity.png")
     step.finish({"rows": rows})
@@ -134,3 +109,60 @@ def plot_specificity(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _splits(
+    labelled: Sequence[tuple[Example, str]], n_prompts: int, seed: int
+) -> dict[str, tuple[list[Example], list[Example]]]:
+    """Per direction, its source prompts halved: (fitted on, held out); too few: none."""
+    splits = {}
+    for direction, (source, _) in DIRECTIONS.items():
+        prompts = [ex for ex, label in labelled if label == source][:n_prompts]
+        if len(prompts) < 4:
+            log.warning("specificity: too few %r prompts; %s skipped", source, direction)
+            continue
+        tune_rows, held_rows = split_half(len(prompts), seed)
+        splits[direction] = ([prompts[i] for i in tune_rows], [prompts[i] for i in held_rows])
+    return splits
+
+
+def _masks(
+    score: np.ndarray, spec: SpecificityConfig, shape: tuple[int, ...], rng: np.random.Generator
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The top set of each size, and every mask fitted: per size the top set, then its
+    matched random draws."""
+    targeted = []
+    for size in spec.sizes:
+        layers, neurons = select_top(score, size)
+        mask = np.zeros(shape, dtype=bool)
+        mask[layers, neurons] = True
+        targeted.append(mask)
+    masks = np.concatenate(
+        [np.concatenate([m[None], matched_masks(m, spec.draws, rng)]) for m in targeted]
+    )
+    return targeted, masks
+
+
+def _size_rows(
+    labels: list[list[str]],
+    spec: SpecificityConfig,
+    targeted: list[np.ndarray],
+    toward: str,
+    held_out: Sequence[Example],
+    common: dict[str, Any],
+    budget: float,
+) -> list[dict[str, Any]]:
+    """One row per set size: the top set's held-out rates beside its matched draws'."""
+    rows = []
+    per_size = 1 + spec.draws
+    for s, size in enumerate(spec.sizes):
+        group = labels[s * per_size : (s + 1) * per_size]
+        hits = sum(label == toward for label in group[0])
+        draws = [rates(g)[toward] for g in group[1:]]
+        rows.append({
+            **common, "size": size, "n_neurons": int(targeted[s].sum()), "budget": budget,
+            "n_prompts": len(held_out), "targeted": rates(group[0]),
+            "targeted_ci": list(wilson(hits, len(held_out))),
+            "matched": summarise(draws, SHARE), "matched_per_draw": draws,
+        })  # fmt: skip
+    return rows
