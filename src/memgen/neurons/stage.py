@@ -22,7 +22,7 @@ from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig, set_name
 from memgen.core.errors import MemgenError
 from memgen.core.neuron_set import NeuronSet, write_scores
-from memgen.core.recorded import read_record
+from memgen.core.recorded import Recorded, read_record
 from memgen.neurons.consistency import split_half
 from memgen.neurons.figures import plot_layer_share, plot_nmd_heatmap, plot_score_by_layer
 from memgen.neurons.scores import SCORERS, score
@@ -54,6 +54,40 @@ def _consistency_summary(report: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def _save_sets(
+    out: Path, recorded: Recorded, main: np.ndarray, nmd: np.ndarray, cfg: RunConfig
+) -> dict[str, np.ndarray]:
+    """One neuron set per `neurons.top_n`, saved; where each one's neurons sit, by layer."""
+    nc = cfg.neurons
+    n_layers, width = main.shape
+    shares: dict[str, np.ndarray] = {}
+    meta = {"task": cfg.task, "n_pairs": recorded.n_pairs, "n_rows": len(recorded.labels)}
+    for fraction in nc.top_n:
+        layers, neurons = select_top(main, fraction)
+        neuron_set = NeuronSet(
+            model=recorded.model, site=nc.site, scorer=nc.scorer, top_n=fraction,
+            n_layers=n_layers, width=width, layers=layers, neurons=neurons,
+            nmd=nmd[layers, neurons], score=main[layers, neurons], meta=meta,
+        )  # fmt: skip
+        name = set_name(fraction)
+        neuron_set.save(out / name)
+        shares[name] = layer_share(layers, n_layers)
+        log.info("neurons: %s = %d neurons at %s", name, len(neuron_set), nc.site)
+    return shares
+
+
+def _plot(
+    out: Path, nmd: np.ndarray, main: np.ndarray, shares: dict[str, np.ndarray], cfg: RunConfig
+) -> None:
+    nc = cfg.neurons
+    what = f"{cfg.task}, {nc.site}"
+    plot_nmd_heatmap(nmd, out / "nmd_sorted.png", f"{what}: NMD per layer, sorted")
+    plot_layer_share(shares, out / "layer_share.png", f"{what}: where the top-N neurons sit")
+    plot_score_by_layer(
+        main, out / "score_by_layer.png", f"{what}: |{nc.scorer}| per layer", nc.scorer
+    )
+
+
 def run_neurons(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     step = open_step(run_dir, "neurons", cfg, force)
     if step is None:
@@ -70,46 +104,19 @@ def run_neurons(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
             f"neurons: found {recorded.n_pairs} flipped pairs, need at least {MIN_PAIRS}; "
             "mine more with a larger behave.target_flips"
         )
-    n_layers, width = x.shape[1:]
     out = stage.begin()
 
     nmd = score("nmd", x, y)
     main = nmd if nc.scorer == "nmd" else score(nc.scorer, x, y)
     write_scores(out, {"nmd": nmd, "score": main}, {"site": nc.site, "scorer": nc.scorer})
 
-    shares: dict[str, np.ndarray] = {}
-    meta = {"task": cfg.task, "n_pairs": recorded.n_pairs, "n_rows": len(y)}
-    for fraction in nc.top_n:
-        layers, neurons = select_top(main, fraction)
-        neuron_set = NeuronSet(
-            model=recorded.model,
-            site=nc.site,
-            scorer=nc.scorer,
-            top_n=fraction,
-            n_layers=n_layers,
-            width=width,
-            layers=layers,
-            neurons=neurons,
-            nmd=nmd[layers, neurons],
-            score=main[layers, neurons],
-            meta=meta,
-        )
-        name = set_name(fraction)
-        neuron_set.save(out / name)
-        shares[name] = layer_share(layers, n_layers)
-        log.info("neurons: %s = %d neurons at %s", name, len(neuron_set), nc.site)
-
+    shares = _save_sets(out, recorded, main, nmd, cfg)
     consistency = split_half(
         x, y, recorded.pair_ids, nc.scorer, nc.top_n, n_splits=nc.consistency_splits, seed=cfg.seed
     )
     write_json(out / "consistency.json", consistency)
 
-    what = f"{cfg.task}, {nc.site}"
-    plot_nmd_heatmap(nmd, out / "nmd_sorted.png", f"{what}: NMD per layer, sorted")
-    plot_layer_share(shares, out / "layer_share.png", f"{what}: where the top-N neurons sit")
-    plot_score_by_layer(
-        main, out / "score_by_layer.png", f"{what}: |{nc.scorer}| per layer", nc.scorer
-    )
+    _plot(out, nmd, main, shares, cfg)
 
     summary = {
         "site": nc.site,
