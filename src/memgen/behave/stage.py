@@ -12,19 +12,57 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
-from memgen.behave.pairs import mine_pairs, require_flips
+from memgen.behave.pairs import PairSearch, mine_pairs, require_flips
 from memgen.behave.rule import rule_following
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
-from memgen.core.examples import PAIRS_FILE, TEST_ANSWERS_FILE, read_split
+from memgen.core.examples import PAIRS_FILE, TEST_ANSWERS_FILE, Example, Labelled, read_split
 from memgen.core.generation import label_examples
 from memgen.core.modeling import load_run_model
 from memgen.core.stats import rates_with_ci, wilson
 from memgen.pipeline import open_step
-from memgen.tasks.base import make_task
+from memgen.tasks.base import Task, make_task
 
 log = logging.getLogger(__name__)
+
+
+def _write_test_answers(
+    out: Path, labelled: list[Labelled], task: Task, test: list[Example]
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, dict[str, float]]]]:
+    """Each test answer with its label, the rates with their CIs, and a mixture's per task."""
+    with (out / TEST_ANSWERS_FILE).open("w") as handle:
+        for row in labelled:
+            handle.write(json.dumps(row.to_row()) + "\n")
+    test_rates = rates_with_ci(row.label for row in labelled)
+    write_json(out / "rates.json", test_rates)
+    parts = task.split_by_task(test)
+    by_task = {  # a mixture's rates per component task
+        name: rates_with_ci(labelled[i].label for i in positions) for name, _, positions in parts
+    }
+    log.info("behave: test rates %s", {k: round(v["rate"], 3) for k, v in test_rates.items()})
+    return test_rates, by_task if len(parts) > 1 else {}
+
+
+def _write_pairs(out: Path, search: PairSearch) -> None:
+    with (out / PAIRS_FILE).open("w") as handle:
+        for pair_id, pair in enumerate(search.flipped):
+            for member in pair:
+                handle.write(json.dumps({"pair_id": pair_id, **member.to_row()}) + "\n")
+
+
+def _pairs_summary(search: PairSearch, task: Task, mixture: bool) -> dict[str, Any]:
+    low, high = wilson(len(search.flipped), search.evaluated)
+    flipped_parts = task.split_by_task([pair[0].example for pair in search.flipped])
+    return {
+        "evaluated": search.evaluated,
+        "flipped": len(search.flipped),
+        "flip_rate": search.flip_rate,
+        "flip_rate_ci": [low, high],
+        # A mixture's neurons are scored on all its pairs: how many each task gave.
+        "by_task": {name: len(rows) for name, _, rows in flipped_parts} if mixture else {},
+    }
 
 
 def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
@@ -42,18 +80,7 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
     labelled = label_examples(
         model, tokenizer, task, test, cfg.behave, chat=chat, progress=progress
     )
-    with (out / TEST_ANSWERS_FILE).open("w") as handle:
-        for row in labelled:
-            handle.write(json.dumps(row.to_row()) + "\n")
-    test_rates = rates_with_ci(row.label for row in labelled)
-    write_json(out / "rates.json", test_rates)
-    parts = task.split_by_task(test)
-    by_task = {  # a mixture's rates per component task
-        name: rates_with_ci(labelled[i].label for i in positions) for name, _, positions in parts
-    }
-    by_task = by_task if len(parts) > 1 else {}
-    log.info("behave: test rates %s", {k: round(v["rate"], 3) for k, v in test_rates.items()})
-
+    test_rates, by_task = _write_test_answers(out, labelled, task, test)
     rule = None
     checks = task.rule_check_set(cfg.behave.n_rule_check, cfg.seed)
     if checks:  # tasks where a shortcut could pass for the rule (color)
@@ -65,27 +92,14 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
     search = mine_pairs(
         model, tokenizer, task, task.pairs(cfg.seed), cfg.behave, chat=chat, progress=progress
     )
-    with (out / PAIRS_FILE).open("w") as handle:
-        for pair_id, pair in enumerate(search.flipped):
-            for member in pair:
-                handle.write(json.dumps({"pair_id": pair_id, **member.to_row()}) + "\n")
+    _write_pairs(out, search)
     require_flips(search, cfg.behave)  # after writing: the pairs found are kept either way
-    low, high = wilson(len(search.flipped), search.evaluated)
-    flipped_parts = task.split_by_task([pair[0].example for pair in search.flipped])
-    flips_by_task = {name: len(rows) for name, _, rows in flipped_parts}
     summary = {
         "test_rates": {k: v["rate"] for k, v in test_rates.items()},
         "test_rates_ci": test_rates,
         "test_rates_by_task": by_task,
         "rule_following": rule,
-        "pairs": {
-            "evaluated": search.evaluated,
-            "flipped": len(search.flipped),
-            "flip_rate": search.flip_rate,
-            "flip_rate_ci": [low, high],
-            # A mixture's neurons are scored on all its pairs: how many each task gave.
-            "by_task": flips_by_task if len(by_task) > 1 else {},
-        },
+        "pairs": _pairs_summary(search, task, mixture=len(by_task) > 1),
     }
     step.finish(summary)
     log.info(
