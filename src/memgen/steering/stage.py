@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -30,7 +30,7 @@ import numpy as np
 
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig, set_name
-from memgen.core.examples import Example, read_split, read_test_answers
+from memgen.core.examples import Behaviour, Example, read_split, read_test_answers
 from memgen.core.modeling import load_run_model, model_identity
 from memgen.core.neuron_set import NeuronSet, read_scores
 from memgen.core.recorded import read_record
@@ -169,20 +169,129 @@ def held_out_line(row: dict[str, Any], toward: str) -> str:
     )
 
 
-def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
-    step = open_step(run_dir, "steer", cfg, force)
-    if step is None:
-        return Stage(run_dir, "steer")
-    cfg, stage = step.cfg, step.stage
-    data, train, behave, record, neurons = (
-        step.inputs["data"],
-        step.inputs["train"],
-        step.inputs["behave"],
-        step.inputs["record"],
-        step.inputs["neurons"],
-    )
+@dataclass
+class _Steer:
+    """What every direction and method of one `steer` run uses."""
+
+    cfg: RunConfig
+    bench: Bench
+    stats: SiteStats
+    sets: dict[str, NeuronSet]
+    score: np.ndarray
+    kind: SiteKind
+    rng: np.random.Generator
+    bounds: Bounds
+    accuracy_set: list[Example]
+    taught: list[Behaviour]
+
+    def train_accuracy(self, shifts: np.ndarray, position: str) -> list[float]:
+        """Share of training prompts answered as taught (an intended flip counts as a miss)."""
+        if not self.accuracy_set:
+            return [float("nan")] * len(shifts)
+        return [
+            float(np.mean([got == want != "other"
+                           for got, want in zip(row, self.taught, strict=True)]))
+            for row in self.bench.labels(self.accuracy_set, shifts, position)
+        ]  # fmt: skip
+
+
+def _direction_prompts(
+    labelled: Sequence[tuple[Example, str]], source: str, n: int, seed: int
+) -> tuple[list[Example], list[Example], dict[str, list[int]]] | None:
+    """(tuning, held out, their rows of test_outputs.jsonl) of one direction; None: too few."""
+    index = [i for i, (_, label) in enumerate(labelled) if label == source][:n]
+    if len(index) < 4:
+        return None
+    tune_rows, held_rows = split_half(len(index), seed)
+    tuning = [labelled[index[i]][0] for i in tune_rows]
+    held_out = [labelled[index[i]][0] for i in held_rows]
+    rows = {"tuning": [index[i] for i in tune_rows], "held_out": [index[i] for i in held_rows]}
+    return tuning, held_out, rows
+
+
+def _sweep_rows(direction: str, method: str, screened: list[Tried], tried: list[Tried]) -> list[
+    dict[str, Any]
+]:  # fmt: skip
+    return [
+        {"direction": direction, "method": method, "selection": t.candidate.selection,
+         "size": t.candidate.size, "position": t.position, "split": split,
+         "n_prompts": len(t.labels), "rates": t.rates, "retention": t.retention,
+         "push": t.push}
+        for split, group in (("screen", screened), ("tuning", tried))
+        for t in group
+    ]  # fmt: skip
+
+
+def _held_out_row(
+    run: _Steer, direction: str, method: Method, pick: Tried, runner: MethodRunner,
+    held_out: list[Example], side_held: SideSet, baseline_accuracy: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The chosen setting held out, beside its matched control and the paper's controls."""
+    sc, toward, chosen = run.cfg.steer, DIRECTIONS[direction][1], pick.candidate
+    matched = runner.matched(method, chosen, toward, run.rng)
+    paper = (
+        [] if method.dense or method.whole_layers
+        else [paper_control(k, chosen.shift, run.score, run.stats.nmd, toward, run.rng)
+              for k in sc.controls]
+    )  # fmt: skip
+    shifts = np.stack([chosen.shift, *matched, *paper])
+    labels = run.bench.labels(held_out, shifts, pick.position)
+    target, matched_labels = labels[0], labels[1 : 1 + len(matched)]
+    kept = side_held.retention(run.bench, shifts[: 1 + len(matched)], pick.position)
+    kl = next_token_kl(run.bench.model, run.bench.tokenizer,
+                       [ex.prompt for ex in side_held.examples], shifts[:1], run.kind,
+                       batch_size=run.cfg.behave.batch_size, chat=run.cfg.train.chat)  # fmt: skip
+    draws = [rates(lab)[toward] for lab in matched_labels]
+    matched_rates = rates([x for lab in matched_labels for x in lab])
+    row: dict[str, Any] = {
+        "direction": direction, "method": method.name, "selection": chosen.selection,
+        "top_n": run.sets[chosen.selection].top_n if chosen.selection in run.sets else None,
+        "size": chosen.size, "position": pick.position, "split": "held_out",
+        "n_prompts": len(held_out), "targeted": rates(target), "ci": intervals(target),
+        "tuning": {"n_prompts": len(pick.labels), "rates": pick.rates,
+                   "retention": pick.retention},
+        "n_neurons": int(np.count_nonzero(chosen.shift)),
+        "shift": shift_size(chosen.shift, run.stats),
+        "control": matched_rates,
+        "controls": {
+            "matched": {"rates": matched_rates, "target_per_draw": draws,
+                        "target": summarise(draws, SHARE), "retention_per_draw": kept[1:]},
+            **{k: rates(lab) for k, lab in zip(sc.controls, labels[1 + len(matched):],
+                                              strict=False)},
+        },
+        "side_effect": {
+            "retention": kept[0], "n_retention": len(side_held.examples), "kl": float(kl[0]),
+            "train_accuracy": run.train_accuracy(shifts[:1], pick.position)[0],
+            "baseline": baseline_accuracy,
+        },
+    }  # fmt: skip
+    upper = row["controls"]["matched"]["target"]["ci_high"]
+    row["beats_matched"] = bool(row["ci"][toward][0] > (upper if upper is not None else draws[0]))
+    return row
+
+
+def _save_best(
+    run: _Steer, direction: str, chosen_rows: list[tuple[Tried, dict[str, Any]]],
+    retention: Callable[[list[Tried]], list[float]], out: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """Of the methods' held-out rows, the one `Bounds.choose` picks on tuning, saved."""
+    toward = DIRECTIONS[direction][1]
+    winner = run.bounds.choose([t for t, _ in chosen_rows], toward, retention)
+    row = next(r for t, r in chosen_rows if t is winner)
+    meta = {key: row[key] for key in ("direction", "method", "selection", "size")}
+    meta.update(toward=toward, held_out=row["targeted"], n_held_out=row["n_prompts"],
+                ci=row["ci"], task=run.cfg.task)  # fmt: skip
+    steering = Steering(model_identity(run.bench.model), run.kind, winner.position,
+                        winner.candidate.shift, meta)  # fmt: skip
+    steering.save(out / "best" / direction)
+    return {**row, "file": f"best/{direction}"}
+
+
+def _setup(step: Any) -> tuple[_Steer, list[tuple[Example, Behaviour]], list[Example]]:
+    cfg = step.cfg
+    names = ("data", "train", "behave", "record", "neurons")
+    data, train, behave, record, neurons = (step.inputs[name] for name in names)
     sc = cfg.steer
-    methods = [METHODS.get(name) for name in sc.methods]
     task = make_task(cfg.task, cfg.data.options)
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
     kind = cast(SiteKind, cfg.neurons.site)
@@ -194,122 +303,53 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
     labelled = read_test_answers(behave.path)
     trained = read_split(data.path, "train")
     bench = Bench(model, tokenizer, task, cfg, kind)
-    out = stage.begin()
-    rng = np.random.default_rng(cfg.seed)
     bounds = Bounds(sc.max_other, sc.min_retention, sc.screen_prompts, sc.screen_keep)
     accuracy_set = trained[: sc.n_side_effect]
     taught = [task.label(ex, ex.completion) for ex in accuracy_set]
+    run = _Steer(cfg, bench, stats, sets, score, kind, np.random.default_rng(cfg.seed), bounds,
+                 accuracy_set, taught)  # fmt: skip
+    return run, labelled, trained
 
-    def train_accuracy(shifts: np.ndarray, position: str) -> list[float]:
-        """Share of training prompts answered as taught (an intended flip counts as a miss)."""
-        if not accuracy_set:
-            return [float("nan")] * len(shifts)
-        return [
-            float(np.mean([got == want != "other" for got, want in zip(row, taught, strict=True)]))
-            for row in bench.labels(accuracy_set, shifts, position)
-        ]
 
-    baseline_accuracy = train_accuracy(np.zeros((1, *stats.shape)), "last")[0]
+def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
+    step = open_step(run_dir, "steer", cfg, force)
+    if step is None:
+        return Stage(run_dir, "steer")
+    cfg, stage = step.cfg, step.stage
+    methods = [METHODS.get(name) for name in cfg.steer.methods]
+    run, labelled, trained = _setup(step)
+    out = stage.begin()
+    baseline_accuracy = run.train_accuracy(np.zeros((1, *run.stats.shape)), "last")[0]
     rows: list[dict[str, Any]] = []
     best: dict[str, dict[str, Any]] = {}
     splits: dict[str, dict[str, list[int]]] = {}  # direction -> rows of test_outputs.jsonl
     sweep: list[dict[str, Any]] = []  # every setting tried, on (part of) the tuning split
     for direction, (source, toward) in DIRECTIONS.items():
-        index = [i for i, (_, label) in enumerate(labelled) if label == source][: sc.n_prompts]
-        prompts = [labelled[i][0] for i in index]
-        if len(prompts) < 4:
-            log.warning("steer: %d test prompts answered %r; %s skipped", len(prompts), source,
-                        direction)  # fmt: skip
+        found = _direction_prompts(labelled, source, cfg.steer.n_prompts, cfg.seed)
+        if found is None:
+            log.warning("steer: too few test prompts answered %r; %s skipped", source, direction)
             continue
-        tune_rows, held_rows = split_half(len(prompts), cfg.seed)
-        tuning, held_out = [prompts[i] for i in tune_rows], [prompts[i] for i in held_rows]
-        splits[direction] = {
-            "tuning": [index[i] for i in tune_rows],
-            "held_out": [index[i] for i in held_rows],
-        }
-        side_tune, side_held = side_sets(bench, trained, toward, sc.n_side_effect, cfg.seed)
-        runner = MethodRunner(stats, sets, bench, tuning, side_tune, cfg)
+        tuning, held_out, splits[direction] = found
+        side_tune, side_held = side_sets(run.bench, trained, toward, cfg.steer.n_side_effect,
+                                         cfg.seed)  # fmt: skip
+        runner = MethodRunner(run.stats, run.sets, run.bench, tuning, side_tune, cfg)
+        retention = functools.partial(_retention, run.bench, side_tune)
         chosen_rows: list[tuple[Tried, dict[str, Any]]] = []
-
-        def retention(settings: list[Tried], side: SideSet = side_tune) -> list[float]:
-            """Retention on the tuning side-effect prompts, batched per position."""
-            settings_at = [(t.candidate, t.position) for t in settings]
-            return per_position(settings_at, functools.partial(side.retention, bench))
-
         for method in methods:
             log.info("steer: %s, tuning %s on %d prompts", direction, method.name, len(tuning))
-            candidates = runner.candidates(method, toward)
             pick, screened, tried = tune(
-                bench, candidates, sc.positions, tuning, toward, bounds, retention,
-                lambda shift: shift_size(shift, stats)["relative_norm"],
+                run.bench, runner.candidates(method, toward), cfg.steer.positions, tuning,
+                toward, run.bounds, retention,
+                lambda shift: shift_size(shift, run.stats)["relative_norm"],
             )  # fmt: skip
-            sweep += [
-                {"direction": direction, "method": method.name,
-                 "selection": t.candidate.selection, "size": t.candidate.size,
-                 "position": t.position, "split": split, "n_prompts": len(t.labels),
-                 "rates": t.rates, "retention": t.retention, "push": t.push}
-                for split, group in (("screen", screened), ("tuning", tried))
-                for t in group
-            ]  # fmt: skip
-            chosen = pick.candidate
-            # Held out: the chosen setting, its matched control and the paper's controls.
-            matched = runner.matched(method, chosen, toward, rng)
-            paper = (
-                [] if method.dense or method.whole_layers
-                else [paper_control(k, chosen.shift, score, stats.nmd, toward, rng)
-                      for k in sc.controls]
-            )  # fmt: skip
-            shifts = np.stack([chosen.shift, *matched, *paper])
-            labels = bench.labels(held_out, shifts, pick.position)
-            target, matched_labels = labels[0], labels[1 : 1 + len(matched)]
-            kept = side_held.retention(bench, shifts[: 1 + len(matched)], pick.position)
-            kl = next_token_kl(model, tokenizer, [ex.prompt for ex in side_held.examples],
-                               shifts[:1], kind, batch_size=cfg.behave.batch_size,
-                               chat=cfg.train.chat)  # fmt: skip
-            draws = [rates(lab)[toward] for lab in matched_labels]
-            matched_rates = rates([x for lab in matched_labels for x in lab])
-            row: dict[str, Any] = {
-                "direction": direction, "method": method.name, "selection": chosen.selection,
-                "top_n": sets[chosen.selection].top_n if chosen.selection in sets else None,
-                "size": chosen.size, "position": pick.position, "split": "held_out",
-                "n_prompts": len(held_out), "targeted": rates(target), "ci": intervals(target),
-                "tuning": {"n_prompts": len(pick.labels), "rates": pick.rates,
-                           "retention": pick.retention},
-                "n_neurons": int(np.count_nonzero(chosen.shift)),
-                "shift": shift_size(chosen.shift, stats),
-                "control": matched_rates,
-                "controls": {
-                    "matched": {"rates": matched_rates, "target_per_draw": draws,
-                                "target": summarise(draws, SHARE),
-                                "retention_per_draw": kept[1:]},
-                    **{k: rates(lab) for k, lab in zip(sc.controls, labels[1 + len(matched):],
-                                                      strict=False)},
-                },
-                "side_effect": {
-                    "retention": kept[0], "n_retention": len(side_held.examples),
-                    "kl": float(kl[0]),
-                    "train_accuracy": train_accuracy(shifts[:1], pick.position)[0],
-                    "baseline": baseline_accuracy,
-                },
-            }  # fmt: skip
-            upper = row["controls"]["matched"]["target"]["ci_high"]
-            row["beats_matched"] = bool(
-                row["ci"][toward][0] > (upper if upper is not None else draws[0])
-            )
+            sweep += _sweep_rows(direction, method.name, screened, tried)
+            row = _held_out_row(run, direction, method, pick, runner, held_out, side_held,
+                                baseline_accuracy)  # fmt: skip
             rows.append(row)
             chosen_rows.append((pick, row))
             log.info("steer  %s", held_out_line(row, toward))
         if chosen_rows:
-            winner = bounds.choose([t for t, _ in chosen_rows], toward, retention)
-            row = next(r for t, r in chosen_rows if t is winner)
-            meta = {key: row[key] for key in ("direction", "method", "selection", "size")}
-            meta.update(toward=toward, held_out=row["targeted"], n_held_out=row["n_prompts"],
-                        ci=row["ci"], task=cfg.task)  # fmt: skip
-            steering = Steering(
-                model_identity(model), kind, winner.position, winner.candidate.shift, meta
-            )
-            steering.save(out / "best" / direction)
-            best[direction] = {**row, "file": f"best/{direction}"}
+            best[direction] = _save_best(run, direction, chosen_rows, retention, out)
     write_json(
         out / "steering.json", {"rows": rows, "best": best, "splits": splits, "sweep": sweep}
     )
@@ -318,3 +358,9 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
     for row in best.values():
         log.info("steer  best  %s", held_out_line(row, row["direction"].split("_to_")[-1]))
     return stage
+
+
+def _retention(bench: Bench, side: SideSet, settings: list[Tried]) -> list[float]:
+    """Retention on the tuning side-effect prompts, batched per position."""
+    settings_at = [(t.candidate, t.position) for t in settings]
+    return per_position(settings_at, functools.partial(side.retention, bench))
