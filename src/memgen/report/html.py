@@ -51,14 +51,6 @@ def _figure(path: Path | None, caption: str) -> str:
     return f"<figure>{_image(path)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
-def _card(title: str, value: str, note: str, good: bool | None = None) -> str:
-    cls = "" if good is None else (" ok" if good else " bad")
-    return (
-        f'<div class="card"><div class="k">{html.escape(title)}</div>'
-        f'<div class="v{cls}">{value}</div><div class="n">{note}</div></div>'
-    )
-
-
 def _table(header: list[str], rows: list[list[str]]) -> str:
     """An HTML table; every cell is escaped."""
     head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
@@ -172,66 +164,73 @@ def _optional_sections(results: dict[str, Any], figures: dict[str, Path]) -> lis
     return sections
 
 
+def _with_ci(rate: float | None, low: float | None, high: float | None, n: int) -> str:
+    return f"{_pct(rate)} [{_pct(low)}, {_pct(high)}], n={n}"
+
+
+def _paper_verdict(rate: float | None, high: float | None, paper: float) -> str:
+    """Reproduced when the paper's figure is within this run's 95% interval, or below it."""
+    if rate is None:
+        return "not measured"
+    return "reproduced" if (high if high is not None else rate) >= paper else "not reproduced"
+
+
+def _steering_verdicts(results: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    papers = {"mem_to_gen": 0.837, "gen_to_mem": 0.899}
+    for method in ("nmd", "fitted"):
+        for r in results["steering"]:
+            if r["method"] != method:
+                continue
+            toward = "gen" if r["direction"] == "mem_to_gen" else "mem"
+            low, high = r["ci"][toward]
+            matched = r["controls"]["matched"]["target"]["mean"]
+            figure = (f"{_with_ci(r['targeted'][toward], low, high, r['n_prompts'])}; "
+                      f"matched random {_pct(matched)}")  # fmt: skip
+            arrow = r["direction"].replace("_to_", " → ")
+            if method == "nmd":
+                paper = papers[r["direction"]]
+                rows.append([f"steering by alpha × NMD, {arrow}", _pct(paper), figure,
+                             _paper_verdict(r["targeted"][toward], high, paper)])  # fmt: skip
+            else:
+                beats = "beats" if r["beats_matched"] else "does not beat"
+                rows.append([f"added: fitted shift (the ceiling), {arrow}", "–", figure,
+                             f"the selection {beats} matched random neurons"])  # fmt: skip
+    return rows
+
+
+def verdict_rows(results: dict[str, Any]) -> list[list[str]]:
+    """This run's figure beside the paper's, claim by claim: [claim, paper, run, verdict]."""
+    pairs, probe = results["pairs"], results["probe"]["best"]
+    low, high = pairs.get("flip_rate_ci") or (None, None)
+    rows = [
+        ["flipped pairs (twin prompts answered one mem, one gen)", "8-11% of pairs",
+         _with_ci(pairs.get("flip_rate"), low, high, pairs["evaluated"]),
+         "present" if pairs["flipped"] else "none found"],
+        [f"behaviour predicted from activations (best: {probe['site']} layer {probe['layer']})",
+         "> 92%", _with_ci(probe["accuracy"], probe["ci_low"], probe["ci_high"],
+                           2 * results["probe"].get("n_pairs", 0)),
+         _paper_verdict(probe["accuracy"], probe["ci_high"], 0.92)],
+    ]  # fmt: skip
+    return rows + _steering_verdicts(results)
+
+
 def render(results: dict[str, Any], figures: dict[str, Path]) -> str:
     rates = results["behaviour"]["test_rates"]
-    pairs = results["pairs"]
-    best_probe = results["probe"]["best"]
-    best = results.get("steering_best", {})
-    m2g, g2m = best.get("mem_to_gen"), best.get("gen_to_mem")
-    cards = [
-        _card(
-            "test behaviour",
-            f"{_pct(rates['gen'])} gen",
-            f"{_pct(rates['mem'])} mem · {_pct(rates['other'])} other",
-        ),
-        _card(
-            "flipped pairs",
-            str(pairs["flipped"]),
-            f"of {pairs['evaluated']:,} pairs ({_pct(pairs.get('flip_rate'))})",
-        ),
-        _card(
-            "best probe",
-            _pct(best_probe["accuracy"]),
-            f"{html.escape(str(best_probe['site']))} layer {best_probe['layer']}",
-            best_probe["accuracy"] >= 0.92,
-        ),
-    ]
-    for task, shares in (results["behaviour"].get("test_rates_by_task") or {}).items():
-        cards.insert(1, _card(  # a mixture: each task's own test prompts
-            f"test behaviour: {html.escape(task)}",
-            f"{_pct(shares['gen']['rate'])} gen",
-            f"{_pct(shares['mem']['rate'])} mem · {_pct(shares['other']['rate'])} other "
-            f"(n={sum(int(row['n']) for row in shares.values())})",
-        ))  # fmt: skip
-    rule = results["behaviour"].get("rule_following")
-    if rule and rule["n"]:
-        cards.insert(1, _card(
-            "gen is the rule?",
-            _pct(rule["share"]),
-            f"of {rule['n']} answers that repeat a colour the prompt states, the clue's "
-            f"(chance {_pct(rule['chance'])}; the paper's prompts, n={rule['n_prompts']})",
-            rule["share"] >= 0.9,
-        ))  # fmt: skip
-    for label, row, target in (("steer mem → gen", m2g, "gen"), ("steer gen → mem", g2m, "mem")):
-        if row:
-            matched = row["controls"]["matched"]["target"]["mean"]
-            verdict = "beats" if row["beats_matched"] else "does not beat"
-            cards.append(
-                _card(
-                    label + " (held out)",
-                    _pct(row["targeted"][target]),
-                    f"{html.escape(row['method'])}, n={row['n_prompts']}; matched control "
-                    f"{_pct(matched)}: the selection {verdict} it",
-                    row["targeted"][target] >= 0.8,
-                )
-            )
+    verdicts = _table(["claim", "the paper", "this run (held out, 95% CI)", "verdict"],
+                      verdict_rows(results))  # fmt: skip
+    overview = (
+        f'<p class="note">Test prompts (memory and rule disagree): {_pct(rates["gen"])} gen, '
+        f"{_pct(rates['mem'])} mem, {_pct(rates['other'])} other. Verdicts are for this run "
+        "only; across seeds see <code>memgen compare</code>.</p>"
+    )
     title = f"memgen · {results['task']} · {results['model']} · seed {results['seed']}"
     sections = [
         "<h2>1. Training: both behaviours emerge</h2>",
-        '<p class="note">Share of test prompts (memory and rule disagree) answered by the rule '
-        "(gen), by recall (mem) or otherwise, during training. The dashed line is the kept "
-        "checkpoint.</p>",
-        _figure(figures.get("curve"), "Behaviour on test prompts vs training step."),
+        '<p class="note">Share of dev prompts (memory and rule disagree; none is a test '
+        "prompt) answered by the rule (gen), by recall (mem) or otherwise, during training. "
+        "The dashed line is the kept checkpoint, chosen on these dev rates.</p>",
+        _figure(figures.get("curve"), "Behaviour on dev prompts vs training step."),
         "<h2>2. Where the behaviours differ: neurons</h2>",
         '<p class="note">NMD = mean activation on memorized minus generalized members of '
         "flipped pairs, per neuron, sorted within each layer. Positive neurons lean memorization, "
@@ -270,6 +269,6 @@ def render(results: dict[str, Any], figures: dict[str, Path]) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{CSS}</style></head><body><main><h1>{html.escape(title)}</h1>"
         f'<p class="sub">Neuron-level differentiation of memorization and generalization '
-        f"(arXiv 2412.18497), reproduced with memgen.</p><div class='cards'>{''.join(cards)}</div>"
+        f"(arXiv 2412.18497), tested with memgen.</p>{verdicts}{overview}"
         f"{''.join(sections)}</main></body></html>"
     )
