@@ -296,8 +296,8 @@ def compare_runs(run_dirs: Sequence[Path], shared_units: bool = False) -> dict[s
             "cross_steering": cross}  # fmt: skip
 
 
-def format_table(comparison: dict[str, Any]) -> str:
-    """A plain-text table: one line per run, then mean and 95% CI per task."""
+def _seed_table(comparison: dict[str, Any]) -> list[str]:
+    """One line per run, then mean, 95% CI half-width and range per task."""
     columns = ["gen", "mem", "other", "flip_rate", "probe_best", "mem_to_gen", "gen_to_mem"]
     labels = [row["run"] for row in comparison["runs"]] + ["95% CI half-width"]
     width = max(len(label) for label in labels + [f"mean ({t})" for t in comparison["summary"]]) + 2
@@ -321,42 +321,53 @@ def format_table(comparison: dict[str, Any]) -> str:
             ranges.append(f"{text:>11}")
         lines.append("95% CI half-width".ljust(width) + "".join(spread))
         lines.append("range".ljust(width) + "".join(ranges))
-    lines.append("")
+    return lines
+
+
+def _pair_lines(pair: dict[str, Any]) -> list[str]:
+    """What two runs' behaviour neurons share, when their units correspond."""
+    head = f"{pair['runs'][0]} vs {pair['runs'][1]}: "
+    if not pair["comparable"]:
+        return [head + pair["why"]]
+    parts = [f"layer-profile distance {v:.2f} (top {float(k):.0%})"
+             for k, v in pair["layer_profile_distance"].items()]  # fmt: skip
+    for key, overlap in pair.get("overlap", {}).items():
+        parts.append(
+            f"top {float(key):.0%} Jaccard {overlap['jaccard']:.2f} "
+            f"(chance {overlap['chance_jaccard']:.3f}), Spearman {overlap['spearman']:.2f}, "
+            f"NMD signs agree on {overlap['sign_agreement']:.0%} of {overlap['n_shared']} "
+            "shared"
+        )
+    lines = [head + "; ".join(parts) + f" [{pair['why']}]"]
+    halves: dict[str, Any] = pair.get("overlap_halves") or {"top_n": [], "within": {}}
+    for row in halves["top_n"]:
+        key, jac = f"{row['top_n']:g}", row["jaccard"]
+        within = ", ".join(
+            f"{name} {by_n[key]['mean']:.2f}"
+            for name, by_n in halves["within"].items()
+            if key in by_n
+        )
+        lines.append(
+            f"  top {row['top_n']:.0%} from half the pairs: Jaccard across runs "
+            f"{jac['mean']:.2f} [{jac['ci_low']:.2f}, {jac['ci_high']:.2f}] (chance "
+            f"{row['jaccard_chance']:.3f}); within each run: {within}"
+        )
+    for row in pair.get("cross_probe", []):
+        lines.append(
+            f"  layer {row['layer']} probe across runs: {pair['runs'][0]} -> "
+            f"{pair['runs'][1]} {row['a_on_b']['accuracy']:.1%} (pairs ordered "
+            f"{row['a_on_b']['pairs']['share']:.1%}), reverse "
+            f"{row['b_on_a']['accuracy']:.1%} ({row['b_on_a']['pairs']['share']:.1%})"
+        )
+    return lines
+
+
+def format_table(comparison: dict[str, Any]) -> str:
+    """A plain-text table: one line per run, then mean and 95% CI per task; then what the
+    runs' neurons share and how steering carries from one run to another."""
+    lines = [*_seed_table(comparison), ""]
     for pair in comparison["neurons"]:
-        head = f"{pair['runs'][0]} vs {pair['runs'][1]}: "
-        if not pair["comparable"]:
-            lines.append(head + pair["why"])
-            continue
-        parts = [f"layer-profile distance {v:.2f} (top {float(k):.0%})"
-                 for k, v in pair["layer_profile_distance"].items()]  # fmt: skip
-        for key, overlap in pair.get("overlap", {}).items():
-            parts.append(
-                f"top {float(key):.0%} Jaccard {overlap['jaccard']:.2f} "
-                f"(chance {overlap['chance_jaccard']:.3f}), Spearman {overlap['spearman']:.2f}, "
-                f"NMD signs agree on {overlap['sign_agreement']:.0%} of {overlap['n_shared']} "
-                "shared"
-            )
-        lines.append(head + "; ".join(parts) + f" [{pair['why']}]")
-        halves = pair.get("overlap_halves")
-        for row in halves["top_n"] if halves else []:
-            key, jac = f"{row['top_n']:g}", row["jaccard"]
-            within = ", ".join(
-                f"{name} {by_n[key]['mean']:.2f}"
-                for name, by_n in halves["within"].items()
-                if key in by_n
-            )
-            lines.append(
-                f"  top {row['top_n']:.0%} from half the pairs: Jaccard across runs "
-                f"{jac['mean']:.2f} [{jac['ci_low']:.2f}, {jac['ci_high']:.2f}] (chance "
-                f"{row['jaccard_chance']:.3f}); within each run: {within}"
-            )
-        for row in pair.get("cross_probe", []):
-            lines.append(
-                f"  layer {row['layer']} probe across runs: {pair['runs'][0]} -> "
-                f"{pair['runs'][1]} {row['a_on_b']['accuracy']:.1%} (pairs ordered "
-                f"{row['a_on_b']['pairs']['share']:.1%}), reverse "
-                f"{row['b_on_a']['accuracy']:.1%} ({row['b_on_a']['pairs']['share']:.1%})"
-            )
+        lines += _pair_lines(pair)
     for row in comparison.get("cross_steering", []):
         toward = "gen" if row["direction"] == "mem_to_gen" else "mem"
         control = row["control"]["target"]["mean"]

@@ -332,6 +332,52 @@ def _samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast) -> dict
     return dict(zip(prompts, outputs, strict=True))
 
 
+def _train_base(
+    model: torch.nn.Module, rows: torch.Tensor, cfg: PretrainConfig, progress: bool
+) -> list[dict[str, float]]:
+    """Next-token training on random packed rows; the smoothed loss 20 times along the way."""
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.1
+    )
+    generator = torch.Generator().manual_seed(cfg.seed)
+    device = next(model.parameters()).device
+    curve: list[dict[str, float]] = []
+    running = float("nan")
+    model.train()
+    bar = tqdm(range(cfg.steps), desc="pretrain", disable=None if progress else True)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, cfg)
+        picked = torch.randint(len(rows), (cfg.batch_size,), generator=generator)
+        batch = rows[picked].to(device)
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = float(loss.detach())
+        running = value if math.isnan(running) else 0.98 * running + 0.02 * value
+        if (step + 1) % max(1, cfg.steps // 20) == 0 or step + 1 == cfg.steps:
+            curve.append({"step": step + 1, "train_loss": running})
+            bar.set_postfix(loss=f"{running:.3f}")
+    bar.close()
+    return curve
+
+
+def _save_base(
+    out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, info: dict[str, object]
+) -> None:
+    """Written beside, then swapped in, so a kill never leaves a half-saved base."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(out)
+
+
 def pretrain(out: Path, cfg: PretrainConfig, *, force: bool = False, progress: bool = True) -> Path:
     """Build the base into `out`; skipped when `out` already holds one made with `cfg`."""
     info_path = out / INFO_FILE
@@ -353,31 +399,7 @@ def pretrain(out: Path, cfg: PretrainConfig, *, force: bool = False, progress: b
     n_params = sum(p.numel() for p in model.parameters())
     log.info("pretrain: %d parameters, %d rows of %d tokens", n_params, len(rows), cfg.seq_len)
 
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.1
-    )
-    generator = torch.Generator().manual_seed(cfg.seed)
-    curve: list[dict[str, float]] = []
-    running = float("nan")
-    model.train()
-    bar = tqdm(range(cfg.steps), desc="pretrain", disable=None if progress else True)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, cfg)
-        picked = torch.randint(len(rows), (cfg.batch_size,), generator=generator)
-        batch = rows[picked].to(model.device)
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        value = float(loss.detach())
-        running = value if math.isnan(running) else 0.98 * running + 0.02 * value
-        if (step + 1) % max(1, cfg.steps // 20) == 0 or step + 1 == cfg.steps:
-            curve.append({"step": step + 1, "train_loss": running})
-            bar.set_postfix(loss=f"{running:.3f}")
-    bar.close()
-
+    curve = _train_base(model, rows, cfg, progress)
     info = {
         "config": wanted,
         "n_params": n_params,
@@ -389,15 +411,7 @@ def pretrain(out: Path, cfg: PretrainConfig, *, force: bool = False, progress: b
         "samples": _samples(model, tokenizer),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    # Written beside, then swapped in, so a kill never leaves a half-saved base.
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(out)
+    _save_base(out, model, tokenizer, info)
     log.info(
         "pretrain: held-out loss %.3f, copy skills %s, %.0f s -> %s",
         info["held_out_loss"],
