@@ -201,3 +201,17 @@ def test_a_damaged_activation_file_is_a_one_line_error(tmp_path: Path, damage: s
     with pytest.raises(MemgenError, match=r"not a readable \.npy") as info:
         read_record(tmp_path / "record").activations("resid")
     assert "\n" not in str(info.value)
+
+
+def test_nmd_in_sd_units_is_nmd_over_each_neurons_sd() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (40, 2, 5)) * np.array([1.0, 50.0])[None, :, None]
+    y = np.tile([1, 0], 20)
+    x[:, 0, 4] = 2.0  # constant: scores 0
+    expected = score("nmd", x, y) / x.std(axis=0, ddof=1)
+    expected[0, 4] = 0.0
+    np.testing.assert_allclose(score("nmd_sd", x, y), expected, rtol=1e-10, atol=1e-12)
+    # Scaling a layer by 50 moves raw NMD by 50 and NMD in sd units not at all.
+    scaled = x.copy()
+    scaled[:, 1] /= 50.0
+    np.testing.assert_allclose(score("nmd_sd", scaled, y), score("nmd_sd", x, y), rtol=1e-9)

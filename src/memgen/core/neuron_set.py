@@ -197,7 +197,7 @@ def check_model(
 
 
 def write_scores(folder: Path, maps: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    """`neurons`' per-neuron maps ([n_layers, width] float32 each: nmd, score)."""
+    """`neurons`' per-neuron maps ([n_layers, width] float32 each: nmd, nmd_sd, score)."""
     arrays = {name: np.asarray(value, dtype=np.float32) for name, value in maps.items()}
     save_file(arrays, str(folder / SCORES_FILE), metadata=metadata)
 

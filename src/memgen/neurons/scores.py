@@ -9,6 +9,8 @@ by the absolute value. All of them are vectorised over neurons; the only Python 
 is over column blocks, which bounds memory when X is a memory-mapped record array.
 
 - `nmd`: mean over mem rows minus mean over gen rows (the paper's NMD).
+- `nmd_sd`: NMD over the neuron's standard deviation across all rows (comparable
+  across layers whose activation norms differ).
 - `pearson`: correlation of activation with the binary label (point-biserial);
   a constant neuron scores 0.
 - `t`: Welch's t statistic (mem vs gen); a neuron constant in both groups scores 0.
@@ -147,6 +149,19 @@ def pearson(m: Moments) -> np.ndarray:
     scale = np.sqrt(m2 * total / (n_mem * n_gen))
     r = np.divide(diff, scale, out=np.zeros_like(diff), where=m2 > 0)
     return np.clip(r, -1.0, 1.0)
+
+
+@SCORERS.register("nmd_sd")
+@_from_moments
+def nmd_sd(m: Moments) -> np.ndarray:
+    # NMD in units of the neuron's standard deviation over all rows (ddof 1): raw NMD
+    # grows with a layer's activation norm, this does not; a constant neuron scores 0.
+    (n_mem,), (n_gen,) = m.n
+    diff = m.mean[0] - m.mean[1]
+    total = n_mem + n_gen
+    m2 = m.m2.sum(axis=0) + diff * diff * n_mem * n_gen / total
+    sd = np.sqrt(m2 / max(total - 1, 1))
+    return np.divide(diff, sd, out=np.zeros_like(diff), where=m2 > 0)
 
 
 @SCORERS.register("t")

@@ -106,9 +106,10 @@ def run_neurons(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
         )
     out = stage.begin()
 
-    nmd = score("nmd", x, y)
+    nmd, in_sd = score("nmd", x, y), score("nmd_sd", x, y)
     main = nmd if nc.scorer == "nmd" else score(nc.scorer, x, y)
-    write_scores(out, {"nmd": nmd, "score": main}, {"site": nc.site, "scorer": nc.scorer})
+    maps = {"nmd": nmd, "nmd_sd": in_sd, "score": main}
+    write_scores(out, maps, {"site": nc.site, "scorer": nc.scorer})
 
     shares = _save_sets(out, recorded, main, nmd, cfg)
     consistency = split_half(
@@ -123,6 +124,7 @@ def run_neurons(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
         "scorer": nc.scorer,
         "n_pairs": recorded.n_pairs,
         "mean_abs_nmd": _rounded(np.abs(nmd).mean(axis=1)),
+        "mean_abs_nmd_sd": _rounded(np.abs(in_sd).mean(axis=1)),
         "layer_share": {name: _rounded(share, 4) for name, share in shares.items()},
         "consistency": _consistency_summary(consistency),
     }
