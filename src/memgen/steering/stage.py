@@ -141,6 +141,15 @@ class MethodRunner:
             out.append(Candidate(method.name, name, size, shift, selections[name]))
         return out
 
+    @staticmethod
+    def control_kind(method: Method) -> str:
+        """What the matched control of `method` is, so no row claims more than it tests."""
+        if method.dense:
+            return "random direction at the layer, same size, not fitted"
+        if method.whole_layers:
+            return "random direction at the layer, same norm, not fitted"
+        return "random neurons, same count per layer, same treatment"
+
     def matched(self, method: Method, chosen: Candidate, toward: Toward,
                 rng: np.random.Generator) -> np.ndarray:  # fmt: skip
         """[draws, L, W]: the chosen setting's treatment given to random neurons or directions."""
@@ -162,9 +171,11 @@ def held_out_line(row: dict[str, Any], toward: str) -> str:
     arrow = row["direction"].replace("_to_", "->")
     setting = f"{row['method']:12} {row['selection']:8} size {row['size']:<5g} {row['position']:6}"
     matched = row["controls"]["matched"]["target"]["mean"]
+    fitted_alike = row.get("control_kind", "").endswith("same treatment")
+    control = "matched random" if fitted_alike else "random direction, unfitted,"
     return (
         f"{arrow:8} {setting} {toward} {100 * row['targeted'][toward]:5.1f}% "
-        f"[{100 * low:.1f}, {100 * high:.1f}] n={row['n_prompts']} | matched random "
+        f"[{100 * low:.1f}, {100 * high:.1f}] n={row['n_prompts']} | {control} "
         f"{100 * matched:.1f}%"
     )
 
@@ -265,6 +276,7 @@ def _held_out_row(
             "baseline": baseline_accuracy,
         },
     }  # fmt: skip
+    row["control_kind"] = runner.control_kind(method)
     upper = row["controls"]["matched"]["target"]["ci_high"]
     row["beats_matched"] = bool(row["ci"][toward][0] > (upper if upper is not None else draws[0]))
     return row
