@@ -24,7 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     no_args_is_help=True,
     help="Find and steer the neurons behind memorization and generalization.\n\n"
-    "Start with `memgen run` (the whole pipeline on the color task, CPU, minutes).",
+    "Start with `memgen run --config gpt2-cipher-contest` (the README's main run: cipher, "
+    "GPT-2 from scratch, CPU, minutes); `memgen run` alone runs the color default.",
 )
 
 ConfigOption = Annotated[
