@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from overhead import paired_ratio  # type: ignore[import-not-found]
 
 from memgen.core.config import RunConfig, load_config
 from memgen.core.generation import encode_example, encode_prompt, generate, pad_left
@@ -42,22 +42,12 @@ MAIN_RECIPE = Path(__file__).parents[1] / "configs" / "gpt2-cipher-contest.yaml"
 
 
 def alternate(ours: Callable[[], object], floor: Callable[[], object], repeats: int) -> dict:
-    """Median ratio ours / floor over alternating repeats, after one warm-up of each."""
-    ours(), floor()
-    ratios, ours_s, floor_s = [], [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        ours()
-        t1 = time.perf_counter()
-        floor()
-        t2 = time.perf_counter()
-        ours_s.append(t1 - t0)
-        floor_s.append(t2 - t1)
-        ratios.append((t1 - t0) / (t2 - t1))
+    """Median ratio ours / floor over alternating repeats (overhead.paired_ratio's timing)."""
+    timed = paired_ratio(floor, ours, repeats)
     return {
-        "ratio": round(statistics.median(ratios), 3),
-        "ours_s": round(statistics.median(ours_s), 4),
-        "floor_s": round(statistics.median(floor_s), 4),
+        "ratio": round(timed["ratio_median"], 3),
+        "ours_s": round(timed["hooked_s"], 4),
+        "floor_s": round(timed["plain_s"], 4),
         "repeats": repeats,
     }
 

@@ -90,6 +90,13 @@ class Moments:
     mean: np.ndarray  # [2, f]
     m2: np.ndarray  # [2, f]
 
+    def pooled_m2(self) -> np.ndarray:
+        """M2 over both classes together (Chan et al.'s parallel variance)."""
+        (n_mem,), (n_gen,) = self.n
+        diff = self.mean[0] - self.mean[1]
+        pooled: np.ndarray = self.m2.sum(axis=0) + diff * diff * n_mem * n_gen / (n_mem + n_gen)
+        return pooled
+
 
 def _moments(rows: np.ndarray, n_mem: int) -> Moments:
     """Sums and sums of squares per class, in one pass over a float64 scratch block whose
@@ -140,12 +147,11 @@ def nmd(m: Moments) -> np.ndarray:
 @SCORERS.register("pearson")
 @_from_moments
 def pearson(m: Moments) -> np.ndarray:
-    # Point-biserial r = d sqrt(n1 n0 / (N M2)), M2 pooled from the classes' (Chan et
-    # al.'s parallel variance); a constant neuron (M2 = 0) scores 0.
+    # Point-biserial r = d sqrt(n1 n0 / (N M2)), M2 pooled from the classes'; a constant
+    # neuron (M2 = 0) scores 0.
     (n_mem,), (n_gen,) = m.n
-    diff = m.mean[0] - m.mean[1]
+    diff, m2 = m.mean[0] - m.mean[1], m.pooled_m2()
     total = n_mem + n_gen
-    m2 = m.m2.sum(axis=0) + diff * diff * n_mem * n_gen / total
     scale = np.sqrt(m2 * total / (n_mem * n_gen))
     r = np.divide(diff, scale, out=np.zeros_like(diff), where=m2 > 0)
     return np.clip(r, -1.0, 1.0)
@@ -156,11 +162,8 @@ def pearson(m: Moments) -> np.ndarray:
 def nmd_sd(m: Moments) -> np.ndarray:
     # NMD in units of the neuron's standard deviation over all rows (ddof 1): raw NMD
     # grows with a layer's activation norm, this does not; a constant neuron scores 0.
-    (n_mem,), (n_gen,) = m.n
-    diff = m.mean[0] - m.mean[1]
-    total = n_mem + n_gen
-    m2 = m.m2.sum(axis=0) + diff * diff * n_mem * n_gen / total
-    sd = np.sqrt(m2 / max(total - 1, 1))
+    diff, m2 = m.mean[0] - m.mean[1], m.pooled_m2()
+    sd = np.sqrt(m2 / max(m.n.sum() - 1, 1))
     return np.divide(diff, sd, out=np.zeros_like(diff), where=m2 > 0)
 
 
