@@ -5,10 +5,12 @@ Weights are read with safetensors only; `trust_remote_code` is off unless asked 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +194,21 @@ def _load_trained(
         ) from None
     tokenizer.padding_side = "left"
     return model, tokenizer  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """The model's weights without gradients, in eval mode, for the length of the block
+    (fitting a shift, attributing to activations); trainable weights train again after."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    model.eval()
+    try:
+        yield
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
 
 
 def unwrap(model: torch.nn.Module) -> PreTrainedModel:

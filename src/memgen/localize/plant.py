@@ -200,6 +200,24 @@ def plant(
     return Planting(step, recall)
 
 
+def answer_batches(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    chat: bool,
+    batch_size: int = 32,
+) -> list[dict[str, torch.Tensor]]:
+    """Prompt + completion + end token, right-padded on the model's device, labels on the
+    answer only, as training sees them."""
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded = [encode_example(tokenizer, ex, chat, "answer") for ex in examples]
+    return [
+        _batch(encoded, list(range(a, min(a + batch_size, len(encoded)))), pad, device)
+        for a in range(0, len(encoded), batch_size)
+    ]
+
+
 @torch.no_grad()
 def recalled(
     model: PreTrainedModel,
@@ -214,13 +232,8 @@ def recalled(
     is exactly when greedy generation writes that answer; one forward pass, no decoding.
     """
     model.eval()
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    encoded = [encode_example(tokenizer, ex, chat, "answer") for ex in examples]
     hits = []
-    for start in range(0, len(encoded), batch_size):
-        rows = list(range(start, min(start + batch_size, len(encoded))))
-        batch = _batch(encoded, rows, pad, device)
+    for batch in answer_batches(model, tokenizer, examples, chat, batch_size):
         labels = batch.pop("labels")[:, 1:]
         said = model(**batch).logits[:, :-1].argmax(-1)
         hits.append(((said == labels) | (labels == -100)).all(dim=1).cpu().numpy())

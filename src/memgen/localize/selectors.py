@@ -1,10 +1,11 @@
 """Localization selectors: a score per MLP neuron for how much some answers depend on it.
 
-    scores = SELECTORS.get("attribution")(model, tokenizer, facts, reference, chat)  # [L, W]
+    usual = usual_values(model, tokenizer, reference, chat)   # once per model
+    scores = SELECTORS.get("attribution")(model, tokenizer, facts, usual, chat, seed)  # [L, W]
 
 Each looks at the answers to localize (`facts`: prompt + answer, teacher-forced) beside
-ordinary prompts (`reference`, which give each neuron's usual value), and ranks the
-neurons; the top k are the selection. The ablation test (`memgen.localize.test`)
+each neuron's usual value (its mean and sd over ordinary prompts, `usual_values`), and
+ranks the neurons; the top k are the selection. The ablation test (`memgen.localize.test`)
 mean-ablates them at every position, so the causal selector estimates exactly that:
 
 - `attribution`: attribution patching (gradient x activation change, first order): per
@@ -23,38 +24,34 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.examples import Example
-from memgen.core.generation import encode_example
 from memgen.core.hooks import edit
+from memgen.core.modeling import frozen
 from memgen.core.registry import Registry
-from memgen.core.sites import Site, n_layers
-from memgen.train.loop import _batch
+from memgen.core.sites import Site, n_layers, site_width
+from memgen.localize.plant import answer_batches
+
+
+@dataclass(frozen=True)
+class Usual:
+    """Each MLP neuron's mean and sd [L, W] over every real position of ordinary prompts."""
+
+    mean: np.ndarray
+    sd: np.ndarray
+
 
 Selector = Callable[
-    [PreTrainedModel, PreTrainedTokenizerBase, Sequence[Example], Sequence[Example], bool, int],
-    np.ndarray,
+    [PreTrainedModel, PreTrainedTokenizerBase, Sequence[Example], Usual, bool, int], np.ndarray
 ]
 SELECTORS: Registry[Selector] = Registry("localization selector")
-_BATCH = 32
-
-
-def _batches(
-    tokenizer: PreTrainedTokenizerBase,
-    examples: Sequence[Example],
-    chat: bool,
-    device: torch.device,
-) -> list[dict[str, torch.Tensor]]:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    encoded = [encode_example(tokenizer, ex, chat, "answer") for ex in examples]
-    return [
-        _batch(encoded, list(range(a, min(a + _BATCH, len(encoded)))), pad, device)
-        for a in range(0, len(encoded), _BATCH)
-    ]
+# Per batch and layer, a function of the neurons' values [positions, W] and the layer.
+Transform = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def _mlp_values(
@@ -109,105 +106,84 @@ def _graph_from_embeddings(model: PreTrainedModel, grad: bool) -> Iterator[None]
         handle.remove()
 
 
-def _usual(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reference: Sequence[Example],
+def _position_means(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
     chat: bool,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Each neuron's mean and sd over every real position of the reference prompts."""
-    device = next(model.parameters()).device
-    batches = _batches(tokenizer, reference, chat, device)
+    transforms: Sequence[Transform],
+) -> list[np.ndarray]:
+    """Per transform, its mean over the examples' real positions, per neuron [L, W]: the
+    examples run once for all of them."""
+    batches = answer_batches(model, tokenizer, examples, chat)
     values, _ = _mlp_values(model, batches)
-    width = values[0][0].shape[-1]
-    sums = torch.zeros(len(values[0]), width, dtype=torch.float64)
-    squares = torch.zeros_like(sums)
+    sums = [torch.zeros(n_layers(model), site_width(model, "mlp"), dtype=torch.float64)
+            for _ in transforms]  # fmt: skip
     count = 0
     for batch, layers in zip(batches, values, strict=True):
         real = batch["attention_mask"].bool()
-        stacked = torch.stack([v[real] for v in layers]).double()  # [L, positions, W]
-        sums += stacked.sum(1)
-        squares += (stacked * stacked).sum(1)
+        for total, transform in zip(sums, transforms, strict=True):
+            total += torch.stack(
+                [transform(v[real].double(), i) for i, v in enumerate(layers)]
+            ).sum(1)
         count += int(real.sum())
-    mean = sums / count
-    var = (squares / count - mean * mean).clamp(min=0)
-    return mean.numpy(), np.sqrt(var.numpy())
+    return [(total / count).numpy() for total in sums]
 
 
+def usual_values(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    reference: Sequence[Example],
+    chat: bool,
+) -> Usual:
+    """Each neuron's mean and sd over every real position of the `reference` prompts."""
+    mean, square = _position_means(model, tokenizer, reference, chat,
+                                   [lambda a, _: a, lambda a, _: a * a])  # fmt: skip
+    return Usual(mean, np.sqrt(np.maximum(square - mean * mean, 0.0)))
+
+
+@SELECTORS.register("attribution")
 def attribution_scores(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: Sequence[Example],
-    reference: Sequence[Example], chat: bool, seed: int = 0,
+    usual: Usual, chat: bool, seed: int = 0,
 ) -> np.ndarray:  # fmt: skip
-    mean, _ = _usual(model, tokenizer, reference, chat)
-    device = next(model.parameters()).device
-    batches = _batches(tokenizer, facts, chat, device)
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
+    batches = answer_batches(model, tokenizer, facts, chat)
+    with frozen(model):
         values, grads = _mlp_values(model, batches, grad=True)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-    usual = torch.as_tensor(mean, dtype=torch.float32)
-    total = torch.zeros_like(usual)
+    mean = torch.as_tensor(usual.mean, dtype=torch.float32)
+    total = torch.zeros_like(mean)
     for batch, layer_values, layer_grads in zip(batches, values, grads, strict=True):
         real = batch["attention_mask"].unsqueeze(-1)
         for layer, (a, g) in enumerate(zip(layer_values, layer_grads, strict=True)):
             # Log-likelihood lost by setting the neuron to its usual value everywhere.
-            total[layer] += ((a - usual[layer]) * g * real).sum(dim=(0, 1))
+            total[layer] += ((a - mean[layer]) * g * real).sum(dim=(0, 1))
     scores: np.ndarray = (total / len(facts)).numpy().astype(np.float64)
     return scores
 
 
+@SELECTORS.register("activation")
 def activation_scores(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: Sequence[Example],
-    reference: Sequence[Example], chat: bool, seed: int = 0,
+    usual: Usual, chat: bool, seed: int = 0,
 ) -> np.ndarray:  # fmt: skip
-    mean, sd = _usual(model, tokenizer, reference, chat)
-    unusual = _fact_means(model, tokenizer, facts, chat, lambda a, layer: (
-        (a - torch.as_tensor(mean[layer])).abs() / torch.as_tensor(np.maximum(sd[layer], 1e-8))
-    ))  # fmt: skip
+    mean, sd = torch.as_tensor(usual.mean), torch.as_tensor(np.maximum(usual.sd, 1e-8))
+    distance: Transform = lambda a, layer: (a - mean[layer]).abs() / sd[layer]  # noqa: E731
+    (unusual,) = _position_means(model, tokenizer, facts, chat, [distance])
     return unusual
 
 
+@SELECTORS.register("nmd")
 def nmd_scores(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: Sequence[Example],
-    reference: Sequence[Example], chat: bool, seed: int = 0,
+    usual: Usual, chat: bool, seed: int = 0,
 ) -> np.ndarray:  # fmt: skip
-    mean, _ = _usual(model, tokenizer, reference, chat)
-    on_facts = _fact_means(model, tokenizer, facts, chat, lambda a, layer: a.double())
-    return np.abs(on_facts - mean)
+    (on_facts,) = _position_means(model, tokenizer, facts, chat, [lambda a, _: a])
+    return np.abs(on_facts - usual.mean)
 
 
-def _fact_means(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: Sequence[Example],
-    chat: bool, transform: Callable[[torch.Tensor, int], torch.Tensor],
-) -> np.ndarray:  # fmt: skip
-    """The mean over the facts' real positions of `transform(values, layer)`, per neuron."""
-    device = next(model.parameters()).device
-    batches = _batches(tokenizer, facts, chat, device)
-    values, _ = _mlp_values(model, batches)
-    sums: torch.Tensor | None = None
-    count = 0
-    for batch, layers in zip(batches, values, strict=True):
-        real = batch["attention_mask"].bool()
-        stacked = torch.stack([transform(v[real], i).double() for i, v in enumerate(layers)])
-        sums = stacked.sum(1) if sums is None else sums + stacked.sum(1)
-        count += int(real.sum())
-    assert sums is not None
-    result: np.ndarray = (sums / count).numpy()
-    return result
-
-
+@SELECTORS.register("random")
 def random_scores(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: Sequence[Example],
-    reference: Sequence[Example], chat: bool, seed: int = 0,
+    usual: Usual, chat: bool, seed: int = 0,
 ) -> np.ndarray:  # fmt: skip
-    from memgen.core.sites import site_width
-
-    return np.random.default_rng(seed).random((n_layers(model), site_width(model, "mlp")))
-
-
-SELECTORS.register("attribution")(attribution_scores)
-SELECTORS.register("activation")(activation_scores)
-SELECTORS.register("nmd")(nmd_scores)
-SELECTORS.register("random")(random_scores)
+    return np.random.default_rng(seed).random(usual.mean.shape)

@@ -27,7 +27,7 @@ from memgen.core.examples import read_split
 from memgen.core.modeling import load_run_model
 from memgen.core.sites import n_layers, site_width
 from memgen.localize.plant import Neurons, make_facts, plant, random_neurons, recalled
-from memgen.localize.selectors import SELECTORS, _usual
+from memgen.localize.selectors import SELECTORS, usual_values
 from memgen.localize.test import Deleter, Localization, localize
 from memgen.pipeline import open_step
 
@@ -70,13 +70,13 @@ def run_localize(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
         f for f, hit in zip(facts, recalled(model, tokenizer, facts, chat), strict=True) if hit
     ]
     reference = replay[: lc.n_reference]
-    usual, _ = _usual(model, tokenizer, reference, chat)
-    deleter = Deleter(model, tokenizer, facts, ordinary, usual, chat)
+    usual = usual_values(model, tokenizer, reference, chat)  # once: every selector's baseline
+    deleter = Deleter(model, tokenizer, facts, ordinary, usual.mean, chat)
     out = stage.begin()
     rows = [localize("planted", _indicator(planted, depth, width), len(planted), deleter,
                      planted, lc.draws, cfg.seed)]  # fmt: skip
     for name in lc.selectors:
-        scores = SELECTORS.get(name)(model, tokenizer, facts, reference, chat, cfg.seed)
+        scores = SELECTORS.get(name)(model, tokenizer, facts, usual, chat, cfg.seed)
         for size in lc.sizes:
             k = max(1, round(size * depth * width))
             rows.append(localize(name, scores, k, deleter, planted, lc.draws, cfg.seed + 1))

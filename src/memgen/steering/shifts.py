@@ -33,7 +33,7 @@ from memgen.core.generation import (
     pad_left,
 )
 from memgen.core.hooks import edit
-from memgen.core.modeling import unwrap
+from memgen.core.modeling import frozen, unwrap
 from memgen.core.sites import Site, SiteKind
 from memgen.steering.prefix import Prefix, steered_last_logits
 
@@ -251,7 +251,7 @@ def fit_shifts(
     targets = torch.tensor(first_answer_tokens(tokenizer, [*answers, *keep_answers]), device=device)
     shifter = RowShifts(kind, steered_layers(np.asarray(masks, dtype=np.float32)), "last")
     draws = _Draws(len(prompts), len(keep_prompts), batch_size, np.random.default_rng(seed))
-    with _frozen(model):
+    with frozen(model):
         # Every step draws from the same prompts: their shared part runs once, here.
         prefix = Prefix.of(model, *pad_left(encoded, pad_id_of(tokenizer), device),
                            batch_size=batch_size)  # fmt: skip
@@ -325,20 +325,6 @@ class _Values:
         with torch.no_grad():
             norms = (self.values * self.allowed).flatten(1).norm(dim=1).clamp(min=1e-12)
             self.values.mul_((self.radius / norms).clamp(max=1.0).view(-1, 1, 1))
-
-
-@contextmanager
-def _frozen(model: PreTrainedModel) -> Iterator[None]:
-    """The model's weights without gradients, in eval mode, for the length of a fit."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for parameter in trainable:
-        parameter.requires_grad_(False)
-    model.eval()
-    try:
-        yield
-    finally:
-        for parameter in trainable:
-            parameter.requires_grad_(True)
 
 
 class _Draws:
