@@ -31,6 +31,7 @@ from memgen.core.artifacts import Stage, read_json, write_json
 from memgen.core.errors import MemgenError
 from memgen.core.neuron_set import read_scores
 from memgen.core.recorded import Recorded, read_record
+from memgen.core.rows import RunFigures, dump_rows
 from memgen.core.stats import SHARE, summarise
 from memgen.neurons.consistency import across_halves, compare_scores
 from memgen.neurons.selection import layer_share, select_top
@@ -45,9 +46,9 @@ METRICS: dict[str, str] = {
     "flip_rate": "pairs.flip_rate",
     "probe_best": "probe.best.accuracy",
     "mem_to_gen": "steering_best.mem_to_gen.targeted.gen",
-    "mem_to_gen_control": "steering_best.mem_to_gen.control.gen",
+    "mem_to_gen_control": "steering_best.mem_to_gen.controls.matched.rates.gen",
     "gen_to_mem": "steering_best.gen_to_mem.targeted.mem",
-    "gen_to_mem_control": "steering_best.gen_to_mem.control.mem",
+    "gen_to_mem_control": "steering_best.gen_to_mem.controls.matched.rates.mem",
     "split_half_spearman": "neurons.consistency.spearman",
 }
 # The range each metric's interval is clipped to: shares unless named here.
@@ -142,6 +143,14 @@ class FinishedRun:
                 return None
             value = value[key]
         return float(value) if isinstance(value, int | float) else None
+
+    def figures(self) -> RunFigures:
+        """This run's headline numbers (`METRICS`), None where it lacks one."""
+        values = {key: self.metric(path) for key, path in METRICS.items()}
+        step = values.pop("kept_step")
+        return RunFigures(run=self.name, task=self.task, seed=self.results.get("seed"),
+                          model=self.results.get("model"),
+                          kept_step=None if step is None else int(step), **values)  # fmt: skip
 
     def layer_profile(self, fraction: float) -> np.ndarray:
         """Share of the top-`fraction` neurons that sit in each layer."""
@@ -266,15 +275,10 @@ def compare_runs(run_dirs: Sequence[Path], shared_units: bool = False) -> dict[s
                     "recorded at another site); --shared-units compares runs of one model: "
                     "the same trained weights, or adapters on one base (train.model)"
                 )
-    per_run: list[dict[str, Any]] = [
-        {"run": run.name, "task": run.task, "seed": run.results.get("seed"),
-         "model": run.results.get("model"),
-         **{key: run.metric(path) for key, path in METRICS.items()}}
-        for run in runs
-    ]  # fmt: skip
+    per_run = [run.figures() for run in runs]
     summary: dict[str, dict[str, Any]] = {}
     for task in dict.fromkeys(run.task for run in runs):
-        rows = [row for row in per_run if row["task"] == task]
+        rows = [vars(row) for row in per_run if row.task == task]
         summary[task] = {
             key: summarise(values, METRIC_BOUNDS.get(key, SHARE))
             for key in METRICS
@@ -292,8 +296,8 @@ def compare_runs(run_dirs: Sequence[Path], shared_units: bool = False) -> dict[s
         name: {f"{f:g}": shares.tolist() for f, shares in by_fraction.items()}
         for name, by_fraction in profiles.items()
     }
-    return {"runs": per_run, "summary": summary, "neurons": pairs, "layer_profiles": layer_profiles,
-            "cross_steering": cross}  # fmt: skip
+    return {"runs": dump_rows(per_run), "summary": summary, "neurons": pairs,
+            "layer_profiles": layer_profiles, "cross_steering": cross}  # fmt: skip
 
 
 def _seed_table(comparison: dict[str, Any]) -> list[str]:

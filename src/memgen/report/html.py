@@ -10,6 +10,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+from memgen.core.rows import BoundRow, ProbeLayer, SteeringRow, read_row, read_rows
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;
 margin:0;background:#f6f7f9;color:#1d2330}
@@ -60,51 +62,49 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _steering_row(r: dict[str, Any]) -> list[str]:
-    target = "gen" if r["direction"] == "mem_to_gen" else "mem"
-    t, matched = r["targeted"], r["controls"]["matched"]["target"]
-    low, high = r["ci"][target]
-    side = r["side_effect"]
-    paper = [_pct(r["controls"].get(k, {}).get(target)) for k in ("random", "low_correlation")]
+def _steering_row(r: SteeringRow) -> list[str]:
+    target, matched, side = r.toward, r.controls.matched.target, r.side_effect
+    low, high = r.ci[target]
+    paper = [_pct(rates.get(target) if rates else None)
+             for rates in (r.controls.random, r.controls.low_correlation)]  # fmt: skip
     return [
-        r["direction"].replace("_", " "),
-        r["method"],
-        f"{r['selection']}, {r['size']:g}, {r['position']}",
-        f"{r['shift']['sd']:.2f}",
-        str(r["n_prompts"]),
-        f"{_pct(t[target])} ({_pct(low)}–{_pct(high)})",
-        _pct(t["other"]),
-        f"{_pct(matched['mean'])} ({_pct(matched['ci_low'])}–{_pct(matched['ci_high'])})",
+        r.direction.replace("_", " "),
+        r.method,
+        f"{r.selection}, {r.size:g}, {r.position}",
+        f"{r.shift.sd:.2f}",
+        str(r.n_prompts),
+        f"{_pct(r.targeted[target])} ({_pct(low)}–{_pct(high)})",
+        _pct(r.targeted["other"]),
+        f"{_pct(matched.mean)} ({_pct(matched.ci_low)}–{_pct(matched.ci_high)})",
         *paper,
-        _pct(side["retention"]),
-        f"{side['kl']:.3f}",
-        _pct(r["tuning"]["rates"][target]),
+        _pct(side.retention),
+        f"{side.kl:.3f}",
+        _pct(r.tuning.rates[target]),
     ]
 
 
-def _steering_table(rows: list[dict[str, Any]]) -> str:
+def _steering_table(rows: list[SteeringRow]) -> str:
     header = ["direction", "method", "setting (chosen on tuning)", "shift (sd)", "n held out",
               "→target (95% CI)", "→other", "matched control (CI)", "random", "low-corr.",
               "retention", "KL", "tuning →target"]  # fmt: skip
     return _table(header, [_steering_row(r) for r in rows])
 
 
-def _probe_table(per_layer: list[dict[str, Any]]) -> str:
+def _probe_table(per_layer: list[ProbeLayer]) -> str:
     rows = [
-        [str(r["site"]), str(r["layer"]), _pct(r["accuracy"]),
-         f"{_pct(r['ci_low'])} – {_pct(r['ci_high'])}"]
+        [r.site, str(r.layer), _pct(r.accuracy), f"{_pct(r.ci_low)} – {_pct(r.ci_high)}"]
         for r in per_layer
-    ]  # fmt: skip
+    ]
     return _table(["site", "layer", "accuracy", "95% CI"], rows)
 
 
-def _bound_table(rows: list[dict[str, Any]]) -> str:
+def _bound_table(rows: list[BoundRow]) -> str:
     header = ["direction", "site", "fit (in-sample)", "held out →gen", "held out →mem",
               "held out →other", "shift / ‖h‖"]  # fmt: skip
     cells = [
-        [r["direction"].replace("_", " "), f"{r['site']}.{r['layer']}", _pct(r["fit"]),
-         _pct(r["held_out"]["gen"]), _pct(r["held_out"]["mem"]), _pct(r["held_out"]["other"]),
-         f"{r['relative_norm']:.2f}"]
+        [r.direction.replace("_", " "), f"{r.site}.{r.layer}", _pct(r.fit),
+         _pct(r.held_out["gen"]), _pct(r.held_out["mem"]), _pct(r.held_out["other"]),
+         f"{r.relative_norm:.2f}"]
         for r in rows
     ]  # fmt: skip
     return _table(header, cells)
@@ -136,7 +136,7 @@ def _optional_sections(results: dict[str, Any], figures: dict[str, Path]) -> lis
             '<p class="note">Per layer, one vector fitted by gradient descent (weights frozen) '
             "on half the prompts of each behaviour, then added at the last position while "
             "generating the other half. NMD steering adds one such vector, so this bounds it.</p>",
-            _bound_table(results["bound"]),
+            _bound_table(read_rows(BoundRow, results["bound"], "results.json bound")),
         ]
         number += 1
     if "ablation" in results:
@@ -175,25 +175,22 @@ def _paper_verdict(rate: float | None, high: float | None, paper: float) -> str:
     return "reproduced" if (high if high is not None else rate) >= paper else "not reproduced"
 
 
-def _steering_verdicts(results: dict[str, Any]) -> list[list[str]]:
+def _steering_verdicts(steering: list[SteeringRow]) -> list[list[str]]:
     rows = []
     papers = {"mem_to_gen": 0.837, "gen_to_mem": 0.899}
     for method in ("nmd", "fitted"):
-        for r in results["steering"]:
-            if r["method"] != method:
-                continue
-            toward = "gen" if r["direction"] == "mem_to_gen" else "mem"
-            low, high = r["ci"][toward]
-            matched = r["controls"]["matched"]["target"]["mean"]
-            figure = (f"{_with_ci(r['targeted'][toward], low, high, r['n_prompts'])}; "
-                      f"matched random {_pct(matched)}")  # fmt: skip
-            arrow = r["direction"].replace("_to_", " → ")
+        for r in (r for r in steering if r.method == method):
+            toward = r.toward
+            low, high = r.ci[toward]
+            figure = (f"{_with_ci(r.targeted[toward], low, high, r.n_prompts)}; "
+                      f"matched random {_pct(r.controls.matched.target.mean)}")  # fmt: skip
+            arrow = r.direction.replace("_to_", " → ")
             if method == "nmd":
-                paper = papers[r["direction"]]
+                paper = papers[r.direction]
                 rows.append([f"steering by alpha × NMD, {arrow}", _pct(paper), figure,
-                             _paper_verdict(r["targeted"][toward], high, paper)])  # fmt: skip
+                             _paper_verdict(r.targeted[toward], high, paper)])  # fmt: skip
             else:
-                beats = "beats" if r["beats_matched"] else "does not beat"
+                beats = "beats" if r.beats_matched else "does not beat"
                 rows.append([f"added: fitted shift (the ceiling), {arrow}", "–", figure,
                              f"the selection {beats} matched random neurons"])  # fmt: skip
     return rows
@@ -201,18 +198,18 @@ def _steering_verdicts(results: dict[str, Any]) -> list[list[str]]:
 
 def verdict_rows(results: dict[str, Any]) -> list[list[str]]:
     """This run's figure beside the paper's, claim by claim: [claim, paper, run, verdict]."""
-    pairs, probe = results["pairs"], results["probe"]["best"]
+    pairs = results["pairs"]
+    probe = read_row(ProbeLayer, results["probe"]["best"], "results.json probe.best")
     low, high = pairs.get("flip_rate_ci") or (None, None)
     rows = [
         ["flipped pairs (twin prompts answered one mem, one gen)", "8-11% of pairs",
          _with_ci(pairs.get("flip_rate"), low, high, pairs["evaluated"]),
          "present" if pairs["flipped"] else "none found"],
-        [f"behaviour predicted from activations (best: {probe['site']} layer {probe['layer']})",
-         "> 92%", _with_ci(probe["accuracy"], probe["ci_low"], probe["ci_high"],
-                           2 * results["probe"].get("n_pairs", 0)),
-         _paper_verdict(probe["accuracy"], probe["ci_high"], 0.92)],
+        [f"behaviour predicted from activations (best: {probe.site} layer {probe.layer})",
+         "> 92%", _with_ci(probe.accuracy, probe.ci_low, probe.ci_high, probe.n),
+         _paper_verdict(probe.accuracy, probe.ci_high, 0.92)],
     ]  # fmt: skip
-    return rows + _steering_verdicts(results)
+    return rows + _steering_verdicts(read_rows(SteeringRow, results["steering"], "results.json"))
 
 
 def render(results: dict[str, Any], figures: dict[str, Path]) -> str:
@@ -248,7 +245,7 @@ def render(results: dict[str, Any], figures: dict[str, Path]) -> str:
             "the mem member should score higher; at the last layer it is 100% by construction.",
         ),
         _figure(figures.get("learning_curve"), "Accuracy at the best layer vs number of pairs."),
-        _probe_table(results["probe"]["per_layer"]),
+        _probe_table(read_rows(ProbeLayer, results["probe"]["per_layer"], "results.json")),
         "<h2>4. Steering</h2>",
         '<p class="note">Prompts the unsteered model answered by memory, steered toward '
         "generalization, and the reverse. Each method's setting was chosen on a tuning half of "
@@ -257,7 +254,7 @@ def render(results: dict[str, Any], figures: dict[str, Path]) -> str:
         "over several draws; retention is the share of training prompts, already answered with "
         "the target behaviour, whose answer steering leaves unchanged.</p>",
         _figure(figures.get("steering"), "Held-out shares under each method's chosen steering."),
-        _steering_table(results["steering"]),
+        _steering_table(read_rows(SteeringRow, results["steering"], "results.json")),
         '<p class="note">Specificity: the fitted method on the top-N% neurons (solid) against '
         "as many random neurons per layer fitted the same way (dashed, mean over draws), at "
         "the same budget, over set size; held-out prompts. Where the lines meet, the "

@@ -7,11 +7,26 @@ from typing import Any
 
 from memgen.core.artifacts import Stage
 from memgen.core.config import RunConfig
+from memgen.core.rows import (
+    BoundRow,
+    ProbeLayer,
+    R,
+    SpecificityRow,
+    SteeringRow,
+    dump_rows,
+    read_row,
+    read_rows,
+)
 
 
 def _summary(stage: Stage) -> dict[str, Any]:
     summary: dict[str, Any] = stage.manifest().get("summary", {})
     return summary
+
+
+def _checked(kind: type[R], raw: list[Any], stage: str) -> list[dict[str, Any]]:
+    """A stage's rows validated as `kind` on the way into results.json."""
+    return dump_rows(read_rows(kind, raw, f"the {stage} stage's manifest"))
 
 
 def collect(run_dir: Path, cfg: RunConfig, stages: list[str]) -> dict[str, Any]:
@@ -51,16 +66,23 @@ def collect(run_dir: Path, cfg: RunConfig, stages: list[str]) -> dict[str, Any]:
         "pairs": behave["pairs"],
         "neurons": neurons,
         "probe": {
-            "per_layer": probe["per_layer"],
-            "best": probe["best"],
+            "per_layer": _checked(ProbeLayer, probe["per_layer"], "probe"),
+            "best": read_row(ProbeLayer, probe["best"], "the probe stage's manifest").model_dump(
+                mode="json"
+            ),
             **{k: v for k, v in probe.items() if k not in ("per_layer", "best")},
         },
-        "steering": steer["rows"],
-        "steering_best": steer["best"],
-        "specificity": specificity["rows"],
+        "steering": _checked(SteeringRow, steer["rows"], "steer"),
+        "steering_best": {
+            direction: read_row(SteeringRow, row, "the steer stage's manifest").model_dump(
+                mode="json"
+            )
+            for direction, row in steer["best"].items()
+        },
+        "specificity": _checked(SpecificityRow, specificity["rows"], "specificity"),
     }
     if "bound" in stages:
-        results["bound"] = _summary(Stage(run_dir, "bound"))["rows"]
+        results["bound"] = _checked(BoundRow, _summary(Stage(run_dir, "bound"))["rows"], "bound")
     if "ablate" in stages:
         results["ablation"] = _summary(Stage(run_dir, "ablate"))
     if "localize" in stages:

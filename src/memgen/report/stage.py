@@ -23,9 +23,10 @@ def run_report(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     if step is None:
         return Stage(run_dir, "report")
     cfg, stage = step.cfg, step.stage
+    # Read (and validate) every stage's rows before the folder is opened, so a stale row
+    # stops the report with the old one intact.
+    results = collect(run_dir, cfg, list(step.inputs))  # bound, ablate: only when current
     out = stage.begin()
-    read = list(step.inputs)  # bound and ablate only when current (memgen.pipeline)
-    results = collect(run_dir, cfg, read)
     write_json(out / "results.json", results)
     write_json(run_dir / "results.json", results)
     figures = {}

@@ -13,13 +13,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.config import RunConfig
 from memgen.core.examples import Example
+from memgen.core.rows import Direction
 from memgen.core.sites import SiteKind
 from memgen.steering.methods import Toward
 from memgen.steering.shifts import generate_shifted
 from memgen.tasks.base import Task
 
 # direction -> (behaviour of the prompts steered, behaviour steered toward)
-DIRECTIONS: dict[str, tuple[str, Toward]] = {
+DIRECTIONS: dict[Direction, tuple[str, Toward]] = {
     "mem_to_gen": ("mem", "gen"),
     "gen_to_mem": ("gen", "mem"),
 }

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
@@ -28,6 +27,7 @@ from memgen.core.examples import read_test_answers
 from memgen.core.hooks import Intervention
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
+from memgen.core.rows import BoundRow, dump_rows
 from memgen.core.sites import Site, n_layers, site_width
 from memgen.core.stats import rates
 from memgen.pipeline import open_step
@@ -69,7 +69,7 @@ def run_bound(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     for k, layer in enumerate(layers):
         masks[k, layer] = True
     out = stage.begin()
-    rows: list[dict[str, Any]] = []
+    rows: list[BoundRow] = []
     shifts: dict[str, np.ndarray] = {}  # "direction/site.layer" -> the fitted vector
     for direction, (source, toward) in DIRECTIONS.items():
         prompts = [ex for ex, label in labelled if label == source][: bc.n_prompts]
@@ -92,28 +92,26 @@ def run_bound(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
             shift = fitted[k, layer]
             shifts[f"{direction}/{site}"] = shift.astype(np.float32)
             norm, scale = float(np.linalg.norm(shift)), float(mean_norm[layer])
-            rows.append({
-                "direction": direction, "site": site.kind, "layer": layer,
-                "n_fit": len(fitting), "fit": float(fit[k]),
-                "n_held_out": len(held_out), "held_out": rates(labels[k]),
-                "shift_norm": norm,
-                "relative_norm": norm / scale if scale > 0 else float("inf"),
-            })  # fmt: skip
-    write_json(out / "bound.json", {"rows": rows})
+            rows.append(BoundRow(
+                direction=direction, site=site.kind, layer=layer, n_fit=len(fitting),
+                fit=float(fit[k]), n_held_out=len(held_out), held_out=rates(labels[k]),
+                shift_norm=norm, relative_norm=norm / scale if scale > 0 else float("inf"),
+            ))  # fmt: skip
+    write_json(out / "bound.json", {"rows": dump_rows(rows)})
     save_file(shifts, str(out / "shifts.safetensors"))
-    step.finish({"rows": rows})
+    step.finish({"rows": dump_rows(rows)})
     log.info("%s", format_bound(rows))
     return stage
 
 
-def format_bound(rows: list[dict[str, Any]]) -> str:
+def format_bound(rows: list[BoundRow]) -> str:
     """`bound.json`'s rows as a plain-text table."""
     lines = ["direction   site     fit   held out: gen   mem  other   shift/norm"]
     for row in rows:
-        held = row["held_out"]
+        held = row.held_out
         lines.append(
-            f"{row['direction']:<11} {row['site']}.{row['layer']:<3} {row['fit']:5.2f}"
+            f"{row.direction:<11} {row.site}.{row.layer:<3} {row.fit:5.2f}"
             f"            {held['gen']:5.2f} {held['mem']:5.2f} {held['other']:5.2f}"
-            f"   {row['relative_norm']:9.2f}"
+            f"   {row.relative_norm:9.2f}"
         )
     return "\n".join(lines)

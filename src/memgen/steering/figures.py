@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from memgen.core.rows import SteeringRow
 
 COLORS = {"gen": "#1b9e77", "mem": "#d95f02", "other": "#b3b3b3"}
 TITLES = {
@@ -17,8 +19,8 @@ TITLES = {
 }
 
 
-def plot_steering(rows: list[dict[str, Any]], path: Path) -> None:
-    directions = [d for d in TITLES if any(r["direction"] == d for r in rows)]
+def plot_steering(rows: Sequence[SteeringRow], path: Path) -> None:
+    directions = [d for d in TITLES if any(r.direction == d for r in rows)]
     fig, axes = plt.subplots(
         1,
         max(1, len(directions)),
@@ -27,12 +29,10 @@ def plot_steering(rows: list[dict[str, Any]], path: Path) -> None:
         squeeze=False,
     )
     for ax, direction in zip(axes[0], directions, strict=False):
-        subset = [r for r in rows if r["direction"] == direction]
         labels, stacks = [], []
-        for row in subset:
-            setting = f"{row['method']}\n{row['selection']}\n{row['size']:g}"
-            labels += [setting, "matched"]
-            stacks += [row["targeted"], row["control"] or dict.fromkeys(COLORS, 0.0)]
+        for row in (r for r in rows if r.direction == direction):
+            labels += [f"{row.method}\n{row.selection}\n{row.size:g}", "matched"]
+            stacks += [row.targeted, row.controls.matched.rates]
         positions = [i + (i // 2) * 0.4 for i in range(len(stacks))]
         bottom = [0.0] * len(stacks)
         for behaviour, color in COLORS.items():

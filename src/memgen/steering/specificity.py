@@ -28,6 +28,7 @@ from memgen.core.config import RunConfig, SpecificityConfig
 from memgen.core.examples import Example, read_test_answers
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
+from memgen.core.rows import Direction, SpecificityRow, Spread, dump_rows
 from memgen.core.sites import SiteKind
 from memgen.core.stats import SHARE, rates, summarise, wilson
 from memgen.neurons.scores import score as neuron_score
@@ -55,7 +56,7 @@ def run_specificity(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage
     splits = _splits(read_test_answers(behave.path), sc.n_prompts, cfg.seed)
     out = stage.begin()
     rng = np.random.default_rng(cfg.seed)
-    rows: list[dict[str, Any]] = []
+    rows: list[SpecificityRow] = []
     for site in spec.sites:
         kind = cast(SiteKind, site)
         stats = SiteStats.from_record(recorded, kind)
@@ -76,29 +77,28 @@ def run_specificity(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage
                     labels = bench.labels(held_out, shifts, spec.position)
                     common = {"site": site, "scorer": scorer, "direction": direction}
                     rows += _size_rows(labels, spec, targeted, toward, held_out, common, budget)
-    write_json(out / "specificity.json", {"rows": rows})
+    write_json(out / "specificity.json", {"rows": dump_rows(rows)})
     plot_specificity(rows, out / "specificity.png")
-    step.finish({"rows": rows})
+    step.finish({"rows": dump_rows(rows)})
     return stage
 
 
-def plot_specificity(rows: list[dict[str, Any]], path: Path) -> None:
+def plot_specificity(rows: Sequence[SpecificityRow], path: Path) -> None:
     """Targeted vs matched random share moved, over set size; one panel per site x direction."""
-    panels = sorted({(r["site"], r["direction"]) for r in rows})
+    panels = sorted({(r.site, r.direction) for r in rows})
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.4),
                              dpi=120, squeeze=False)  # fmt: skip
     for ax, (site, direction) in zip(axes[0], panels, strict=False):
         target = "gen" if direction == "mem_to_gen" else "mem"
         for (scorer, budget), color in zip(
-            sorted({(r["scorer"], r["budget"]) for r in rows}), COLORS, strict=False
+            sorted({(r.scorer, r.budget) for r in rows}), COLORS, strict=False
         ):
-            sub = sorted((r for r in rows if (r["site"], r["direction"], r["scorer"],
-                          r["budget"]) == (site, direction, scorer, budget)),
-                         key=lambda r: r["size"])  # fmt: skip
-            sizes = [100 * r["size"] for r in sub]
-            ax.plot(sizes, [100 * r["targeted"][target] for r in sub], "o-", color=color,
+            sub = sorted((r for r in rows if (r.site, r.direction, r.scorer, r.budget)
+                          == (site, direction, scorer, budget)), key=lambda r: r.size)  # fmt: skip
+            sizes = [100 * r.size for r in sub]
+            ax.plot(sizes, [100 * r.targeted[target] for r in sub], "o-", color=color,
                     label=f"{scorer} top-N, budget {budget:g}")  # fmt: skip
-            ax.plot(sizes, [100 * r["matched"]["mean"] for r in sub], "o--", color=color,
+            ax.plot(sizes, [100 * r.matched.mean for r in sub], "o--", color=color,
                     alpha=0.6, label=f"random, budget {budget:g}")  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel("neurons moved (% of the site)")
@@ -113,9 +113,9 @@ def plot_specificity(rows: list[dict[str, Any]], path: Path) -> None:
 
 def _splits(
     labelled: Sequence[tuple[Example, str]], n_prompts: int, seed: int
-) -> dict[str, tuple[list[Example], list[Example]]]:
+) -> dict[Direction, tuple[list[Example], list[Example]]]:
     """Per direction, its source prompts halved: (fitted on, held out); too few: none."""
-    splits = {}
+    splits: dict[Direction, tuple[list[Example], list[Example]]] = {}
     for direction, (source, _) in DIRECTIONS.items():
         prompts = [ex for ex, label in labelled if label == source][:n_prompts]
         if len(prompts) < 4:
@@ -151,7 +151,7 @@ def _size_rows(
     held_out: Sequence[Example],
     common: dict[str, Any],
     budget: float,
-) -> list[dict[str, Any]]:
+) -> list[SpecificityRow]:
     """One row per set size: the top set's held-out rates beside its matched draws'."""
     rows = []
     per_size = 1 + spec.draws
@@ -159,10 +159,10 @@ def _size_rows(
         group = labels[s * per_size : (s + 1) * per_size]
         hits = sum(label == toward for label in group[0])
         draws = [rates(g)[toward] for g in group[1:]]
-        rows.append({
-            **common, "size": size, "n_neurons": int(targeted[s].sum()), "budget": budget,
-            "n_prompts": len(held_out), "targeted": rates(group[0]),
-            "targeted_ci": list(wilson(hits, len(held_out))),
-            "matched": summarise(draws, SHARE), "matched_per_draw": draws,
-        })  # fmt: skip
+        rows.append(SpecificityRow(
+            **common, size=size, n_neurons=int(targeted[s].sum()), budget=budget,
+            n_prompts=len(held_out), targeted=rates(group[0]),
+            targeted_ci=list(wilson(hits, len(held_out))),
+            matched=Spread(**summarise(draws, SHARE)), matched_per_draw=draws,
+        ))  # fmt: skip
     return rows

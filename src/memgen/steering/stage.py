@@ -34,6 +34,17 @@ from memgen.core.examples import Behaviour, Example, read_split, read_test_answe
 from memgen.core.modeling import load_run_model, model_identity
 from memgen.core.neuron_set import NeuronSet, read_scores
 from memgen.core.recorded import read_record
+from memgen.core.rows import (
+    Controls,
+    Direction,
+    Matched,
+    ShiftSize,
+    SideEffect,
+    Spread,
+    SteeringRow,
+    Tuning,
+    dump_rows,
+)
 from memgen.core.sites import SiteKind
 from memgen.core.stats import SHARE, intervals, rates, summarise
 from memgen.pipeline import open_step
@@ -164,18 +175,19 @@ class MethodRunner:
         return method.sparse(self.stats, masks, chosen.size, toward, self.fit)
 
 
-def held_out_line(row: dict[str, Any], toward: str) -> str:
+def held_out_line(row: SteeringRow) -> str:
     """One aligned line a person reads: `mem->gen  fitted  top10  size 16  last  gen 99.5%
     [97.2, 99.9] n=200 | matched random 99.6%` (size: the method's alpha or budget)."""
-    low, high = row["ci"][toward]
-    arrow = row["direction"].replace("_to_", "->")
-    setting = f"{row['method']:12} {row['selection']:8} size {row['size']:<5g} {row['position']:6}"
-    matched = row["controls"]["matched"]["target"]["mean"]
-    fitted_alike = row.get("control_kind", "").endswith("same treatment")
+    toward = row.toward
+    low, high = row.ci[toward]
+    arrow = row.direction.replace("_to_", "->")
+    setting = f"{row.method:12} {row.selection:8} size {row.size:<5g} {row.position:6}"
+    matched = row.controls.matched.target.mean
+    fitted_alike = row.control_kind.endswith("same treatment")
     control = "matched random" if fitted_alike else "random direction, unfitted,"
     return (
-        f"{arrow:8} {setting} {toward} {100 * row['targeted'][toward]:5.1f}% "
-        f"[{100 * low:.1f}, {100 * high:.1f}] n={row['n_prompts']} | {control} "
+        f"{arrow:8} {setting} {toward} {100 * row.targeted[toward]:5.1f}% "
+        f"[{100 * low:.1f}, {100 * high:.1f}] n={row.n_prompts} | {control} "
         f"{100 * matched:.1f}%"
     )
 
@@ -234,9 +246,9 @@ def _sweep_rows(direction: str, method: str, screened: list[Tried], tried: list[
 
 
 def _held_out_row(
-    run: _Steer, direction: str, method: Method, pick: Tried, runner: MethodRunner,
+    run: _Steer, direction: Direction, method: Method, pick: Tried, runner: MethodRunner,
     held_out: list[Example], side_held: SideSet, baseline_accuracy: float,
-) -> dict[str, Any]:  # fmt: skip
+) -> SteeringRow:  # fmt: skip
     """The chosen setting held out, beside its matched control and the paper's controls."""
     sc, toward, chosen = run.cfg.steer, DIRECTIONS[direction][1], pick.candidate
     matched = runner.matched(method, chosen, toward, run.rng)
@@ -253,50 +265,45 @@ def _held_out_row(
                        [ex.prompt for ex in side_held.examples], shifts[:1], run.kind,
                        batch_size=run.cfg.behave.batch_size, chat=run.cfg.train.chat)  # fmt: skip
     draws = [rates(lab)[toward] for lab in matched_labels]
-    matched_rates = rates([x for lab in matched_labels for x in lab])
-    row: dict[str, Any] = {
-        "direction": direction, "method": method.name, "selection": chosen.selection,
-        "top_n": run.sets[chosen.selection].top_n if chosen.selection in run.sets else None,
-        "size": chosen.size, "position": pick.position, "split": "held_out",
-        "n_prompts": len(held_out), "targeted": rates(target), "ci": intervals(target),
-        "tuning": {"n_prompts": len(pick.labels), "rates": pick.rates,
-                   "retention": pick.retention},
-        "n_neurons": int(np.count_nonzero(chosen.shift)),
-        "shift": shift_size(chosen.shift, run.stats),
-        "control": matched_rates,
-        "controls": {
-            "matched": {"rates": matched_rates, "target_per_draw": draws,
-                        "target": summarise(draws, SHARE), "retention_per_draw": kept[1:]},
-            **{k: rates(lab) for k, lab in zip(sc.controls, labels[1 + len(matched):],
-                                              strict=False)},
-        },
-        "side_effect": {
-            "retention": kept[0], "n_retention": len(side_held.examples), "kl": float(kl[0]),
-            "train_accuracy": run.train_accuracy(shifts[:1], pick.position)[0],
-            "baseline": baseline_accuracy,
-        },
-    }  # fmt: skip
-    row["control_kind"] = runner.control_kind(method)
-    upper = row["controls"]["matched"]["target"]["ci_high"]
-    row["beats_matched"] = bool(row["ci"][toward][0] > (upper if upper is not None else draws[0]))
-    return row
+    control = Matched(rates=rates([x for lab in matched_labels for x in lab]),
+                      target_per_draw=draws, target=Spread(**summarise(draws, SHARE)),
+                      retention_per_draw=kept[1:])  # fmt: skip
+    ci = intervals(target)
+    upper = control.target.ci_high
+    return SteeringRow(
+        direction=direction, method=method.name, selection=chosen.selection,
+        top_n=run.sets[chosen.selection].top_n if chosen.selection in run.sets else None,
+        size=chosen.size, position=pick.position, n_prompts=len(held_out),
+        targeted=rates(target), ci=ci,
+        tuning=Tuning(n_prompts=len(pick.labels), rates=pick.rates, retention=pick.retention),
+        n_neurons=int(np.count_nonzero(chosen.shift)),
+        shift=ShiftSize(**shift_size(chosen.shift, run.stats)),
+        controls=Controls(matched=control, **{k: rates(lab) for k, lab in
+                                              zip(sc.controls, labels[1 + len(matched):],
+                                                  strict=False)}),
+        side_effect=SideEffect(
+            retention=kept[0], n_retention=len(side_held.examples), kl=float(kl[0]),
+            train_accuracy=run.train_accuracy(shifts[:1], pick.position)[0],
+            baseline=baseline_accuracy),
+        control_kind=runner.control_kind(method),
+        beats_matched=bool(ci[toward][0] > (upper if upper is not None else draws[0])),
+    )  # fmt: skip
 
 
 def _save_best(
-    run: _Steer, direction: str, chosen_rows: list[tuple[Tried, dict[str, Any]]],
+    run: _Steer, direction: Direction, chosen_rows: list[tuple[Tried, SteeringRow]],
     retention: Callable[[list[Tried]], list[float]], out: Path,
-) -> dict[str, Any]:  # fmt: skip
+) -> SteeringRow:  # fmt: skip
     """Of the methods' held-out rows, the one `Bounds.choose` picks on tuning, saved."""
-    toward = DIRECTIONS[direction][1]
-    winner = run.bounds.choose([t for t, _ in chosen_rows], toward, retention)
+    winner = run.bounds.choose([t for t, _ in chosen_rows], DIRECTIONS[direction][1], retention)
     row = next(r for t, r in chosen_rows if t is winner)
-    meta = {key: row[key] for key in ("direction", "method", "selection", "size")}
-    meta.update(toward=toward, held_out=row["targeted"], n_held_out=row["n_prompts"],
-                ci=row["ci"], task=run.cfg.task)  # fmt: skip
+    meta = {"direction": row.direction, "method": row.method, "selection": row.selection,
+            "size": row.size, "toward": row.toward, "held_out": row.targeted,
+            "n_held_out": row.n_prompts, "ci": row.ci, "task": run.cfg.task}  # fmt: skip
     steering = Steering(model_identity(run.bench.model), run.kind, winner.position,
                         winner.candidate.shift, meta)  # fmt: skip
     steering.save(out / "best" / direction)
-    return {**row, "file": f"best/{direction}"}
+    return row.model_copy(update={"file": f"best/{direction}"})
 
 
 def _setup(step: Any) -> tuple[_Steer, list[tuple[Example, Behaviour]], list[Example]]:
@@ -323,7 +330,7 @@ def _setup(step: Any) -> tuple[_Steer, list[tuple[Example, Behaviour]], list[Exa
     return run, labelled, trained
 
 
-def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
+def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     step = open_step(run_dir, "steer", cfg, force)
     if step is None:
         return Stage(run_dir, "steer")
@@ -332,8 +339,8 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
     run, labelled, trained = _setup(step)
     out = stage.begin()
     baseline_accuracy = run.train_accuracy(np.zeros((1, *run.stats.shape)), "last")[0]
-    rows: list[dict[str, Any]] = []
-    best: dict[str, dict[str, Any]] = {}
+    rows: list[SteeringRow] = []
+    best: dict[str, SteeringRow] = {}
     splits: dict[str, dict[str, list[int]]] = {}  # direction -> rows of test_outputs.jsonl
     sweep: list[dict[str, Any]] = []  # every setting tried, on (part of) the tuning split
     for direction, (source, toward) in DIRECTIONS.items():
@@ -346,7 +353,7 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
                                          cfg.seed)  # fmt: skip
         runner = MethodRunner(run.stats, run.sets, run.bench, tuning, side_tune, cfg)
         retention = functools.partial(_retention, run.bench, side_tune)
-        chosen_rows: list[tuple[Tried, dict[str, Any]]] = []
+        chosen_rows: list[tuple[Tried, SteeringRow]] = []
         for method in methods:
             log.info("steer: %s, tuning %s on %d prompts", direction, method.name, len(tuning))
             pick, screened, tried = tune(
@@ -359,16 +366,18 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
                                 baseline_accuracy)  # fmt: skip
             rows.append(row)
             chosen_rows.append((pick, row))
-            log.info("steer  %s", held_out_line(row, toward))
+            log.info("steer  %s", held_out_line(row))
         if chosen_rows:
             best[direction] = _save_best(run, direction, chosen_rows, retention, out)
-    write_json(
-        out / "steering.json", {"rows": rows, "best": best, "splits": splits, "sweep": sweep}
-    )
+    written = {
+        "rows": dump_rows(rows),
+        "best": {d: r.model_dump(mode="json") for d, r in best.items()},
+    }
+    write_json(out / "steering.json", {**written, "splits": splits, "sweep": sweep})
     plot_steering(rows, out / "steering.png")
-    step.finish({"rows": rows, "best": best})
+    step.finish(written)
     for row in best.values():
-        log.info("steer  best  %s", held_out_line(row, row["direction"].split("_to_")[-1]))
+        log.info("steer  best  %s", held_out_line(row))
     return stage
 
 

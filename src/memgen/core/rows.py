@@ -1,0 +1,187 @@
+"""Typed result rows: the one shape of every row a stage reports.
+
+A stage builds its rows as these models and writes them with `dump_rows`; the report,
+`memgen compare` and the figures read them back with `read_rows`, which validates them.
+A field renamed or dropped on one side fails at once, naming the file and the fix,
+instead of turning into a KeyError in a figure. `results.json` is made from the same
+rows, and docs/results-schema.md is checked against their fields (tests/test_rows.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from memgen.core.errors import MemgenError
+
+Rates = dict[str, float]  # share of prompts per behaviour: gen, mem, other
+Direction = Literal["mem_to_gen", "gen_to_mem"]
+
+
+class Row(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Spread(Row):
+    """`memgen.core.stats.summarise`: mean, sample sd and 95% t-interval (None below 2)."""
+
+    n: int
+    mean: float
+    sd: float | None
+    ci_low: float | None
+    ci_high: float | None
+    min: float
+    max: float
+
+
+class ShiftSize(Row):
+    """How hard a shift pushes: the median moved neuron in its sds, and norm over ‖h‖."""
+
+    sd: float
+    relative_norm: float
+
+
+class Tuning(Row):
+    """The chosen setting on the tuning prompts it was chosen on (the paper's protocol)."""
+
+    n_prompts: int
+    rates: Rates
+    retention: float | None
+
+
+class Matched(Row):
+    """The chosen treatment given to random neurons (or directions), over draws."""
+
+    rates: Rates  # the draws' prompts pooled
+    target_per_draw: list[float]
+    target: Spread
+    retention_per_draw: list[float]
+
+
+class Controls(Row):
+    matched: Matched
+    random: Rates | None = None  # the paper's controls (sparse methods only)
+    low_correlation: Rates | None = None
+
+
+class SideEffect(Row):
+    retention: float
+    n_retention: int
+    kl: float
+    train_accuracy: float
+    baseline: float
+
+
+class SteeringRow(Row):
+    """One method's chosen setting, measured on the held-out half (stage `steer`)."""
+
+    direction: Direction
+    method: str
+    selection: str
+    top_n: float | None
+    size: float
+    position: str
+    split: Literal["held_out"] = "held_out"
+    n_prompts: int
+    targeted: Rates
+    ci: dict[str, list[float]]
+    tuning: Tuning
+    n_neurons: int
+    shift: ShiftSize
+    controls: Controls
+    side_effect: SideEffect
+    control_kind: str
+    beats_matched: bool
+    file: str | None = None  # set on `steering_best` rows: the saved steering
+
+    @property
+    def toward(self) -> str:
+        return "gen" if self.direction == "mem_to_gen" else "mem"
+
+
+class SpecificityRow(Row):
+    """Fitted steering on a top-N% set beside matched random sets (stage `specificity`)."""
+
+    site: str
+    scorer: str
+    direction: Direction
+    size: float
+    n_neurons: int
+    budget: float
+    n_prompts: int
+    targeted: Rates
+    targeted_ci: list[float]
+    matched: Spread
+    matched_per_draw: list[float]
+
+
+class BoundRow(Row):
+    """One layer's fitted shared shift, in-sample and held out (stage `bound`)."""
+
+    direction: Direction
+    site: str
+    layer: int
+    n_fit: int
+    fit: float
+    n_held_out: int
+    held_out: Rates
+    shift_norm: float
+    relative_norm: float
+
+
+class ProbeLayer(Row):
+    """A probe's cross-validated accuracy at one site and layer (stage `probe`)."""
+
+    site: str
+    layer: int
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    n: int  # prompts scored (both members of every pair)
+
+
+class RunFigures(Row):
+    """One finished run's headline figures, side by side in `memgen compare`."""
+
+    run: str
+    task: str
+    seed: int | None
+    model: str | None
+    kept_step: int | None
+    gen: float | None
+    mem: float | None
+    other: float | None
+    flip_rate: float | None
+    probe_best: float | None
+    mem_to_gen: float | None
+    mem_to_gen_control: float | None
+    gen_to_mem: float | None
+    gen_to_mem_control: float | None
+    split_half_spearman: float | None
+
+
+R = TypeVar("R", bound=Row)
+
+
+def dump_rows(rows: Iterable[Row]) -> list[dict[str, Any]]:
+    """Rows as the JSON a manifest or a stage's file holds."""
+    return [row.model_dump(mode="json") for row in rows]
+
+
+def read_rows(kind: type[R], raw: Sequence[Any], where: str) -> list[R]:
+    """`raw` rows validated as `kind`; one line naming `where` and the fix if they do not fit."""
+    try:
+        return [kind.model_validate(row) for row in raw]
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise MemgenError(
+            f"{where}: a {kind.__name__} has {field!r}: {first['msg']} (written by another "
+            "memgen version?); re-run that stage with --force"
+        ) from None
+
+
+def read_row(kind: type[R], raw: Any, where: str) -> R:
+    return read_rows(kind, [raw], where)[0]
