@@ -7,7 +7,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.errors import MemgenError
 from memgen.core.generation import encode_prompt, left_padded_positions, pad_id_of, pad_left
-from memgen.steering.bench import split_half
+from memgen.steering.bench import tuning_and_held_out
 from memgen.steering.shifts import fit_shifts, generate_shifted
 
 PROMPTS = [
@@ -68,11 +68,11 @@ def test_fit_shifts_refuses_empty_input_and_a_bad_budget(
                        budget=budget)  # fmt: skip
 
 
-def test_split_half_is_seeded_and_disjoint() -> None:
-    fit, held = split_half(11, seed=3)
+def test_tuning_and_held_out_halves_are_seeded_and_disjoint() -> None:
+    fit, held = tuning_and_held_out(11, seed=3)
     assert len(fit) == 5 and len(held) == 6
     assert sorted([*fit, *held]) == list(range(11))
-    assert np.array_equal(split_half(11, seed=3)[0], fit)
+    assert np.array_equal(tuning_and_held_out(11, seed=3)[0], fit)
 
 
 def test_left_padded_positions_make_a_batch_match_each_prompt_alone(

@@ -15,7 +15,7 @@ from memgen.neurons.consistency import (
     dice,
     jaccard,
     shuffle_within_pairs,
-    split_half,
+    split_half_consistency,
     split_pairs,
 )
 
@@ -84,7 +84,7 @@ def test_shuffle_within_pairs_keeps_each_pair_balanced() -> None:
 
 def test_planted_signal_is_consistent_well_above_chance() -> None:
     x, y, pair_ids = paired_data(signal=2.0)
-    report = split_half(x, y, pair_ids, "pearson", [10 / 120], n_splits=5, seed=0)
+    report = split_half_consistency(x, y, pair_ids, "pearson", [10 / 120], n_splits=5, seed=0)
     row = report["top_n"][0]
     assert row["k"] == 10
     assert row["jaccard"]["mean"] > 0.6
@@ -95,7 +95,7 @@ def test_planted_signal_is_consistent_well_above_chance() -> None:
 
 def test_pure_noise_is_near_chance() -> None:
     x, y, pair_ids = paired_data(signal=0.0, seed=1)
-    report = split_half(x, y, pair_ids, "nmd", [0.1], n_splits=8, seed=0)
+    report = split_half_consistency(x, y, pair_ids, "nmd", [0.1], n_splits=8, seed=0)
     row = report["top_n"][0]
     assert abs(row["jaccard"]["mean"] - row["jaccard_chance"]) < 0.08
     assert abs(report["spearman"]["mean"]) < 0.2
@@ -103,10 +103,10 @@ def test_pure_noise_is_near_chance() -> None:
 
 def test_split_half_is_deterministic_and_needs_pairs() -> None:
     x, y, pair_ids = paired_data(signal=1.0, n_pairs=12)
-    first = split_half(x, y, pair_ids, "pearson", [0.05], n_splits=3, seed=4)
-    assert first == split_half(x, y, pair_ids, "pearson", [0.05], n_splits=3, seed=4)
+    first = split_half_consistency(x, y, pair_ids, "pearson", [0.05], n_splits=3, seed=4)
+    assert first == split_half_consistency(x, y, pair_ids, "pearson", [0.05], n_splits=3, seed=4)
     with pytest.raises(MemgenError, match="at least 4 pairs"):
-        split_half(x[:6], y[:6], pair_ids[:6], "pearson", [0.05], n_splits=3)
+        split_half_consistency(x[:6], y[:6], pair_ids[:6], "pearson", [0.05], n_splits=3)
 
 
 def make_set(flat: list[int], nmd: list[float], site: str = "resid") -> NeuronSet:

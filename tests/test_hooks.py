@@ -325,3 +325,15 @@ def test_out_of_range_neuron_or_layer_fails_before_any_hook(
     assert _hooks(model) == before
     with pytest.raises(MemgenError, match="expected"):
         Intervention.from_dict({"site": {"kind": "mlp"}, "neurons": [1], "op": "add"})
+
+
+@torch.no_grad()
+def test_recording_at_the_prompt_keeps_only_the_prompts_last_position_during_generate(
+    tiny_models: dict[str, PreTrainedModel], token_ids: torch.Tensor
+) -> None:
+    model, site = tiny_models["llama"], Site("mlp", 0)
+    kwargs = {"max_new_tokens": 3, "min_new_tokens": 3, "do_sample": False, "pad_token_id": 0}
+    with record(model, [site], position="prompt") as prompt, record(model, [site]) as last:
+        model.generate(input_ids=token_ids, **kwargs)
+    assert len(last.calls(site)) == 3 and len(prompt.calls(site)) == 1
+    assert torch.equal(prompt[site], last.calls(site)[0])

@@ -1,5 +1,7 @@
 """The public steering API, steering files, the methods and their controls."""
 
+import json
+import shutil
 from collections.abc import Callable
 
 import numpy as np
@@ -299,6 +301,11 @@ def test_a_steering_file_round_trips_and_refuses_another_model(
         pass
     with pytest.raises(MemgenError, match="carries its own"), memgen.steer(model, loaded, alpha=1):
         pass
+    info = json.loads((folder / "best.json").read_text())
+    (folder / "odd.json").write_text(json.dumps({**info, "position": "first"}))
+    shutil.copyfile(folder / "best.safetensors", folder / "odd.safetensors")
+    with pytest.raises(MemgenError, match="position 'first' is not one of last, prompt, all"):
+        load_steering(folder / "odd")
     (folder / "best.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(MemgenError, match="corrupt"):
         load_steering(folder / "best")

@@ -32,16 +32,14 @@ from torch.utils.hooks import RemovableHandle
 from memgen.core.errors import MemgenError
 from memgen.core.sites import Hookpoint, Site, locate, site_width
 
-Position = Literal["last", "all"]
-# Where an intervention applies: "last" is the last position of every forward pass (the
-# prompt's last token, then each generated token), "prompt" only the prompt's last token
-# (the decision point: the first pass of a cached `generate`, the only one that sees more
-# than one position), "all" every position of every pass.
-Where = Literal["last", "prompt", "all"]
+# Where a hook reads or changes a site: "last" is the last position of every forward pass
+# (the prompt's last token, then each generated token), "prompt" only the prompt's last
+# token (the decision point: the first pass of a cached `generate`, the only one that sees
+# more than one position), "all" every position of every pass.
+Position = Literal["last", "prompt", "all"]
 Op = Literal["add", "scale", "set", "zero"]
 OPS: tuple[Op, ...] = get_args(Op)
 POSITIONS: tuple[Position, ...] = get_args(Position)
-WHERE: tuple[Where, ...] = get_args(Where)
 
 # Takes the site's activation [batch, seq, width]; changes it in place or returns a new one.
 Edit = Callable[[torch.Tensor], torch.Tensor | None]
@@ -60,14 +58,14 @@ class Intervention:
 
     `values` has one entry per neuron, or one entry for all of them; `zero` takes none.
     `add` adds, `scale` multiplies, `set` overwrites, `zero` sets to 0. `position` is
-    one of `Where` ("last", "prompt" or "all").
+    one of `Position` ("last", "prompt" or "all").
     """
 
     site: Site
     neurons: tuple[int, ...]
     op: Op
     values: tuple[float, ...] = ()
-    position: Where = "last"
+    position: Position = "last"
 
     def __post_init__(self) -> None:
         where = f"intervention at {self.site}"
@@ -79,9 +77,9 @@ class Intervention:
         object.__setattr__(self, "values", tuple(float(v) for v in self.values))
         if self.op not in OPS:
             raise MemgenError(f"{where}: op {self.op!r} is not one of {', '.join(OPS)}")
-        if self.position not in WHERE:
+        if self.position not in POSITIONS:
             raise MemgenError(
-                f"{where}: position {self.position!r} is not one of {', '.join(WHERE)}"
+                f"{where}: position {self.position!r} is not one of {', '.join(POSITIONS)}"
             )
         if not self.neurons:
             raise MemgenError(f"{where}: no neurons given")
@@ -248,16 +246,19 @@ def edit(model: torch.nn.Module, edits: Mapping[Site, Edit]) -> Iterator[None]:
 def record(
     model: torch.nn.Module, sites: Iterable[Site], position: Position = "last"
 ) -> Iterator[Recording]:
-    """Capture detached copies of each site's activation on every forward call."""
+    """Capture detached copies of each site's activation on every forward call, at
+    `position` ("prompt": the last position of passes that see more than one)."""
     if position not in POSITIONS:
-        raise MemgenError(f"record position {position!r} is not 'last' or 'all'")
+        raise MemgenError(f"record position {position!r} is not one of {', '.join(POSITIONS)}")
     recording = Recording(list(dict.fromkeys(sites)))
 
     def capture(calls: list[torch.Tensor]) -> Edit:
         def keep(activation: torch.Tensor) -> None:
+            if position == "prompt" and activation.shape[1] == 1:
+                return  # a cached decoding step: past the prompt
             # A copy: a view would keep the whole [batch, seq, width] tensor alive and
             # would see later in-place edits.
-            chosen = activation[:, -1] if position == "last" else activation
+            chosen = activation if position == "all" else activation[:, -1]
             calls.append(chosen.detach().clone())
 
         return keep

@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from memgen.core.errors import MemgenError
+from memgen.core.hooks import Position
 
 Rates = dict[str, float]  # share of prompts per behaviour: gen, mem, other
 Direction = Literal["mem_to_gen", "gen_to_mem"]
@@ -82,7 +83,7 @@ class SteeringRow(Row):
     selection: str
     top_n: float | None
     size: float
-    position: str
+    position: Position
     split: Literal["held_out"] = "held_out"
     n_prompts: int
     targeted: Rates

@@ -1,12 +1,12 @@
 """Do the behaviour neurons agree across data subsets, seeds and tasks? Overlap vs chance.
 
-    from memgen.neurons.consistency import split_half, compare_scores, compare_sets
-    report = split_half(X, y, pair_ids, scorer="pearson", fractions=[0.05], n_splits=10)
+    from memgen.neurons.consistency import split_half_consistency, compare_scores, compare_sets
+    report = split_half_consistency(X, y, pair_ids, scorer="pearson", fractions=[0.05], n_splits=10)
     compare_scores(score_a, score_b, 0.05)  # two score arrays of the same model/site
     compare_sets(set_a, set_b)              # two saved NeuronSets of the same model/site
     across_halves(run_a, run_b, "pearson", [0.05])  # two runs of one model, half vs half
 
-Intra-task (`split_half`): the flipped pairs are split, by pair id, into two disjoint
+Intra-task (`split_half_consistency`): the flipped pairs are split, by pair id, into two disjoint
 halves several times (seeded); each half selects its own top-N% and the two
 selections are compared with Jaccard and Dice overlap, and the full score maps with
 the Spearman correlation of |score|. Two baselines say what "no agreement" looks
@@ -163,7 +163,7 @@ def split_pairs(pair_ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndar
     return np.flatnonzero(half), np.flatnonzero(~half)
 
 
-def summarise(values: Sequence[float]) -> dict[str, float]:
+def percentile_range(values: Sequence[float]) -> dict[str, float]:
     """Mean and 2.5-97.5 percentile range of per-split values."""
     array = np.asarray(values, dtype=np.float64)
     low, high = np.percentile(array, [2.5, 97.5])
@@ -176,7 +176,7 @@ def _half_scores(
     return tuple(run_scorer(scorer, x[idx], y[idx]) for idx in rows)  # type: ignore[return-value]
 
 
-def split_half(
+def split_half_consistency(
     x: np.ndarray,
     y: np.ndarray,
     pair_ids: np.ndarray,
@@ -217,8 +217,8 @@ def split_half(
         "n_pairs": n_pairs,
         "n_splits": n_splits,
         "seed": seed,
-        "spearman": summarise([s["spearman"] for s in per_split["observed"]]),
-        "spearman_permuted": summarise([s["spearman"] for s in per_split["permuted"]]),
+        "spearman": percentile_range([s["spearman"] for s in per_split["observed"]]),
+        "spearman_permuted": percentile_range([s["spearman"] for s in per_split["permuted"]]),
         "top_n": [],
     }
     for fraction in fractions:
@@ -227,8 +227,8 @@ def split_half(
         row: dict[str, Any] = {"top_n": fraction, "k": k}
         for metric in ("jaccard", "dice"):
             key = f"{metric}@{fraction:g}"
-            row[metric] = summarise([s[key] for s in per_split["observed"]])
-            row[f"{metric}_permuted"] = summarise([s[key] for s in per_split["permuted"]])
+            row[metric] = percentile_range([s[key] for s in per_split["observed"]])
+            row[f"{metric}_permuted"] = percentile_range([s[key] for s in per_split["permuted"]])
             row[f"{metric}_chance"] = chance[metric]
         report["top_n"].append(row)
     return report
@@ -246,7 +246,7 @@ def across_halves(
 
     `a` and `b` are (activations, labels, pair ids) of runs whose units correspond. Per
     split, a random half of each run's pairs selects its top-N; Jaccard and Spearman are
-    summarised over splits (a spread, as in `split_half`), beside the chance overlap.
+    summarised over splits (a spread, as in `split_half_consistency`), beside the chance overlap.
     """
     rng = np.random.default_rng(seed)
     per_split: list[dict[str, float]] = []
@@ -263,11 +263,11 @@ def across_halves(
     total = int(np.prod(a[0].shape[1:]))
     return {
         "n_splits": n_splits,
-        "spearman": summarise([s["spearman"] for s in per_split]),
+        "spearman": percentile_range([s["spearman"] for s in per_split]),
         "top_n": [
             {
                 "top_n": fraction,
-                "jaccard": summarise([s[f"jaccard@{fraction:g}"] for s in per_split]),
+                "jaccard": percentile_range([s[f"jaccard@{fraction:g}"] for s in per_split]),
                 "jaccard_chance": chance_overlap(
                     n_selected(fraction, total), n_selected(fraction, total), total
                 )["jaccard"],

@@ -23,7 +23,7 @@ from memgen.core.config import RunConfig, set_name
 from memgen.core.errors import MemgenError
 from memgen.core.neuron_set import NeuronSet, write_scores
 from memgen.core.recorded import Recorded, read_record
-from memgen.neurons.consistency import split_half
+from memgen.neurons.consistency import split_half_consistency
 from memgen.neurons.figures import plot_layer_share, plot_nmd_heatmap, plot_score_by_layer
 from memgen.neurons.scores import SCORERS, score
 from memgen.neurons.selection import layer_share, select_top
@@ -112,7 +112,7 @@ def run_neurons(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     write_scores(out, maps, {"site": nc.site, "scorer": nc.scorer})
 
     shares = _save_sets(out, recorded, main, nmd, cfg)
-    consistency = split_half(
+    consistency = split_half_consistency(
         x, y, recorded.pair_ids, nc.scorer, nc.top_n, n_splits=nc.consistency_splits, seed=cfg.seed
     )
     write_json(out / "consistency.json", consistency)

@@ -30,7 +30,7 @@ from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example, read_test_answers
 from memgen.core.generation import label_examples
-from memgen.core.hooks import Intervention, intervene
+from memgen.core.hooks import Intervention, Position, intervene
 from memgen.core.modeling import load_run_model
 from memgen.core.sites import Site, n_layers, site_width
 from memgen.core.stats import rates
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 SOURCES = ("mem", "gen")  # the unablated answer's behaviour
 
 
-def scale_site(site: Site, width: int, scale: float, position: str) -> list[Intervention]:
+def scale_site(site: Site, width: int, scale: float, position: Position) -> list[Intervention]:
     """Every unit of `site` multiplied by `scale`."""
     return [
         Intervention(

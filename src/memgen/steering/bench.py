@@ -1,6 +1,6 @@
 """What the steering stages share: the two directions, the split and the test bench.
 
-from memgen.steering.bench import DIRECTIONS, Bench, split_half
+from memgen.steering.bench import DIRECTIONS, Bench, tuning_and_held_out
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.config import RunConfig
 from memgen.core.examples import Example
+from memgen.core.hooks import Position
 from memgen.core.rows import Direction
 from memgen.core.sites import SiteKind
 from memgen.steering.methods import Toward
@@ -26,7 +27,7 @@ DIRECTIONS: dict[Direction, tuple[str, Toward]] = {
 }
 
 
-def split_half(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def tuning_and_held_out(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A seeded split of range(n) into a first half (tuning, fitting) and a held-out half."""
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[: n // 2]), np.sort(order[n // 2 :])
@@ -43,7 +44,7 @@ class Bench:
     kind: SiteKind
 
     def outputs(
-        self, examples: Sequence[Example], shifts: np.ndarray, position: str
+        self, examples: Sequence[Example], shifts: np.ndarray, position: Position
     ) -> list[list[str]]:
         if not examples:
             return [[] for _ in shifts]
@@ -55,7 +56,7 @@ class Bench:
         )  # fmt: skip
 
     def labels(
-        self, examples: Sequence[Example], shifts: np.ndarray, position: str
+        self, examples: Sequence[Example], shifts: np.ndarray, position: Position
     ) -> list[list[str]]:
         return [
             [self.task.label(ex, out) for ex, out in zip(examples, row, strict=True)]

@@ -31,7 +31,7 @@ from memgen.core.rows import BoundRow, dump_rows
 from memgen.core.sites import Site, n_layers, site_width
 from memgen.core.stats import rates
 from memgen.pipeline import open_step
-from memgen.steering.bench import DIRECTIONS, Bench, split_half
+from memgen.steering.bench import DIRECTIONS, Bench, tuning_and_held_out
 from memgen.steering.methods import activation_scale
 from memgen.steering.shifts import fit_shifts
 from memgen.tasks.base import make_task
@@ -78,7 +78,7 @@ def run_bound(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
                 "bound: %d test prompts answered %r; %s skipped", len(prompts), source, direction
             )
             continue
-        fit_rows, held_rows = split_half(len(prompts), cfg.seed)
+        fit_rows, held_rows = tuning_and_held_out(len(prompts), cfg.seed)
         fitting, held_out = [prompts[i] for i in fit_rows], [prompts[i] for i in held_rows]
         answers = [ex.gen_answer if toward == "gen" else ex.mem_answer for ex in fitting]
         fitted, fit = fit_shifts(

@@ -24,7 +24,7 @@ from safetensors.numpy import load_file, save_file
 
 from memgen.core.artifacts import write_json
 from memgen.core.errors import MemgenError
-from memgen.core.hooks import Intervention
+from memgen.core.hooks import POSITIONS, Intervention, Position
 from memgen.core.neuron_set import check_model, stem_paths
 from memgen.core.sites import SITE_KINDS, Site, SiteKind
 
@@ -39,7 +39,7 @@ class Steering:
 
     model: dict[str, Any]
     site: str
-    position: str
+    position: Position
     shift: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -100,10 +100,16 @@ def load_steering(path: str | Path) -> Steering:
     missing = [k for k in ("model", "site", "position") if k not in info]
     if missing:
         raise MemgenError(f"steering file {stem} lacks {', '.join(missing)}; {_FIX}")
+    position = info["position"]
+    if position not in POSITIONS:
+        choices = ", ".join(POSITIONS)
+        raise MemgenError(
+            f"steering file {stem}: position {position!r} is not one of {choices}; {_FIX}"
+        )
     return Steering(
         model=dict(info["model"]),
         site=str(info["site"]),
-        position=str(info["position"]),
+        position=position,
         shift=shift.astype(np.float64),
         meta=dict(info.get("meta", {})),
     )

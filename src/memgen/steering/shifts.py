@@ -32,12 +32,10 @@ from memgen.core.generation import (
     pad_id_of,
     pad_left,
 )
-from memgen.core.hooks import edit
+from memgen.core.hooks import Position, edit
 from memgen.core.modeling import frozen, unwrap
 from memgen.core.sites import Site, SiteKind
 from memgen.steering.prefix import Prefix, steered_last_logits
-
-SteerPosition = str  # "last" or "prompt" (memgen.core.hooks.Where without "all")
 
 
 class RowShifts:
@@ -50,8 +48,8 @@ class RowShifts:
     `steered_last_logits` runs them).
     """
 
-    def __init__(self, kind: SiteKind, layers: Sequence[int], position: SteerPosition) -> None:
-        if position not in ("last", "prompt"):
+    def __init__(self, kind: SiteKind, layers: Sequence[int], position: Position) -> None:
+        if position not in ("last", "prompt"):  # a shift per row is for decision points
             raise MemgenError(f"steering position {position!r} is not 'last' or 'prompt'")
         self.kind, self.layers, self.position = kind, [int(x) for x in layers], position
         self._rows: torch.Tensor | None = None
@@ -115,7 +113,7 @@ def generate_shifted(
     prompts: Sequence[str],
     shifts: np.ndarray,
     kind: SiteKind,
-    position: SteerPosition,
+    position: Position,
     *,
     max_new_tokens: int,
     num_beams: int = 1,

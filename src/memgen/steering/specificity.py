@@ -34,7 +34,7 @@ from memgen.core.stats import SHARE, rates, summarise, wilson
 from memgen.neurons.scores import score as neuron_score
 from memgen.neurons.selection import select_top
 from memgen.pipeline import open_step
-from memgen.steering.bench import DIRECTIONS, Bench, split_half
+from memgen.steering.bench import DIRECTIONS, Bench, tuning_and_held_out
 from memgen.steering.methods import SiteStats, matched_masks
 from memgen.steering.shifts import fit_shifts
 from memgen.tasks.base import make_task
@@ -121,7 +121,7 @@ def _splits(
         if len(prompts) < 4:
             log.warning("specificity: too few %r prompts; %s skipped", source, direction)
             continue
-        tune_rows, held_rows = split_half(len(prompts), seed)
+        tune_rows, held_rows = tuning_and_held_out(len(prompts), seed)
         splits[direction] = ([prompts[i] for i in tune_rows], [prompts[i] for i in held_rows])
     return splits
 

@@ -31,6 +31,7 @@ import numpy as np
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig, set_name
 from memgen.core.examples import Behaviour, Example, read_split, read_test_answers
+from memgen.core.hooks import Position
 from memgen.core.modeling import load_run_model, model_identity
 from memgen.core.neuron_set import NeuronSet, read_scores
 from memgen.core.recorded import read_record
@@ -48,7 +49,7 @@ from memgen.core.rows import (
 from memgen.core.sites import SiteKind
 from memgen.core.stats import SHARE, intervals, rates, summarise
 from memgen.pipeline import open_step
-from memgen.steering.bench import DIRECTIONS, Bench, split_half
+from memgen.steering.bench import DIRECTIONS, Bench, tuning_and_held_out
 from memgen.steering.figures import plot_steering
 from memgen.steering.methods import (
     METHODS,
@@ -76,7 +77,7 @@ class SideSet:
     examples: list[Example]
     answers: list[str]
 
-    def retention(self, bench: Bench, shifts: np.ndarray, position: str) -> list[float]:
+    def retention(self, bench: Bench, shifts: np.ndarray, position: Position) -> list[float]:
         """Per shift: the share of these prompts whose answer stays the same."""
         if not self.examples:
             return [float("nan")] * len(shifts)
@@ -101,7 +102,7 @@ def side_sets(
         for ex, out in zip(taught, answers, strict=True)
         if bench.task.label(ex, out) == toward
     ][:n]
-    first, second = split_half(len(kept), seed)
+    first, second = tuning_and_held_out(len(kept), seed)
     pick = [
         SideSet([kept[i][0] for i in rows], [kept[i][1] for i in rows]) for rows in (first, second)
     ]
@@ -207,7 +208,7 @@ class _Steer:
     accuracy_set: list[Example]
     taught: list[Behaviour]
 
-    def train_accuracy(self, shifts: np.ndarray, position: str) -> list[float]:
+    def train_accuracy(self, shifts: np.ndarray, position: Position) -> list[float]:
         """Share of training prompts answered as taught (an intended flip counts as a miss)."""
         if not self.accuracy_set:
             return [float("nan")] * len(shifts)
@@ -225,7 +226,7 @@ def _direction_prompts(
     index = [i for i, (_, label) in enumerate(labelled) if label == source][:n]
     if len(index) < 4:
         return None
-    tune_rows, held_rows = split_half(len(index), seed)
+    tune_rows, held_rows = tuning_and_held_out(len(index), seed)
     tuning = [labelled[index[i]][0] for i in tune_rows]
     held_out = [labelled[index[i]][0] for i in held_rows]
     rows = {"tuning": [index[i] for i in tune_rows], "held_out": [index[i] for i in held_rows]}

@@ -21,6 +21,7 @@ from typing import TypeVar
 import numpy as np
 
 from memgen.core.examples import Example
+from memgen.core.hooks import Position
 from memgen.core.stats import rates
 from memgen.steering.bench import Bench
 from memgen.steering.methods import Toward
@@ -44,7 +45,7 @@ class Tried:
     """A candidate at one position, measured on (part of) the tuning split."""
 
     candidate: Candidate
-    position: str
+    position: Position
     labels: list[str]
     push: float  # the shift's largest norm over a layer's mean activation norm
     retention: float | None = None  # measured only where the choice needs it
@@ -54,8 +55,8 @@ class Tried:
         self.rates = rates(self.labels)
 
 
-def per_position(settings: Sequence[tuple[Candidate, str]],
-                 run: Callable[[np.ndarray, str], Sequence[T]]) -> list[T]:  # fmt: skip
+def per_position(settings: Sequence[tuple[Candidate, Position]],
+                 run: Callable[[np.ndarray, Position], Sequence[T]]) -> list[T]:  # fmt: skip
     """`run(shifts, position)` once per position, its settings' shifts stacked; one result
     per setting, in order."""
     found: dict[int, T] = {}
@@ -66,7 +67,7 @@ def per_position(settings: Sequence[tuple[Candidate, str]],
     return [found[i] for i in range(len(settings))]
 
 
-def measure(bench: Bench, settings: Sequence[tuple[Candidate, str]],
+def measure(bench: Bench, settings: Sequence[tuple[Candidate, Position]],
             examples: Sequence[Example]) -> list[list[str]]:  # fmt: skip
     """Labels per (candidate, position) on `examples`."""
     return per_position(settings, lambda shifts, position: bench.labels(examples, shifts, position))
@@ -100,7 +101,7 @@ class Bounds:
         return choose(tried, toward, self.max_other, self.min_retention, retention)
 
 
-def tune(bench: Bench, candidates: Sequence[Candidate], positions: Sequence[str],
+def tune(bench: Bench, candidates: Sequence[Candidate], positions: Sequence[Position],
          tuning: Sequence[Example], toward: Toward, bounds: Bounds,
          retention: Callable[[list[Tried]], list[float]], push: Callable[[np.ndarray], float],
          ) -> tuple[Tried, list[Tried], list[Tried]]:  # fmt: skip
