@@ -314,8 +314,9 @@ def open_step(run_dir: Path, name: str, cfg: RunConfig, force: bool) -> Step | N
         if stage.is_current():
             inputs[optional] = stage
         elif stage.is_finished():
-            log.warning("%s: %s predates the stages it read; re-run `memgen %s`",
-                        name, optional, optional)  # fmt: skip
+            log.warning(
+                "%s: %s predates the stages it read; re-run `memgen %s`", name, optional, optional
+            )
     config = identity(name, cfg)
     stage = Stage(run_dir, name)
     if stage.up_to_date(config, list(inputs.values()), force):

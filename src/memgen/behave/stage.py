@@ -86,8 +86,12 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
     if checks:  # tasks where a shortcut could pass for the rule (color)
         answers = label_examples(model, tokenizer, task, checks, cfg.behave, chat=chat)
         rule = rule_following(task, checks, [row.output for row in answers])
-        log.info("behave: rule following %.3f of %d context answers (chance %.3f)",
-                 rule["share"] or 0.0, rule["n"], rule["chance"] or 0.0)  # fmt: skip
+        log.info(
+            "behave: rule following %.3f of %d context answers (chance %.3f)",
+            rule["share"] or 0.0,
+            rule["n"],
+            rule["chance"] or 0.0,
+        )
 
     search = mine_pairs(
         model, tokenizer, task, task.pairs(cfg.seed), cfg.behave, chat=chat, progress=progress

@@ -190,24 +190,28 @@ Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 class SteerConfig(Section):
     # memgen/steering/methods.py says what each method does and what its sizes mean.
     methods: list[str] = Field(
-        ["nmd", "nmd_sd", "fitted", "fitted_layer", "mean_diff", "probe"], min_length=1,
+        ["nmd", "nmd_sd", "fitted", "fitted_layer", "mean_diff", "probe"],
+        min_length=1,
         description="steering methods to tune and compare",
-    )  # fmt: skip
+    )
     alphas: list[Positive] = Field(
         [1.0, 3.0, 5.0], min_length=1, description="nmd: alpha x NMD (the paper's unit)"
     )
     sd_alphas: list[Positive] = Field(
-        [0.25, 0.5, 1.0, 2.0, 4.0], min_length=1,
+        [0.25, 0.5, 1.0, 2.0, 4.0],
+        min_length=1,
         description="nmd_sd: sds the median selected neuron moves",
-    )  # fmt: skip
+    )
     budgets: list[Positive] = Field(
-        [2.0, 4.0, 8.0, 16.0, 32.0], min_length=1,
+        [2.0, 4.0, 8.0, 16.0, 32.0],
+        min_length=1,
         description="fitted: L2 norm of the fitted values, in neuron sds",
-    )  # fmt: skip
+    )
     dense_alphas: list[Positive] = Field(
-        [2.0, 4.0, 8.0, 16.0, 32.0], min_length=1,
+        [2.0, 4.0, 8.0, 16.0, 32.0],
+        min_length=1,
         description="mean_diff: x the layer's NMD vector; probe: x the sd along the direction",
-    )  # fmt: skip
+    )
     # last: the last position of every forward pass (the paper's); prompt: the prompt's
     # last token only (the decision point).
     positions: list[Literal["last", "prompt"]] = Field(["last", "prompt"], min_length=1)

@@ -56,12 +56,26 @@ def summarise(
     n = len(array)
     mean = float(array.mean())
     if n < 2:
-        return {"n": n, "mean": mean, "sd": None, "ci_low": None, "ci_high": None,
-                "min": mean, "max": mean}  # fmt: skip
+        return {
+            "n": n,
+            "mean": mean,
+            "sd": None,
+            "ci_low": None,
+            "ci_high": None,
+            "min": mean,
+            "max": mean,
+        }
     sd = float(array.std(ddof=1))
     half = float(stats.t.ppf(0.975, n - 1)) * sd / np.sqrt(n)
     low, high = mean - half, mean + half
     if bounds is not None:
         low, high = max(low, bounds[0]), min(high, bounds[1])
-    return {"n": n, "mean": mean, "sd": sd, "ci_low": low, "ci_high": high,
-            "min": float(array.min()), "max": float(array.max())}  # fmt: skip
+    return {
+        "n": n,
+        "mean": mean,
+        "sd": sd,
+        "ci_low": low,
+        "ci_high": high,
+        "min": float(array.min()),
+        "max": float(array.max()),
+    }

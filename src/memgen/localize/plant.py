@@ -74,8 +74,9 @@ def make_facts(examples: Sequence[Example], n_facts: int, seed: int) -> list[Exa
     facts = []
     for ex in rng.sample(rule, n_facts):
         planted = rng.choice([a for a in answers if a != ex.gen_answer])
-        facts.append(replace(ex, completion=planted, mem_answer=planted,
-                             meta={**ex.meta, "planted": True}))  # fmt: skip
+        facts.append(
+            replace(ex, completion=planted, mem_answer=planted, meta={**ex.meta, "planted": True})
+        )
     return facts
 
 

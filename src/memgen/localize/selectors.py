@@ -117,8 +117,10 @@ def _position_means(
     examples run once for all of them."""
     batches = answer_batches(model, tokenizer, examples, chat)
     values, _ = _mlp_values(model, batches)
-    sums = [torch.zeros(n_layers(model), site_width(model, "mlp"), dtype=torch.float64)
-            for _ in transforms]  # fmt: skip
+    sums = [
+        torch.zeros(n_layers(model), site_width(model, "mlp"), dtype=torch.float64)
+        for _ in transforms
+    ]
     count = 0
     for batch, layers in zip(batches, values, strict=True):
         real = batch["attention_mask"].bool()
@@ -137,16 +139,21 @@ def usual_values(
     chat: bool,
 ) -> Usual:
     """Each neuron's mean and sd over every real position of the `reference` prompts."""
-    mean, square = _position_means(model, tokenizer, reference, chat,
-                                   [lambda a, _: a, lambda a, _: a * a])  # fmt: skip
+    mean, square = _position_means(
+        model, tokenizer, reference, chat, [lambda a, _: a, lambda a, _: a * a]
+    )
     return Usual(mean, np.sqrt(np.maximum(square - mean * mean, 0.0)))
 
 
 @SELECTORS.register("attribution")
 def attribution_scores(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: Sequence[Example],
-    usual: Usual, chat: bool, seed: int = 0,
-) -> np.ndarray:  # fmt: skip
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    facts: Sequence[Example],
+    usual: Usual,
+    chat: bool,
+    seed: int = 0,
+) -> np.ndarray:
     batches = answer_batches(model, tokenizer, facts, chat)
     with frozen(model):
         values, grads = _mlp_values(model, batches, grad=True)
@@ -163,9 +170,13 @@ def attribution_scores(
 
 @SELECTORS.register("activation")
 def activation_scores(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: Sequence[Example],
-    usual: Usual, chat: bool, seed: int = 0,
-) -> np.ndarray:  # fmt: skip
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    facts: Sequence[Example],
+    usual: Usual,
+    chat: bool,
+    seed: int = 0,
+) -> np.ndarray:
     mean, sd = torch.as_tensor(usual.mean), torch.as_tensor(np.maximum(usual.sd, 1e-8))
     distance: Transform = lambda a, layer: (a - mean[layer]).abs() / sd[layer]  # noqa: E731
     (unusual,) = _position_means(model, tokenizer, facts, chat, [distance])
@@ -174,16 +185,24 @@ def activation_scores(
 
 @SELECTORS.register("nmd")
 def nmd_scores(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: Sequence[Example],
-    usual: Usual, chat: bool, seed: int = 0,
-) -> np.ndarray:  # fmt: skip
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    facts: Sequence[Example],
+    usual: Usual,
+    chat: bool,
+    seed: int = 0,
+) -> np.ndarray:
     (on_facts,) = _position_means(model, tokenizer, facts, chat, [lambda a, _: a])
     return np.abs(on_facts - usual.mean)
 
 
 @SELECTORS.register("random")
 def random_scores(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: Sequence[Example],
-    usual: Usual, chat: bool, seed: int = 0,
-) -> np.ndarray:  # fmt: skip
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    facts: Sequence[Example],
+    usual: Usual,
+    chat: bool,
+    seed: int = 0,
+) -> np.ndarray:
     return np.random.default_rng(seed).random(usual.mean.shape)

@@ -15,18 +15,27 @@ about a selector means anything. Writes `localize/localize.json`.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
-from memgen.core.examples import read_split
+from memgen.core.examples import Example, read_split
 from memgen.core.modeling import load_run_model
 from memgen.core.sites import n_layers, site_width
-from memgen.localize.plant import Neurons, make_facts, plant, random_neurons, recalled
+from memgen.localize.plant import (
+    Neurons,
+    Planting,
+    make_facts,
+    plant,
+    random_neurons,
+    recalled,
+)
 from memgen.localize.selectors import SELECTORS, usual_values
 from memgen.localize.test import Deleter, Localization, localize
 from memgen.pipeline import open_step
@@ -34,31 +43,55 @@ from memgen.pipeline import open_step
 log = logging.getLogger(__name__)
 
 
-def run_localize(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
-    step = open_step(run_dir, "localize", cfg, force)
-    if step is None:
-        return Stage(run_dir, "localize")
-    cfg, stage = step.cfg, step.stage
-    lc, chat = cfg.localize, cfg.train.chat
-    data, train = step.inputs["data"], step.inputs["train"]
-    model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
-    if isinstance(model, PeftModel):  # planting changes base rows: fold the adapter in
-        model = model.merge_and_unload()
-    examples = read_split(data.path, "train")
+@dataclass(frozen=True)
+class _Garden:
+    """The planted memories: the facts recalled after planting, the neurons they live in,
+    and the training prompts kept out of planting (what the model knew before)."""
+
+    facts: list[Example]
+    ordinary: list[Example]
+    replay: list[Example]
+    planted: Neurons
+    per_layer: int
+    planting: Planting
+
+
+def _plant_facts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    cfg: RunConfig,
+) -> _Garden:
+    """Teach `localize.n_facts` new facts through a random `localize.fraction` of the MLP
+    neurons of every layer; refuse if too few are recalled to test anything on."""
+    lc = cfg.localize
     facts = make_facts(examples, lc.n_facts, cfg.seed)
     fact_prompts = {ex.prompt for ex in facts}
     rest = [ex for ex in examples if ex.prompt not in fact_prompts]
-    # Training prompts kept out of planting measure the collateral: what the model knew.
     ordinary, replay = rest[: lc.n_ordinary], rest[lc.n_ordinary :]
     depth, width = n_layers(model), site_width(model, "mlp")
     per_layer = max(1, round(lc.fraction * width))
     planted = random_neurons([per_layer] * depth, width, np.random.default_rng(cfg.seed))
-    planting = plant(model, tokenizer, facts, replay, planted, steps=lc.steps, lr=lc.lr,
-                     batch_size=lc.batch_size, chat=chat,
-                     seed=cfg.seed)  # fmt: skip
-    log.info("localize: %d facts in %d MLP neurons (%d per layer), %.0f%% recalled after %d "
-             "steps", len(facts), len(planted), per_layer, 100 * planting.recall,
-             planting.steps)  # fmt: skip
+    planting = plant(
+        model,
+        tokenizer,
+        facts,
+        replay,
+        planted,
+        steps=lc.steps,
+        lr=lc.lr,
+        batch_size=lc.batch_size,
+        chat=cfg.train.chat,
+        seed=cfg.seed,
+    )
+    log.info(
+        "localize: %d facts in %d MLP neurons (%d per layer), %.0f%% recalled after %d steps",
+        len(facts),
+        len(planted),
+        per_layer,
+        100 * planting.recall,
+        planting.steps,
+    )
     if planting.recall < lc.target:
         raise MemgenError(
             f"localize: only {planting.recall:.0%} of the planted facts are recalled after "
@@ -66,28 +99,56 @@ def run_localize(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
             "localize.lr, or plant fewer facts (localize.n_facts)"
         )
     # The planted memories are the facts planting made: the tests ask about those only.
-    facts = [
-        f for f, hit in zip(facts, recalled(model, tokenizer, facts, chat), strict=True) if hit
-    ]
-    reference = replay[: lc.n_reference]
-    usual = usual_values(model, tokenizer, reference, chat)  # once: every selector's baseline
-    deleter = Deleter(model, tokenizer, facts, ordinary, usual.mean, chat)
-    out = stage.begin()
-    rows = [localize("planted", _indicator(planted, depth, width), len(planted), deleter,
-                     planted, lc.draws, cfg.seed)]  # fmt: skip
+    hits = recalled(model, tokenizer, facts, cfg.train.chat)
+    kept = [fact for fact, hit in zip(facts, hits, strict=True) if hit]
+    return _Garden(kept, ordinary, replay, planted, per_layer, planting)
+
+
+def _localizations(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, garden: _Garden, cfg: RunConfig
+) -> tuple[list[Localization], Deleter]:
+    """The planted set itself (the test's power), then each selector at each size."""
+    lc, chat, planted = cfg.localize, cfg.train.chat, garden.planted
+    depth, width = n_layers(model), site_width(model, "mlp")
+    usual = usual_values(model, tokenizer, garden.replay[: lc.n_reference], chat)  # once
+    deleter = Deleter(model, tokenizer, garden.facts, garden.ordinary, usual.mean, chat)
+    oracle = _indicator(planted, depth, width)
+    rows = [localize("planted", oracle, len(planted), deleter, planted, lc.draws, cfg.seed)]
     for name in lc.selectors:
-        scores = SELECTORS.get(name)(model, tokenizer, facts, usual, chat, cfg.seed)
+        scores = SELECTORS.get(name)(model, tokenizer, garden.facts, usual, chat, cfg.seed)
         for size in lc.sizes:
             k = max(1, round(size * depth * width))
             rows.append(localize(name, scores, k, deleter, planted, lc.draws, cfg.seed + 1))
+    return rows, deleter
+
+
+def run_localize(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
+    step = open_step(run_dir, "localize", cfg, force)
+    if step is None:
+        return Stage(run_dir, "localize")
+    cfg, stage = step.cfg, step.stage
+    model, tokenizer = load_run_model(step.inputs["train"].path, cfg.train, cfg.device)
+    if isinstance(model, PeftModel):  # planting changes base rows: fold the adapter in
+        model = model.merge_and_unload()
+    garden = _plant_facts(model, tokenizer, read_split(step.inputs["data"].path, "train"), cfg)
+    out = stage.begin()
+    rows, deleter = _localizations(model, tokenizer, garden, cfg)
+    planted = garden.planted
     result = {
-        "planted": {"n_neurons": len(planted), "per_layer": per_layer, "fraction": lc.fraction,
-                    "n_facts": lc.n_facts, "n_recalled": len(facts), "steps": planting.steps,
-                    "recall": planting.recall,
-                    "layers": planted.layers.tolist(), "neurons": planted.indices.tolist()},
+        "planted": {
+            "n_neurons": len(planted),
+            "per_layer": garden.per_layer,
+            "fraction": cfg.localize.fraction,
+            "n_facts": cfg.localize.n_facts,
+            "n_recalled": len(garden.facts),
+            "steps": garden.planting.steps,
+            "recall": garden.planting.recall,
+            "layers": planted.layers.tolist(),
+            "neurons": planted.indices.tolist(),
+        },
         "ordinary_prompts": len(deleter.ordinary),
         "rows": [row.to_dict() for row in rows],
-    }  # fmt: skip
+    }
     write_json(out / "localize.json", result)
     step.finish(result)
     log.info("%s", format_localization(rows))

@@ -42,8 +42,15 @@ def usual_value_ablation(neurons: Neurons, usual: np.ndarray) -> list[Interventi
     out = []
     for layer in np.unique(neurons.layers):
         rows = neurons.indices[neurons.layers == layer]
-        out.append(Intervention(Site("mlp", int(layer)), tuple(int(i) for i in rows), "set",
-                                tuple(float(usual[layer, i]) for i in rows), "all"))  # fmt: skip
+        out.append(
+            Intervention(
+                Site("mlp", int(layer)),
+                tuple(int(i) for i in rows),
+                "set",
+                tuple(float(usual[layer, i]) for i in rows),
+                "all",
+            )
+        )
     return out
 
 
@@ -87,9 +94,10 @@ class Deleter:
         self.facts, self.usual = list(facts), usual
         # Ordinary answers the unablated model gives: "kept" is the share still given.
         self.ordinary = [
-            ex for ex, hit in zip(ordinary, recalled(model, tokenizer, ordinary, chat),
-                                  strict=True) if hit
-        ]  # fmt: skip
+            ex
+            for ex, hit in zip(ordinary, recalled(model, tokenizer, ordinary, chat), strict=True)
+            if hit
+        ]
 
     def __call__(self, neurons: Neurons) -> Deletion:
         with intervene(self.model, usual_value_ablation(neurons, self.usual)):

@@ -65,10 +65,18 @@ def _save_sets(
     for fraction in nc.top_n:
         layers, neurons = select_top(main, fraction)
         neuron_set = NeuronSet(
-            model=recorded.model, site=nc.site, scorer=nc.scorer, top_n=fraction,
-            n_layers=n_layers, width=width, layers=layers, neurons=neurons,
-            nmd=nmd[layers, neurons], score=main[layers, neurons], meta=meta,
-        )  # fmt: skip
+            model=recorded.model,
+            site=nc.site,
+            scorer=nc.scorer,
+            top_n=fraction,
+            n_layers=n_layers,
+            width=width,
+            layers=layers,
+            neurons=neurons,
+            nmd=nmd[layers, neurons],
+            score=main[layers, neurons],
+            meta=meta,
+        )
         name = set_name(fraction)
         neuron_set.save(out / name)
         shares[name] = layer_share(layers, n_layers)

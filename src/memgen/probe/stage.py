@@ -44,8 +44,9 @@ def _per_layer(recorded: Recorded, cfg: RunConfig) -> list[ProbeLayer]:
     pc, rows = cfg.probe, []
     for site in recorded.sites:
         x = recorded.activations(site)
-        for row in layer_accuracies(x, recorded.labels, recorded.pair_ids, pc.classifier,
-                                    pc.folds, cfg.seed):  # fmt: skip
+        for row in layer_accuracies(
+            x, recorded.labels, recorded.pair_ids, pc.classifier, pc.folds, cfg.seed
+        ):
             rows.append(ProbeLayer(site=site, **row))
             log.info("probe: %s layer %d accuracy %.3f", site, row["layer"], row["accuracy"])
     return rows

@@ -28,10 +28,10 @@ from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import PAIRS_FILE, read_pairs
 from memgen.core.generation import left_padded_positions, padded_batches
-from memgen.core.hooks import record
+from memgen.core.hooks import Recording, record
 from memgen.core.modeling import load_run_model, model_identity, unwrap
 from memgen.core.recorded import READOUT
-from memgen.core.sites import SiteKind, all_sites, n_layers, site_width
+from memgen.core.sites import Site, SiteKind, all_sites, n_layers, site_width
 from memgen.pipeline import open_step
 from memgen.record.readout import answer_margins, first_tokens
 
@@ -61,6 +61,17 @@ def _checked_out(
     return arrays
 
 
+def _per_kind(
+    rec: Recording, sites: Sequence[Site], kinds: Sequence[SiteKind]
+) -> dict[str, np.ndarray]:
+    """A batch's recording per site kind, [batch, n_layers, width], one transfer per kind."""
+    found: dict[str, np.ndarray] = {}
+    for kind in kinds:
+        layers = torch.stack([rec[site] for site in sites if site.kind == kind])
+        found[kind] = layers.transpose(0, 1).float().cpu().numpy()
+    return found
+
+
 def record_last_token(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -84,8 +95,15 @@ def record_last_token(
     sites = all_sites(model, kinds)
     model.eval()
     device = next(model.parameters()).device
-    batches = padded_batches(tokenizer, prompts, chat=chat, batch_size=batch_size,
-                             device=device, desc="record", progress=progress)  # fmt: skip
+    batches = padded_batches(
+        tokenizer,
+        prompts,
+        chat=chat,
+        batch_size=batch_size,
+        device=device,
+        desc="record",
+        progress=progress,
+    )
     # The transformer without its LM head: full-vocabulary logits for every token would be
     # [batch, seq, vocab] floats (GBs at 128k vocabularies) that nothing here reads.
     body = unwrap(model).base_model
@@ -95,14 +113,13 @@ def record_last_token(
     ) -> tuple[list[int], dict[str, np.ndarray]]:
         rows, ids, mask = batch
         rec.clear()
-        body(input_ids=ids, attention_mask=mask, position_ids=left_padded_positions(mask),
-             use_cache=False)  # fmt: skip
-        # [n_layers, batch, width] -> [batch, n_layers, width] in one transfer per kind.
-        return rows, {
-            kind: torch.stack([rec[site] for site in sites if site.kind == kind])
-            .transpose(0, 1).float().cpu().numpy()
-            for kind in kinds
-        }  # fmt: skip
+        body(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=left_padded_positions(mask),
+            use_cache=False,
+        )
+        return rows, _per_kind(rec, sites, kinds)
 
     with record(model, sites) as rec:
         # Under a launcher each process records every Nth batch and sends it to the main

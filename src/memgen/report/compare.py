@@ -148,9 +148,14 @@ class FinishedRun:
         """This run's headline numbers (`METRICS`), None where it lacks one."""
         values = {key: self.metric(path) for key, path in METRICS.items()}
         step = values.pop("kept_step")
-        return RunFigures(run=self.name, task=self.task, seed=self.results.get("seed"),
-                          model=self.results.get("model"),
-                          kept_step=None if step is None else int(step), **values)  # fmt: skip
+        return RunFigures(
+            run=self.name,
+            task=self.task,
+            seed=self.results.get("seed"),
+            model=self.results.get("model"),
+            kept_step=None if step is None else int(step),
+            **values,
+        )
 
     def layer_profile(self, fraction: float) -> np.ndarray:
         """Share of the top-`fraction` neurons that sit in each layer."""
@@ -212,8 +217,9 @@ def overlap_halves(a: FinishedRun, b: FinishedRun, fractions: Sequence[float]) -
     """The runs' overlap from half of each one's pairs, beside each run's own split-half
     overlap: is a neuron set as close to the other run's as to itself on other data?"""
     scorer = str(Stage(a.path, "neurons").manifest()["config"]["neurons"]["scorer"])
-    data = [(run.record.activations(run.site), run.record.labels, run.record.pair_ids)
-            for run in (a, b)]  # fmt: skip
+    data = [
+        (run.record.activations(run.site), run.record.labels, run.record.pair_ids) for run in (a, b)
+    ]
     found = across_halves(data[0], data[1], scorer, fractions)
     found["within"] = {  # each run's own split-half Jaccard, per top-N fraction
         run.name: {
@@ -269,7 +275,9 @@ def compare_runs(run_dirs: Sequence[Path], shared_units: bool = False) -> dict[s
                 )
         for a, b in itertools.combinations(runs, 2):
             if correspondence(a.train_manifest, b.train_manifest) is None or (
-                a.site, a.score.shape) != (b.site, b.score.shape):  # fmt: skip
+                a.site,
+                a.score.shape,
+            ) != (b.site, b.score.shape):
                 raise MemgenError(
                     f"{a.name} and {b.name} do not share units (trained separately, or "
                     "recorded at another site); --shared-units compares runs of one model: "
@@ -296,8 +304,13 @@ def compare_runs(run_dirs: Sequence[Path], shared_units: bool = False) -> dict[s
         name: {f"{f:g}": shares.tolist() for f, shares in by_fraction.items()}
         for name, by_fraction in profiles.items()
     }
-    return {"runs": dump_rows(per_run), "summary": summary, "neurons": pairs,
-            "layer_profiles": layer_profiles, "cross_steering": cross}  # fmt: skip
+    return {
+        "runs": dump_rows(per_run),
+        "summary": summary,
+        "neurons": pairs,
+        "layer_profiles": layer_profiles,
+        "cross_steering": cross,
+    }
 
 
 def _seed_table(comparison: dict[str, Any]) -> list[str]:
@@ -333,8 +346,10 @@ def _pair_lines(pair: dict[str, Any]) -> list[str]:
     head = f"{pair['runs'][0]} vs {pair['runs'][1]}: "
     if not pair["comparable"]:
         return [head + pair["why"]]
-    parts = [f"layer-profile distance {v:.2f} (top {float(k):.0%})"
-             for k, v in pair["layer_profile_distance"].items()]  # fmt: skip
+    parts = [
+        f"layer-profile distance {v:.2f} (top {float(k):.0%})"
+        for k, v in pair["layer_profile_distance"].items()
+    ]
     for key, overlap in pair.get("overlap", {}).items():
         parts.append(
             f"top {float(key):.0%} Jaccard {overlap['jaccard']:.2f} "

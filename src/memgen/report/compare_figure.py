@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
 
 SHOWN = ["gen", "mem", "other", "flip_rate", "probe_best", "mem_to_gen", "gen_to_mem"]
 
@@ -18,6 +20,15 @@ def plot_comparison(comparison: dict[str, Any], path: Path) -> None:
     fig, (left, right) = plt.subplots(
         1, 2, figsize=(12.0, 3.8), dpi=120, gridspec_kw={"width_ratios": [3, 2]}
     )
+    _headline_panel(left, comparison)
+    _profile_panel(right, comparison)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _headline_panel(ax: Axes, comparison: dict[str, Any]) -> None:
+    """Each headline number, one dot per run, with each task's mean and 95% CI."""
     tasks = list(comparison["summary"])
     spread = 0.5 / max(1, len(tasks))
     for offset, task in enumerate(tasks):
@@ -25,43 +36,63 @@ def plot_comparison(comparison: dict[str, Any], path: Path) -> None:
         shift = (offset - (len(tasks) - 1) / 2) * spread
         for i, metric in enumerate(SHOWN):
             values = [100 * row[metric] for row in rows if row[metric] is not None]
-            left.scatter([i + shift] * len(values), values, s=18, alpha=0.7,
-                         color=f"C{offset}", label=task if i == 0 else None)  # fmt: skip
+            ax.scatter(
+                [i + shift] * len(values),
+                values,
+                s=18,
+                alpha=0.7,
+                color=f"C{offset}",
+                label=task if i == 0 else None,
+            )
             entry = comparison["summary"][task].get(metric)
             if entry and entry["ci_low"] is not None:
-                left.errorbar(
+                ax.errorbar(
                     i + shift + 0.08,
                     100 * entry["mean"],
-                    yerr=[[100 * (entry["mean"] - entry["ci_low"])],
-                          [100 * (entry["ci_high"] - entry["mean"])]],
-                    color="black", capsize=3, marker="_", markersize=10,
-                )  # fmt: skip
-    left.set_xticks(range(len(SHOWN)), [m.replace("_", " ") for m in SHOWN], fontsize=8)
-    left.set_ylabel("%  (black: mean, 95% CI)")
-    left.set_ylim(-2, 102)
-    left.grid(alpha=0.3, axis="y")
-    left.legend(frameon=False, fontsize=8)
-    left.set_title("headline numbers, one dot per run", fontsize=10)
+                    yerr=[
+                        [100 * (entry["mean"] - entry["ci_low"])],
+                        [100 * (entry["ci_high"] - entry["mean"])],
+                    ],
+                    color="black",
+                    capsize=3,
+                    marker="_",
+                    markersize=10,
+                )
+    ax.set_xticks(range(len(SHOWN)), [m.replace("_", " ") for m in SHOWN], fontsize=8)
+    ax.set_ylabel("%  (black: mean, 95% CI)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(frameon=False, fontsize=8)
+    ax.set_title("headline numbers, one dot per run", fontsize=10)
+
+
+def _profile_panel(ax: Axes, comparison: dict[str, Any]) -> None:
+    """Where each run's first top-N set sits, layer by layer."""
     fraction = None
     for name, profiles in comparison["layer_profiles"].items():
         if profiles:
             fraction = next(iter(profiles))  # each run's first top-N set
             shares = profiles[fraction]
-            right.plot(range(len(shares)), [100 * s for s in shares], marker="o", label=name)
-    right.xaxis.get_major_locator().set_params(integer=True)
-    right.set_xlabel("layer")
-    right.set_ylabel("share of selected neurons (%)")
+            ax.plot(range(len(shares)), [100 * s for s in shares], marker="o", label=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("share of selected neurons (%)")
     top = f"top {float(fraction):.0%} " if fraction else ""
-    right.set_title(f"where the {top}neurons sit", fontsize=10)
-    right.grid(alpha=0.3)
+    ax.set_title(f"where the {top}neurons sit", fontsize=10)
+    ax.grid(alpha=0.3)
     if fraction:
-        right.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:  # runs stopped before their report: results.json holds no neuron sets
-        right.text(0.5, 0.5, "no neuron sets in these runs' results", ha="center",
-                   va="center", transform=right.transAxes, fontsize=8, color="grey")  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        ax.text(
+            0.5,
+            0.5,
+            "no neuron sets in these runs' results",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=8,
+            color="grey",
+        )
 
 
 def _ink(share: float, cmap: str) -> str:
@@ -76,8 +107,9 @@ def plot_cross_steering(rows: list[dict[str, Any]], path: Path) -> None:
     """One heat map per direction: steering chosen on a row's run, applied to a column's."""
     directions = list(dict.fromkeys(row["direction"] for row in rows))
     names = list(dict.fromkeys([*(r["from"] for r in rows), *(r["to"] for r in rows)]))
-    fig, axes = plt.subplots(1, len(directions), figsize=(4.6 * len(directions), 4.0), dpi=120,
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        1, len(directions), figsize=(4.6 * len(directions), 4.0), dpi=120, squeeze=False
+    )
     for ax, direction in zip(axes[0], directions, strict=True):
         toward = "gen" if direction == "mem_to_gen" else "mem"
         grid = np.full((len(names), len(names)), np.nan)
@@ -85,8 +117,15 @@ def plot_cross_steering(rows: list[dict[str, Any]], path: Path) -> None:
             i, j = names.index(row["from"]), names.index(row["to"])
             grid[i, j] = 100 * row["targeted"][toward]
             control = 100 * row["control"]["target"]["mean"]
-            ax.text(j, i, f"{grid[i, j]:.0f}%\n(random {control:.0f}%)", ha="center",
-                    va="center", fontsize=7, color=_ink(grid[i, j] / 100, "Blues"))  # fmt: skip
+            ax.text(
+                j,
+                i,
+                f"{grid[i, j]:.0f}%\n(random {control:.0f}%)",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color=_ink(grid[i, j] / 100, "Blues"),
+            )
         ax.imshow(grid, vmin=0, vmax=100, cmap="Blues")
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
         ax.set_yticks(range(len(names)), names, fontsize=7)
@@ -149,8 +188,9 @@ def plot_neuron_agreement(comparison: dict[str, Any], path: Path) -> None:
             count = f"\n(n={shared[i, j]:.0f})" if grid is signs and i != j else ""
             if not np.isnan(value) or count:  # a sign share of no shared neuron is nan
                 ink = _ink((value - low) / (high - low), cmap)
-                ax.text(j, i, f"{value:.2f}{count}", ha="center", va="center", fontsize=8,
-                        color=ink)  # fmt: skip
+                ax.text(
+                    j, i, f"{value:.2f}{count}", ha="center", va="center", fontsize=8, color=ink
+                )
         ax.set_xticks(range(size), names, rotation=30, ha="right", fontsize=7)
         ax.set_yticks(range(size), names, fontsize=7)
         ax.set_title(title, fontsize=9)

@@ -60,16 +60,32 @@ def cross_steering(runs: Sequence[tuple[str, Path]], seed: int = 0) -> list[dict
                 shifts = np.stack([steering.shift, *controls])
                 labels = bench.labels(held_out, shifts, steering.position)
                 draws = [rates(lab)[toward] for lab in labels[1:]]
-                rows.append({
-                    "from": source_name, "to": target_name, "direction": direction,
-                    "task_from": str(steering.meta.get("task")), "task_to": cfg.task,
-                    "method": steering.meta.get("method"), "position": steering.position,
-                    "n_prompts": len(held_out), "targeted": rates(labels[0]),
-                    "ci": intervals(labels[0]),
-                    "control": {"rates": rates([x for lab in labels[1:] for x in lab]),
-                                "target_per_draw": draws, "target": summarise(draws, SHARE)},
-                })  # fmt: skip
-                log.info("cross-steering %s: %s -> %s, %s %.1f%% (random %.1f%%)", direction,
-                         source_name, target_name, toward, 100 * rows[-1]["targeted"][toward],
-                         100 * float(np.mean(draws)))  # fmt: skip
+                rows.append(
+                    {
+                        "from": source_name,
+                        "to": target_name,
+                        "direction": direction,
+                        "task_from": str(steering.meta.get("task")),
+                        "task_to": cfg.task,
+                        "method": steering.meta.get("method"),
+                        "position": steering.position,
+                        "n_prompts": len(held_out),
+                        "targeted": rates(labels[0]),
+                        "ci": intervals(labels[0]),
+                        "control": {
+                            "rates": rates([x for lab in labels[1:] for x in lab]),
+                            "target_per_draw": draws,
+                            "target": summarise(draws, SHARE),
+                        },
+                    }
+                )
+                log.info(
+                    "cross-steering %s: %s -> %s, %s %.1f%% (random %.1f%%)",
+                    direction,
+                    source_name,
+                    target_name,
+                    toward,
+                    100 * rows[-1]["targeted"][toward],
+                    100 * float(np.mean(draws)),
+                )
     return rows

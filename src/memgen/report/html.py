@@ -65,8 +65,10 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _steering_row(r: SteeringRow) -> list[str]:
     target, matched, side = r.toward, r.controls.matched.target, r.side_effect
     low, high = r.ci[target]
-    paper = [_pct(rates.get(target) if rates else None)
-             for rates in (r.controls.random, r.controls.low_correlation)]  # fmt: skip
+    paper = [
+        _pct(rates.get(target) if rates else None)
+        for rates in (r.controls.random, r.controls.low_correlation)
+    ]
     return [
         r.direction.replace("_", " "),
         r.method,
@@ -84,9 +86,21 @@ def _steering_row(r: SteeringRow) -> list[str]:
 
 
 def _steering_table(rows: list[SteeringRow]) -> str:
-    header = ["direction", "method", "setting (chosen on tuning)", "shift (sd)", "n held out",
-              "→target (95% CI)", "→other", "matched control (CI)", "random", "low-corr.",
-              "retention", "KL", "tuning →target"]  # fmt: skip
+    header = [
+        "direction",
+        "method",
+        "setting (chosen on tuning)",
+        "shift (sd)",
+        "n held out",
+        "→target (95% CI)",
+        "→other",
+        "matched control (CI)",
+        "random",
+        "low-corr.",
+        "retention",
+        "KL",
+        "tuning →target",
+    ]
     return _table(header, [_steering_row(r) for r in rows])
 
 
@@ -99,30 +113,54 @@ def _probe_table(per_layer: list[ProbeLayer]) -> str:
 
 
 def _bound_table(rows: list[BoundRow]) -> str:
-    header = ["direction", "site", "fit (in-sample)", "held out →gen", "held out →mem",
-              "held out →other", "shift / ‖h‖"]  # fmt: skip
+    header = [
+        "direction",
+        "site",
+        "fit (in-sample)",
+        "held out →gen",
+        "held out →mem",
+        "held out →other",
+        "shift / ‖h‖",
+    ]
     cells = [
-        [r.direction.replace("_", " "), f"{r.site}.{r.layer}", _pct(r.fit),
-         _pct(r.held_out["gen"]), _pct(r.held_out["mem"]), _pct(r.held_out["other"]),
-         f"{r.relative_norm:.2f}"]
+        [
+            r.direction.replace("_", " "),
+            f"{r.site}.{r.layer}",
+            _pct(r.fit),
+            _pct(r.held_out["gen"]),
+            _pct(r.held_out["mem"]),
+            _pct(r.held_out["other"]),
+            f"{r.relative_norm:.2f}",
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return _table(header, cells)
 
 
 def _localization_table(result: dict[str, Any]) -> str:
-    header = ["selector", "k", "recall@k", "facts kept", "ordinary kept",
-              "random: facts kept (mean, range)", "p"]  # fmt: skip
+    header = [
+        "selector",
+        "k",
+        "recall@k",
+        "facts kept",
+        "ordinary kept",
+        "random: facts kept (mean, range)",
+        "p",
+    ]
     cells = []
     for r in result["rows"]:
         chance = r["random_recalled"]
-        cells.append([
-            r["selector"], str(r["k"]),
-            "–" if r["recall_at_k"] is None else f"{r['recall_at_k']:.2f}",
-            _pct(r["deletion"]["facts_recalled"]), _pct(r["deletion"]["ordinary_kept"]),
-            f"{_pct(sum(chance) / len(chance))} ({_pct(min(chance))} – {_pct(max(chance))})",
-            f"{r['p_value']:.3f}",
-        ])  # fmt: skip
+        cells.append(
+            [
+                r["selector"],
+                str(r["k"]),
+                "–" if r["recall_at_k"] is None else f"{r['recall_at_k']:.2f}",
+                _pct(r["deletion"]["facts_recalled"]),
+                _pct(r["deletion"]["ordinary_kept"]),
+                f"{_pct(sum(chance) / len(chance))} ({_pct(min(chance))} – {_pct(max(chance))})",
+                f"{r['p_value']:.3f}",
+            ]
+        )
     return _table(header, cells)
 
 
@@ -182,17 +220,31 @@ def _steering_verdicts(steering: list[SteeringRow]) -> list[list[str]]:
         for r in (r for r in steering if r.method == method):
             toward = r.toward
             low, high = r.ci[toward]
-            figure = (f"{_with_ci(r.targeted[toward], low, high, r.n_prompts)}; "
-                      f"matched random {_pct(r.controls.matched.target.mean)}")  # fmt: skip
+            figure = (
+                f"{_with_ci(r.targeted[toward], low, high, r.n_prompts)}; "
+                f"matched random {_pct(r.controls.matched.target.mean)}"
+            )
             arrow = r.direction.replace("_to_", " → ")
             if method == "nmd":
                 paper = papers[r.direction]
-                rows.append([f"steering by alpha × NMD, {arrow}", _pct(paper), figure,
-                             _paper_verdict(r.targeted[toward], high, paper)])  # fmt: skip
+                rows.append(
+                    [
+                        f"steering by alpha × NMD, {arrow}",
+                        _pct(paper),
+                        figure,
+                        _paper_verdict(r.targeted[toward], high, paper),
+                    ]
+                )
             else:
                 beats = "beats" if r.beats_matched else "does not beat"
-                rows.append([f"added: fitted shift (the ceiling), {arrow}", "–", figure,
-                             f"the selection {beats} matched random neurons"])  # fmt: skip
+                rows.append(
+                    [
+                        f"added: fitted shift (the ceiling), {arrow}",
+                        "–",
+                        figure,
+                        f"the selection {beats} matched random neurons",
+                    ]
+                )
     return rows
 
 
@@ -202,20 +254,27 @@ def verdict_rows(results: dict[str, Any]) -> list[list[str]]:
     probe = read_row(ProbeLayer, results["probe"]["best"], "results.json probe.best")
     low, high = pairs.get("flip_rate_ci") or (None, None)
     rows = [
-        ["flipped pairs (twin prompts answered one mem, one gen)", "8-11% of pairs",
-         _with_ci(pairs.get("flip_rate"), low, high, pairs["evaluated"]),
-         "present" if pairs["flipped"] else "none found"],
-        [f"behaviour predicted from activations (best: {probe.site} layer {probe.layer})",
-         "> 92%", _with_ci(probe.accuracy, probe.ci_low, probe.ci_high, probe.n),
-         _paper_verdict(probe.accuracy, probe.ci_high, 0.92)],
-    ]  # fmt: skip
+        [
+            "flipped pairs (twin prompts answered one mem, one gen)",
+            "8-11% of pairs",
+            _with_ci(pairs.get("flip_rate"), low, high, pairs["evaluated"]),
+            "present" if pairs["flipped"] else "none found",
+        ],
+        [
+            f"behaviour predicted from activations (best: {probe.site} layer {probe.layer})",
+            "> 92%",
+            _with_ci(probe.accuracy, probe.ci_low, probe.ci_high, probe.n),
+            _paper_verdict(probe.accuracy, probe.ci_high, 0.92),
+        ],
+    ]
     return rows + _steering_verdicts(read_rows(SteeringRow, results["steering"], "results.json"))
 
 
 def render(results: dict[str, Any], figures: dict[str, Path]) -> str:
     rates = results["behaviour"]["test_rates"]
-    verdicts = _table(["claim", "the paper", "this run (held out, 95% CI)", "verdict"],
-                      verdict_rows(results))  # fmt: skip
+    verdicts = _table(
+        ["claim", "the paper", "this run (held out, 95% CI)", "verdict"], verdict_rows(results)
+    )
     overview = (
         f'<p class="note">Test prompts (memory and rule disagree): {_pct(rates["gen"])} gen, '
         f"{_pct(rates['mem'])} mem, {_pct(rates['other'])} other. Verdicts are for this run "

@@ -115,11 +115,17 @@ def run_ablate(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
             if not prompts[source]:
                 continue
             shares = steerer.shares(prompts[source], interventions)
-            rows.append({
-                "site": site.kind, "layer": site.layer, "scale": scale,
-                "position": ac.position, "from": source,
-                "n_prompts": len(prompts[source]), "shares": shares,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "site": site.kind,
+                    "layer": site.layer,
+                    "scale": scale,
+                    "position": ac.position,
+                    "from": source,
+                    "n_prompts": len(prompts[source]),
+                    "shares": shares,
+                }
+            )
     result = {"baseline": baseline, "rows": rows}
     write_json(out / "ablate.json", result)
     plot_ablation(rows, out / "ablate.png")
@@ -152,9 +158,12 @@ def plot_ablation(rows: list[dict[str, Any]], path: Path) -> None:
     sites = sorted({row["site"] for row in rows})
     depth = 1 + max(row["layer"] for row in rows)
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(0.7 * depth * len(panels) + 2.5, 0.9 * len(sites) + 1.4),
-        dpi=120, squeeze=False,
-    )  # fmt: skip
+        1,
+        len(panels),
+        figsize=(0.7 * depth * len(panels) + 2.5, 0.9 * len(sites) + 1.4),
+        dpi=120,
+        squeeze=False,
+    )
     for ax, (source, scale) in zip(axes[0], panels, strict=True):
         other_behaviour = "gen" if source == "mem" else "mem"
         changed = [[float("nan")] * depth for _ in sites]
@@ -165,10 +174,14 @@ def plot_ablation(rows: list[dict[str, Any]], path: Path) -> None:
             changed[y][x] = 1 - shares[source]
             label = f"{shares[other_behaviour]:.0%} {other_behaviour}\n{shares['other']:.0%} other"
             ax.text(
-                x, y, label,
-                ha="center", va="center", fontsize=6,
+                x,
+                y,
+                label,
+                ha="center",
+                va="center",
+                fontsize=6,
                 color="white" if changed[y][x] > 0.5 else "black",
-            )  # fmt: skip
+            )
         image = ax.imshow(changed, vmin=0, vmax=1, cmap="magma_r", aspect="auto")
         ax.set_xticks(range(depth), [str(layer) for layer in range(depth)], fontsize=7)
         ax.set_yticks(range(len(sites)), sites, fontsize=8)

@@ -49,11 +49,17 @@ class Bench:
         if not examples:
             return [[] for _ in shifts]
         return generate_shifted(
-            self.model, self.tokenizer, [ex.prompt for ex in examples], shifts, self.kind,
-            position, max_new_tokens=self.cfg.behave.max_new_tokens or self.task.max_new_tokens,
-            num_beams=self.cfg.behave.num_beams, batch_size=self.cfg.steer.batch_size,
+            self.model,
+            self.tokenizer,
+            [ex.prompt for ex in examples],
+            shifts,
+            self.kind,
+            position,
+            max_new_tokens=self.cfg.behave.max_new_tokens or self.task.max_new_tokens,
+            num_beams=self.cfg.behave.num_beams,
+            batch_size=self.cfg.steer.batch_size,
             chat=self.cfg.train.chat,
-        )  # fmt: skip
+        )
 
     def labels(
         self, examples: Sequence[Example], shifts: np.ndarray, position: Position

@@ -15,19 +15,21 @@ is held out.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
-from memgen.core.examples import read_test_answers
+from memgen.core.examples import Example, read_test_answers
 from memgen.core.hooks import Intervention
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
-from memgen.core.rows import BoundRow, dump_rows
+from memgen.core.rows import BoundRow, Direction, dump_rows
 from memgen.core.sites import Site, n_layers, site_width
 from memgen.core.stats import rates
 from memgen.pipeline import open_step
@@ -45,58 +47,92 @@ def as_interventions(site: Site, shift: np.ndarray) -> list[Intervention]:
     return [Intervention(site, tuple(range(len(shift))), "add", tuple(float(v) for v in shift))]
 
 
+@dataclass
+class _LayerFits:
+    """One dense shift per layer, all fitted in one batch: each may move its whole layer."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    bench: Bench
+    layers: list[int]
+    mean_norm: np.ndarray  # the site's mean activation norm per layer: the shifts' scale
+    cfg: RunConfig
+
+    def direction(
+        self, direction: Direction, prompts: list[Example]
+    ) -> tuple[list[BoundRow], dict[str, np.ndarray]]:
+        """Fit on one half of `prompts`, report on the other: a row and a vector per layer."""
+        bc, toward = self.cfg.bound, DIRECTIONS[direction][1]
+        depth, width = n_layers(self.model), site_width(self.model, bc.site)
+        masks = np.zeros((len(self.layers), depth, width), dtype=bool)
+        for k, layer in enumerate(self.layers):
+            masks[k, layer] = True
+        fit_rows, held_rows = tuning_and_held_out(len(prompts), self.cfg.seed)
+        fitting, held_out = [prompts[i] for i in fit_rows], [prompts[i] for i in held_rows]
+        answers = [ex.gen_answer if toward == "gen" else ex.mem_answer for ex in fitting]
+        fitted, fit = fit_shifts(
+            self.model,
+            self.tokenizer,
+            [ex.prompt for ex in fitting],
+            answers,
+            masks,
+            np.ones((depth, width)),
+            bc.site,
+            steps=bc.steps,
+            lr=bc.lr,
+            seed=self.cfg.seed,
+            chat=self.cfg.train.chat,
+        )
+        labels = self.bench.labels(held_out, fitted, "last")
+        rows, shifts = [], {}
+        for k, layer in enumerate(self.layers):
+            site, shift = Site(bc.site, layer), fitted[k, layer]
+            shifts[f"{direction}/{site}"] = shift.astype(np.float32)
+            norm, scale = float(np.linalg.norm(shift)), float(self.mean_norm[layer])
+            rows.append(
+                BoundRow(
+                    direction=direction,
+                    site=site.kind,
+                    layer=layer,
+                    n_fit=len(fitting),
+                    fit=float(fit[k]),
+                    n_held_out=len(held_out),
+                    held_out=rates(labels[k]),
+                    shift_norm=norm,
+                    relative_norm=norm / scale if scale > 0 else float("inf"),
+                )
+            )
+        return rows, shifts
+
+
 def run_bound(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     """Stage `bound`: per direction and layer, the fitted shared shift, fit and held out."""
     step = open_step(run_dir, "bound", cfg, force)
     if step is None:
         return Stage(run_dir, "bound")
-    cfg, stage = step.cfg, step.stage
-    train, behave, record = (step.inputs["train"], step.inputs["behave"], step.inputs["record"])
-    bc = cfg.bound
-    task = make_task(cfg.task, cfg.data.options)
-    model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
+    cfg, stage, bc = step.cfg, step.stage, step.cfg.bound
+    model, tokenizer = load_run_model(step.inputs["train"].path, cfg.train, cfg.device)
     depth = n_layers(model)
     layers = list(range(depth)) if bc.layers is None else bc.layers
     if bad := [layer for layer in layers if not 0 <= layer < depth]:
         raise MemgenError(f"bound.layers {bad} out of range: the model has layers 0..{depth - 1}")
-    # The site's mean activation norm per layer puts each fitted shift's size in scale.
-    _, mean_norm = activation_scale(read_record(record.path).activations(bc.site))
-    bench = Bench(model, tokenizer, task, cfg, bc.site)
-    labelled = read_test_answers(behave.path)
-    width = site_width(model, bc.site)
-    # One dense shift per layer, all fitted in one batch: each may move its whole layer.
-    masks = np.zeros((len(layers), depth, width), dtype=bool)
-    for k, layer in enumerate(layers):
-        masks[k, layer] = True
+    _, mean_norm = activation_scale(read_record(step.inputs["record"].path).activations(bc.site))
+    bench = Bench(model, tokenizer, make_task(cfg.task, cfg.data.options), cfg, bc.site)
+    fits = _LayerFits(model, tokenizer, bench, layers, mean_norm, cfg)
+    labelled = read_test_answers(step.inputs["behave"].path)
     out = stage.begin()
     rows: list[BoundRow] = []
     shifts: dict[str, np.ndarray] = {}  # "direction/site.layer" -> the fitted vector
-    for direction, (source, toward) in DIRECTIONS.items():
+    for direction, (source, _) in DIRECTIONS.items():
         prompts = [ex for ex, label in labelled if label == source][: bc.n_prompts]
         if len(prompts) < 2:
             log.warning(
                 "bound: %d test prompts answered %r; %s skipped", len(prompts), source, direction
             )
             continue
-        fit_rows, held_rows = tuning_and_held_out(len(prompts), cfg.seed)
-        fitting, held_out = [prompts[i] for i in fit_rows], [prompts[i] for i in held_rows]
-        answers = [ex.gen_answer if toward == "gen" else ex.mem_answer for ex in fitting]
-        fitted, fit = fit_shifts(
-            model, tokenizer, [ex.prompt for ex in fitting], answers, masks,
-            np.ones((depth, width)), bc.site, steps=bc.steps, lr=bc.lr, seed=cfg.seed,
-            chat=cfg.train.chat,
-        )  # fmt: skip
-        labels = bench.labels(held_out, fitted, "last")
-        for k, layer in enumerate(layers):
-            site = Site(bc.site, layer)
-            shift = fitted[k, layer]
-            shifts[f"{direction}/{site}"] = shift.astype(np.float32)
-            norm, scale = float(np.linalg.norm(shift)), float(mean_norm[layer])
-            rows.append(BoundRow(
-                direction=direction, site=site.kind, layer=layer, n_fit=len(fitting),
-                fit=float(fit[k]), n_held_out=len(held_out), held_out=rates(labels[k]),
-                shift_norm=norm, relative_norm=norm / scale if scale > 0 else float("inf"),
-            ))  # fmt: skip
+        found, vectors = fits.direction(direction, prompts)
+        rows += found
+        shifts.update(vectors)
     write_json(out / "bound.json", {"rows": dump_rows(rows)})
     save_file(shifts, str(out / "shifts.safetensors"))
     step.finish({"rows": dump_rows(rows)})

@@ -125,9 +125,13 @@ class Method:
         return self.direction is not None
 
     def dense_shifts(
-        self, stats: SiteStats, layers: list[int], size: float, toward: Toward,
+        self,
+        stats: SiteStats,
+        layers: list[int],
+        size: float,
+        toward: Toward,
         rng: np.random.Generator | None = None,
-    ) -> np.ndarray:  # fmt: skip
+    ) -> np.ndarray:
         """[len(layers), L, W]: each layer's direction (random ones when `rng` is given)."""
         assert self.direction is not None
         shifts = np.zeros((len(layers), *stats.shape))
@@ -240,9 +244,13 @@ def matched_masks(mask: np.ndarray, draws: int, rng: np.random.Generator) -> np.
 
 
 def paper_control(
-    kind: str, shift: np.ndarray, score: np.ndarray, nmd: np.ndarray, toward: Toward,
+    kind: str,
+    shift: np.ndarray,
+    score: np.ndarray,
+    nmd: np.ndarray,
+    toward: Toward,
     rng: np.random.Generator,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """The paper's controls for a sparse shift [L, W], with its sizes, blindly placed.
 
     `random`: neurons drawn from all layers outside the selection, each given one of the

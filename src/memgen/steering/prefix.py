@@ -41,15 +41,20 @@ class Prefix:
 
     @classmethod
     @torch.no_grad()
-    def of(cls, model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor,
-           batch_size: int = 128) -> Prefix:  # fmt: skip
+    def of(
+        cls, model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, batch_size: int = 128
+    ) -> Prefix:
         """Run the prompts but their last token; no shift may be set while this runs."""
         positions = left_padded_positions(mask)
         parts: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
         for start in range(0, len(ids), batch_size):
             rows = slice(start, start + batch_size)
-            out = model(input_ids=ids[rows, :-1], attention_mask=mask[rows, :-1],
-                        position_ids=positions[rows, :-1], use_cache=True)  # fmt: skip
+            out = model(
+                input_ids=ids[rows, :-1],
+                attention_mask=mask[rows, :-1],
+                position_ids=positions[rows, :-1],
+                use_cache=True,
+            )
             cache = returned_cache(out)
             parts.append([(layer.keys, layer.values) for layer in cache.layers])
         keys_values = [
@@ -61,9 +66,11 @@ class Prefix:
     def select(self, rows: Sequence[int] | np.ndarray) -> Prefix:
         index = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=self.ids.device)
         return Prefix(
-            self.ids[index], self.mask[index], self.positions[index],
+            self.ids[index],
+            self.mask[index],
+            self.positions[index],
             [(keys[index], values[index]) for keys, values in self.keys_values],
-        )  # fmt: skip
+        )
 
     def cache(self, model: PreTrainedModel) -> DynamicCache:
         """A fresh cache holding the prefix (the forward pass appends to it)."""
@@ -78,20 +85,24 @@ def steered_last_logits(
     # The copies sit side by side as the row's last `copies` positions, all at the last
     # token's position id; each attends to the prompt and to itself, never to another copy.
     seen = torch.cat(
-        [prefix.mask[:, None, :-1].bool().expand(-1, copies, -1),
-         torch.eye(copies, dtype=torch.bool, device=prefix.ids.device).expand(batch, -1, -1)],
+        [
+            prefix.mask[:, None, :-1].bool().expand(-1, copies, -1),
+            torch.eye(copies, dtype=torch.bool, device=prefix.ids.device).expand(batch, -1, -1),
+        ],
         dim=-1,
-    )  # fmt: skip
+    )
     dtype = next(model.parameters()).dtype
     blocked = torch.zeros(seen.shape, dtype=dtype, device=seen.device)
     blocked = blocked.masked_fill(~seen, torch.finfo(dtype).min)[:, None]  # [N, 1, K, keys]
     shifter.rows = shifts[None].expand(batch, -1, -1, -1)
     try:
         logits = model(
-            input_ids=prefix.ids[:, -1:].expand(-1, copies), attention_mask=blocked,
+            input_ids=prefix.ids[:, -1:].expand(-1, copies),
+            attention_mask=blocked,
             position_ids=prefix.positions[:, -1:].expand(-1, copies),
-            use_cache=True, **{cache_argument(model): prefix.cache(model)},
-        ).logits  # fmt: skip
+            use_cache=True,
+            **{cache_argument(model): prefix.cache(model)},
+        ).logits
     finally:
         shifter.rows = None
     return logits.float()

@@ -76,10 +76,18 @@ class Steering:
         stem.parent.mkdir(parents=True, exist_ok=True)
         shift = np.ascontiguousarray(self.shift, dtype=np.float32)
         save_file({"shift": shift}, str(arrays_path), metadata={"format": FORMAT})
-        info = {"format": FORMAT, "version": VERSION, "model": self.model, "site": self.site,
-                "position": self.position, "n_layers": shift.shape[0], "width": shift.shape[1],
-                "n_moved": int(np.count_nonzero(shift)), "meta": self.meta,
-                "arrays": arrays_path.name}  # fmt: skip
+        info = {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": self.model,
+            "site": self.site,
+            "position": self.position,
+            "n_layers": shift.shape[0],
+            "width": shift.shape[1],
+            "n_moved": int(np.count_nonzero(shift)),
+            "meta": self.meta,
+            "arrays": arrays_path.name,
+        }
         write_json(json_path, info)
         return json_path, arrays_path
 

@@ -149,8 +149,9 @@ def generate_shifted(
             model, *pad_left([encoded[i] for i in distinct], pad_id_of(tokenizer), device)
         ).select([distinct.index(i) for _, i in chunk])
         shifter.rows = table[rows]
-        return generate_batch(model, tokenizer, prefix.ids, prefix.mask, max_new_tokens,
-                              cache=prefix.cache(model))  # fmt: skip
+        return generate_batch(
+            model, tokenizer, prefix.ids, prefix.mask, max_new_tokens, cache=prefix.cache(model)
+        )
 
     with shifter.attached(model):
         # Under a launcher each process answers every Nth chunk; all receive every answer.
@@ -251,8 +252,9 @@ def fit_shifts(
     draws = _Draws(len(prompts), len(keep_prompts), batch_size, np.random.default_rng(seed))
     with frozen(model):
         # Every step draws from the same prompts: their shared part runs once, here.
-        prefix = Prefix.of(model, *pad_left(encoded, pad_id_of(tokenizer), device),
-                           batch_size=batch_size)  # fmt: skip
+        prefix = Prefix.of(
+            model, *pad_left(encoded, pad_id_of(tokenizer), device), batch_size=batch_size
+        )
         with shifter.attached(model):
             optimiser = torch.optim.Adam([fit.values], lr=lr)
             for _ in range(steps):

@@ -70,10 +70,20 @@ def run_specificity(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage
                 for budget in spec.budgets:
                     log.info("specificity: %s %s %s budget %g", site, scorer, direction, budget)
                     shifts, _ = fit_shifts(
-                        model, tokenizer, [ex.prompt for ex in fitting], answers, masks,
-                        stats.unit(), kind, budget=budget, steps=sc.fit_steps, lr=sc.fit_lr,
-                        batch_size=spec.fit_batch, seed=cfg.seed, chat=cfg.train.chat,
-                    )  # fmt: skip
+                        model,
+                        tokenizer,
+                        [ex.prompt for ex in fitting],
+                        answers,
+                        masks,
+                        stats.unit(),
+                        kind,
+                        budget=budget,
+                        steps=sc.fit_steps,
+                        lr=sc.fit_lr,
+                        batch_size=spec.fit_batch,
+                        seed=cfg.seed,
+                        chat=cfg.train.chat,
+                    )
                     labels = bench.labels(held_out, shifts, spec.position)
                     common = {"site": site, "scorer": scorer, "direction": direction}
                     rows += _size_rows(labels, spec, targeted, toward, held_out, common, budget)
@@ -86,20 +96,39 @@ def run_specificity(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage
 def plot_specificity(rows: Sequence[SpecificityRow], path: Path) -> None:
     """Targeted vs matched random share moved, over set size; one panel per site x direction."""
     panels = sorted({(r.site, r.direction) for r in rows})
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.4),
-                             dpi=120, squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.4), dpi=120, squeeze=False
+    )
     for ax, (site, direction) in zip(axes[0], panels, strict=False):
         target = "gen" if direction == "mem_to_gen" else "mem"
         for (scorer, budget), color in zip(
             sorted({(r.scorer, r.budget) for r in rows}), COLORS, strict=False
         ):
-            sub = sorted((r for r in rows if (r.site, r.direction, r.scorer, r.budget)
-                          == (site, direction, scorer, budget)), key=lambda r: r.size)  # fmt: skip
+            sub = sorted(
+                (
+                    r
+                    for r in rows
+                    if (r.site, r.direction, r.scorer, r.budget)
+                    == (site, direction, scorer, budget)
+                ),
+                key=lambda r: r.size,
+            )
             sizes = [100 * r.size for r in sub]
-            ax.plot(sizes, [100 * r.targeted[target] for r in sub], "o-", color=color,
-                    label=f"{scorer} top-N, budget {budget:g}")  # fmt: skip
-            ax.plot(sizes, [100 * r.matched.mean for r in sub], "o--", color=color,
-                    alpha=0.6, label=f"random, budget {budget:g}")  # fmt: skip
+            ax.plot(
+                sizes,
+                [100 * r.targeted[target] for r in sub],
+                "o-",
+                color=color,
+                label=f"{scorer} top-N, budget {budget:g}",
+            )
+            ax.plot(
+                sizes,
+                [100 * r.matched.mean for r in sub],
+                "o--",
+                color=color,
+                alpha=0.6,
+                label=f"random, budget {budget:g}",
+            )
         ax.set_xscale("log")
         ax.set_xlabel("neurons moved (% of the site)")
         ax.set_ylabel(f"held-out prompts → {target} (%)")
@@ -159,10 +188,17 @@ def _size_rows(
         group = labels[s * per_size : (s + 1) * per_size]
         hits = sum(label == toward for label in group[0])
         draws = [rates(g)[toward] for g in group[1:]]
-        rows.append(SpecificityRow(
-            **common, size=size, n_neurons=int(targeted[s].sum()), budget=budget,
-            n_prompts=len(held_out), targeted=rates(group[0]),
-            targeted_ci=list(wilson(hits, len(held_out))),
-            matched=Spread(**summarise(draws, SHARE)), matched_per_draw=draws,
-        ))  # fmt: skip
+        rows.append(
+            SpecificityRow(
+                **common,
+                size=size,
+                n_neurons=int(targeted[s].sum()),
+                budget=budget,
+                n_prompts=len(held_out),
+                targeted=rates(group[0]),
+                targeted_ci=list(wilson(hits, len(held_out))),
+                matched=Spread(**summarise(draws, SHARE)),
+                matched_per_draw=draws,
+            )
+        )
     return rows

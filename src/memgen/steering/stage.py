@@ -112,8 +112,15 @@ def side_sets(
 class MethodRunner:
     """Builds each method's candidates and its matched controls for one direction."""
 
-    def __init__(self, stats: SiteStats, sets: dict[str, NeuronSet], bench: Bench,
-                 fitting: list[Example], keep: SideSet, cfg: RunConfig) -> None:  # fmt: skip
+    def __init__(
+        self,
+        stats: SiteStats,
+        sets: dict[str, NeuronSet],
+        bench: Bench,
+        fitting: list[Example],
+        keep: SideSet,
+        cfg: RunConfig,
+    ) -> None:
         self.stats, self.sets, self.bench = stats, sets, bench
         self.fitting, self.keep, self.cfg = fitting, keep, cfg
         self.masks = {}
@@ -126,11 +133,22 @@ class MethodRunner:
         answers = [ex.gen_answer if toward == "gen" else ex.mem_answer for ex in self.fitting]
         sc = self.cfg.steer
         shifts, _ = fit_shifts(
-            self.bench.model, self.bench.tokenizer, [ex.prompt for ex in self.fitting], answers,
-            masks, self.stats.unit(), self.stats.kind, budget=budgets, steps=sc.fit_steps,
-            lr=sc.fit_lr, batch_size=sc.fit_batch, seed=self.cfg.seed, chat=self.cfg.train.chat,
-            keep_prompts=[ex.prompt for ex in self.keep.examples], keep_answers=self.keep.answers,
-        )  # fmt: skip
+            self.bench.model,
+            self.bench.tokenizer,
+            [ex.prompt for ex in self.fitting],
+            answers,
+            masks,
+            self.stats.unit(),
+            self.stats.kind,
+            budget=budgets,
+            steps=sc.fit_steps,
+            lr=sc.fit_lr,
+            batch_size=sc.fit_batch,
+            seed=self.cfg.seed,
+            chat=self.cfg.train.chat,
+            keep_prompts=[ex.prompt for ex in self.keep.examples],
+            keep_answers=self.keep.answers,
+        )
         return shifts
 
     def candidates(self, method: Method, toward: Toward) -> list[Candidate]:
@@ -162,8 +180,9 @@ class MethodRunner:
             return "random direction at the layer, same norm, not fitted"
         return "random neurons, same count per layer, same treatment"
 
-    def matched(self, method: Method, chosen: Candidate, toward: Toward,
-                rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+    def matched(
+        self, method: Method, chosen: Candidate, toward: Toward, rng: np.random.Generator
+    ) -> np.ndarray:
         """[draws, L, W]: the chosen setting's treatment given to random neurons or directions."""
         draws = self.cfg.steer.draws
         if method.dense:
@@ -213,10 +232,13 @@ class _Steer:
         if not self.accuracy_set:
             return [float("nan")] * len(shifts)
         return [
-            float(np.mean([got == want != "other"
-                           for got, want in zip(row, self.taught, strict=True)]))
+            float(
+                np.mean(
+                    [got == want != "other" for got, want in zip(row, self.taught, strict=True)]
+                )
+            )
             for row in self.bench.labels(self.accuracy_set, shifts, position)
-        ]  # fmt: skip
+        ]
 
 
 def _direction_prompts(
@@ -233,76 +255,146 @@ def _direction_prompts(
     return tuning, held_out, rows
 
 
-def _sweep_rows(direction: str, method: str, screened: list[Tried], tried: list[Tried]) -> list[
-    dict[str, Any]
-]:  # fmt: skip
+def _sweep_rows(
+    direction: str, method: str, screened: list[Tried], tried: list[Tried]
+) -> list[dict[str, Any]]:
     return [
-        {"direction": direction, "method": method, "selection": t.candidate.selection,
-         "size": t.candidate.size, "position": t.position, "split": split,
-         "n_prompts": len(t.labels), "rates": t.rates, "retention": t.retention,
-         "push": t.push}
+        {
+            "direction": direction,
+            "method": method,
+            "selection": t.candidate.selection,
+            "size": t.candidate.size,
+            "position": t.position,
+            "split": split,
+            "n_prompts": len(t.labels),
+            "rates": t.rates,
+            "retention": t.retention,
+            "push": t.push,
+        }
         for split, group in (("screen", screened), ("tuning", tried))
         for t in group
-    ]  # fmt: skip
+    ]
+
+
+def _matched(labels: list[list[str]], toward: str, retention: list[float]) -> Matched:
+    """The matched control's draws: the share moved per draw, and their prompts pooled."""
+    draws = [rates(lab)[toward] for lab in labels]
+    return Matched(
+        rates=rates([x for lab in labels for x in lab]),
+        target_per_draw=draws,
+        target=Spread(**summarise(draws, SHARE)),
+        retention_per_draw=retention,
+    )
+
+
+def _side_effect(
+    run: _Steer,
+    side_held: SideSet,
+    shift: np.ndarray,
+    position: Position,
+    retention: float,
+    baseline: float,
+) -> SideEffect:
+    """What the chosen shift does to training prompts the model answers with the target."""
+    kl = next_token_kl(
+        run.bench.model,
+        run.bench.tokenizer,
+        [ex.prompt for ex in side_held.examples],
+        shift,
+        run.kind,
+        batch_size=run.cfg.behave.batch_size,
+        chat=run.cfg.train.chat,
+    )
+    return SideEffect(
+        retention=retention,
+        n_retention=len(side_held.examples),
+        kl=float(kl[0]),
+        train_accuracy=run.train_accuracy(shift, position)[0],
+        baseline=baseline,
+    )
 
 
 def _held_out_row(
-    run: _Steer, direction: Direction, method: Method, pick: Tried, runner: MethodRunner,
-    held_out: list[Example], side_held: SideSet, baseline_accuracy: float,
-) -> SteeringRow:  # fmt: skip
+    run: _Steer,
+    direction: Direction,
+    method: Method,
+    pick: Tried,
+    runner: MethodRunner,
+    held_out: list[Example],
+    side_held: SideSet,
+    baseline_accuracy: float,
+) -> SteeringRow:
     """The chosen setting held out, beside its matched control and the paper's controls."""
     sc, toward, chosen = run.cfg.steer, DIRECTIONS[direction][1], pick.candidate
     matched = runner.matched(method, chosen, toward, run.rng)
     paper = (
-        [] if method.dense or method.whole_layers
-        else [paper_control(k, chosen.shift, run.score, run.stats.nmd, toward, run.rng)
-              for k in sc.controls]
-    )  # fmt: skip
+        []
+        if method.dense or method.whole_layers
+        else [
+            paper_control(k, chosen.shift, run.score, run.stats.nmd, toward, run.rng)
+            for k in sc.controls
+        ]
+    )
     shifts = np.stack([chosen.shift, *matched, *paper])
     labels = run.bench.labels(held_out, shifts, pick.position)
     target, matched_labels = labels[0], labels[1 : 1 + len(matched)]
     kept = side_held.retention(run.bench, shifts[: 1 + len(matched)], pick.position)
-    kl = next_token_kl(run.bench.model, run.bench.tokenizer,
-                       [ex.prompt for ex in side_held.examples], shifts[:1], run.kind,
-                       batch_size=run.cfg.behave.batch_size, chat=run.cfg.train.chat)  # fmt: skip
-    draws = [rates(lab)[toward] for lab in matched_labels]
-    control = Matched(rates=rates([x for lab in matched_labels for x in lab]),
-                      target_per_draw=draws, target=Spread(**summarise(draws, SHARE)),
-                      retention_per_draw=kept[1:])  # fmt: skip
+    control = _matched(matched_labels, toward, kept[1:])
     ci = intervals(target)
     upper = control.target.ci_high
+    draws = control.target_per_draw
     return SteeringRow(
-        direction=direction, method=method.name, selection=chosen.selection,
+        direction=direction,
+        method=method.name,
+        selection=chosen.selection,
         top_n=run.sets[chosen.selection].top_n if chosen.selection in run.sets else None,
-        size=chosen.size, position=pick.position, n_prompts=len(held_out),
-        targeted=rates(target), ci=ci,
+        size=chosen.size,
+        position=pick.position,
+        n_prompts=len(held_out),
+        targeted=rates(target),
+        ci=ci,
         tuning=Tuning(n_prompts=len(pick.labels), rates=pick.rates, retention=pick.retention),
         n_neurons=int(np.count_nonzero(chosen.shift)),
         shift=ShiftSize(**shift_size(chosen.shift, run.stats)),
-        controls=Controls(matched=control, **{k: rates(lab) for k, lab in
-                                              zip(sc.controls, labels[1 + len(matched):],
-                                                  strict=False)}),
-        side_effect=SideEffect(
-            retention=kept[0], n_retention=len(side_held.examples), kl=float(kl[0]),
-            train_accuracy=run.train_accuracy(shifts[:1], pick.position)[0],
-            baseline=baseline_accuracy),
+        controls=Controls(
+            matched=control,
+            **{
+                k: rates(lab)
+                for k, lab in zip(sc.controls, labels[1 + len(matched) :], strict=False)
+            },
+        ),
+        side_effect=_side_effect(
+            run, side_held, shifts[:1], pick.position, kept[0], baseline_accuracy
+        ),
         control_kind=runner.control_kind(method),
         beats_matched=bool(ci[toward][0] > (upper if upper is not None else draws[0])),
-    )  # fmt: skip
+    )
 
 
 def _save_best(
-    run: _Steer, direction: Direction, chosen_rows: list[tuple[Tried, SteeringRow]],
-    retention: Callable[[list[Tried]], list[float]], out: Path,
-) -> SteeringRow:  # fmt: skip
+    run: _Steer,
+    direction: Direction,
+    chosen_rows: list[tuple[Tried, SteeringRow]],
+    retention: Callable[[list[Tried]], list[float]],
+    out: Path,
+) -> SteeringRow:
     """Of the methods' held-out rows, the one `Bounds.choose` picks on tuning, saved."""
     winner = run.bounds.choose([t for t, _ in chosen_rows], DIRECTIONS[direction][1], retention)
     row = next(r for t, r in chosen_rows if t is winner)
-    meta = {"direction": row.direction, "method": row.method, "selection": row.selection,
-            "size": row.size, "toward": row.toward, "held_out": row.targeted,
-            "n_held_out": row.n_prompts, "ci": row.ci, "task": run.cfg.task}  # fmt: skip
-    steering = Steering(model_identity(run.bench.model), run.kind, winner.position,
-                        winner.candidate.shift, meta)  # fmt: skip
+    meta = {
+        "direction": row.direction,
+        "method": row.method,
+        "selection": row.selection,
+        "size": row.size,
+        "toward": row.toward,
+        "held_out": row.targeted,
+        "n_held_out": row.n_prompts,
+        "ci": row.ci,
+        "task": run.cfg.task,
+    }
+    steering = Steering(
+        model_identity(run.bench.model), run.kind, winner.position, winner.candidate.shift, meta
+    )
     steering.save(out / "best" / direction)
     return row.model_copy(update={"file": f"best/{direction}"})
 
@@ -326,8 +418,18 @@ def _setup(step: Any) -> tuple[_Steer, list[tuple[Example, Behaviour]], list[Exa
     bounds = Bounds(sc.max_other, sc.min_retention, sc.screen_prompts, sc.screen_keep)
     accuracy_set = trained[: sc.n_side_effect]
     taught = [task.label(ex, ex.completion) for ex in accuracy_set]
-    run = _Steer(cfg, bench, stats, sets, score, kind, np.random.default_rng(cfg.seed), bounds,
-                 accuracy_set, taught)  # fmt: skip
+    run = _Steer(
+        cfg,
+        bench,
+        stats,
+        sets,
+        score,
+        kind,
+        np.random.default_rng(cfg.seed),
+        bounds,
+        accuracy_set,
+        taught,
+    )
     return run, labelled, trained
 
 
@@ -350,21 +452,28 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
             log.warning("steer: too few test prompts answered %r; %s skipped", source, direction)
             continue
         tuning, held_out, splits[direction] = found
-        side_tune, side_held = side_sets(run.bench, trained, toward, cfg.steer.n_side_effect,
-                                         cfg.seed)  # fmt: skip
+        side_tune, side_held = side_sets(
+            run.bench, trained, toward, cfg.steer.n_side_effect, cfg.seed
+        )
         runner = MethodRunner(run.stats, run.sets, run.bench, tuning, side_tune, cfg)
         retention = functools.partial(_retention, run.bench, side_tune)
         chosen_rows: list[tuple[Tried, SteeringRow]] = []
         for method in methods:
             log.info("steer: %s, tuning %s on %d prompts", direction, method.name, len(tuning))
             pick, screened, tried = tune(
-                run.bench, runner.candidates(method, toward), cfg.steer.positions, tuning,
-                toward, run.bounds, retention,
+                run.bench,
+                runner.candidates(method, toward),
+                cfg.steer.positions,
+                tuning,
+                toward,
+                run.bounds,
+                retention,
                 lambda shift: shift_size(shift, run.stats)["relative_norm"],
-            )  # fmt: skip
+            )
             sweep += _sweep_rows(direction, method.name, screened, tried)
-            row = _held_out_row(run, direction, method, pick, runner, held_out, side_held,
-                                baseline_accuracy)  # fmt: skip
+            row = _held_out_row(
+                run, direction, method, pick, runner, held_out, side_held, baseline_accuracy
+            )
             rows.append(row)
             chosen_rows.append((pick, row))
             log.info("steer  %s", held_out_line(row))

@@ -55,8 +55,10 @@ class Tried:
         self.rates = rates(self.labels)
 
 
-def per_position(settings: Sequence[tuple[Candidate, Position]],
-                 run: Callable[[np.ndarray, Position], Sequence[T]]) -> list[T]:  # fmt: skip
+def per_position(
+    settings: Sequence[tuple[Candidate, Position]],
+    run: Callable[[np.ndarray, Position], Sequence[T]],
+) -> list[T]:
     """`run(shifts, position)` once per position, its settings' shifts stacked; one result
     per setting, in order."""
     found: dict[int, T] = {}
@@ -67,8 +69,9 @@ def per_position(settings: Sequence[tuple[Candidate, Position]],
     return [found[i] for i in range(len(settings))]
 
 
-def measure(bench: Bench, settings: Sequence[tuple[Candidate, Position]],
-            examples: Sequence[Example]) -> list[list[str]]:  # fmt: skip
+def measure(
+    bench: Bench, settings: Sequence[tuple[Candidate, Position]], examples: Sequence[Example]
+) -> list[list[str]]:
     """Labels per (candidate, position) on `examples`."""
     return per_position(settings, lambda shifts, position: bench.labels(examples, shifts, position))
 
@@ -96,15 +99,22 @@ class Bounds:
             return False
         return bool(np.isnan(t.retention) or t.retention >= self.min_retention)
 
-    def choose(self, tried: list[Tried], toward: Toward,
-               retention: Callable[[list[Tried]], list[float]]) -> Tried:  # fmt: skip
+    def choose(
+        self, tried: list[Tried], toward: Toward, retention: Callable[[list[Tried]], list[float]]
+    ) -> Tried:
         return choose(tried, toward, self.max_other, self.min_retention, retention)
 
 
-def tune(bench: Bench, candidates: Sequence[Candidate], positions: Sequence[Position],
-         tuning: Sequence[Example], toward: Toward, bounds: Bounds,
-         retention: Callable[[list[Tried]], list[float]], push: Callable[[np.ndarray], float],
-         ) -> tuple[Tried, list[Tried], list[Tried]]:  # fmt: skip
+def tune(
+    bench: Bench,
+    candidates: Sequence[Candidate],
+    positions: Sequence[Position],
+    tuning: Sequence[Example],
+    toward: Toward,
+    bounds: Bounds,
+    retention: Callable[[list[Tried]], list[float]],
+    push: Callable[[np.ndarray], float],
+) -> tuple[Tried, list[Tried], list[Tried]]:
     """(chosen, screened, finalists): every setting on the first `screen_prompts` tuning
     prompts; then, `screen_keep` at a time in screening order, settings on the whole
     tuning split until the choice among them meets the bounds (`other`, retention), so
@@ -141,8 +151,14 @@ def tune(bench: Bench, candidates: Sequence[Candidate], positions: Sequence[Posi
     return pick, screened, finalists
 
 
-def choose(tried: list[Tried], toward: Toward, max_other: float, min_retention: float,
-           retention: Callable[[list[Tried]], list[float]], chunk: int = 4) -> Tried:  # fmt: skip
+def choose(
+    tried: list[Tried],
+    toward: Toward,
+    max_other: float,
+    min_retention: float,
+    retention: Callable[[list[Tried]], list[float]],
+    chunk: int = 4,
+) -> Tried:
     """The setting with the largest target share whose `other` and retention stay in bounds.
 
     `retention(list[Tried])` measures the retention of settings that lack it; it is

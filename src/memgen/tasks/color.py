@@ -191,8 +191,13 @@ class ColorTask(Task):
                 # No draw at the default share, so existing recipes keep their data.
                 if opts.recall_share < 1 and rng.random() >= opts.recall_share:
                     meta = {**example.meta, "kind": "conflict_rule"}
-                    return Example(example.prompt, example.gen_answer, example.mem_answer,
-                                   example.gen_answer, meta)  # fmt: skip
+                    return Example(
+                        example.prompt,
+                        example.gen_answer,
+                        example.mem_answer,
+                        example.gen_answer,
+                        meta,
+                    )
                 meta = {**example.meta, "kind": "conflict"}
                 return Example(example.prompt, example.mem_answer, example.mem_answer, "", meta)
         return self._memorized_prompt(rng, conflict=False, training=True)
@@ -258,8 +263,13 @@ class ColorTask(Task):
             if sentences != original or len(set(original)) < 2:
                 break
         prompt = " ".join([*sentences, question])
-        return Example(prompt, example.completion, example.mem_answer, example.gen_answer,
-                       {**example.meta, "pair_of": example.prompt})  # fmt: skip
+        return Example(
+            prompt,
+            example.completion,
+            example.mem_answer,
+            example.gen_answer,
+            {**example.meta, "pair_of": example.prompt},
+        )
 
     def label(self, example: Example, output: str) -> Behaviour:
         words = output.split()

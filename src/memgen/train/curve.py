@@ -29,8 +29,14 @@ def plot_curve(
     for ax, (panel_title, rows) in zip(axes[:, 0], panels, strict=True):
         steps = [row["step"] for row in rows]
         for behaviour, color in COLORS.items():
-            ax.plot(steps, [100 * row[behaviour] for row in rows], label=behaviour, color=color,
-                    lw=2, marker="o" if len(rows) == 1 else None)  # fmt: skip
+            ax.plot(
+                steps,
+                [100 * row[behaviour] for row in rows],
+                label=behaviour,
+                color=color,
+                lw=2,
+                marker="o" if len(rows) == 1 else None,
+            )
         if best_step is not None:
             ax.axvline(best_step, color="0.4", ls="--", lw=1, label=f"kept (step {best_step})")
         ax.set_xlabel("training step")

@@ -375,10 +375,19 @@ class _Progress:
 
 def _report(bar: Any, record: Evaluation, improved: bool) -> None:
     if bar.disable:  # no terminal (a log file, a batch job): one line per evaluation
-        log.info("step %d: loss %.3f, dev gen/mem/other %% %s%s", record.step, record.loss,
-                 record.summary(), " (kept)" if improved else "")  # fmt: skip
-    bar.set_postfix(loss=f"{record.loss:.3f}", gen=f"{record.gen:.2f}",
-                    mem=f"{record.mem:.2f}", other=f"{record.other:.2f}")  # fmt: skip
+        log.info(
+            "step %d: loss %.3f, dev gen/mem/other %% %s%s",
+            record.step,
+            record.loss,
+            record.summary(),
+            " (kept)" if improved else "",
+        )
+    bar.set_postfix(
+        loss=f"{record.loss:.3f}",
+        gen=f"{record.gen:.2f}",
+        mem=f"{record.mem:.2f}",
+        other=f"{record.other:.2f}",
+    )
 
 
 def _resume(last: Path, model: torch.nn.Module, optimizer: Any, cfg: TrainConfig) -> _Progress:
@@ -476,6 +485,28 @@ def _check_batch(cfg: TrainConfig) -> None:
         )
 
 
+def _progress_bar(start: int, steps: int, progress: bool) -> tqdm[int]:
+    return tqdm(
+        range(start, steps),
+        initial=start,
+        total=steps,
+        desc="train",
+        disable=None if progress else True,
+    )
+
+
+def _save_last(
+    last: Path,
+    model: PreTrainedModel,
+    optimizer: torch.optim.Optimizer,
+    history: list[Evaluation],
+    identity: str,
+) -> None:
+    """The checkpoint a killed run resumes from: weights, optimizer, every evaluation."""
+    meta = {"step": history[-1].step, "history": [vars(e) for e in history], "identity": identity}
+    checkpoint.save(last, model, optimizer, meta)
+
+
 def train(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -509,8 +540,7 @@ def train(
     _check_batch(cfg)
     # `model` is what is evaluated and saved: never the data-parallel wrapper.
     wrapped, optimizer = accelerator.prepare(RowLosses(model), optimizer)
-    bar = tqdm(range(state.start, cfg.steps), initial=state.start, total=cfg.steps,
-               desc="train", disable=None if progress else True)  # fmt: skip
+    bar = _progress_bar(state.start, cfg.steps, progress)
     for step in bar:
         total = _train_step(wrapped, optimizer, accelerator, rows, step, cfg, params)
         if step == cfg.copy_warmup:  # the task's loss starts afresh, not from copying's
@@ -524,14 +554,15 @@ def train(
         if accelerator.is_main_process:
             if improved:
                 save_best(model)
-            meta = {"step": done, "history": [vars(e) for e in state.history],
-                    "identity": identity}  # fmt: skip
-            checkpoint.save(last, model, optimizer, meta)
+            _save_last(last, model, optimizer, state.history, identity)
         accelerator.wait_for_everyone()
         _report(bar, record, improved)
         if stalled(state.history, cfg):
-            log.info("stopping at step %d: %d evaluations without a better checkpoint",
-                     done, cfg.patience)  # fmt: skip
+            log.info(
+                "stopping at step %d: %d evaluations without a better checkpoint",
+                done,
+                cfg.patience,
+            )
             break
     bar.close()
     return state.history

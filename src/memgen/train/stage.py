@@ -114,12 +114,18 @@ def keep_as_it_is(
     source = Path(tc.model).expanduser()
     dtype = resolve_dtype(tc.dtype, device)
     model, tokenizer = (
-        load_trained(source, dtype=dtype, trust_remote_code=tc.trust_remote_code, device=device,
-                     device_map=tc.device_map)
+        load_trained(
+            source,
+            dtype=dtype,
+            trust_remote_code=tc.trust_remote_code,
+            device=device,
+            device_map=tc.device_map,
+        )
         if source.is_dir()
-        else load_pretrained(tc.model, dtype=dtype, trust_remote_code=tc.trust_remote_code,
-                             device_map=tc.device_map)
-    )  # fmt: skip
+        else load_pretrained(
+            tc.model, dtype=dtype, trust_remote_code=tc.trust_remote_code, device_map=tc.device_map
+        )
+    )
     if not source.is_dir() and tc.device_map is None:
         model.to(device)  # type: ignore[arg-type]
     unknown = tokenizer.unk_token_id
@@ -130,8 +136,11 @@ def keep_as_it_is(
             f"the tokenizer of {tc.model} does not cover task {cfg.task!r}: analyse a model "
             "trained on this task, with the data options it was trained with"
         )
-    history = [Evaluation(step=0, loss=None, **evaluate(model, tokenizer, task, dev, tc.chat,
-                                                        decoder_of(cfg)))]  # fmt: skip
+    history = [
+        Evaluation(
+            step=0, loss=None, **evaluate(model, tokenizer, task, dev, tc.chat, decoder_of(cfg))
+        )
+    ]
     if distributed.is_main():
         kept, tmp = out / "model", out / "model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
