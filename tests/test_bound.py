@@ -155,9 +155,9 @@ def test_a_fitted_vector_steers_through_intervene_as_documented(
     family_model: tuple[str, PreTrainedModel],
 ) -> None:
     """docs/results-schema.md: `as_interventions` turns a saved shift into one dense add."""
+    from memgen.bound.stage import as_interventions
     from memgen.core.hooks import intervene
     from memgen.core.sites import Site, site_width
-    from memgen.steering.bound import as_interventions
 
     model = family_model[1]
     width = site_width(model, "resid")

@@ -19,10 +19,10 @@ from memgen.core.errors import MemgenError
 from memgen.core.examples import read_jsonl
 from memgen.core.generation import generate
 from memgen.core.modeling import load_trained, unwrap
+from memgen.pipeline import run_stage
 from memgen.tasks import make_task
-from memgen.tasks.stage import run_data
 from memgen.tasks.tokenizer import build_tokenizer
-from memgen.train.stage import build_model, run_train
+from memgen.train.stage import build_model
 
 TINY = [
     "data.n_train=64", "data.n_test=12", "data.n_dev=12", "train.steps=3",
@@ -54,8 +54,8 @@ def test_lora_training_saves_an_adapter_that_reloads_exactly(family: str, tmp_pa
     base_weights = load_file(base_dir / "model.safetensors")
     run = tmp_path / "run"
     cfg = load_config(None, [f"train.model={base_dir}", *TINY])
-    run_data(run, cfg)
-    stage = run_train(run, cfg, progress=False)
+    run_stage("data", run, cfg)
+    stage = run_stage("train", run, cfg)
 
     adapter = stage.path / "model"
     files = {p.name for p in adapter.iterdir()}
@@ -94,8 +94,8 @@ def test_lora_training_saves_an_adapter_that_reloads_exactly(family: str, tmp_pa
 def test_loss_on_sequence_trains_too(tmp_path: Path) -> None:
     base_dir = _save_base("llama", tmp_path / "base")
     cfg = load_config(None, [f"train.model={base_dir}", "train.loss_on=sequence", *TINY])
-    run_data(tmp_path / "run", cfg)
-    stage = run_train(tmp_path / "run", cfg, progress=False)
+    run_stage("data", tmp_path / "run", cfg)
+    stage = run_stage("train", tmp_path / "run", cfg)
     history = json.loads((stage.path / "history.json").read_text())
     assert history[-1]["step"] == 3 and history[-1]["loss"] > 0
     assert (stage.path / "model" / "adapter_model.safetensors").is_file()
@@ -104,13 +104,13 @@ def test_loss_on_sequence_trains_too(tmp_path: Path) -> None:
 def test_rebuilding_the_base_reruns_training(tmp_path: Path) -> None:
     base_dir = _save_base("llama", tmp_path / "base")
     cfg = load_config(None, [f"train.model={base_dir}", *TINY])
-    run_data(tmp_path / "run", cfg)
-    stage = run_train(tmp_path / "run", cfg, progress=False)
+    run_stage("data", tmp_path / "run", cfg)
+    stage = run_stage("train", tmp_path / "run", cfg)
     first = stage.manifest()["created"], stage.manifest_path.stat().st_mtime_ns
-    run_train(tmp_path / "run", cfg, progress=False)  # unchanged base: skipped
+    run_stage("train", tmp_path / "run", cfg)  # unchanged base: skipped
     assert (stage.manifest()["created"], stage.manifest_path.stat().st_mtime_ns) == first
     _save_base("llama", base_dir, seed=1)
-    run_train(tmp_path / "run", cfg, progress=False)
+    run_stage("train", tmp_path / "run", cfg)
     assert stage.manifest_path.stat().st_mtime_ns != first[1]
 
 
@@ -144,9 +144,9 @@ def test_a_bad_model_path_is_a_one_line_error(kind: str, tmp_path: Path) -> None
         weights = path / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:64])
     cfg = load_config(None, [f"train.model={path}", *TINY])
-    run_data(tmp_path / "run", cfg)
+    run_stage("data", tmp_path / "run", cfg)
     with pytest.raises(MemgenError) as info:
-        run_train(tmp_path / "run", cfg, progress=False)
+        run_stage("train", tmp_path / "run", cfg)
     message = str(info.value)
     assert "\n" not in message and str(path) in message
     assert not (tmp_path / "run" / "train" / "manifest.json").exists()
@@ -168,8 +168,8 @@ def test_device_map_places_the_base_and_trains_through_it(tmp_path: Path) -> Non
     cfg = load_config(
         None, [f"train.model={base_dir}", "train.device_map=auto", "train.dtype=float32", *TINY]
     )
-    run_data(tmp_path / "run", cfg)
-    stage = run_train(tmp_path / "run", cfg, progress=False)
+    run_stage("data", tmp_path / "run", cfg)
+    stage = run_stage("train", tmp_path / "run", cfg)
     assert (stage.path / "model" / "adapter_model.safetensors").is_file()
     # With no GPU, "auto" keeps every weight on the CPU (no map is recorded then).
     loaded, _ = load_trained(stage.path / "model", device_map="auto")
@@ -184,8 +184,8 @@ def test_mixed_precision_trains_in_bf16_autocast(tmp_path: Path) -> None:
         None,
         [f"train.model={base_dir}", "train.mixed_precision=bf16", "train.dtype=float32", *TINY],
     )
-    run_data(tmp_path / "run", cfg)
-    stage = run_train(tmp_path / "run", cfg, progress=False)
+    run_stage("data", tmp_path / "run", cfg)
+    stage = run_stage("train", tmp_path / "run", cfg)
     history = json.loads((stage.path / "history.json").read_text())
     assert history[-1]["step"] == 3 and 0 < history[-1]["loss"] < float("inf")
     saved = load_file(stage.path / "model" / "adapter_model.safetensors")

@@ -10,14 +10,12 @@ import pytest
 
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
-from memgen.pipeline import check_trained_on, made_with
+from memgen.pipeline import check_trained_on, made_with, run_stage
 from memgen.tasks import make_task
 from memgen.tasks.base import TokenizerSpec
 from memgen.tasks.mix import MixTask, apportion
-from memgen.tasks.stage import run_data
 from memgen.tasks.tokenizer import build_tokenizer
 from memgen.train.loop import Evaluation
-from memgen.train.stage import run_train
 
 
 def _mix(options: dict | None = None) -> MixTask:
@@ -135,14 +133,14 @@ def test_one_mixture_model_analysed_on_one_task_as_it_is(tmp_path: Path) -> None
     tiny = ["train.n_layer=1", "train.n_embd=32", "train.n_head=2", "data.n_test=12"]
     tiny += ["data.n_dev=12", "train.batch_size=8", "train.warmup_steps=2"]
     mixed = load_config(None, ["task=mix", "data.n_train=60", "train.steps=4", *tiny])
-    run_data(tmp_path / "mix", mixed)
-    stage = run_train(tmp_path / "mix", mixed, progress=False)
+    run_stage("data", tmp_path / "mix", mixed)
+    stage = run_stage("train", tmp_path / "mix", mixed)
     history = json.loads((stage.path / "history.json").read_text())
     assert set(history[-1]["by_task"]) == {"color", "math", "cipher"}
     model = stage.path / "model"
     cipher = load_config(None, [*_cipher_on(model), *tiny])
-    run_data(tmp_path / "cipher", cipher)
-    analysed = run_train(tmp_path / "cipher", cipher, progress=False)
+    run_stage("data", tmp_path / "cipher", cipher)
+    analysed = run_stage("train", tmp_path / "cipher", cipher)
     rows = json.loads((analysed.path / "history.json").read_text())
     assert [(row["step"], row["loss"]) for row in rows] == [(0, None)]
     # The kept model is the mixture's, unchanged (no adapter, no training).
@@ -153,12 +151,12 @@ def test_one_mixture_model_analysed_on_one_task_as_it_is(tmp_path: Path) -> None
     assert made_with(tmp_path / "cipher", "train").train.model == str(model)
     # A task the mixture was not trained on is refused: its words are not in the tokenizer.
     alone = load_config(None, ["task=cipher", "data.n_train=20", "train.steps=2", *tiny])
-    run_data(tmp_path / "alone", alone)
-    cipher_only = run_train(tmp_path / "alone", alone, progress=False).path / "model"
+    run_stage("data", tmp_path / "alone", alone)
+    cipher_only = run_stage("train", tmp_path / "alone", alone).path / "model"
     color = load_config(None, ["task=color", "train.steps=0", f"train.model={cipher_only}", *tiny])
-    run_data(tmp_path / "color", color)
+    run_stage("data", tmp_path / "color", color)
     with pytest.raises(MemgenError, match="does not cover task 'color'"):
-        run_train(tmp_path / "color", color, progress=False)
+        run_stage("train", tmp_path / "color", color)
     with pytest.raises(MemgenError, match=r"train\.steps=0"):
         load_config(None, ["train.steps=0"])
     # The memorized cases come from the seed and the options: analysed on other data, the

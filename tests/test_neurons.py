@@ -15,7 +15,7 @@ from memgen.core.neuron_set import NeuronSet
 from memgen.core.recorded import read_record
 from memgen.neurons.scores import SCORERS, score
 from memgen.neurons.selection import layer_counts, layer_share, n_selected, select_top
-from memgen.neurons.stage import run_neurons
+from memgen.pipeline import run_stage
 
 
 @pytest.fixture
@@ -156,7 +156,7 @@ def test_neurons_stage_writes_its_files(tmp_path: Path) -> None:
 
     write_record(tmp_path)
     cfg = load_config(None, ["neurons.top_n=[0.05,0.1]"])
-    stage = run_neurons(tmp_path, cfg)
+    stage = run_stage("neurons", tmp_path, cfg)
     out = stage.path
     for name in (
         "scores.safetensors",
@@ -180,17 +180,17 @@ def test_neurons_stage_writes_its_files(tmp_path: Path) -> None:
     report = json.loads((out / "consistency.json").read_text())
     assert report["top_n"][1]["jaccard"]["mean"] > report["top_n"][1]["jaccard_chance"]
     manifest = stage.manifest()
-    assert run_neurons(tmp_path, cfg).manifest() == manifest  # up to date: skipped
+    assert run_stage("neurons", tmp_path, cfg).manifest() == manifest  # up to date: skipped
 
 
 def test_neurons_stage_errors(tmp_path: Path) -> None:
     with pytest.raises(MemgenError, match="memgen record"):
-        run_neurons(tmp_path, load_config())
+        run_stage("neurons", tmp_path, load_config())
     write_record(tmp_path)
     with pytest.raises(MemgenError, match="site 'mlp' was not recorded"):
-        run_neurons(tmp_path, load_config(None, ["neurons.site=mlp"]))
+        run_stage("neurons", tmp_path, load_config(None, ["neurons.site=mlp"]))
     with pytest.raises(MemgenError, match="did you mean"):
-        run_neurons(tmp_path, load_config(None, ["neurons.scorer=pearsn"]))
+        run_stage("neurons", tmp_path, load_config(None, ["neurons.scorer=pearsn"]))
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated"])

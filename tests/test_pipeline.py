@@ -18,11 +18,8 @@ from memgen.core.examples import read_jsonl, read_labelled
 from memgen.core.modeling import load_trained
 from memgen.core.recorded import read_record
 from memgen.core.stats import rates
-from memgen.pipeline import RUN_ORDER, STAGES, made_with, open_step, run_all, upstream
-from memgen.report.stage import run_report
-from memgen.steering.ablate import run_ablate
+from memgen.pipeline import RUN_ORDER, STAGES, made_with, open_step, run_all, run_stage, upstream
 from memgen.steering.bench import DIRECTIONS
-from memgen.steering.bound import run_bound
 from memgen.steering.saved import load_steering
 from memgen.steering.shifts import generate_shifted, next_token_kl
 from memgen.tasks import make_task
@@ -196,7 +193,7 @@ def test_the_saved_best_steering_reproduces_its_rates_in_a_new_process(tiny_run:
 
 def test_the_bound_stage_fits_each_layer_and_refuses_a_bad_one(own_run: Path) -> None:
     cfg = load_config(None, [*TINY, "bound.steps=5"])
-    stage = run_bound(own_run, cfg)
+    stage = run_stage("bound", own_run, cfg)
     rows = stage.manifest()["summary"]["rows"]
     assert rows and {row["layer"] for row in rows} == {0, 1}
     for row in rows:
@@ -207,12 +204,12 @@ def test_the_bound_stage_fits_each_layer_and_refuses_a_bad_one(own_run: Path) ->
     assert set(shifts) == {f"{row['direction']}/{row['site']}.{row['layer']}" for row in rows}
     assert all(vector.shape == (64,) for vector in shifts.values())
     with pytest.raises(MemgenError, match="out of range"):
-        run_bound(own_run, load_config(None, [*TINY, "bound.layers=[7]"]))
+        run_stage("bound", own_run, load_config(None, [*TINY, "bound.layers=[7]"]))
 
 
 def test_ablation_scales_each_site_and_scale_one_changes_nothing(own_run: Path) -> None:
     cfg = load_config(None, [*TINY, "ablate.scales=[0,1]", "ablate.position=all"])
-    stage = run_ablate(own_run, cfg)
+    stage = run_stage("ablate", own_run, cfg)
     result = json.loads((stage.path / "ablate.json").read_text())
     baseline, rows = result["baseline"], result["rows"]
     assert set(baseline) == {"mem", "gen"}  # the tiny run answers both ways
@@ -227,14 +224,16 @@ def test_ablation_scales_each_site_and_scale_one_changes_nothing(own_run: Path) 
     knocked = [r for r in rows if r["scale"] == 0.0 and r["site"] == "mlp" and r["layer"] == 0]
     assert any(r["shares"] != baseline[r["from"]] for r in knocked)
     assert (stage.path / "ablate.png").stat().st_size > 0
-    assert run_ablate(own_run, cfg).manifest() == stage.manifest()  # skipped when up to date
+    assert (
+        run_stage("ablate", own_run, cfg).manifest() == stage.manifest()
+    )  # skipped when up to date
 
 
 def test_the_report_shows_bound_and_ablation_once_they_have_run(own_run: Path) -> None:
     cfg = load_config(None, [*TINY, "bound.steps=5", "bound.layers=[1]"])
-    run_bound(own_run, cfg)
-    run_ablate(own_run, cfg)
-    run_report(own_run, cfg)
+    run_stage("bound", own_run, cfg)
+    run_stage("ablate", own_run, cfg)
+    run_stage("report", own_run, cfg)
     results = json.loads((own_run / "results.json").read_text())
     assert [row["layer"] for row in results["bound"]] == [1, 1]
     assert results["ablation"]["rows"] and set(results["ablation"]["baseline"]) == {"mem", "gen"}

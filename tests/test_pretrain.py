@@ -19,8 +19,8 @@ from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
 from memgen.core.generation import encode_prompt
 from memgen.core.modeling import load_trained
+from memgen.pipeline import run_stage
 from memgen.tasks import make_task
-from memgen.tasks.stage import run_data
 from memgen.train.pretrain import (
     ASSISTANT,
     EOS,
@@ -31,7 +31,6 @@ from memgen.train.pretrain import (
     render_chat,
     train_tokenizer,
 )
-from memgen.train.stage import run_train
 
 TINY_BASE = ["n_docs=300", "vocab_size=400", "n_layer=1", "n_embd=32", "n_head=2",
              "seq_len=32", "steps=3", "batch_size=4"]  # fmt: skip
@@ -107,10 +106,10 @@ def test_tiny_pretrain_saves_a_loadable_deterministic_base(tmp_path: Path) -> No
     assert (base / "model.safetensors").is_file()
 
     # Same seed, same bytes; a matching folder is not rebuilt.
-    again = pretrain(tmp_path / "again", load_pretrain_config(TINY_BASE), progress=False)
+    again = pretrain(tmp_path / "again", load_pretrain_config(TINY_BASE))
     assert file_hash(again / "model.safetensors") == file_hash(base / "model.safetensors")
     mtime = (base / "model.safetensors").stat().st_mtime_ns
-    pretrain(base, load_pretrain_config(TINY_BASE), progress=False)
+    pretrain(base, load_pretrain_config(TINY_BASE))
     assert (base / "model.safetensors").stat().st_mtime_ns == mtime
 
     # LoRA on it, with its chat template and the loss on the whole sequence.
@@ -120,8 +119,8 @@ def test_tiny_pretrain_saves_a_loadable_deterministic_base(tmp_path: Path) -> No
         "data.n_dev=8", "train.steps=2", "train.eval_every=2", "train.batch_size=4",
         "train.warmup_steps=1", "train.max_other=1.0", "device=cpu",
     ])  # fmt: skip
-    run_data(run, cfg)
-    stage = run_train(run, cfg, progress=False)
+    run_stage("data", run, cfg)
+    stage = run_stage("train", run, cfg)
     assert (stage.path / "model" / "adapter_config.json").is_file()
     _, adapter_tokenizer = load_trained(stage.path / "model")
     assert adapter_tokenizer.chat_template == tokenizer.chat_template
@@ -135,7 +134,7 @@ def test_bad_pretrain_input_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(MemgenError, match="new folder"):
-        pretrain(tmp_path / "mine", load_pretrain_config(TINY_BASE), progress=False)
+        pretrain(tmp_path / "mine", load_pretrain_config(TINY_BASE))
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 

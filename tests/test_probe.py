@@ -11,6 +11,7 @@ import pytest
 from memgen.core.artifacts import Stage, write_json
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
+from memgen.pipeline import run_stage
 from memgen.probe.probes import (
     PROBES,
     accuracy,
@@ -23,7 +24,6 @@ from memgen.probe.probes import (
     pair_ordering,
     shuffled_baseline,
 )
-from memgen.probe.stage import run_probe
 
 
 def paired(n_pairs: int = 40, width: int = 12, seed: int = 0) -> tuple[np.ndarray, ...]:
@@ -112,7 +112,7 @@ def test_probe_stage_writes_its_files(tmp_path: Path) -> None:
     cfg = load_config(
         None, ["probe.learning_curve=[2,10]", "probe.folds=4", "probe.classifier=lda"]
     )
-    stage = run_probe(tmp_path, cfg)
+    stage = run_stage("probe", tmp_path, cfg)
     for name in (
         "per_layer.json",
         "learning_curve.json",
@@ -131,13 +131,13 @@ def test_probe_stage_writes_its_files(tmp_path: Path) -> None:
     assert summary["baseline"]["majority"] == pytest.approx(0.5)
     curve = json.loads((stage.path / "learning_curve.json").read_text())
     assert [p["n_pairs"] for p in curve["points"]] == [2, 10]
-    assert run_probe(tmp_path, cfg).manifest() == stage.manifest()  # up to date: skipped
+    assert run_stage("probe", tmp_path, cfg).manifest() == stage.manifest()  # up to date: skipped
 
 
 def test_probe_stage_needs_enough_pairs(tmp_path: Path) -> None:
     write_record(tmp_path)
     with pytest.raises(MemgenError, match="cannot fill 50 folds"):
-        run_probe(tmp_path, load_config(None, ["probe.folds=50"]))
+        run_stage("probe", tmp_path, load_config(None, ["probe.folds=50"]))
     assert not (tmp_path / "probe").exists()
 
 

@@ -18,7 +18,8 @@ from memgen.core.generation import encode_prompt
 from memgen.core.hooks import record
 from memgen.core.recorded import read_record
 from memgen.core.sites import all_sites, site_width
-from memgen.record.stage import record_last_token, run_record
+from memgen.pipeline import run_stage
+from memgen.record.stage import record_last_token
 from memgen.tasks import make_task
 
 Model = tuple[PreTrainedModel, PreTrainedTokenizerBase]
@@ -96,7 +97,7 @@ def test_record_stage_writes_what_a_direct_recording_gives(
     prompts = _prompts(6)
     run, rows = _run_folder(tmp_path, model, tokenizer, prompts)
     cfg = load_config(None, ["device=cpu", "record.batch_size=4", "record.sites=[resid,mlp,attn]"])
-    stage = run_record(run, cfg, progress=False)
+    stage = run_stage("record", run, cfg)
 
     recorded = read_record(stage.path)  # the reader the later stages use
     assert recorded.labels.tolist() == [1 if row["label"] == "mem" else 0 for row in rows]
@@ -125,16 +126,16 @@ def test_record_stage_writes_what_a_direct_recording_gives(
 
     # Same config and inputs: skipped; another site list: redone.
     stamp = stage.manifest_path.stat().st_mtime_ns
-    run_record(run, cfg, progress=False)
+    run_stage("record", run, cfg)
     assert stage.manifest_path.stat().st_mtime_ns == stamp
     fewer = load_config(None, ["device=cpu", "record.sites=[resid]"])
-    assert list(read_record(run_record(run, fewer, progress=False).path).sites) == ["resid"]
+    assert list(read_record(run_stage("record", run, fewer).path).sites) == ["resid"]
 
 
 def test_record_stage_needs_finished_inputs(tmp_path: Path) -> None:
     cfg = load_config(None, ["device=cpu"])
     with pytest.raises(MemgenError, match="memgen train"):
-        run_record(tmp_path / "empty", cfg, progress=False)
+        run_stage("record", tmp_path / "empty", cfg)
 
 
 def test_read_pairs_rejects_bad_rows(tmp_path: Path) -> None:

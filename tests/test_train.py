@@ -17,8 +17,8 @@ from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
 from memgen.core.generation import generate
 from memgen.core.modeling import scratch_gpt2
+from memgen.pipeline import run_stage
 from memgen.tasks.color import ColorTask
-from memgen.tasks.stage import run_data
 from memgen.tasks.tokenizer import build_tokenizer
 from memgen.train.loop import (
     Evaluation,
@@ -30,7 +30,6 @@ from memgen.train.loop import (
     stalled,
     word_ids,
 )
-from memgen.train.stage import run_train
 
 TINY = [
     "data.n_train=400",
@@ -48,9 +47,9 @@ TINY = [
 
 def test_smoke_run_saves_a_loadable_model(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = load_config(None, TINY)
-    run_data(tmp_path, cfg)
+    run_stage("data", tmp_path, cfg)
     with caplog.at_level(logging.INFO, logger="memgen"):
-        stage = run_train(tmp_path, cfg, progress=False)
+        stage = run_stage("train", tmp_path, cfg)
     history = json.loads((stage.path / "history.json").read_text())
     assert [row["step"] for row in history] == [10, 20, 30, 40]
     # Without a progress bar (a log file), each evaluation is one line with its rates.
@@ -67,7 +66,7 @@ def test_smoke_run_saves_a_loadable_model(tmp_path: Path, caplog: pytest.LogCapt
     assert len(outputs) == 1
     # A second call with the same config is skipped (the manifest matches).
     mtime = stage.manifest_path.stat().st_mtime
-    run_train(tmp_path, cfg, progress=False)
+    run_stage("train", tmp_path, cfg)
     assert stage.manifest_path.stat().st_mtime == mtime
 
 
@@ -116,17 +115,13 @@ def test_a_checkpoint_from_another_config_is_not_resumed(tmp_path: Path) -> None
     before = load_config(None, [*TINY, "train.patience=null"])
     after = load_config(None, [*TINY, "train.patience=null", "train.lr=3e-3"])
     crashed = tmp_path / "crashed"
-    run_data(crashed, before)
-    run_train(crashed, before, progress=False)
+    run_stage("data", crashed, before)
+    run_stage("train", crashed, before)
     (crashed / "train" / "manifest.json").unlink()  # as if killed after the last checkpoint
-    resumed = json.loads(
-        (run_train(crashed, after, progress=False).path / "history.json").read_text()
-    )
+    resumed = json.loads((run_stage("train", crashed, after).path / "history.json").read_text())
     straight = tmp_path / "straight"
-    run_data(straight, after)
-    expected = json.loads(
-        (run_train(straight, after, progress=False).path / "history.json").read_text()
-    )
+    run_stage("data", straight, after)
+    expected = json.loads((run_stage("train", straight, after).path / "history.json").read_text())
     assert resumed == expected
 
 
@@ -169,9 +164,9 @@ def test_training_without_both_behaviours_does_not_stop_early(
         "train.patience=2",
     ]
     cfg = load_config(None, overrides)
-    run_data(tmp_path, cfg)
+    run_stage("data", tmp_path, cfg)
     with caplog.at_level(logging.WARNING, logger="memgen"):
-        stage = run_train(tmp_path, cfg, progress=False)
+        stage = run_stage("train", tmp_path, cfg)
     history = json.loads((stage.path / "history.json").read_text())
     assert [row["step"] for row in history] == [10, 20, 30, 40, 50, 60]
     assert max(min(row["gen"], row["mem"]) for row in history) == 0
@@ -180,7 +175,7 @@ def test_training_without_both_behaviours_does_not_stop_early(
                for r in caplog.records)  # fmt: skip
     # Killed after finishing but before the manifest: the rerun resumes and stops at once.
     stage.manifest_path.unlink()
-    run_train(tmp_path, cfg, progress=False)
+    run_stage("train", tmp_path, cfg)
     assert json.loads((stage.path / "history.json").read_text()) == history
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from memgen.core import distributed
-from memgen.core.artifacts import Stage
+from memgen.core.artifacts import Stage, Step
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
 
@@ -40,7 +40,7 @@ RUN_CONFIG = "config.yaml"  # in a run folder: the config its outputs were last 
 @dataclass(frozen=True)
 class StageSpec:
     name: str
-    run: str  # "module:function(run_dir, cfg, force=...)", imported lazily: `--help` stays fast
+    run: str  # "module:function(step: Step)", imported lazily: `--help` stays fast
     reads: tuple[str, ...]  # stages whose outputs it reads
     # The config it reads: whole sections, or "section.field". Upstream stages' config
     # reaches it through `reads`; anything else it touches is an error (`declared`).
@@ -61,9 +61,9 @@ class StageSpec:
 STEER_FIELDS = ("steer.n_prompts", "steer.fit_steps", "steer.fit_lr", "steer.batch_size")
 
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("data", "memgen.tasks.stage:run_data", (), ("data",),
+    StageSpec("data", "memgen.data.stage:run_data", (), ("data",),
               "Generate the task's training, dev and test sets (JSONL).",
-              extra="memgen.tasks.stage:resolved_options"),
+              extra="memgen.data.stage:resolved_options"),
     StageSpec("train", "memgen.train.stage:run_train", ("data",),
               ("train", "behave.num_beams", "behave.max_new_tokens"),
               "Train GPT-2 from scratch, or LoRA-tune train.model (steps=0: keep it as it is); "
@@ -84,7 +84,7 @@ STAGES: tuple[StageSpec, ...] = (
               ("data", "train", "behave", "record", "neurons"), ("steer",),
               "Tune each steering method on one split, report it held out, with controls.",
               figures={"steering": "steering.png"}, parallel=True),
-    StageSpec("specificity", "memgen.steering.specificity:run_specificity",
+    StageSpec("specificity", "memgen.specificity.stage:run_specificity",
               ("train", "behave", "record"), ("specificity", *STEER_FIELDS),
               "Fitted steering on top-N% vs as many random neurons, over set size.",
               figures={"specificity": "specificity.png"}, parallel=True),
@@ -92,11 +92,11 @@ STAGES: tuple[StageSpec, ...] = (
               ("train", "behave", "neurons", "probe", "steer", "specificity"), (),
               "Write results.json, figures and a self-contained report.html.",
               optional=("bound", "ablate", "localize")),
-    StageSpec("bound", "memgen.steering.bound:run_bound", ("train", "behave", "record"),
+    StageSpec("bound", "memgen.bound.stage:run_bound", ("train", "behave", "record"),
               ("bound", "steer.batch_size"),
               "Fit the best shared shift per layer: how far could any steering go?",
               in_run=False, parallel=True),
-    StageSpec("ablate", "memgen.steering.ablate:run_ablate", ("train", "behave"), ("ablate",),
+    StageSpec("ablate", "memgen.ablate.stage:run_ablate", ("train", "behave"), ("ablate",),
               "Knock out (or scale) each attention and MLP layer: where is it decided?",
               in_run=False, figures={"ablation": "ablate.png"}, parallel=True),
     StageSpec("localize", "memgen.localize.stage:run_localize", ("data", "train"),
@@ -274,19 +274,6 @@ def declared(name: str, cfg: RunConfig) -> RunConfig:
     return cfg.model_copy(update=update)
 
 
-@dataclass(frozen=True)
-class Step:
-    """A stage about to run: its folder, its inputs by name and its identity."""
-
-    stage: Stage
-    inputs: Mapping[str, Stage]
-    config: dict[str, Any]
-    cfg: RunConfig  # only what the stage declared
-
-    def finish(self, summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return self.stage.finish(self.config, list(self.inputs.values()), self.cfg.seed, summary)
-
-
 def open_step(run_dir: Path, name: str, cfg: RunConfig, force: bool) -> Step | None:
     """None when the stage is up to date (skipped); else the Step to run.
 
@@ -323,7 +310,7 @@ def open_step(run_dir: Path, name: str, cfg: RunConfig, force: bool) -> Step | N
         return None
     if not distributed.is_main():  # the main process alone writes the run folder
         stage = Stage(distributed.scratch(), name)
-    return Step(stage, inputs, config, declared(name, cfg))
+    return Step(run_dir, stage, inputs, config, declared(name, cfg), force)
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -334,15 +321,21 @@ def run_stage(name: str, run_dir: Path, cfg: RunConfig, force: bool = False) -> 
     import memgen.tasks  # noqa: F401  (registers the tasks)
 
     spec, started = spec_of(name), time.perf_counter()
-    stage = Stage(run_dir, name)
     if spec.parallel or distributed.world_size() == 1:
-        stage = _function(spec.run)(run_dir, cfg, force=force)
+        _open_and_run(spec, run_dir, cfg, force)
     elif distributed.is_main():
         with distributed.solo():
-            stage = _function(spec.run)(run_dir, cfg, force=force)
+            _open_and_run(spec, run_dir, cfg, force)
     distributed.barrier()  # its files are written before any process reads them
     log.info("%s: %.1f s", name, time.perf_counter() - started)
-    return stage
+    return Stage(run_dir, name)
+
+
+def _open_and_run(spec: StageSpec, run_dir: Path, cfg: RunConfig, force: bool) -> None:
+    """The stage's function on its opened Step; nothing when it is up to date."""
+    step = open_step(run_dir, spec.name, cfg, force)
+    if step is not None:
+        _function(spec.run)(step)
 
 
 def run_all(run_dir: Path, cfg: RunConfig, force: bool = False, until: str | None = None) -> None:

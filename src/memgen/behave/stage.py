@@ -16,13 +16,11 @@ from typing import Any
 
 from memgen.behave.pairs import PairSearch, mine_pairs, require_flips
 from memgen.behave.rule import rule_following
-from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig
+from memgen.core.artifacts import Step, write_json
 from memgen.core.examples import PAIRS_FILE, TEST_ANSWERS_FILE, Example, Labelled, read_split
 from memgen.core.generation import label_examples
 from memgen.core.modeling import load_run_model
 from memgen.core.stats import rates_with_ci, wilson
-from memgen.pipeline import open_step
 from memgen.tasks.base import Task, make_task
 
 log = logging.getLogger(__name__)
@@ -65,10 +63,7 @@ def _pairs_summary(search: PairSearch, task: Task, mixture: bool) -> dict[str, A
     }
 
 
-def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
-    step = open_step(run_dir, "behave", cfg, force)
-    if step is None:
-        return Stage(run_dir, "behave")
+def run_behave(step: Step) -> None:
     cfg, stage = step.cfg, step.stage
     data, train = (step.inputs["data"], step.inputs["train"])
     task = make_task(cfg.task, cfg.data.options)
@@ -77,9 +72,7 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
     out = stage.begin()
 
     test = read_split(data.path, "test")
-    labelled = label_examples(
-        model, tokenizer, task, test, cfg.behave, chat=chat, progress=progress
-    )
+    labelled = label_examples(model, tokenizer, task, test, cfg.behave, chat=chat, progress=True)
     test_rates, by_task = _write_test_answers(out, labelled, task, test)
     rule = None
     checks = task.rule_check_set(cfg.behave.n_rule_check, cfg.seed)
@@ -94,7 +87,7 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
         )
 
     search = mine_pairs(
-        model, tokenizer, task, task.pairs(cfg.seed), cfg.behave, chat=chat, progress=progress
+        model, tokenizer, task, task.pairs(cfg.seed), cfg.behave, chat=chat, progress=True
     )
     _write_pairs(out, search)
     require_flips(search, cfg.behave)  # after writing: the pairs found are kept either way
@@ -112,4 +105,3 @@ def run_behave(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
         search.evaluated,
         100 * search.flip_rate,
     )
-    return stage

@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
 
 log = logging.getLogger(__name__)
@@ -180,3 +181,19 @@ class Stage:
         }
         write_json(self.manifest_path, manifest)
         return manifest
+
+
+@dataclass(frozen=True)
+class Step:
+    """A stage about to run, as `memgen.pipeline` hands it to the stage's function: its
+    folder, its inputs by name, its identity and the config it declared."""
+
+    run_dir: Path
+    stage: Stage
+    inputs: Mapping[str, Stage]
+    config: dict[str, Any]
+    cfg: RunConfig  # only what the stage declared (memgen.pipeline.declared)
+    force: bool = False  # redo even what a checkpoint could resume
+
+    def finish(self, summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return self.stage.finish(self.config, list(self.inputs.values()), self.cfg.seed, summary)

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from memgen.core.artifacts import Stage, write_json
+from memgen.core.artifacts import Step, write_json
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example, read_split
@@ -38,7 +37,6 @@ from memgen.localize.plant import (
 )
 from memgen.localize.selectors import SELECTORS, usual_values
 from memgen.localize.test import Deleter, Localization, localize
-from memgen.pipeline import open_step
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +120,7 @@ def _localizations(
     return rows, deleter
 
 
-def run_localize(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
-    step = open_step(run_dir, "localize", cfg, force)
-    if step is None:
-        return Stage(run_dir, "localize")
+def run_localize(step: Step) -> None:
     cfg, stage = step.cfg, step.stage
     model, tokenizer = load_run_model(step.inputs["train"].path, cfg.train, cfg.device)
     if isinstance(model, PeftModel):  # planting changes base rows: fold the adapter in
@@ -152,7 +147,6 @@ def run_localize(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     write_json(out / "localize.json", result)
     step.finish(result)
     log.info("%s", format_localization(rows))
-    return stage
 
 
 def _indicator(planted: Neurons, depth: int, width: int) -> np.ndarray:

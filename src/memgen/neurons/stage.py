@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from memgen.core.artifacts import Stage, write_json
+from memgen.core.artifacts import Step, write_json
 from memgen.core.config import RunConfig, set_name
 from memgen.core.errors import MemgenError
 from memgen.core.neuron_set import NeuronSet, write_scores
@@ -27,7 +27,6 @@ from memgen.neurons.consistency import split_half_consistency
 from memgen.neurons.figures import plot_layer_share, plot_nmd_heatmap, plot_score_by_layer
 from memgen.neurons.scores import SCORERS, score
 from memgen.neurons.selection import layer_share, select_top
-from memgen.pipeline import open_step
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +95,7 @@ def _plot(
     )
 
 
-def run_neurons(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
-    step = open_step(run_dir, "neurons", cfg, force)
-    if step is None:
-        return Stage(run_dir, "neurons")
+def run_neurons(step: Step) -> None:
     cfg, stage = step.cfg, step.stage
     record = step.inputs["record"]
     nc = cfg.neurons
@@ -138,4 +134,3 @@ def run_neurons(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     }
     step.finish(summary)
     log.info("neurons: wrote %d neuron sets to %s", len(nc.top_n), out)
-    return stage

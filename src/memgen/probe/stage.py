@@ -15,16 +15,14 @@ Reads `record/` (every recorded site) and writes into `probe/`:
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from memgen.core.artifacts import Stage, write_json
+from memgen.core.artifacts import Step, write_json
 from memgen.core.config import RunConfig
 from memgen.core.recorded import Recorded, read_record
 from memgen.core.rows import ProbeLayer, dump_rows
-from memgen.pipeline import open_step
 from memgen.probe.figures import plot_layer_accuracy, plot_learning_curve
 from memgen.probe.probes import (
     PROBES,
@@ -83,10 +81,7 @@ def _summary(
     }
 
 
-def run_probe(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
-    step = open_step(run_dir, "probe", cfg, force)
-    if step is None:
-        return Stage(run_dir, "probe")
+def run_probe(step: Step) -> None:
     cfg, stage = step.cfg, step.stage
     record = step.inputs["record"]
     pc = cfg.probe
@@ -124,4 +119,3 @@ def run_probe(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     summary = _summary(per_layer, best, baseline, readout, recorded.n_pairs)
     step.finish(summary)
     log.info("probe: best %s layer %d, accuracy %.3f", best.site, best.layer, best.accuracy)
-    return stage

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,8 +22,7 @@ from numpy.lib.format import open_memmap
 from transformers import PreTrainedTokenizerBase
 
 from memgen.core import distributed
-from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig
+from memgen.core.artifacts import Step, write_json
 from memgen.core.errors import MemgenError
 from memgen.core.examples import PAIRS_FILE, read_pairs
 from memgen.core.generation import left_padded_positions, padded_batches
@@ -32,7 +30,6 @@ from memgen.core.hooks import Recording, record
 from memgen.core.modeling import load_run_model, model_identity, unwrap
 from memgen.core.recorded import READOUT
 from memgen.core.sites import Site, SiteKind, all_sites, n_layers, site_width
-from memgen.pipeline import open_step
 from memgen.record.readout import answer_margins, first_tokens
 
 log = logging.getLogger(__name__)
@@ -130,10 +127,7 @@ def record_last_token(
     return arrays
 
 
-def run_record(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
-    step = open_step(run_dir, "record", cfg, force)
-    if step is None:
-        return Stage(run_dir, "record")
+def run_record(step: Step) -> None:
     cfg, stage = step.cfg, step.stage
     train, behave = (step.inputs["train"], step.inputs["behave"])
     pairs = read_pairs(behave.path / PAIRS_FILE)
@@ -159,10 +153,10 @@ def run_record(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
         cfg.train.chat,
         cfg.record.batch_size,
         out=arrays,
-        progress=progress,
+        progress=True,
     )
     if not distributed.is_main():
-        return stage  # its batches went to the main process, which writes the record
+        return  # its batches went to the main process, which writes the record
     readout = None
     if "resid" in arrays and pairs.answers is not None:
         mem_ids, gen_ids = (first_tokens(tokenizer, answers) for answers in pairs.answers)
@@ -189,4 +183,3 @@ def run_record(run_dir: Path, cfg: RunConfig, force: bool = False, progress: boo
     }
     step.finish(summary)
     log.info("record: %d prompts x %s in %s", len(pairs.labels), ", ".join(kinds), out)
-    return stage

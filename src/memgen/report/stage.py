@@ -7,28 +7,23 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
 
-from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig
-from memgen.pipeline import SPECS, open_step
+from memgen.core.artifacts import Step, write_json
+from memgen.pipeline import SPECS
 from memgen.report.html import render
 from memgen.report.results import collect
 
 log = logging.getLogger(__name__)
 
 
-def run_report(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
-    step = open_step(run_dir, "report", cfg, force)
-    if step is None:
-        return Stage(run_dir, "report")
+def run_report(step: Step) -> None:
     cfg, stage = step.cfg, step.stage
     # Read (and validate) every stage's rows before the folder is opened, so a stale row
     # stops the report with the old one intact.
-    results = collect(run_dir, cfg, list(step.inputs))  # bound, ablate: only when current
+    results = collect(step.run_dir, cfg, list(step.inputs))  # bound, ablate: only when current
     out = stage.begin()
     write_json(out / "results.json", results)
-    write_json(run_dir / "results.json", results)
+    write_json(step.run_dir / "results.json", results)
     figures = {}
     for source_stage in step.inputs.values():  # each stage's figures, as the table names them
         for name, file in SPECS[source_stage.name].figures.items():
@@ -37,4 +32,3 @@ def run_report(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     (out / "report.html").write_text(render(results, figures))
     step.finish({"figures": sorted(figures)})
     log.info("report: %s", out / "report.html")
-    return stage

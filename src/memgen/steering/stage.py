@@ -28,7 +28,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from memgen.core.artifacts import Stage, write_json
+from memgen.core.artifacts import Step, write_json
 from memgen.core.config import RunConfig, set_name
 from memgen.core.examples import Behaviour, Example, read_split, read_test_answers
 from memgen.core.hooks import Position
@@ -48,7 +48,6 @@ from memgen.core.rows import (
 )
 from memgen.core.sites import SiteKind
 from memgen.core.stats import SHARE, intervals, rates, summarise
-from memgen.pipeline import open_step
 from memgen.steering.bench import DIRECTIONS, Bench, tuning_and_held_out
 from memgen.steering.figures import plot_steering
 from memgen.steering.methods import (
@@ -433,10 +432,7 @@ def _setup(step: Any) -> tuple[_Steer, list[tuple[Example, Behaviour]], list[Exa
     return run, labelled, trained
 
 
-def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
-    step = open_step(run_dir, "steer", cfg, force)
-    if step is None:
-        return Stage(run_dir, "steer")
+def run_steer(step: Step) -> None:
     cfg, stage = step.cfg, step.stage
     methods = [METHODS.get(name) for name in cfg.steer.methods]
     run, labelled, trained = _setup(step)
@@ -488,7 +484,6 @@ def run_steer(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     step.finish(written)
     for row in best.values():
         log.info("steer  best  %s", held_out_line(row))
-    return stage
 
 
 def _retention(bench: Bench, side: SideSet, settings: list[Tried]) -> list[float]:

@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core import distributed
-from memgen.core.artifacts import Stage, file_hash, json_hash, write_json
+from memgen.core.artifacts import Step, file_hash, json_hash, write_json
 from memgen.core.config import RunConfig
 from memgen.core.device import resolve_device, resolve_dtype
 from memgen.core.errors import MemgenError
@@ -29,7 +29,6 @@ from memgen.core.examples import Example, read_split
 from memgen.core.generation import encode_example, encode_prompt
 from memgen.core.gguf import gguf_identity, is_gguf_source
 from memgen.core.modeling import load_pretrained, load_trained, scratch_gpt2
-from memgen.pipeline import Step, open_step
 from memgen.tasks.base import Task, make_task
 from memgen.tasks.tokenizer import build_tokenizer
 from memgen.train import checkpoint
@@ -158,10 +157,7 @@ def keep_as_it_is(
     return history, model
 
 
-def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> Stage:
-    step = open_step(run_dir, "train", cfg, force)
-    if step is None:
-        return Stage(run_dir, "train")
+def run_train(step: Step) -> None:
     cfg, stage = step.cfg, step.stage
     data = step.inputs["data"]
     task = make_task(cfg.task, cfg.data.options)
@@ -171,18 +167,19 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
     out = stage.begin()
     # The run folder's checkpoints, in every process: all resume from the step the main
     # process saved (the others write their own files to a scratch folder).
-    state_dir = run_dir / "train"
+    state_dir = step.run_dir / "train"
     identity = json_hash(stage.identity(step.config, list(step.inputs.values())))
     if distributed.is_main() and (
-        force or not checkpoint.made_by(state_dir / "checkpoints" / "last", identity)
+        step.force or not checkpoint.made_by(state_dir / "checkpoints" / "last", identity)
     ):
-        if not force:
+        if not step.force:
             log.info("train: the saved checkpoint was made with another config; from step 0")
         shutil.rmtree(state_dir / "checkpoints", ignore_errors=True)
     distributed.barrier()
     if cfg.train.steps == 0:  # no training: only the prompts it will answer must fit
         history, model = keep_as_it_is(cfg, task, dev_examples + test_examples, dev_examples, out)
-        return _finish(step, cfg, history, model, out)
+        _finish(step, cfg, history, model, out)
+        return
     device = resolve_device(cfg.device)
     model, tokenizer = build_model(cfg, task, train_examples + dev_examples + test_examples, device)
     best_dir = out / "model"
@@ -206,15 +203,15 @@ def run_train(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool
         out_dir=state_dir,
         save_best=save_best,
         decoder=decoder_of(cfg),
-        progress=progress,
+        progress=True,
         identity=identity,
     )
-    return _finish(step, cfg, history, model, out)
+    _finish(step, cfg, history, model, out)
 
 
 def _finish(
     step: Step, cfg: RunConfig, history: list[Evaluation], model: PreTrainedModel, out: Path
-) -> Stage:
+) -> None:
     """The history, its curve and the stage's summary, for a trained or a kept model."""
     rows = [vars(e) for e in history]
     best = history[kept_index(history, cfg.train)]
@@ -245,4 +242,3 @@ def _finish(
             "the task's trigger share (data.options) or learning rate",
             " in every task" if best.by_task else "",
         )
-    return step.stage

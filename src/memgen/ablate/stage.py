@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from memgen.core.artifacts import Stage, write_json
+from memgen.core.artifacts import Step, write_json
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example, read_test_answers
@@ -34,7 +34,6 @@ from memgen.core.hooks import Intervention, Position, intervene
 from memgen.core.modeling import load_run_model
 from memgen.core.sites import Site, n_layers, site_width
 from memgen.core.stats import rates
-from memgen.pipeline import open_step
 from memgen.tasks.base import Task, make_task
 
 log = logging.getLogger(__name__)
@@ -73,11 +72,8 @@ class Steerer:
         return rates(row.label for row in labelled)
 
 
-def run_ablate(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
+def run_ablate(step: Step) -> None:
     """Stage `ablate`: the behaviour of mem and gen prompts with one site scaled."""
-    step = open_step(run_dir, "ablate", cfg, force)
-    if step is None:
-        return Stage(run_dir, "ablate")
     cfg, stage = step.cfg, step.stage
     train, behave = (step.inputs["train"], step.inputs["behave"])
     ac = cfg.ablate
@@ -131,7 +127,6 @@ def run_ablate(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     plot_ablation(rows, out / "ablate.png")
     step.finish(result)
     log.info("%s", format_ablation(baseline, rows))
-    return stage
 
 
 def format_ablation(baseline: dict[str, dict[str, float]], rows: list[dict[str, Any]]) -> str:

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from pathlib import Path
 
-from memgen.core.artifacts import Stage
+from memgen.core.artifacts import Step
 from memgen.core.config import RunConfig
 from memgen.core.examples import Example, Split, split_path, write_jsonl
-from memgen.pipeline import open_step
 from memgen.tasks.base import make_task
 
 log = logging.getLogger(__name__)
@@ -26,10 +24,7 @@ def resolved_options(cfg: RunConfig) -> dict[str, object]:
     return {"data": {**cfg.data.model_dump(mode="json"), "options": options}}
 
 
-def run_data(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
-    step = open_step(run_dir, "data", cfg, force)
-    if step is None:
-        return Stage(run_dir, "data")
+def run_data(step: Step) -> None:
     cfg, stage = step.cfg, step.stage
     task = make_task(cfg.task, cfg.data.options)
     out = stage.begin()
@@ -50,4 +45,3 @@ def run_data(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     log.info(
         "data: %d training, %d dev and %d test examples in %s", len(train), len(dev), len(test), out
     )
-    return stage

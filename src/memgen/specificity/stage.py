@@ -23,8 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from memgen.core.artifacts import Stage, write_json
-from memgen.core.config import RunConfig, SpecificityConfig
+from memgen.core.artifacts import Step, write_json
+from memgen.core.config import SpecificityConfig
 from memgen.core.examples import Example, read_test_answers
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
@@ -33,7 +33,6 @@ from memgen.core.sites import SiteKind
 from memgen.core.stats import SHARE, rates, summarise, wilson
 from memgen.neurons.scores import score as neuron_score
 from memgen.neurons.selection import select_top
-from memgen.pipeline import open_step
 from memgen.steering.bench import DIRECTIONS, Bench, tuning_and_held_out
 from memgen.steering.methods import SiteStats, matched_masks
 from memgen.steering.shifts import fit_shifts
@@ -43,10 +42,7 @@ log = logging.getLogger(__name__)
 COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02")
 
 
-def run_specificity(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
-    step = open_step(run_dir, "specificity", cfg, force)
-    if step is None:
-        return Stage(run_dir, "specificity")
+def run_specificity(step: Step) -> None:
     cfg, stage = step.cfg, step.stage
     train, behave, record = (step.inputs["train"], step.inputs["behave"], step.inputs["record"])
     spec, sc = cfg.specificity, cfg.steer
@@ -90,7 +86,6 @@ def run_specificity(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage
     write_json(out / "specificity.json", {"rows": dump_rows(rows)})
     plot_specificity(rows, out / "specificity.png")
     step.finish({"rows": dump_rows(rows)})
-    return stage
 
 
 def plot_specificity(rows: Sequence[SpecificityRow], path: Path) -> None:

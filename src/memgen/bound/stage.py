@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from memgen.core.artifacts import Stage, write_json
+from memgen.core.artifacts import Step, write_json
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example, read_test_answers
@@ -32,7 +31,6 @@ from memgen.core.recorded import read_record
 from memgen.core.rows import BoundRow, Direction, dump_rows
 from memgen.core.sites import Site, n_layers, site_width
 from memgen.core.stats import rates
-from memgen.pipeline import open_step
 from memgen.steering.bench import DIRECTIONS, Bench, tuning_and_held_out
 from memgen.steering.methods import activation_scale
 from memgen.steering.shifts import fit_shifts
@@ -105,11 +103,8 @@ class _LayerFits:
         return rows, shifts
 
 
-def run_bound(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
+def run_bound(step: Step) -> None:
     """Stage `bound`: per direction and layer, the fitted shared shift, fit and held out."""
-    step = open_step(run_dir, "bound", cfg, force)
-    if step is None:
-        return Stage(run_dir, "bound")
     cfg, stage, bc = step.cfg, step.stage, step.cfg.bound
     model, tokenizer = load_run_model(step.inputs["train"].path, cfg.train, cfg.device)
     depth = n_layers(model)
@@ -137,7 +132,6 @@ def run_bound(run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     save_file(shifts, str(out / "shifts.safetensors"))
     step.finish({"rows": dump_rows(rows)})
     log.info("%s", format_bound(rows))
-    return stage
 
 
 def format_bound(rows: list[BoundRow]) -> str:

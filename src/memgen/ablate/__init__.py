@@ -1,0 +1,1 @@
+"""Stage `ablate`: knock out (or scale) each attention and MLP layer: where is it decided?"""

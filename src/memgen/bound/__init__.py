@@ -1,0 +1,2 @@
+"""Stage `bound`: the best shared shift per layer, fitted and held out (how far could any
+steering go?)."""

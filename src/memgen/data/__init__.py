@@ -1,0 +1,1 @@
+"""Stage `data`: each task's training, dev and test sets, written as JSONL."""
