@@ -87,6 +87,8 @@ def test_results_follow_the_documented_schema(tiny_run: Path) -> None:
         assert low <= row["targeted"][target] <= high
         matched = row["controls"]["matched"]
         assert len(matched["target_per_draw"]) == 2 and sum(matched["rates"].values()) == 1.0
+        ahead = sum(draw >= row["targeted"][target] for draw in matched["target_per_draw"])
+        assert matched["p_value"] == pytest.approx((1 + ahead) / 3)  # 2 draws: p >= 1/3
         given = {kind for kind, rates in row["controls"].items() if rates is not None}
         assert given == (
             {"matched"} if row["method"] in ("mean_diff", "probe", "fitted_layer")
@@ -101,6 +103,7 @@ def test_results_follow_the_documented_schema(tiny_run: Path) -> None:
         (site, size) for site in ("resid", "mlp") for size in (0.05, 0.1)
     }
     assert all(len(r["matched_per_draw"]) == 2 for r in specificity)
+    assert all(1 / 3 <= r["p_value"] <= 1 and r["matched_prediction"] for r in specificity)
 
 
 def test_the_checkpoint_is_chosen_on_dev_prompts_that_are_not_test_prompts(

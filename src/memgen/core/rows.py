@@ -59,6 +59,8 @@ class Matched(Row):
     target_per_draw: list[float]
     target: Spread
     retention_per_draw: list[float]
+    p_value: float  # the targeted share's rank among the draws (core.stats.rank_p_value)
+    prediction: list[float] | None  # where one more draw would land, 95%
 
 
 class Controls(Row):
@@ -116,6 +118,8 @@ class SpecificityRow(Row):
     targeted_ci: list[float]
     matched: Spread
     matched_per_draw: list[float]
+    p_value: float  # the top set's rank among its draws (core.stats.rank_p_value)
+    matched_prediction: list[float] | None  # where one more draw would land, 95%
 
 
 class BoundRow(Row):

@@ -79,3 +79,29 @@ def summarise(
         "min": float(array.min()),
         "max": float(array.max()),
     }
+
+
+def rank_p_value(observed: float, draws: Sequence[float]) -> float:
+    """One-sided rank p-value of `observed` among random `draws` (larger is more extreme):
+    (1 + draws at least as large) / (1 + draws). With k draws it cannot go below
+    1 / (k + 1): 19 draws are the fewest that can say p = 0.05."""
+    if not draws:
+        raise ValueError("a rank p-value needs at least one random draw")
+    return (1 + sum(draw >= observed for draw in draws)) / (1 + len(draws))
+
+
+def prediction_interval(
+    draws: Sequence[float], bounds: tuple[float, float] | None = None
+) -> list[float] | None:
+    """95% interval for one more random draw (mean ± t sd sqrt(1 + 1/n)), None below two:
+    where a single random set would land, which a selected set must clear to be special
+    (the interval of the draws' mean is much narrower and answers another question)."""
+    array = np.asarray(draws, dtype=np.float64)
+    n = len(array)
+    if n < 2:
+        return None
+    half = float(stats.t.ppf(0.975, n - 1)) * float(array.std(ddof=1)) * np.sqrt(1 + 1 / n)
+    low, high = float(array.mean()) - half, float(array.mean()) + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return [low, high]

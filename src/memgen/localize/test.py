@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from memgen.core.examples import Example
 from memgen.core.hooks import Intervention, intervene
 from memgen.core.sites import Site, n_layers
+from memgen.core.stats import rank_p_value
 from memgen.localize.plant import Neurons, random_neurons, recalled
 
 
@@ -122,12 +123,12 @@ def localize(
     counts = selected.per_layer(n_layers(deleter.model))
     width = scores.shape[1]
     chance = [deleter(random_neurons(counts, width, rng)).facts_recalled for _ in range(draws)]
-    as_much = sum(recall <= deletion.facts_recalled for recall in chance)
     return Localization(
         selector=name,
         k=k,
         recall_at_k=None if planted is None else recall_at_k(selected, planted, width),
         deletion=deletion,
         random_recalled=chance,
-        p_value=(1 + as_much) / (1 + draws),
+        # Forgetting is the effect: fewer facts recalled is more extreme.
+        p_value=rank_p_value(-deletion.facts_recalled, [-recall for recall in chance]),
     )

@@ -63,7 +63,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _steering_row(r: SteeringRow) -> list[str]:
-    target, matched, side = r.toward, r.controls.matched.target, r.side_effect
+    target, control, side = r.toward, r.controls.matched, r.side_effect
+    matched, draws = control.target, len(control.target_per_draw)
     low, high = r.ci[target]
     paper = [
         _pct(rates.get(target) if rates else None)
@@ -78,6 +79,7 @@ def _steering_row(r: SteeringRow) -> list[str]:
         f"{_pct(r.targeted[target])} ({_pct(low)}–{_pct(high)})",
         _pct(r.targeted["other"]),
         f"{_pct(matched.mean)} ({_pct(matched.ci_low)}–{_pct(matched.ci_high)})",
+        f"{control.p_value:.2f} ({draws} draws)",
         *paper,
         _pct(side.retention),
         f"{side.kl:.3f}",
@@ -95,6 +97,7 @@ def _steering_table(rows: list[SteeringRow]) -> str:
         "→target (95% CI)",
         "→other",
         "matched control (CI)",
+        "rank p",
         "random",
         "low-corr.",
         "retention",

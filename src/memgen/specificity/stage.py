@@ -30,7 +30,7 @@ from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
 from memgen.core.rows import Direction, SpecificityRow, Spread, dump_rows
 from memgen.core.sites import SiteKind
-from memgen.core.stats import SHARE, rates, summarise, wilson
+from memgen.core.stats import SHARE, prediction_interval, rank_p_value, rates, summarise, wilson
 from memgen.neurons.scores import score as neuron_score
 from memgen.neurons.selection import select_top
 from memgen.steering.bench import DIRECTIONS, Bench, tuning_and_held_out
@@ -194,6 +194,8 @@ def _size_rows(
                 targeted_ci=list(wilson(hits, len(held_out))),
                 matched=Spread(**summarise(draws, SHARE)),
                 matched_per_draw=draws,
+                p_value=rank_p_value(hits / len(held_out), draws),
+                matched_prediction=prediction_interval(draws, SHARE),
             )
         )
     return rows

@@ -47,7 +47,7 @@ from memgen.core.rows import (
     dump_rows,
 )
 from memgen.core.sites import SiteKind
-from memgen.core.stats import SHARE, intervals, rates, summarise
+from memgen.core.stats import SHARE, intervals, prediction_interval, rank_p_value, rates, summarise
 from memgen.steering.bench import DIRECTIONS, Bench, tuning_and_held_out
 from memgen.steering.figures import plot_steering
 from memgen.steering.methods import (
@@ -196,18 +196,20 @@ class MethodRunner:
 
 def held_out_line(row: SteeringRow) -> str:
     """One aligned line a person reads: `mem->gen  fitted  top10  size 16  last  gen 99.5%
-    [97.2, 99.9] n=200 | matched random 99.6%` (size: the method's alpha or budget)."""
+    [97.2, 99.9] n=200 | matched random 99.6% (rank p = 0.67 of 5 draws)` (size: the
+    method's alpha or budget)."""
     toward = row.toward
     low, high = row.ci[toward]
     arrow = row.direction.replace("_to_", "->")
     setting = f"{row.method:12} {row.selection:8} size {row.size:<5g} {row.position:6}"
-    matched = row.controls.matched.target.mean
+    matched = row.controls.matched
     fitted_alike = row.control_kind.endswith("same treatment")
     control = "matched random" if fitted_alike else "random direction, unfitted,"
     return (
         f"{arrow:8} {setting} {toward} {100 * row.targeted[toward]:5.1f}% "
         f"[{100 * low:.1f}, {100 * high:.1f}] n={row.n_prompts} | {control} "
-        f"{100 * matched:.1f}%"
+        f"{100 * matched.target.mean:.1f}% (rank p = {matched.p_value:.2f} of "
+        f"{len(matched.target_per_draw)} draws)"
     )
 
 
@@ -275,14 +277,19 @@ def _sweep_rows(
     ]
 
 
-def _matched(labels: list[list[str]], toward: str, retention: list[float]) -> Matched:
-    """The matched control's draws: the share moved per draw, and their prompts pooled."""
+def _matched(
+    labels: list[list[str]], toward: str, retention: list[float], targeted: float
+) -> Matched:
+    """The matched control's draws: the share moved per draw, and their prompts pooled,
+    with the targeted share's rank among them."""
     draws = [rates(lab)[toward] for lab in labels]
     return Matched(
         rates=rates([x for lab in labels for x in lab]),
         target_per_draw=draws,
         target=Spread(**summarise(draws, SHARE)),
         retention_per_draw=retention,
+        p_value=rank_p_value(targeted, draws),
+        prediction=prediction_interval(draws, SHARE),
     )
 
 
@@ -338,7 +345,7 @@ def _held_out_row(
     labels = run.bench.labels(held_out, shifts, pick.position)
     target, matched_labels = labels[0], labels[1 : 1 + len(matched)]
     kept = side_held.retention(run.bench, shifts[: 1 + len(matched)], pick.position)
-    control = _matched(matched_labels, toward, kept[1:])
+    control = _matched(matched_labels, toward, kept[1:], rates(target)[toward])
     ci = intervals(target)
     upper = control.target.ci_high
     draws = control.target_per_draw
