@@ -39,7 +39,7 @@ TINY = [
     "steer.sd_alphas=[0.5,1]", "steer.budgets=[2,4]", "steer.dense_alphas=[2]",
     "steer.fit_steps=20", "steer.screen_prompts=4", "steer.screen_keep=2",
     "specificity.sizes=[0.05,0.1]", "specificity.budgets=[4]", "specificity.draws=2",
-    "behave.n_rule_check=100",
+    "behave.n_rule_check=100", "specificity.scorers=[pearson,attribution]",
 ]  # fmt: skip
 
 
@@ -104,6 +104,10 @@ def test_results_follow_the_documented_schema(tiny_run: Path) -> None:
     }
     assert all(len(r["matched_per_draw"]) == 2 for r in specificity)
     assert all(1 / 3 <= r["p_value"] <= 1 and r["matched_prediction"] for r in specificity)
+    assert {r["scorer"] for r in specificity} == {"pearson", "attribution"}
+    # The causal score beside the paper's: how much the two selections share.
+    versus = Stage(tiny_run, "neurons").manifest()["summary"]["attribution_vs_score"]["top10"]
+    assert 0 <= versus["jaccard"] <= 1 and -1 <= versus["spearman"] <= 1
 
 
 def test_the_checkpoint_is_chosen_on_dev_prompts_that_are_not_test_prompts(

@@ -58,8 +58,12 @@ def _load(config: Path | None, overrides: list[str] | None) -> RunConfig:
 
     for method in cfg.steer.methods:
         METHODS.get(method)
-    for scorer in {cfg.neurons.scorer, *cfg.specificity.scorers}:
-        SCORERS.get(scorer)
+    SCORERS.get(cfg.neurons.scorer)
+    for scorer in cfg.specificity.scorers:
+        if scorer != "attribution":  # causal, from the recorded gradients, not a registry scorer
+            SCORERS.get(scorer)
+    if "attribution" in cfg.specificity.scorers and not cfg.record.gradients:
+        raise MemgenError("specificity.scorers has attribution, which needs record.gradients=true")
     PROBES.get(cfg.probe.classifier)
     from memgen.core.gguf import check_gguf, is_gguf_source
 

@@ -150,6 +150,9 @@ class BehaveConfig(Section):
 class RecordConfig(Section):
     sites: list[Literal["resid", "mlp", "attn"]] = Field(["resid", "mlp"], min_length=1)
     batch_size: int = Field(256, ge=1)
+    # The answer margin's gradient at each recorded neuron (memgen.record.gradients), for
+    # the causal `attribution` score: one more forward and a backward per batch.
+    gradients: bool = True
 
 
 def set_name(fraction: float) -> str:

@@ -11,8 +11,8 @@
 Every hook on a site (a layer's residual stream, MLP neurons or attention output) is
 registered here; `edit` runs any function at a site, for what `Intervention` cannot say.
 The package's other hooks are not on sites: a pass counter on the whole model
-(`steering.shifts`), and in `localize` a leaf at the token embeddings and gradient masks
-on parameters. All three context managers
+(`steering.shifts`), a leaf at the token embeddings (`core.modeling.embeddings_as_leaf`)
+and, in `localize`, gradient masks on parameters. All three context managers
 resolve every site before registering anything, fail with MemgenError when one does
 not resolve, and remove every handle in `finally`. Hooks registered later run later,
 so a `record` opened inside an `intervene` sees the changed activations.

@@ -211,6 +211,19 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
             parameter.requires_grad_(True)
 
 
+@contextlib.contextmanager
+def embeddings_as_leaf(model: PreTrainedModel) -> Iterator[None]:
+    """With the weights frozen, nothing needs a gradient: make the token embeddings a leaf
+    that does, so every later activation is in one graph (total effects, not direct)."""
+    handle = model.get_input_embeddings().register_forward_hook(
+        lambda module, args, output: output.detach().requires_grad_(True)
+    )
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def unwrap(model: torch.nn.Module) -> PreTrainedModel:
     """The plain transformers model under any PEFT wrapping."""
     get_base = getattr(model, "get_base_model", None)

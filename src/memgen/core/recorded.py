@@ -37,15 +37,28 @@ class Recorded:
     sites: dict[str, dict[str, int]]
     model: dict[str, Any]
     readout: str | None = None
+    gradients: bool = False  # grad_<site>.npy beside each site (memgen.record.gradients)
 
     def activations(self, site: str) -> np.ndarray:
         """The [N, n_layers, width] array of `site`, memory-mapped read-only."""
+        return self._array(site, site)
+
+    def margin_gradients(self, site: str) -> np.ndarray:
+        """d (mem logit - gen logit) / d activation at `site`, [N, n_layers, width]."""
+        if not self.gradients:
+            raise MemgenError(
+                f"{self.path} holds no answer-margin gradients; re-run `memgen record` with "
+                "record.gradients=true (the default) on pairs that carry their answers"
+            )
+        return self._array(site, f"grad_{site}")
+
+    def _array(self, site: str, stem: str) -> np.ndarray:
         if site not in self.sites:
             raise MemgenError(
                 f"site {site!r} was not recorded (recorded: {', '.join(sorted(self.sites))}); "
                 f"add it to record.sites and re-run `memgen record`"
             )
-        path = self.path / f"{site}.npy"
+        path = self.path / f"{stem}.npy"
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
@@ -91,4 +104,9 @@ def read_record(path: Path) -> Recorded:
     if not np.isin(labels, (0, 1)).all():
         raise MemgenError(f"{path / INDEX}: labels must be 1 (mem) or 0 (gen); {_FIX}")
     readout = str(index["readout"]) if index.get("readout") else None
-    return Recorded(path, labels, pair_ids, dict(index["sites"]), dict(index["model"]), readout)
+    sites, model, gradients = (
+        dict(index["sites"]),
+        dict(index["model"]),
+        bool(index.get("gradients")),
+    )
+    return Recorded(path, labels, pair_ids, sites, model, readout, gradients)

@@ -23,7 +23,7 @@ mean-ablates them at every position, so the causal selector estimates exactly th
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.examples import Example
 from memgen.core.hooks import edit
-from memgen.core.modeling import frozen
+from memgen.core.modeling import embeddings_as_leaf, frozen
 from memgen.core.registry import Registry
 from memgen.core.sites import Site, n_layers, site_width
 from memgen.localize.plant import answer_batches
@@ -76,7 +76,7 @@ def _mlp_values(
 
         with (
             torch.set_grad_enabled(grad),
-            _graph_from_embeddings(model, grad),
+            embeddings_as_leaf(model) if grad else contextlib.nullcontext(),
             edit(model, {s: keep(s) for s in sites}),
         ):
             out = model(**batch)
@@ -88,22 +88,6 @@ def _mlp_values(
         if grad:
             grads.append([kept[s].grad for s in sites])  # type: ignore[misc]
     return values, grads
-
-
-@contextlib.contextmanager
-def _graph_from_embeddings(model: PreTrainedModel, grad: bool) -> Iterator[None]:
-    """With the weights frozen, nothing needs a gradient: make the token embeddings a leaf
-    that does, so every later activation is in one graph (total effects, not direct)."""
-    if not grad:
-        yield
-        return
-    handle = model.get_input_embeddings().register_forward_hook(
-        lambda module, args, output: output.detach().requires_grad_(True)
-    )
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def _position_means(

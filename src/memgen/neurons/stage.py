@@ -23,7 +23,8 @@ from memgen.core.config import RunConfig, set_name
 from memgen.core.errors import MemgenError
 from memgen.core.neuron_set import NeuronSet, write_scores
 from memgen.core.recorded import Recorded, read_record
-from memgen.neurons.consistency import split_half_consistency
+from memgen.neurons.attribution import site_score
+from memgen.neurons.consistency import compare_scores, split_half_consistency
 from memgen.neurons.figures import plot_layer_share, plot_nmd_heatmap, plot_score_by_layer
 from memgen.neurons.scores import SCORERS, score
 from memgen.neurons.selection import layer_share, select_top
@@ -113,6 +114,8 @@ def run_neurons(step: Step) -> None:
     nmd, in_sd = score("nmd", x, y), score("nmd_sd", x, y)
     main = nmd if nc.scorer == "nmd" else score(nc.scorer, x, y)
     maps = {"nmd": nmd, "nmd_sd": in_sd, "score": main}
+    if recorded.gradients:  # the causal score beside the correlational one
+        maps["attribution"] = site_score("attribution", recorded, nc.site)
     write_scores(out, maps, {"site": nc.site, "scorer": nc.scorer})
 
     shares = _save_sets(out, recorded, main, nmd, cfg)
@@ -132,5 +135,9 @@ def run_neurons(step: Step) -> None:
         "layer_share": {name: _rounded(share, 4) for name, share in shares.items()},
         "consistency": _consistency_summary(consistency),
     }
+    if "attribution" in maps:  # is the paper's selection the one the model depends on?
+        summary["attribution_vs_score"] = {
+            set_name(f): compare_scores(maps["attribution"], main, f) for f in nc.top_n
+        }
     step.finish(summary)
     log.info("neurons: wrote %d neuron sets to %s", len(nc.top_n), out)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from memgen.core import distributed
 from memgen.core.artifacts import Step, write_json
+from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import PAIRS_FILE, read_pairs
 from memgen.core.generation import left_padded_positions, padded_batches
@@ -30,6 +32,7 @@ from memgen.core.hooks import Recording, record
 from memgen.core.modeling import load_run_model, model_identity, unwrap
 from memgen.core.recorded import READOUT
 from memgen.core.sites import Site, SiteKind, all_sites, n_layers, site_width
+from memgen.record.gradients import margin_gradients
 from memgen.record.readout import answer_margins, first_tokens
 
 log = logging.getLogger(__name__)
@@ -127,6 +130,39 @@ def record_last_token(
     return arrays
 
 
+def _record_gradients(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    answer_ids: tuple[np.ndarray, np.ndarray],
+    cfg: RunConfig,
+    out: Path,
+) -> None:
+    """`grad_<kind>.npy` beside each `<kind>.npy`: the answer margin's gradient there."""
+    kinds = list(dict.fromkeys(cfg.record.sites))
+    grads: dict[str, np.ndarray] = {
+        kind: open_memmap(
+            out / f"grad_{kind}.npy",
+            mode="w+",
+            dtype=np.float32,
+            shape=np.load(out / f"{kind}.npy", mmap_mode="r").shape,
+        )
+        for kind in kinds
+    }
+    margin_gradients(
+        model,
+        tokenizer,
+        prompts,
+        *answer_ids,
+        kinds,
+        chat=cfg.train.chat,
+        batch_size=cfg.record.batch_size,
+        out=grads,
+    )
+    for array in grads.values():
+        array.flush()  # type: ignore[attr-defined]
+
+
 def run_record(step: Step) -> None:
     cfg, stage = step.cfg, step.stage
     train, behave = (step.inputs["train"], step.inputs["behave"])
@@ -157,12 +193,15 @@ def run_record(step: Step) -> None:
     )
     if not distributed.is_main():
         return  # its batches went to the main process, which writes the record
-    readout = None
-    if "resid" in arrays and pairs.answers is not None:
+    readout, gradients = None, False
+    if pairs.answers is not None:
         mem_ids, gen_ids = (first_tokens(tokenizer, answers) for answers in pairs.answers)
-        margins = answer_margins(model, arrays["resid"], mem_ids, gen_ids)
-        readout = READOUT
-        np.save(out / readout, margins)
+        if "resid" in arrays:
+            readout = READOUT
+            np.save(out / readout, answer_margins(model, arrays["resid"], mem_ids, gen_ids))
+        if cfg.record.gradients:
+            _record_gradients(model, tokenizer, pairs.prompts, (mem_ids, gen_ids), cfg, out)
+            gradients = True
     for array in arrays.values():
         array.flush()  # type: ignore[attr-defined]
     del arrays
@@ -172,6 +211,7 @@ def run_record(step: Step) -> None:
         "sites": shapes,
         "model": model_identity(model),
         "readout": readout,
+        "gradients": gradients,
     }
     write_json(out / "index.json", index)
     summary = {

@@ -31,7 +31,7 @@ from memgen.core.recorded import read_record
 from memgen.core.rows import Direction, SpecificityRow, Spread, dump_rows
 from memgen.core.sites import SiteKind
 from memgen.core.stats import SHARE, prediction_interval, rank_p_value, rates, summarise, wilson
-from memgen.neurons.scores import score as neuron_score
+from memgen.neurons.attribution import site_score
 from memgen.neurons.selection import select_top
 from memgen.steering.bench import DIRECTIONS, Bench, tuning_and_held_out
 from memgen.steering.methods import SiteStats, matched_masks
@@ -58,7 +58,7 @@ def run_specificity(step: Step) -> None:
         stats = SiteStats.from_record(recorded, kind)
         bench = Bench(model, tokenizer, task, cfg, kind)
         for scorer in spec.scorers:
-            score = neuron_score(scorer, recorded.activations(site), recorded.labels)
+            score = site_score(scorer, recorded, site)
             targeted, masks = _masks(score, spec, stats.shape, rng)
             for direction, (fitting, held_out) in splits.items():
                 toward = DIRECTIONS[direction][1]

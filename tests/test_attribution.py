@@ -1,0 +1,78 @@
+"""Answer-margin gradients and attribution patching: the causal neuron score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from memgen.core.errors import MemgenError
+from memgen.core.generation import encode_prompt
+from memgen.core.hooks import Intervention, intervene
+from memgen.core.sites import Site, site_width
+from memgen.neurons.attribution import attribution
+from memgen.record.gradients import margin_gradients
+from memgen.tasks import make_task
+
+Model = tuple[PreTrainedModel, PreTrainedTokenizerBase]
+
+
+@torch.no_grad()
+def _margin(model: PreTrainedModel, ids: list[int], mem: int, gen: int) -> float:
+    logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    return float(logits[mem] - logits[gen])
+
+
+def test_the_gradient_predicts_what_nudging_one_neuron_does_to_the_margin(
+    tiny_gpt2_with_tokenizer: Model,
+) -> None:
+    model, tokenizer = tiny_gpt2_with_tokenizer
+    prompts = [ex.prompt for ex in make_task("color").test_set(5, seed=0)]
+    mem_ids, gen_ids = np.array([5, 6, 7, 8, 9]), np.array([10, 11, 12, 13, 9])  # last: no margin
+    width = site_width(model, "mlp")
+    out = {"mlp": np.zeros((5, 2, width), np.float32), "resid": np.zeros((5, 2, 32), np.float32)}
+    margin_gradients(model, tokenizer, prompts, mem_ids, gen_ids, ["resid", "mlp"], chat=False,
+                     batch_size=2, out=out)  # fmt: skip
+    assert not out["mlp"][4].any() and out["mlp"][:4].any()  # same first token: no margin
+    assert all(p.requires_grad for p in model.parameters())  # the weights train again after
+    eps = 1e-2
+    for row in range(4):  # central differences, one prompt alone, unpadded
+        ids = encode_prompt(tokenizer, prompts[row], chat=False)
+        for kind, layer, neuron in (("mlp", 0, 3), ("mlp", 1, 17), ("resid", 0, 5)):
+            moved = []
+            for step in (eps, -eps):
+                nudge = Intervention(Site(kind, layer), (neuron,), "add", (step,))  # type: ignore[arg-type]
+                with intervene(model, [nudge]):
+                    moved.append(_margin(model, ids, mem_ids[row], gen_ids[row]))
+            slope = (moved[0] - moved[1]) / (2 * eps)
+            assert slope == pytest.approx(out[kind][row, layer, neuron], rel=0.01, abs=1e-4)
+
+
+def test_attribution_scores_what_moves_the_answer_not_what_merely_differs() -> None:
+    rng = np.random.default_rng(0)
+    n_pairs, shape = 40, (2, 6)
+    labels = np.tile([1, 0], n_pairs)
+    pair_ids = np.repeat(np.arange(n_pairs), 2)
+    x = rng.normal(size=(2 * n_pairs, *shape))
+    grads = rng.normal(scale=0.01, size=x.shape)
+    x[labels == 1, 0, 1] += 3.0  # differs between the members, but the answer ignores it
+    x[labels == 1, 1, 4] += 1.0  # differs, and the answer depends on it
+    grads[:, 1, 4] = 2.0
+    scores = attribution(x, grads, labels, pair_ids)
+    assert np.unravel_index(np.abs(scores).argmax(), shape) == (1, 4)
+    assert scores[1, 4] == pytest.approx(2.0, abs=0.3)  # a 1.0 change times a slope of 2
+    assert abs(scores[0, 1]) < 0.1
+    # Row order does not matter: pairs are found by id.
+    order = rng.permutation(len(labels))
+    np.testing.assert_allclose(
+        attribution(x[order], grads[order], labels[order], pair_ids[order]), scores
+    )
+
+
+def test_attribution_refuses_pairs_missing_a_member_or_mismatched_arrays() -> None:
+    x = np.zeros((4, 2, 3))
+    with pytest.raises(MemgenError, match="both members"):
+        attribution(x, x, np.array([1, 1, 0, 1]), np.array([0, 0, 1, 1]))
+    with pytest.raises(MemgenError, match="do not match"):
+        attribution(x, x[:, :1], np.array([1, 0, 1, 0]), np.array([0, 0, 1, 1]))
