@@ -122,7 +122,7 @@ def plot_specificity(rows: Sequence[SpecificityRow], path: Path) -> None:
                 "o--",
                 color=color,
                 alpha=0.6,
-                label=f"random, budget {budget:g}",
+                label=f"its matched random, budget {budget:g}",
             )
         ax.set_xscale("log")
         ax.set_xlabel("neurons moved (% of the site)")
