@@ -269,6 +269,8 @@ def test_a_stale_row_stops_the_report_in_one_line_and_keeps_the_old_report(
 def test_report_is_self_contained(tiny_run: Path) -> None:
     html = (tiny_run / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
+    for scorer in ("pearson", "attribution"):  # the verdict table asks "is the set special?"
+        assert f"selected neurons ({scorer}) are special" in html
     assert "http://" not in html and "https://" not in html
     assert (tiny_run / "report" / "steering.png").is_file()
 

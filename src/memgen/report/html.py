@@ -10,7 +10,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from memgen.core.rows import BoundRow, ProbeLayer, SteeringRow, read_row, read_rows
+from memgen.core.rows import BoundRow, ProbeLayer, SpecificityRow, SteeringRow, read_row, read_rows
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;
@@ -270,7 +270,30 @@ def verdict_rows(results: dict[str, Any]) -> list[list[str]]:
             _paper_verdict(probe.accuracy, probe.ci_high, 0.92),
         ],
     ]
-    return rows + _steering_verdicts(read_rows(SteeringRow, results["steering"], "results.json"))
+    steering = read_rows(SteeringRow, results["steering"], "results.json")
+    specificity = read_rows(SpecificityRow, results["specificity"], "results.json")
+    return rows + _steering_verdicts(steering) + _specificity_verdicts(specificity)
+
+
+def _specificity_verdicts(rows: list[SpecificityRow]) -> list[list[str]]:
+    """Per scorer: in how many cells its top set moved more than every matched random set."""
+    verdicts = []
+    for scorer in sorted({r.scorer for r in rows}):
+        cells = [r for r in rows if r.scorer == scorer]
+        ahead = [
+            r for r in cells if r.p_value * (1 + len(r.matched_per_draw)) < 1.5
+        ]  # no draw ahead
+        draws = sorted({len(r.matched_per_draw) for r in cells})
+        verdicts.append(
+            [
+                f"selected neurons ({scorer}) are special: steer more than matched random ones",
+                "not tested (the paper's control is not matched)",
+                f"ahead of every random set in {len(ahead)} of {len(cells)} cells "
+                f"({'/'.join(map(str, draws))} draws each, p = 1 / (draws + 1) there)",
+                f"special in {len(ahead)} of {len(cells)} cells" if ahead else "not special",
+            ]
+        )
+    return verdicts
 
 
 def render(results: dict[str, Any], figures: dict[str, Path]) -> str:
