@@ -32,8 +32,17 @@ def test_the_gradient_predicts_what_nudging_one_neuron_does_to_the_margin(
     mem_ids, gen_ids = np.array([5, 6, 7, 8, 9]), np.array([10, 11, 12, 13, 9])  # last: no margin
     width = site_width(model, "mlp")
     out = {"mlp": np.zeros((5, 2, width), np.float32), "resid": np.zeros((5, 2, 32), np.float32)}
-    margin_gradients(model, tokenizer, prompts, mem_ids, gen_ids, ["resid", "mlp"], chat=False,
-                     batch_size=2, out=out)  # fmt: skip
+    margin_gradients(
+        model,
+        tokenizer,
+        prompts,
+        mem_ids,
+        gen_ids,
+        ["resid", "mlp"],
+        chat=False,
+        batch_size=2,
+        out=out,
+    )
     assert not out["mlp"][4].any() and out["mlp"][:4].any()  # same first token: no margin
     assert all(p.requires_grad for p in model.parameters())  # the weights train again after
     eps = 1e-2
@@ -76,3 +85,29 @@ def test_attribution_refuses_pairs_missing_a_member_or_mismatched_arrays() -> No
         attribution(x, x, np.array([1, 1, 0, 1]), np.array([0, 0, 1, 1]))
     with pytest.raises(MemgenError, match="do not match"):
         attribution(x, x[:, :1], np.array([1, 0, 1, 0]), np.array([0, 0, 1, 1]))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+def test_margin_gradients_on_lora_models_of_each_family(
+    family: str, tiny_gpt2_with_tokenizer: Model
+) -> None:
+    from conftest import build_tiny
+
+    _, tokenizer = tiny_gpt2_with_tokenizer
+    ids = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+    model = build_tiny(family, lora=True, token_ids=ids)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    prompts = [ex.prompt for ex in make_task("color").test_set(3, seed=1)]
+    mem_ids, gen_ids = np.array([5, 6, 7]), np.array([10, 11, 12])
+    width = site_width(model, "mlp")
+    out = {"mlp": np.zeros((3, 2, width), np.float32)}
+    margin_gradients(
+        model, tokenizer, prompts, mem_ids, gen_ids, ["mlp"], chat=False, batch_size=2, out=out
+    )
+    assert [name for name, p in model.named_parameters() if p.requires_grad] == trainable
+    ids0 = encode_prompt(tokenizer, prompts[0], chat=False)
+    moved = []
+    for step in (1e-2, -1e-2):
+        with intervene(model, [Intervention(Site("mlp", 1), (3,), "add", (step,))]):
+            moved.append(_margin(model, ids0, 5, 10))
+    assert (moved[0] - moved[1]) / 2e-2 == pytest.approx(out["mlp"][0, 1, 3], rel=0.01, abs=1e-4)
