@@ -135,17 +135,16 @@ def _record_gradients(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     answer_ids: tuple[np.ndarray, np.ndarray],
+    activations: Mapping[str, np.ndarray],
     cfg: RunConfig,
     out: Path,
 ) -> None:
-    """`grad_<kind>.npy` beside each `<kind>.npy`: the answer margin's gradient there."""
-    kinds = list(dict.fromkeys(cfg.record.sites))
+    """`grad_<kind>.npy` beside each recorded `<kind>.npy`, of its shape: the answer
+    margin's gradient there."""
+    kinds: list[SiteKind] = list(dict.fromkeys(cfg.record.sites))  # the keys of activations
     grads: dict[str, np.ndarray] = {
         kind: open_memmap(
-            out / f"grad_{kind}.npy",
-            mode="w+",
-            dtype=np.float32,
-            shape=np.load(out / f"{kind}.npy", mmap_mode="r").shape,
+            out / f"grad_{kind}.npy", mode="w+", dtype=np.float32, shape=activations[kind].shape
         )
         for kind in kinds
     }
@@ -200,7 +199,8 @@ def run_record(step: Step) -> None:
             readout = READOUT
             np.save(out / readout, answer_margins(model, arrays["resid"], mem_ids, gen_ids))
         if cfg.record.gradients:
-            _record_gradients(model, tokenizer, pairs.prompts, (mem_ids, gen_ids), cfg, out)
+            answer_ids = (mem_ids, gen_ids)
+            _record_gradients(model, tokenizer, pairs.prompts, answer_ids, arrays, cfg, out)
             gradients = True
     for array in arrays.values():
         array.flush()  # type: ignore[attr-defined]
