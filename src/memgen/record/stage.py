@@ -199,8 +199,7 @@ def run_record(step: Step) -> None:
             readout = READOUT
             np.save(out / readout, answer_margins(model, arrays["resid"], mem_ids, gen_ids))
         if cfg.record.gradients:
-            answer_ids = (mem_ids, gen_ids)
-            _record_gradients(model, tokenizer, pairs.prompts, answer_ids, arrays, cfg, out)
+            _record_gradients(model, tokenizer, pairs.prompts, (mem_ids, gen_ids), arrays, cfg, out)
             gradients = True
     for array in arrays.values():
         array.flush()  # type: ignore[attr-defined]
