@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from memgen.core.config import load_config
-from memgen.core.examples import read_split
+from memgen.core.examples import Example, read_split
 from memgen.core.modeling import load_run_model
 from memgen.core.sites import n_layers, site_width
 from memgen.localize.plant import make_facts, neuron_masks, plant, random_neurons, recalled
@@ -72,3 +73,37 @@ def test_attribution_finds_planted_neurons_and_deleting_them_forgets_the_facts(
     assert rows["attribution"]["p_value"] <= 1 / (1 + cfg.localize.draws) + 1e-9
     assert rows["random"]["recall_at_k"] <= 0.2 and rows["random"]["p_value"] > 0.5
     assert len(rows["attribution"]["random_recalled"]) == cfg.localize.draws
+
+
+def test_the_delete_stage_says_yes_where_a_memory_is_planted(trained: Path) -> None:
+    """The positive control of `memgen delete`: its row, given the planted neurons, must
+    forget the planted facts beyond every matched random set, net of collateral too."""
+    from memgen.delete.measure import HeldOut
+    from memgen.delete.stage import _Bench, _row
+    from memgen.localize.selectors import usual_values
+
+    cfg = load_config(None, TINY)
+    model, tokenizer = load_run_model(trained / "train", cfg.train, "cpu")
+    examples = read_split(trained / "data", "train")
+    facts = make_facts(examples, 8, seed=1)
+    depth, width = n_layers(model), site_width(model, "mlp")
+    planted = random_neurons([5] * depth, width, np.random.default_rng(1))
+    plant(model, tokenizer, facts, examples[100:], planted, steps=300, lr=0.03,
+          batch_size=32, chat=False, seed=1)  # fmt: skip
+
+    def answered(group: list[Example]) -> list[Example]:
+        hits = recalled(model, tokenizer, group, False)
+        return [ex for ex, hit in zip(group, hits, strict=True) if hit]
+
+    facts = answered(facts)
+    rule = answered([ex for ex in examples[100:400] if ex.meta.get("kind") == "rule"])
+    as_rule = [dataclasses.replace(f, completion=f.gen_answer) for f in facts]
+    held = HeldOut(facts, as_rule, rule, rule)
+    mean = usual_values(model, tokenizer, examples[400:656], False).mean
+    bench = _Bench(model, tokenizer, held, {"mean": mean}, False)
+    rng = np.random.default_rng(0)
+    randoms = [random_neurons([5] * depth, width, rng) for _ in range(19)]
+    row = _row(bench, "planted", "mean", 0.02, planted, randoms)
+    assert len(facts) >= 6 and row.deleted.mem_kept <= 0.2
+    assert row.p_value == row.p_value_net == pytest.approx(1 / 20)  # beats all 19 draws
+    assert row.random_mem_kept.mean >= 0.5 and row.deleted.gen_kept >= 0.8

@@ -14,10 +14,11 @@ from conftest import Exited
 from memgen.core.artifacts import Stage
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
-from memgen.core.examples import read_jsonl, read_labelled
+from memgen.core.examples import read_jsonl, read_labelled, read_pairs
 from memgen.core.modeling import load_trained
 from memgen.core.recorded import read_record
 from memgen.core.stats import rates
+from memgen.neurons.selection import n_selected
 from memgen.pipeline import RUN_ORDER, STAGES, made_with, open_step, run_all, run_stage, upstream
 from memgen.steering.bench import DIRECTIONS
 from memgen.steering.saved import load_steering
@@ -234,6 +235,39 @@ def test_ablation_scales_each_site_and_scale_one_changes_nothing(own_run: Path) 
     assert (
         run_stage("ablate", own_run, cfg).manifest() == stage.manifest()
     )  # skipped when up to date
+
+
+def test_the_delete_stage_measures_each_selection_held_out_beside_matched_draws(
+    own_run: Path,
+) -> None:
+    args = ["delete.draws=3", "delete.sizes=[0.05]", "delete.min_pairs=2"]
+    cfg = load_config(None, [*TINY, *args])
+    stage = run_stage("delete", own_run, cfg)
+    result = json.loads((stage.path / "delete.json").read_text())
+    rows, held = result["rows"], result["held_out"]
+    dc = cfg.delete
+    assert {(r["scorer"], r["ablation"]) for r in rows} == {
+        (s, a) for s in dc.scorers for a in dc.ablations
+    }
+    pair_prompts = set(read_pairs(own_run / "behave" / "pairs.jsonl").prompts)
+    answered = read_labelled(own_run / "behave" / "test_outputs.jsonl")
+    fresh_mem = sum(label == "mem" and ex.prompt not in pair_prompts for ex, label in answered)
+    assert 0 < held["mem"] <= fresh_mem  # held out: no pair prompt is measured
+    for row in rows:
+        assert row["k"] == sum(row["per_layer"]) == n_selected(0.05, 2 * 256)
+        assert len(row["random"]) == dc.draws and row["n_mem"] == held["mem"]
+        assert 1 / (1 + dc.draws) <= row["p_value"] <= 1.0
+        kept = row["deleted"]
+        assert 0 <= kept["to_rule"] <= 1 - kept["mem_kept"] + 1e-9  # a flip leaves memory
+        assert row["mem_kept_ci"][0] <= kept["mem_kept"] <= row["mem_kept_ci"][1]
+    for matrix in result["matrices"]:
+        n = len(matrix["memories"])
+        assert n >= 2 and len(matrix["kept"]) == n and all(len(r) == n for r in matrix["kept"])
+        assert 0 < matrix["p_value"] <= 1.0 and matrix["chance"] == pytest.approx(1 / n)
+    run_stage("report", own_run, cfg)
+    results = json.loads((own_run / "results.json").read_text())
+    assert results["deletion"]["rows"] == rows
+    assert "memgen delete" in (own_run / "report" / "report.html").read_text()
 
 
 def test_the_report_shows_bound_and_ablation_once_they_have_run(own_run: Path) -> None:
@@ -456,6 +490,10 @@ def test_compare_takes_runs_stopped_early_by_what_their_stages_hold(
         (["localize", "--run-dir", "{tmp}/empty"], "or `memgen run --until train`"),
         (["localize", "localize.fraction=2"], "localize.fraction"),
         (["localize", "localize.selectors=[magic]"], "localize.selectors"),
+        (["delete", "--run-dir", "{tmp}/empty"], "memgen"),
+        (["delete", "delete.sizes=[0.9]"], "delete.sizes"),
+        (["delete", "delete.scorers=[magic]"], "unknown neuron scorer 'magic'"),
+        (["delete", "record.gradients=false"], "delete.scorers has attribution"),
         (["steer", "steer.methods=[nmd,magic]"], "unknown steering method 'magic'"),
         (["steer", "steer.budgets=[]"], "steer.budgets"),
         (["steer", "steer.budgets=[0]"], "steer.budgets"),

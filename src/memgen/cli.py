@@ -59,11 +59,17 @@ def _load(config: Path | None, overrides: list[str] | None) -> RunConfig:
     for method in cfg.steer.methods:
         METHODS.get(method)
     SCORERS.get(cfg.neurons.scorer)
-    for scorer in cfg.specificity.scorers:
-        if scorer != "attribution":  # causal, from the recorded gradients, not a registry scorer
-            SCORERS.get(scorer)
-    if "attribution" in cfg.specificity.scorers and not cfg.record.gradients:
-        raise MemgenError("specificity.scorers has attribution, which needs record.gradients=true")
+    for field, scorers in (
+        ("specificity", cfg.specificity.scorers),
+        ("delete", cfg.delete.scorers),
+    ):
+        for scorer in scorers:
+            if (
+                scorer != "attribution"
+            ):  # causal, from the recorded gradients, not a registry scorer
+                SCORERS.get(scorer)
+        if "attribution" in scorers and not cfg.record.gradients:
+            raise MemgenError(f"{field}.scorers has attribution, which needs record.gradients=true")
     PROBES.get(cfg.probe.classifier)
     from memgen.core.gguf import check_gguf, is_gguf_source
 

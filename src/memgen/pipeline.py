@@ -91,7 +91,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("report", "memgen.report.stage:run_report",
               ("train", "behave", "neurons", "probe", "steer", "specificity"), (),
               "Write results.json, figures and a self-contained report.html.",
-              optional=("bound", "ablate", "localize")),
+              optional=("bound", "ablate", "localize", "delete")),
     StageSpec("bound", "memgen.bound.stage:run_bound", ("train", "behave", "record"),
               ("bound", "steer.batch_size"),
               "Fit the best shared shift per layer: how far could any steering go?",
@@ -103,6 +103,10 @@ STAGES: tuple[StageSpec, ...] = (
               ("localize",),
               "Plant facts in known MLP neurons: do the selectors find and delete them?",
               in_run=False),
+    StageSpec("delete", "memgen.delete.stage:run_delete", ("data", "train", "behave", "record"),
+              ("delete",),
+              "Delete each scorer's top-N% MLP neurons: is memory lost more than with random ones?",
+              in_run=False, parallel=False),
 )  # fmt: skip
 SPECS: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}
 RUN_ORDER: tuple[str, ...] = tuple(spec.name for spec in STAGES if spec.in_run)

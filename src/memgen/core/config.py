@@ -304,6 +304,25 @@ class LocalizeConfig(Section):
     )
 
 
+class DeleteConfig(Section):
+    # `memgen delete`: each scorer's top-N% MLP neurons, chosen on the flipped pairs,
+    # deleted on held-out prompts beside random sets with the same per-layer counts.
+    scorers: list[str] = Field(["attribution", "pearson"], min_length=1)
+    sizes: list[Annotated[float, Field(gt=0, le=0.5)]] = Field(
+        [0.001, 0.005, 0.01, 0.05], min_length=1, description="shares of all MLP neurons"
+    )
+    ablations: list[Literal["mean", "zero"]] = Field(
+        ["mean", "zero"], min_length=1, description="mean: the training-prompt mean"
+    )
+    draws: int = Field(20, ge=1, description="random sets per row, for its rank p-value")
+    n_reference: int = Field(256, ge=1, description="training prompts giving the mean")
+    n_train: int = Field(300, ge=1, description="training prompts measured for damage")
+    # Per memory (a trigger of math or cipher): neurons chosen on its own pairs alone.
+    matrix: bool = True
+    matrix_size: float = Field(0.01, gt=0, le=0.5)
+    min_pairs: int = Field(5, ge=2, description="pairs a memory needs to get a matrix row")
+
+
 class RunConfig(Section):
     task: str = "color"
     seed: int = Field(0, ge=0)
@@ -319,6 +338,7 @@ class RunConfig(Section):
     bound: BoundConfig = BoundConfig()
     ablate: AblateConfig = AblateConfig()
     localize: LocalizeConfig = LocalizeConfig()
+    delete: DeleteConfig = DeleteConfig()
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

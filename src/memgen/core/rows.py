@@ -122,6 +122,52 @@ class SpecificityRow(Row):
     matched_prediction: list[float] | None  # where one more draw would land, 95%
 
 
+class Deleted(Row):
+    """What one deletion kept, as shares of held-out prompts (`memgen.delete.measure`)."""
+
+    mem_kept: float  # answered by memory before, and still
+    to_rule: float  # answered by memory before, the rule's answer now
+    gen_kept: float  # answered by the rule before, and still (the collateral)
+    train_kept: float  # training prompts answered as trained, and still
+
+
+class DeletionRow(Row):
+    """A scorer's top-N% MLP neurons deleted, beside matched random sets (stage `delete`)."""
+
+    scorer: str
+    ablation: Literal["mean", "zero"]
+    size: float
+    k: int
+    per_layer: list[int]
+    n_mem: int
+    n_gen: int
+    n_train: int
+    deleted: Deleted
+    mem_kept_ci: list[float]
+    random: list[Deleted]  # one per draw, same per-layer counts, same ablation
+    random_mem_kept: Spread
+    p_value: float  # rank of its forgetting among the draws (core.stats.rank_p_value)
+    p_value_net: float  # the same for forgetting net of collateral, gen_kept - mem_kept
+
+
+class MemoryMatrix(Row):
+    """Per memory: neurons chosen on that memory's pairs alone, deleted, and every
+    memory's held-out prompts measured (stage `delete`, `delete.matrix`)."""
+
+    scorer: str
+    ablation: Literal["mean", "zero"]
+    size: float
+    memories: list[str]
+    n_pairs: list[int]
+    n_prompts: list[int]
+    kept: list[list[float]]  # [chosen for i][measured on j]: mem_kept
+    diagonal: float  # mean kept where i == j
+    off_diagonal: float  # mean kept where i != j
+    own_most: float  # share of rows whose own memory kept least (ties count a share)
+    chance: float  # that share for a set that ignores which memory it was chosen for
+    p_value: float  # the diagonal's rank among relabellings (delete.matrix.relabelled_p_value)
+
+
 class BoundRow(Row):
     """One layer's fitted shared shift, in-sample and held out (stage `bound`)."""
 

@@ -56,11 +56,17 @@ def attribution(
     return result
 
 
-def site_score(scorer: str, recorded: Recorded, site: str) -> np.ndarray:
+def site_score(
+    scorer: str, recorded: Recorded, site: str, rows: np.ndarray | None = None
+) -> np.ndarray:
     """`scorer`'s [n_layers, width] map at `site`: "attribution" from the recorded answer
-    gradients, any other name from the scorer registry on the activations and labels."""
-    x = recorded.activations(site)
+    gradients, any other name from the scorer registry on the activations and labels.
+
+    `rows`: score on these recorded rows only (whole pairs, for attribution).
+    """
+    every = slice(None) if rows is None else rows
+    x, labels = recorded.activations(site)[every], recorded.labels[every]
     if scorer == "attribution":
-        grads = recorded.margin_gradients(site)
-        return attribution(x, grads, recorded.labels, recorded.pair_ids)
-    return score(scorer, x, recorded.labels)
+        grads = recorded.margin_gradients(site)[every]
+        return attribution(x, grads, labels, recorded.pair_ids[every])
+    return score(scorer, x, labels)

@@ -10,7 +10,16 @@ import html
 from pathlib import Path
 from typing import Any
 
-from memgen.core.rows import BoundRow, ProbeLayer, SpecificityRow, SteeringRow, read_row, read_rows
+from memgen.core.rows import (
+    BoundRow,
+    DeletionRow,
+    MemoryMatrix,
+    ProbeLayer,
+    SpecificityRow,
+    SteeringRow,
+    read_row,
+    read_rows,
+)
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;
@@ -167,6 +176,88 @@ def _localization_table(result: dict[str, Any]) -> str:
     return _table(header, cells)
 
 
+def _deletion_table(rows: list[DeletionRow]) -> str:
+    header = [
+        "scorer",
+        "ablation",
+        "k",
+        "memory kept",
+        "→ rule",
+        "rule kept",
+        "training kept",
+        "random: memory kept (mean, range)",
+        "p",
+        "p net of collateral",
+    ]
+    cells = [
+        [
+            r.scorer,
+            r.ablation,
+            str(r.k),
+            f"{_pct(r.deleted.mem_kept)} [{_pct(r.mem_kept_ci[0])}, {_pct(r.mem_kept_ci[1])}], "
+            f"n={r.n_mem}",
+            _pct(r.deleted.to_rule),
+            _pct(r.deleted.gen_kept),
+            _pct(r.deleted.train_kept),
+            f"{_pct(r.random_mem_kept.mean)} ({_pct(r.random_mem_kept.min)} – "
+            f"{_pct(r.random_mem_kept.max)})",
+            f"{r.p_value:.3f}",
+            f"{r.p_value_net:.3f}",
+        ]
+        for r in rows
+    ]
+    return _table(header, cells)
+
+
+def _matrix_table(matrices: list[MemoryMatrix]) -> str:
+    header = [
+        "scorer",
+        "ablation",
+        "memories",
+        "own memory kept",
+        "others kept",
+        "own memory lost most (chance)",
+        "p (relabelled)",
+    ]
+    cells = [
+        [
+            m.scorer,
+            m.ablation,
+            str(len(m.memories)),
+            _pct(m.diagonal),
+            _pct(m.off_diagonal),
+            f"{_pct(m.own_most)} ({_pct(m.chance)})",
+            f"{m.p_value:.4f}",
+        ]
+        for m in matrices
+    ]
+    return _table(header, cells)
+
+
+def _deletion_section(number: int, deletion: dict[str, Any]) -> list[str]:
+    rows = read_rows(DeletionRow, deletion["rows"], "results.json deletion")
+    matrices = read_rows(MemoryMatrix, deletion["matrices"], "results.json deletion")
+    held = deletion["held_out"]
+    section = [
+        f"<h2>{number}. Does deleting the selected neurons delete the memory? "
+        "(<code>memgen delete</code>)</h2>",
+        f'<p class="note">Each scorer\'s top MLP neurons, chosen on the flipped pairs, set '
+        "to their training-prompt mean (or zero) at every position; then the held-out test "
+        f"prompts answered again: {held['mem']} answered by memory, {held['gen']} by rule, "
+        f"and {held['train']} training prompts. Random sets get the same deletion with the "
+        "same count per layer; p is the selection's rank among them (net: memory lost "
+        "minus rule answers lost).</p>",
+        _deletion_table(rows),
+    ]
+    if matrices:
+        section += [
+            '<p class="note">Per memory: neurons chosen on one memory\'s pairs alone, deleted, '
+            "and every memory measured. p: the own-memory diagonal among relabellings.</p>",
+            _matrix_table(matrices),
+        ]
+    return section
+
+
 def _optional_sections(results: dict[str, Any], figures: dict[str, Path]) -> list[str]:
     """Sections for the stages `memgen run` leaves out, when they have been run."""
     sections: list[str] = []
@@ -202,6 +293,9 @@ def _optional_sections(results: dict[str, Any], figures: dict[str, Path]) -> lis
             "them). The first row deletes the planted neurons themselves.</p>",
             _localization_table(results["localization"]),
         ]
+        number += 1
+    if "deletion" in results:
+        sections += _deletion_section(number, results["deletion"])
     return sections
 
 

@@ -9,6 +9,8 @@ from memgen.core.artifacts import Stage
 from memgen.core.config import RunConfig
 from memgen.core.rows import (
     BoundRow,
+    DeletionRow,
+    MemoryMatrix,
     ProbeLayer,
     R,
     SpecificityRow,
@@ -81,10 +83,23 @@ def collect(run_dir: Path, cfg: RunConfig, stages: list[str]) -> dict[str, Any]:
         },
         "specificity": _checked(SpecificityRow, specificity["rows"], "specificity"),
     }
+    return {**results, **_optional(run_dir, stages)}
+
+
+def _optional(run_dir: Path, stages: list[str]) -> dict[str, Any]:
+    """The sections of the stages `memgen run` leaves out, those that have run."""
+    results: dict[str, Any] = {}
     if "bound" in stages:
         results["bound"] = _checked(BoundRow, _summary(Stage(run_dir, "bound"))["rows"], "bound")
     if "ablate" in stages:
         results["ablation"] = _summary(Stage(run_dir, "ablate"))
     if "localize" in stages:
         results["localization"] = _summary(Stage(run_dir, "localize"))
+    if "delete" in stages:
+        deletion = _summary(Stage(run_dir, "delete"))
+        results["deletion"] = {
+            "held_out": deletion["held_out"],
+            "rows": _checked(DeletionRow, deletion["rows"], "delete"),
+            "matrices": _checked(MemoryMatrix, deletion["matrices"], "delete"),
+        }
     return results

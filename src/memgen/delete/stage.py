@@ -1,0 +1,177 @@
+"""Stage `delete`: are the neurons a scorer selects on the flipped pairs where memory lives?
+
+    memgen delete --run-dir runs/cipher-contest
+    memgen delete --run-dir runs/cipher-contest 'delete.scorers=[attribution]' delete.draws=50
+
+Each scorer (`delete.scorers`: `attribution`, or any registry scorer such as the paper's
+`pearson`) ranks the MLP neurons on the recorded flipped pairs; its top `delete.sizes`
+(shares of all MLP neurons) are deleted, set to their mean over training prompts (or to
+zero) at every position, and the held-out test prompts answered again
+(`memgen.delete.measure`). Beside it, `delete.draws` random sets with the same count per
+layer get the same deletion; the rank p-value places the selection among them. With
+`delete.matrix`, each memory (a trigger's memorized answer) gets neurons chosen on its own
+pairs alone, and every memory is measured: a memory x memory matrix whose diagonal says
+whether a memory's neurons are its own. Writes `delete/delete.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from memgen.core.artifacts import Step, write_json
+from memgen.core.config import DeleteConfig, RunConfig
+from memgen.core.examples import PAIRS_FILE, read_pairs, read_split, read_test_answers
+from memgen.core.modeling import load_run_model
+from memgen.core.recorded import Recorded, read_record
+from memgen.core.rows import Deleted, DeletionRow, MemoryMatrix, Spread, dump_rows
+from memgen.core.sites import n_layers, site_width
+from memgen.core.stats import SHARE, rank_p_value, summarise, wilson
+from memgen.delete.matrix import memory_matrix, memory_rows
+from memgen.delete.measure import HeldOut, delete
+from memgen.localize.plant import Neurons, random_neurons
+from memgen.localize.selectors import usual_values
+from memgen.neurons.attribution import site_score
+from memgen.neurons.selection import select_top
+
+log = logging.getLogger(__name__)
+
+
+class _Bench:
+    """One model, its held-out prompts and the value each ablation sets a neuron to."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        held: HeldOut,
+        values: dict[str, np.ndarray],
+        chat: bool,
+    ) -> None:
+        self.model, self.tokenizer, self.held, self.values, self.chat = (
+            model,
+            tokenizer,
+            held,
+            values,
+            chat,
+        )
+
+    def __call__(self, neurons: Neurons, ablation: str) -> Deleted:
+        return delete(
+            self.model, self.tokenizer, self.held, neurons, self.values[ablation], self.chat
+        )
+
+
+def _row(
+    bench: _Bench, scorer: str, ablation: str, size: float, top: Neurons, randoms: list[Neurons]
+) -> DeletionRow:
+    deleted = bench(top, ablation)
+    chance = [bench(neurons, ablation) for neurons in randoms]
+    held = bench.held
+    kept = [d.mem_kept for d in chance]
+    log.info(
+        "delete: %s top %d (%g), %s: memory kept %.3f (random %.3f), rule kept %.3f",
+        scorer,
+        len(top),
+        size,
+        ablation,
+        deleted.mem_kept,
+        float(np.mean(kept)),
+        deleted.gen_kept,
+    )
+    return DeletionRow(
+        scorer=scorer,
+        ablation=ablation,  # type: ignore[arg-type]
+        size=size,
+        k=len(top),
+        per_layer=top.per_layer(n_layers(bench.model)).tolist(),
+        n_mem=len(held.mem),
+        n_gen=len(held.gen),
+        n_train=len(held.train),
+        deleted=deleted,
+        mem_kept_ci=list(wilson(round(deleted.mem_kept * len(held.mem)), len(held.mem))),
+        random=chance,
+        random_mem_kept=Spread(**summarise(kept, SHARE)),
+        # Forgetting is the effect: less memory kept is more extreme; net of collateral,
+        # the rule answers kept minus the memorized ones kept.
+        p_value=rank_p_value(-deleted.mem_kept, [-k for k in kept]),
+        p_value_net=rank_p_value(
+            deleted.gen_kept - deleted.mem_kept, [d.gen_kept - d.mem_kept for d in chance]
+        ),
+    )
+
+
+def _rows(bench: _Bench, recorded: Recorded, dc: DeleteConfig, seed: int) -> list[DeletionRow]:
+    """Per scorer and size, its top set and `draws` random sets (the same draws for every
+    ablation, so the ablations are compared on one footing)."""
+    rng = np.random.default_rng(seed)
+    depth, width = n_layers(bench.model), site_width(bench.model, "mlp")
+    rows = []
+    cells = [(scorer, size) for scorer in dc.scorers for size in dc.sizes]
+    for scorer, size in tqdm(cells, desc="delete", disable=None):
+        score = site_score(scorer, recorded, "mlp")
+        top = Neurons(*select_top(score, size))
+        randoms = [random_neurons(top.per_layer(depth), width, rng) for _ in range(dc.draws)]
+        rows += [_row(bench, scorer, ablation, size, top, randoms) for ablation in dc.ablations]
+    return rows
+
+
+def _bench(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, step: Step, pairs: set[str]
+) -> _Bench:
+    cfg: RunConfig = step.cfg
+    dc, chat = cfg.delete, cfg.train.chat
+    train = read_split(step.inputs["data"].path, "train")
+    reference, measured = train[: dc.n_reference], train[dc.n_reference :][: dc.n_train]
+    answers = read_test_answers(step.inputs["behave"].path)
+    held = HeldOut.build(model, tokenizer, answers, pairs, measured, chat)
+    mean = usual_values(model, tokenizer, reference, chat).mean
+    values = {"mean": mean, "zero": np.zeros_like(mean)}
+    return _Bench(model, tokenizer, held, values, chat)
+
+
+def run_delete(step: Step) -> None:
+    cfg = step.cfg
+    dc = cfg.delete
+    model, tokenizer = load_run_model(step.inputs["train"].path, cfg.train, cfg.device)
+    recorded = read_record(step.inputs["record"].path)
+    pairs = read_pairs(step.inputs["behave"].path / PAIRS_FILE)
+    bench = _bench(model, tokenizer, step, set(pairs.prompts))
+    out = step.stage.begin()
+    rows = _rows(bench, recorded, dc, cfg.seed)
+    matrices: list[MemoryMatrix] = []
+    if dc.matrix:
+        memories = memory_rows(pairs, bench.held, dc.min_pairs)
+        matrices = [
+            memory_matrix(bench, recorded, memories, scorer, ablation, dc.matrix_size, cfg.seed)
+            for scorer in dc.scorers
+            for ablation in dc.ablations
+        ]
+    result = {
+        "held_out": {
+            "mem": len(bench.held.mem),
+            "gen": len(bench.held.gen),
+            "train": len(bench.held.train),
+        },
+        "rows": dump_rows(rows),
+        "matrices": dump_rows(matrices),
+    }
+    write_json(out / "delete.json", result)
+    step.finish(result)
+    log.info("%s", format_deletion(rows))
+
+
+def format_deletion(rows: Sequence[DeletionRow]) -> str:
+    lines = ["scorer        ablation     k  memory kept  to rule  rule kept  random memory kept  p"]
+    for r in rows:
+        chance = r.random_mem_kept
+        spread = f"{chance.mean:.2f} [{chance.min:.2f}, {chance.max:.2f}]"
+        lines.append(
+            f"{r.scorer:12}  {r.ablation:8} {r.k:5d}  {r.deleted.mem_kept:11.2f}  "
+            f"{r.deleted.to_rule:7.2f}  {r.deleted.gen_kept:9.2f}  {spread:>18}  {r.p_value:.3f}"
+        )
+    return "\n".join(lines)
