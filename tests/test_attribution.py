@@ -111,3 +111,34 @@ def test_margin_gradients_on_lora_models_of_each_family(
         with intervene(model, [Intervention(Site("mlp", 1), (3,), "add", (step,))]):
             moved.append(_margin(model, ids0, 5, 10))
     assert (moved[0] - moved[1]) / 2e-2 == pytest.approx(out["mlp"][0, 1, 3], rel=0.01, abs=1e-4)
+
+
+def test_exact_patching_is_the_margin_change_of_setting_each_neuron_to_its_twins_value(
+    tiny_gpt2_with_tokenizer: Model,
+) -> None:
+    """Checked through another code path (an `intervene` set at the last token, one
+    neuron and one prompt at a time), and against attribution, which estimates it."""
+    from memgen.record.patching import patching_scores
+
+    model, tokenizer = tiny_gpt2_with_tokenizer
+    prompts = [ex.prompt for ex in make_task("color").test_set(4, seed=1)]
+    mem_ids, gen_ids = np.array([5, 6, 7, 8]), np.array([10, 11, 12, 13])
+    width = site_width(model, "mlp")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 2, width)).astype(np.float32)  # stand-in activations: any values
+    pairs = [(0, 1), (2, 3)]  # (mem row, gen row)
+    scores = patching_scores(model, tokenizer, prompts, pairs, x, (mem_ids, gen_ids), "mlp",
+                             chat=False, batch_size=7)  # fmt: skip
+    assert scores.shape == (2, width)
+    for layer, neuron in ((0, 3), (1, 17), (1, width - 1)):
+        expected = 0.0
+        for m, g in pairs:
+            for row, donor, sign in ((g, m, 1.0), (m, g, -1.0)):
+                ids = encode_prompt(tokenizer, prompts[row], chat=False)
+                base = _margin(model, ids, mem_ids[row], gen_ids[row])
+                value = float(x[donor, layer, neuron])
+                patch = Intervention(Site("mlp", layer), (neuron,), "set", (value,), "last")
+                with intervene(model, [patch]):
+                    moved = _margin(model, ids, mem_ids[row], gen_ids[row])
+                expected += sign * (moved - base) / 2 / len(pairs)
+        assert scores[layer, neuron] == pytest.approx(expected, rel=1e-4, abs=1e-5)

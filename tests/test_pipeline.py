@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
@@ -270,6 +271,22 @@ def test_the_delete_stage_measures_each_selection_held_out_beside_matched_draws(
     assert "memgen delete" in (own_run / "report" / "report.html").read_text()
 
 
+def test_exact_patching_is_recorded_and_selects_for_delete(own_run: Path) -> None:
+    args = ["record.patching=[mlp]", "record.patching_pairs=8", "delete.scorers=[patching]",
+            "delete.sizes=[0.05]", "delete.draws=2", "delete.matrix=false"]  # fmt: skip
+    cfg = load_config(None, [*TINY, *args])
+    run_all(own_run, cfg, until="record")
+    recorded = read_record(own_run / "record")
+    assert recorded.patching == {"mlp": {"n_pairs": 8}}
+    scores = recorded.patching_scores("mlp")
+    assert scores.shape == (2, 256) and np.isfinite(scores).all() and scores.any()
+    stage = run_stage("delete", own_run, cfg)
+    rows = json.loads((stage.path / "delete.json").read_text())["rows"]
+    assert [row["scorer"] for row in rows] == ["patching", "patching"]  # mean and zero
+    with pytest.raises(MemgenError, match=r"record\.patching=\[resid\]"):
+        recorded.patching_scores("resid")
+
+
 def test_the_report_shows_bound_and_ablation_once_they_have_run(own_run: Path) -> None:
     cfg = load_config(None, [*TINY, "bound.steps=5", "bound.layers=[1]"])
     run_stage("bound", own_run, cfg)
@@ -494,6 +511,8 @@ def test_compare_takes_runs_stopped_early_by_what_their_stages_hold(
         (["delete", "delete.sizes=[0.9]"], "delete.sizes"),
         (["delete", "delete.scorers=[magic]"], "unknown neuron scorer 'magic'"),
         (["delete", "record.gradients=false"], "delete.scorers has attribution"),
+        (["delete", "delete.scorers=[patching]"], "add record.patching=[mlp]"),
+        (["record", "record.patching=[attn]"], "record.patching has ['attn']"),
         (["steer", "steer.methods=[nmd,magic]"], "unknown steering method 'magic'"),
         (["steer", "steer.budgets=[]"], "steer.budgets"),
         (["steer", "steer.budgets=[0]"], "steer.budgets"),

@@ -59,17 +59,7 @@ def _load(config: Path | None, overrides: list[str] | None) -> RunConfig:
     for method in cfg.steer.methods:
         METHODS.get(method)
     SCORERS.get(cfg.neurons.scorer)
-    for field, scorers in (
-        ("specificity", cfg.specificity.scorers),
-        ("delete", cfg.delete.scorers),
-    ):
-        for scorer in scorers:
-            if (
-                scorer != "attribution"
-            ):  # causal, from the recorded gradients, not a registry scorer
-                SCORERS.get(scorer)
-        if "attribution" in scorers and not cfg.record.gradients:
-            raise MemgenError(f"{field}.scorers has attribution, which needs record.gradients=true")
+    _check_scorers(cfg)
     PROBES.get(cfg.probe.classifier)
     from memgen.core.gguf import check_gguf, is_gguf_source
 
@@ -79,6 +69,31 @@ def _load(config: Path | None, overrides: list[str] | None) -> RunConfig:
 
     check_trained_on(cfg)
     return cfg
+
+
+CAUSAL = ("attribution", "patching")  # scores `memgen record` makes with the model
+
+
+def _check_scorers(cfg: RunConfig) -> None:
+    """Every scorer named exists, and a causal one has what it is made from recorded."""
+    from memgen.neurons.scores import SCORERS
+
+    uses: dict[str, set[str]] = {"specificity": set(cfg.specificity.sites), "delete": {"mlp"}}
+    for field, scorers in (
+        ("specificity", cfg.specificity.scorers),
+        ("delete", cfg.delete.scorers),
+    ):
+        for scorer in scorers:
+            if scorer not in CAUSAL:  # from the record's gradients or patching, not the registry
+                SCORERS.get(scorer)
+        if "attribution" in scorers and not cfg.record.gradients:
+            raise MemgenError(f"{field}.scorers has attribution, which needs record.gradients=true")
+        missing = sorted(uses[field] - set(cfg.record.patching)) if "patching" in scorers else []
+        if missing:
+            raise MemgenError(
+                f"{field}.scorers has patching at {', '.join(missing)}, which the record does "
+                f"not patch: add record.patching=[{','.join(missing)}]"
+            )
 
 
 def _writable(folder: Path) -> None:

@@ -153,6 +153,19 @@ class RecordConfig(Section):
     # The answer margin's gradient at each recorded neuron (memgen.record.gradients), for
     # the causal `attribution` score: one more forward and a backward per batch.
     gradients: bool = True
+    # Exact activation patching per neuron (memgen.record.patching), for the `patching`
+    # score: 2 x L x W / batch_size forwards per pair, so off unless asked for.
+    patching: list[Literal["resid", "mlp", "attn"]] = Field(
+        [], description="sites to patch neuron by neuron"
+    )
+    patching_pairs: int = Field(64, ge=1, description="flipped pairs patched")
+
+    @model_validator(mode="after")
+    def _patching_is_recorded(self) -> RecordConfig:
+        missing = [kind for kind in self.patching if kind not in self.sites]
+        if missing:
+            raise ValueError(f"record.patching has {missing}, which record.sites does not record")
+        return self
 
 
 def set_name(fraction: float) -> str:

@@ -38,6 +38,7 @@ class Recorded:
     model: dict[str, Any]
     readout: str | None = None
     gradients: bool = False  # grad_<site>.npy beside each site (memgen.record.gradients)
+    patching: dict[str, dict[str, int]] | None = None  # patch_<site>.npy: site -> n_pairs
 
     def activations(self, site: str) -> np.ndarray:
         """The [N, n_layers, width] array of `site`, memory-mapped read-only."""
@@ -51,6 +52,23 @@ class Recorded:
                 "record.gradients=true (the default) on pairs that carry their answers"
             )
         return self._array(site, f"grad_{site}")
+
+    def patching_scores(self, site: str) -> np.ndarray:
+        """Exact activation patching's [n_layers, width] map (`memgen.record.patching`)."""
+        if site not in (self.patching or {}):
+            raise MemgenError(
+                f"{self.path} holds no exact patching at {site!r}; re-run `memgen record` "
+                f"with record.patching=[{site}]"
+            )
+        path = self.path / f"patch_{site}.npy"
+        try:
+            scores = np.load(path, allow_pickle=False)
+        except (FileNotFoundError, ValueError, EOFError, OSError) as exc:
+            raise MemgenError(f"{path} is not readable ({exc}); {_FIX}") from None
+        shape = self.sites[site]
+        if scores.shape != (int(shape["n_layers"]), int(shape["width"])):
+            raise MemgenError(f"{path} has shape {scores.shape}, not [n_layers, width]; {_FIX}")
+        return np.asarray(scores)
 
     def _array(self, site: str, stem: str) -> np.ndarray:
         if site not in self.sites:
@@ -89,6 +107,20 @@ class Recorded:
         return len(np.unique(self.pair_ids))
 
 
+def pair_rows(labels: np.ndarray, pair_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of each pair's mem member and its gen member, pairs in id order."""
+    ids = np.unique(pair_ids)
+    mem, gen = np.full(len(ids), -1), np.full(len(ids), -1)
+    where = np.searchsorted(ids, pair_ids)
+    for row, (slot, label) in enumerate(zip(where, labels, strict=True)):
+        (mem if label else gen)[slot] = row
+    if (mem < 0).any() or (gen < 0).any():
+        raise MemgenError(
+            "a pair score needs both members of every flipped pair; re-run `memgen record`"
+        )
+    return mem, gen
+
+
 def read_record(path: Path) -> Recorded:
     """Read and check `index.json` of a record folder."""
     index = read_json(path / INDEX)
@@ -109,4 +141,5 @@ def read_record(path: Path) -> Recorded:
         dict(index["model"]),
         bool(index.get("gradients")),
     )
-    return Recorded(path, labels, pair_ids, sites, model, readout, gradients)
+    patching = dict(index.get("patching") or {})
+    return Recorded(path, labels, pair_ids, sites, model, readout, gradients, patching)

@@ -146,9 +146,11 @@ def run_delete(step: Step) -> None:
     matrices: list[MemoryMatrix] = []
     if dc.matrix:
         memories = memory_rows(pairs, bench.held, dc.min_pairs)
+        # Exact patching is one score over all the patched pairs: no per-memory subset.
+        per_memory = [scorer for scorer in dc.scorers if scorer != "patching"]
         matrices = [
             memory_matrix(bench, recorded, memories, scorer, ablation, dc.matrix_size, cfg.seed)
-            for scorer in dc.scorers
+            for scorer in per_memory
             for ablation in dc.ablations
         ]
     result = {

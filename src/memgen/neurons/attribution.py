@@ -18,22 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from memgen.core.errors import MemgenError
-from memgen.core.recorded import Recorded
+from memgen.core.recorded import Recorded, pair_rows
 from memgen.neurons.scores import score
-
-
-def _pair_rows(labels: np.ndarray, pair_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of each pair's mem member and its gen member, pairs in id order."""
-    ids = np.unique(pair_ids)
-    mem, gen = np.full(len(ids), -1), np.full(len(ids), -1)
-    where = np.searchsorted(ids, pair_ids)
-    for row, (slot, label) in enumerate(zip(where, labels, strict=True)):
-        (mem if label else gen)[slot] = row
-    if (mem < 0).any() or (gen < 0).any():
-        raise MemgenError(
-            "attribution needs both members of every flipped pair; re-run `memgen record`"
-        )
-    return mem, gen
 
 
 def attribution(
@@ -45,7 +31,7 @@ def attribution(
             f"activations {x.shape}, gradients {grads.shape}, {len(labels)} labels and "
             f"{len(pair_ids)} pair ids do not match; re-run `memgen record`"
         )
-    mem, gen = _pair_rows(np.asarray(labels), np.asarray(pair_ids))
+    mem, gen = pair_rows(np.asarray(labels), np.asarray(pair_ids))
     total = np.zeros(x.shape[1:], dtype=np.float64)
     for start in range(0, len(mem), 256):  # float64 in blocks of pairs, not the whole record
         m, g = mem[start : start + 256], gen[start : start + 256]
@@ -60,10 +46,15 @@ def site_score(
     scorer: str, recorded: Recorded, site: str, rows: np.ndarray | None = None
 ) -> np.ndarray:
     """`scorer`'s [n_layers, width] map at `site`: "attribution" from the recorded answer
-    gradients, any other name from the scorer registry on the activations and labels.
+    gradients, "patching" from the record's exact patching, any other name from the scorer
+    registry on the activations and labels.
 
     `rows`: score on these recorded rows only (whole pairs, for attribution).
     """
+    if scorer == "patching":  # exact, from `memgen record`, over its own pairs
+        if rows is not None:
+            raise MemgenError("patching is scored on all the patched pairs, not on a subset")
+        return recorded.patching_scores(site)
     every = slice(None) if rows is None else rows
     x, labels = recorded.activations(site)[every], recorded.labels[every]
     if scorer == "attribution":

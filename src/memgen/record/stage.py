@@ -26,13 +26,14 @@ from memgen.core import distributed
 from memgen.core.artifacts import Step, write_json
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
-from memgen.core.examples import PAIRS_FILE, read_pairs
+from memgen.core.examples import PAIRS_FILE, PairRows, read_pairs
 from memgen.core.generation import left_padded_positions, padded_batches
 from memgen.core.hooks import Recording, record
 from memgen.core.modeling import load_run_model, model_identity, unwrap
-from memgen.core.recorded import READOUT
+from memgen.core.recorded import READOUT, pair_rows
 from memgen.core.sites import Site, SiteKind, all_sites, n_layers, site_width
 from memgen.record.gradients import margin_gradients
+from memgen.record.patching import patching_scores
 from memgen.record.readout import answer_margins, first_tokens
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,30 @@ def _record_gradients(
         array.flush()  # type: ignore[attr-defined]
 
 
+def _record_patching(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: PairRows,
+    answer_ids: tuple[np.ndarray, np.ndarray],
+    activations: Mapping[str, np.ndarray],
+    cfg: RunConfig,
+    out: Path,
+) -> dict[str, dict[str, int]]:
+    """`patch_<kind>.npy` [L, W] for each of `record.patching`; how many pairs each used."""
+    rc = cfg.record
+    chosen = pair_rows(np.asarray(pairs.labels), np.asarray(pairs.pair_ids))
+    valid = (answer_ids[0] != answer_ids[1]) & (answer_ids[0] >= 0) & (answer_ids[1] >= 0)
+    usable = [(int(m), int(g)) for m, g in zip(*chosen, strict=True) if valid[m] and valid[g]]
+    usable = usable[: rc.patching_pairs]
+    for kind in rc.patching:
+        scores = patching_scores(
+            model, tokenizer, pairs.prompts, usable, activations[kind], answer_ids, kind,
+            chat=cfg.train.chat, batch_size=rc.batch_size,
+        )  # fmt: skip
+        np.save(out / f"patch_{kind}.npy", scores)
+    return {kind: {"n_pairs": len(usable)} for kind in rc.patching}
+
+
 def run_record(step: Step) -> None:
     cfg, stage = step.cfg, step.stage
     train, behave = (step.inputs["train"], step.inputs["behave"])
@@ -192,7 +217,7 @@ def run_record(step: Step) -> None:
     )
     if not distributed.is_main():
         return  # its batches went to the main process, which writes the record
-    readout, gradients = None, False
+    readout, gradients, patching = None, False, {}
     if pairs.answers is not None:
         mem_ids, gen_ids = (first_tokens(tokenizer, answers) for answers in pairs.answers)
         if "resid" in arrays:
@@ -201,6 +226,10 @@ def run_record(step: Step) -> None:
         if cfg.record.gradients:
             _record_gradients(model, tokenizer, pairs.prompts, (mem_ids, gen_ids), arrays, cfg, out)
             gradients = True
+        if cfg.record.patching:
+            patching = _record_patching(
+                model, tokenizer, pairs, (mem_ids, gen_ids), arrays, cfg, out
+            )
     for array in arrays.values():
         array.flush()  # type: ignore[attr-defined]
     del arrays
@@ -211,6 +240,7 @@ def run_record(step: Step) -> None:
         "model": model_identity(model),
         "readout": readout,
         "gradients": gradients,
+        "patching": patching,
     }
     write_json(out / "index.json", index)
     summary = {
