@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from memgen.core.config import load_config
 from memgen.core.examples import Example, read_split
 from memgen.core.modeling import load_run_model
 from memgen.core.sites import n_layers, site_width
-from memgen.localize.plant import make_facts, neuron_masks, plant, random_neurons, recalled
+from memgen.localize.plant import Neurons, make_facts, neuron_masks, plant, random_neurons, recalled
+from memgen.localize.test import recall_at_k, top_k
 from memgen.pipeline import run_all, run_stage
 
 # A 2-layer cipher model, briefly trained: planting needs a model, not a good one.
@@ -75,19 +77,26 @@ def test_attribution_finds_planted_neurons_and_deleting_them_forgets_the_facts(
     assert len(rows["attribution"]["random_recalled"]) == cfg.localize.draws
 
 
-def test_the_delete_stage_says_yes_where_a_memory_is_planted(trained: Path) -> None:
-    """The positive control of `memgen delete`: its row, given the planted neurons, must
-    forget the planted facts beyond every matched random set, net of collateral too."""
-    from memgen.delete.measure import HeldOut
-    from memgen.delete.stage import _Bench, _row
-    from memgen.localize.selectors import usual_values
+@dataclasses.dataclass(frozen=True)
+class Garden:
+    """A trained model with facts planted in known MLP neurons, and ordinary rule prompts."""
 
+    model: Any
+    tokenizer: Any
+    facts: list[Example]
+    rule: list[Example]
+    planted: Neurons
+    examples: list[Example]
+
+
+@pytest.fixture(scope="module")
+def garden(trained: Path) -> Garden:
     cfg = load_config(None, TINY)
     model, tokenizer = load_run_model(trained / "train", cfg.train, "cpu")
     examples = read_split(trained / "data", "train")
-    facts = make_facts(examples, 8, seed=1)
     depth, width = n_layers(model), site_width(model, "mlp")
     planted = random_neurons([5] * depth, width, np.random.default_rng(1))
+    facts = make_facts(examples, 8, seed=1)
     plant(model, tokenizer, facts, examples[100:], planted, steps=300, lr=0.03,
           batch_size=32, chat=False, seed=1)  # fmt: skip
 
@@ -95,15 +104,45 @@ def test_the_delete_stage_says_yes_where_a_memory_is_planted(trained: Path) -> N
         hits = recalled(model, tokenizer, group, False)
         return [ex for ex, hit in zip(group, hits, strict=True) if hit]
 
-    facts = answered(facts)
     rule = answered([ex for ex in examples[100:400] if ex.meta.get("kind") == "rule"])
+    return Garden(model, tokenizer, answered(facts), rule, planted, examples)
+
+
+def test_the_delete_stage_says_yes_where_a_memory_is_planted(garden: Garden) -> None:
+    """The positive control of `memgen delete`: its row, given the planted neurons, must
+    forget the planted facts beyond every matched random set, net of collateral too."""
+    from memgen.delete.measure import HeldOut
+    from memgen.delete.stage import _Bench, _row
+    from memgen.localize.selectors import usual_values
+
+    model, tokenizer, facts = garden.model, garden.tokenizer, garden.facts
     as_rule = [dataclasses.replace(f, completion=f.gen_answer) for f in facts]
-    held = HeldOut(facts, as_rule, rule, rule)
-    mean = usual_values(model, tokenizer, examples[400:656], False).mean
+    held = HeldOut(facts, as_rule, garden.rule, garden.rule)
+    mean = usual_values(model, tokenizer, garden.examples[400:656], False).mean
     bench = _Bench(model, tokenizer, held, {"mean": mean}, False)
+    depth, width = n_layers(model), site_width(model, "mlp")
     rng = np.random.default_rng(0)
     randoms = [random_neurons([5] * depth, width, rng) for _ in range(19)]
-    row = _row(bench, "planted", "mean", 0.02, planted, randoms)
+    row = _row(bench, "planted", "mean", 0.02, garden.planted, randoms)
     assert len(facts) >= 6 and row.deleted.mem_kept <= 0.2
     assert row.p_value == row.p_value_net == pytest.approx(1 / 20)  # beats all 19 draws
     assert row.random_mem_kept.mean >= 0.5 and row.deleted.gen_kept >= 0.8
+
+
+@pytest.mark.parametrize("method", ["hardconcrete", "slimming"])
+def test_a_learned_mask_finds_the_planted_neurons(garden: Garden, method: str) -> None:
+    """The masks' positive control: trained to turn the facts to the rule while keeping the
+    rule prompts, the mask's top 10 must be mostly the 10 planted neurons."""
+    from memgen.record.masks import learned_mask
+    from memgen.record.readout import first_tokens
+
+    group = [*garden.facts, *garden.rule[:64]]  # forget the facts, keep the rule
+    prompts = [ex.prompt for ex in group]
+    rule_ids = first_tokens(garden.tokenizer, [ex.gen_answer for ex in group])
+    rc = load_config(None, TINY).record  # the defaults: steps, lr and penalty
+    scores = learned_mask(garden.model, garden.tokenizer, prompts, rule_ids,
+                          method,  # type: ignore[arg-type]
+                          steps=rc.mask_steps, lr=rc.mask_lr, penalty=rc.mask_penalty,
+                          batch_size=32, chat=False, seed=0)  # fmt: skip
+    found = top_k(scores, len(garden.planted))
+    assert recall_at_k(found, garden.planted, scores.shape[1]) >= 0.5  # chance: 10 / 512

@@ -271,20 +271,24 @@ def test_the_delete_stage_measures_each_selection_held_out_beside_matched_draws(
     assert "memgen delete" in (own_run / "report" / "report.html").read_text()
 
 
-def test_exact_patching_is_recorded_and_selects_for_delete(own_run: Path) -> None:
-    args = ["record.patching=[mlp]", "record.patching_pairs=8", "delete.scorers=[patching]",
-            "delete.sizes=[0.05]", "delete.draws=2", "delete.matrix=false"]  # fmt: skip
+def test_the_record_makes_causal_maps_that_select_for_delete(own_run: Path) -> None:
+    args = ["record.patching=[mlp]", "record.patching_pairs=8", "record.mask_steps=20",
+            "record.masks=[hardconcrete,slimming]",
+            "delete.scorers=[patching,hardconcrete,slimming]", "delete.sizes=[0.05]",
+            "delete.draws=2", "delete.ablations=[mean]"]  # fmt: skip
     cfg = load_config(None, [*TINY, *args])
     run_all(own_run, cfg, until="record")
     recorded = read_record(own_run / "record")
-    assert recorded.patching == {"mlp": {"n_pairs": 8}}
-    scores = recorded.patching_scores("mlp")
-    assert scores.shape == (2, 256) and np.isfinite(scores).all() and scores.any()
+    assert recorded.causal is not None and recorded.causal["patching"] == {"mlp": {"n_pairs": 8}}
+    for name in ("patching", "hardconcrete", "slimming"):
+        scores = recorded.causal_scores(name, "mlp")
+        assert scores.shape == (2, 256) and np.isfinite(scores).all() and np.ptp(scores) > 0
     stage = run_stage("delete", own_run, cfg)
-    rows = json.loads((stage.path / "delete.json").read_text())["rows"]
-    assert [row["scorer"] for row in rows] == ["patching", "patching"]  # mean and zero
+    result = json.loads((stage.path / "delete.json").read_text())
+    assert [row["scorer"] for row in result["rows"]] == ["patching", "hardconcrete", "slimming"]
+    assert result["matrices"] == []  # whole-record maps have no per-memory subset
     with pytest.raises(MemgenError, match=r"record\.patching=\[resid\]"):
-        recorded.patching_scores("resid")
+        recorded.causal_scores("patching", "resid")
 
 
 def test_the_report_shows_bound_and_ablation_once_they_have_run(own_run: Path) -> None:
@@ -512,7 +516,12 @@ def test_compare_takes_runs_stopped_early_by_what_their_stages_hold(
         (["delete", "delete.scorers=[magic]"], "unknown neuron scorer 'magic'"),
         (["delete", "record.gradients=false"], "delete.scorers has attribution"),
         (["delete", "delete.scorers=[patching]"], "add record.patching=[mlp]"),
-        (["record", "record.patching=[attn]"], "record.patching has ['attn']"),
+        (["delete", "delete.scorers=[slimming]"], "add record.masks=[slimming]"),
+        (
+            ["specificity", "specificity.scorers=[hardconcrete]", "record.masks=[hardconcrete]"],
+            "specificity.scorers has hardconcrete at resid",
+        ),
+        (["record", "record.patching=[attn]"], "record.patching or record.masks need ['attn']"),
         (["steer", "steer.methods=[nmd,magic]"], "unknown steering method 'magic'"),
         (["steer", "steer.budgets=[]"], "steer.budgets"),
         (["steer", "steer.budgets=[0]"], "steer.budgets"),

@@ -71,11 +71,16 @@ def _load(config: Path | None, overrides: list[str] | None) -> RunConfig:
     return cfg
 
 
-CAUSAL = ("attribution", "patching")  # scores `memgen record` makes with the model
+def _made_by_record(cfg: RunConfig, scorer: str) -> set[str]:
+    """The sites at which `memgen record` makes `scorer`'s map (patching and the masks)."""
+    if scorer == "patching":
+        return set(cfg.record.patching)
+    return {"mlp"} if scorer in cfg.record.masks else set()
 
 
 def _check_scorers(cfg: RunConfig) -> None:
     """Every scorer named exists, and a causal one has what it is made from recorded."""
+    from memgen.core.recorded import CAUSAL_FIX
     from memgen.neurons.scores import SCORERS
 
     uses: dict[str, set[str]] = {"specificity": set(cfg.specificity.sites), "delete": {"mlp"}}
@@ -84,16 +89,18 @@ def _check_scorers(cfg: RunConfig) -> None:
         ("delete", cfg.delete.scorers),
     ):
         for scorer in scorers:
-            if scorer not in CAUSAL:  # from the record's gradients or patching, not the registry
+            if scorer in CAUSAL_FIX:  # a map `memgen record` makes with the model
+                missing = sorted(uses[field] - _made_by_record(cfg, scorer))
+                if missing:
+                    fix = CAUSAL_FIX[scorer].format(site=",".join(missing))
+                    raise MemgenError(
+                        f"{field}.scorers has {scorer} at {', '.join(missing)}, which the "
+                        f"record does not make: add {fix}"
+                    )
+            elif scorer != "attribution":  # attribution: from the recorded gradients
                 SCORERS.get(scorer)
         if "attribution" in scorers and not cfg.record.gradients:
             raise MemgenError(f"{field}.scorers has attribution, which needs record.gradients=true")
-        missing = sorted(uses[field] - set(cfg.record.patching)) if "patching" in scorers else []
-        if missing:
-            raise MemgenError(
-                f"{field}.scorers has patching at {', '.join(missing)}, which the record does "
-                f"not patch: add record.patching=[{','.join(missing)}]"
-            )
 
 
 def _writable(folder: Path) -> None:

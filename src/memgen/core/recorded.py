@@ -22,6 +22,13 @@ import numpy as np
 from memgen.core.artifacts import read_json
 from memgen.core.errors import MemgenError
 
+# The scores `memgen record` makes with the model, and the setting that makes each.
+CAUSAL_FIX = {
+    "patching": "record.patching=[{site}]",
+    "hardconcrete": "record.masks=[hardconcrete] (MLP only)",
+    "slimming": "record.masks=[slimming] (MLP only)",
+}
+
 INDEX = "index.json"
 READOUT = "answer_margin.npy"
 _FIX = "re-run `memgen record --force`"
@@ -38,7 +45,9 @@ class Recorded:
     model: dict[str, Any]
     readout: str | None = None
     gradients: bool = False  # grad_<site>.npy beside each site (memgen.record.gradients)
-    patching: dict[str, dict[str, int]] | None = None  # patch_<site>.npy: site -> n_pairs
+    # Scores `memgen record` made with the model (exact patching, learned masks):
+    # name -> site -> what made it, in <name>_<site>.npy [n_layers, width].
+    causal: dict[str, dict[str, dict[str, Any]]] | None = None
 
     def activations(self, site: str) -> np.ndarray:
         """The [N, n_layers, width] array of `site`, memory-mapped read-only."""
@@ -53,14 +62,14 @@ class Recorded:
             )
         return self._array(site, f"grad_{site}")
 
-    def patching_scores(self, site: str) -> np.ndarray:
-        """Exact activation patching's [n_layers, width] map (`memgen.record.patching`)."""
-        if site not in (self.patching or {}):
+    def causal_scores(self, name: str, site: str) -> np.ndarray:
+        """The [n_layers, width] map `memgen record` made for `name` at `site`."""
+        if site not in (self.causal or {}).get(name, {}):
             raise MemgenError(
-                f"{self.path} holds no exact patching at {site!r}; re-run `memgen record` "
-                f"with record.patching=[{site}]"
+                f"{self.path} holds no {name} scores at {site!r}; re-run `memgen record` "
+                f"with {CAUSAL_FIX[name].format(site=site)}"
             )
-        path = self.path / f"patch_{site}.npy"
+        path = self.path / f"{name}_{site}.npy"
         try:
             scores = np.load(path, allow_pickle=False)
         except (FileNotFoundError, ValueError, EOFError, OSError) as exc:
@@ -141,5 +150,5 @@ def read_record(path: Path) -> Recorded:
         dict(index["model"]),
         bool(index.get("gradients")),
     )
-    patching = dict(index.get("patching") or {})
-    return Recorded(path, labels, pair_ids, sites, model, readout, gradients, patching)
+    causal = dict(index.get("causal") or {})
+    return Recorded(path, labels, pair_ids, sites, model, readout, gradients, causal)

@@ -27,7 +27,7 @@ from memgen.core.artifacts import Step, write_json
 from memgen.core.config import DeleteConfig, RunConfig
 from memgen.core.examples import PAIRS_FILE, read_pairs, read_split, read_test_answers
 from memgen.core.modeling import load_run_model
-from memgen.core.recorded import Recorded, read_record
+from memgen.core.recorded import CAUSAL_FIX, Recorded, read_record
 from memgen.core.rows import Deleted, DeletionRow, MemoryMatrix, Spread, dump_rows
 from memgen.core.sites import n_layers, site_width
 from memgen.core.stats import SHARE, rank_p_value, summarise, wilson
@@ -146,8 +146,8 @@ def run_delete(step: Step) -> None:
     matrices: list[MemoryMatrix] = []
     if dc.matrix:
         memories = memory_rows(pairs, bench.held, dc.min_pairs)
-        # Exact patching is one score over all the patched pairs: no per-memory subset.
-        per_memory = [scorer for scorer in dc.scorers if scorer != "patching"]
+        # The record's own maps are one score over all its pairs: no per-memory subset.
+        per_memory = [scorer for scorer in dc.scorers if scorer not in CAUSAL_FIX]
         matrices = [
             memory_matrix(bench, recorded, memories, scorer, ablation, dc.matrix_size, cfg.seed)
             for scorer in per_memory

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from memgen.core.errors import MemgenError
-from memgen.core.recorded import Recorded, pair_rows
+from memgen.core.recorded import CAUSAL_FIX, Recorded, pair_rows
 from memgen.neurons.scores import score
 
 
@@ -46,15 +46,15 @@ def site_score(
     scorer: str, recorded: Recorded, site: str, rows: np.ndarray | None = None
 ) -> np.ndarray:
     """`scorer`'s [n_layers, width] map at `site`: "attribution" from the recorded answer
-    gradients, "patching" from the record's exact patching, any other name from the scorer
-    registry on the activations and labels.
+    gradients, "patching", "hardconcrete" and "slimming" from the maps `memgen record`
+    made, any other name from the scorer registry on the activations and labels.
 
     `rows`: score on these recorded rows only (whole pairs, for attribution).
     """
-    if scorer == "patching":  # exact, from `memgen record`, over its own pairs
+    if scorer in CAUSAL_FIX:  # made by `memgen record` with the model, over its own pairs
         if rows is not None:
-            raise MemgenError("patching is scored on all the patched pairs, not on a subset")
-        return recorded.patching_scores(site)
+            raise MemgenError(f"{scorer} is scored on all the record's pairs, not on a subset")
+        return recorded.causal_scores(scorer, site)
     every = slice(None) if rows is None else rows
     x, labels = recorded.activations(site)[every], recorded.labels[every]
     if scorer == "attribution":

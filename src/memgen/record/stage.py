@@ -33,6 +33,7 @@ from memgen.core.modeling import load_run_model, model_identity, unwrap
 from memgen.core.recorded import READOUT, pair_rows
 from memgen.core.sites import Site, SiteKind, all_sites, n_layers, site_width
 from memgen.record.gradients import margin_gradients
+from memgen.record.masks import learned_mask
 from memgen.record.patching import patching_scores
 from memgen.record.readout import answer_margins, first_tokens
 
@@ -163,7 +164,16 @@ def _record_gradients(
         array.flush()  # type: ignore[attr-defined]
 
 
-def _record_patching(
+def _usable_pairs(
+    pairs: PairRows, answer_ids: tuple[np.ndarray, np.ndarray], n: int
+) -> list[tuple[int, int]]:
+    """The first `n` pairs by id, (mem row, gen row), whose members both have a margin."""
+    mem, gen = pair_rows(np.asarray(pairs.labels), np.asarray(pairs.pair_ids))
+    valid = (answer_ids[0] != answer_ids[1]) & (answer_ids[0] >= 0) & (answer_ids[1] >= 0)
+    return [(int(m), int(g)) for m, g in zip(mem, gen, strict=True) if valid[m] and valid[g]][:n]
+
+
+def _record_causal(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     pairs: PairRows,
@@ -171,20 +181,43 @@ def _record_patching(
     activations: Mapping[str, np.ndarray],
     cfg: RunConfig,
     out: Path,
-) -> dict[str, dict[str, int]]:
-    """`patch_<kind>.npy` [L, W] for each of `record.patching`; how many pairs each used."""
-    rc = cfg.record
-    chosen = pair_rows(np.asarray(pairs.labels), np.asarray(pairs.pair_ids))
-    valid = (answer_ids[0] != answer_ids[1]) & (answer_ids[0] >= 0) & (answer_ids[1] >= 0)
-    usable = [(int(m), int(g)) for m, g in zip(*chosen, strict=True) if valid[m] and valid[g]]
-    usable = usable[: rc.patching_pairs]
+) -> dict[str, dict[str, dict[str, int]]]:
+    """`<name>_<kind>.npy` [L, W] for exact patching at each of `record.patching` and each
+    learned mask of `record.masks` (MLP); what made each (`Recorded.causal`)."""
+    rc, chat = cfg.record, cfg.train.chat
+    made: dict[str, dict[str, dict[str, int]]] = {}
+    usable = _usable_pairs(pairs, answer_ids, rc.patching_pairs)
     for kind in rc.patching:
         scores = patching_scores(
-            model, tokenizer, pairs.prompts, usable, activations[kind], answer_ids, kind,
-            chat=cfg.train.chat, batch_size=rc.batch_size,
-        )  # fmt: skip
-        np.save(out / f"patch_{kind}.npy", scores)
-    return {kind: {"n_pairs": len(usable)} for kind in rc.patching}
+            model,
+            tokenizer,
+            pairs.prompts,
+            usable,
+            activations[kind],
+            answer_ids,
+            kind,
+            chat=chat,
+            batch_size=rc.batch_size,
+        )
+        np.save(out / f"patching_{kind}.npy", scores)
+        made.setdefault("patching", {})[kind] = {"n_pairs": len(usable)}
+    for method in rc.masks:
+        scores = learned_mask(
+            model,
+            tokenizer,
+            pairs.prompts,
+            answer_ids[1],
+            method,
+            steps=rc.mask_steps,
+            lr=rc.mask_lr,
+            penalty=rc.mask_penalty,
+            batch_size=32,
+            chat=chat,
+            seed=cfg.seed,
+        )
+        np.save(out / f"{method}_mlp.npy", scores)
+        made[method] = {"mlp": {"n_prompts": len(pairs.prompts), "steps": rc.mask_steps}}
+    return made
 
 
 def run_record(step: Step) -> None:
@@ -217,7 +250,8 @@ def run_record(step: Step) -> None:
     )
     if not distributed.is_main():
         return  # its batches went to the main process, which writes the record
-    readout, gradients, patching = None, False, {}
+    readout, gradients = None, False
+    causal: dict[str, dict[str, dict[str, int]]] = {}
     if pairs.answers is not None:
         mem_ids, gen_ids = (first_tokens(tokenizer, answers) for answers in pairs.answers)
         if "resid" in arrays:
@@ -226,10 +260,8 @@ def run_record(step: Step) -> None:
         if cfg.record.gradients:
             _record_gradients(model, tokenizer, pairs.prompts, (mem_ids, gen_ids), arrays, cfg, out)
             gradients = True
-        if cfg.record.patching:
-            patching = _record_patching(
-                model, tokenizer, pairs, (mem_ids, gen_ids), arrays, cfg, out
-            )
+        if cfg.record.patching or cfg.record.masks:
+            causal = _record_causal(model, tokenizer, pairs, (mem_ids, gen_ids), arrays, cfg, out)
     for array in arrays.values():
         array.flush()  # type: ignore[attr-defined]
     del arrays
@@ -240,7 +272,7 @@ def run_record(step: Step) -> None:
         "model": model_identity(model),
         "readout": readout,
         "gradients": gradients,
-        "patching": patching,
+        "causal": causal,
     }
     write_json(out / "index.json", index)
     summary = {
