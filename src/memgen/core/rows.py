@@ -148,6 +148,7 @@ class DeletionRow(Row):
     random_mem_kept: Spread
     p_value: float  # rank of its forgetting among the draws (core.stats.rank_p_value)
     p_value_net: float  # the same for forgetting net of collateral, gen_kept - mem_kept
+    p_value_rule: float  # the same for the rule answers lost: are these the rule's neurons?
 
 
 class MemoryMatrix(Row):

@@ -102,6 +102,7 @@ def _row(
         p_value_net=rank_p_value(
             deleted.gen_kept - deleted.mem_kept, [d.gen_kept - d.mem_kept for d in chance]
         ),
+        p_value_rule=rank_p_value(-deleted.gen_kept, [-d.gen_kept for d in chance]),
     )
 
 

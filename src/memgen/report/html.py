@@ -188,6 +188,7 @@ def _deletion_table(rows: list[DeletionRow]) -> str:
         "random: memory kept (mean, range)",
         "p",
         "p net of collateral",
+        "p rule lost",
     ]
     cells = [
         [
@@ -203,6 +204,7 @@ def _deletion_table(rows: list[DeletionRow]) -> str:
             f"{_pct(r.random_mem_kept.max)})",
             f"{r.p_value:.3f}",
             f"{r.p_value_net:.3f}",
+            f"{r.p_value_rule:.3f}",
         ]
         for r in rows
     ]
