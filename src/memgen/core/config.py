@@ -343,7 +343,8 @@ class DeleteConfig(Section):
     )
     draws: int = Field(20, ge=1, description="random sets per row, for its rank p-value")
     n_reference: int = Field(256, ge=1, description="training prompts giving the mean")
-    n_train: int = Field(300, ge=1, description="training prompts measured for damage")
+    n_prompts: int = Field(400, ge=1, description="held-out prompts per behaviour, at most")
+    n_train: int = Field(200, ge=1, description="training prompts measured for damage")
     # Per memory (a trigger of math or cipher): neurons chosen on its own pairs alone.
     matrix: bool = True
     matrix_size: float = Field(0.01, gt=0, le=0.5)

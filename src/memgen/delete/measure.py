@@ -1,6 +1,6 @@
 """What deleting a set of MLP neurons does to the model's own answers, on held-out prompts.
 
-    held = HeldOut.build(model, tokenizer, test_answers, pair_prompts, train, chat)
+    held = HeldOut.build(model, tokenizer, test_answers, pair_prompts, train, chat, 400)
     deleted = delete(model, tokenizer, held, neurons, values, chat)   # a `Deleted`
 
 A deletion sets the chosen neurons to fixed values (their mean over training prompts, or
@@ -36,6 +36,13 @@ def _answering(example: Example, answer: str) -> Example:
     return dataclasses.replace(example, completion=answer)
 
 
+def _answered(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, group: list[Example], chat: bool
+) -> list[Example]:
+    hits = recalled(model, tokenizer, group, chat)
+    return [ex for ex, hit in zip(group, hits, strict=True) if hit]
+
+
 @dataclass(frozen=True)
 class HeldOut:
     """The prompts a deletion is measured on, each carrying the answer it is checked for."""
@@ -54,21 +61,16 @@ class HeldOut:
         pair_prompts: set[str],
         train: Sequence[Example],
         chat: bool,
+        n_prompts: int,
     ) -> HeldOut:
-        """`behave`'s labelled test answers, less the pairs' prompts, kept where the
-        unablated model gives the same answer teacher-forced (generation's greedy answer
-        ends where the tag does; a longer ramble after it is not a recall)."""
+        """`behave`'s labelled test answers less the pairs' prompts, at most `n_prompts`
+        of each behaviour, kept where the unablated model gives the same answer
+        teacher-forced (the answer and then the end token: a ramble is not a recall)."""
         fresh = [(ex, label) for ex, label in answers if ex.prompt not in pair_prompts]
         mem = [_answering(ex, ex.mem_answer) for ex, label in fresh if label == "mem"]
         gen = [_answering(ex, ex.gen_answer) for ex, label in fresh if label == "gen"]
-        kept = [
-            [
-                ex
-                for ex, hit in zip(group, recalled(model, tokenizer, group, chat), strict=True)
-                if hit
-            ]
-            for group in (mem, gen, list(train))
-        ]
+        mem, gen = mem[:n_prompts], gen[:n_prompts]  # test prompts are in random order
+        kept = [_answered(model, tokenizer, group, chat) for group in (mem, gen, list(train))]
         if not kept[0] or not kept[1]:
             raise MemgenError(
                 f"delete: {len(kept[0])} held-out prompts answered by memory and "

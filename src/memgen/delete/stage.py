@@ -129,7 +129,7 @@ def _bench(
     train = read_split(step.inputs["data"].path, "train")
     reference, measured = train[: dc.n_reference], train[dc.n_reference :][: dc.n_train]
     answers = read_test_answers(step.inputs["behave"].path)
-    held = HeldOut.build(model, tokenizer, answers, pairs, measured, chat)
+    held = HeldOut.build(model, tokenizer, answers, pairs, measured, chat, dc.n_prompts)
     mean = usual_values(model, tokenizer, reference, chat).mean
     values = {"mean": mean, "zero": np.zeros_like(mean)}
     return _Bench(model, tokenizer, held, values, chat)
