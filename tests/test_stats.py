@@ -33,3 +33,15 @@ def test_the_prediction_interval_covers_95_percent_of_new_draws() -> None:
     assert np.mean(covered) == pytest.approx(0.95, abs=0.012)
     assert prediction_interval([0.5]) is None
     assert prediction_interval([0.0, 0.02, 1.0], SHARE) == [0.0, 1.0]
+
+
+def test_holm_adjusts_in_input_order_and_never_lowers_a_p_value() -> None:
+    from memgen.core.stats import holm
+
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5] and holm([]) == []
+    p = np.random.default_rng(0).random(50)
+    adjusted = np.asarray(holm(list(p)))
+    assert (adjusted >= p).all() and (adjusted <= 1).all()
+    # The smallest survives only if it is below 0.05 / m.
+    assert holm([0.05 / 20] + [0.9] * 19)[0] == pytest.approx(0.05)

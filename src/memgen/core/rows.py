@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from memgen.core.errors import MemgenError
 from memgen.core.hooks import Position
+from memgen.core.stats import holm
 
 Rates = dict[str, float]  # share of prompts per behaviour: gen, mem, other
 Direction = Literal["mem_to_gen", "gen_to_mem"]
@@ -119,6 +120,7 @@ class SpecificityRow(Row):
     matched: Spread
     matched_per_draw: list[float]
     p_value: float  # the top set's rank among its draws (core.stats.rank_p_value)
+    p_value_holm: float  # p_value, Holm-adjusted over every row of the stage
     matched_prediction: list[float] | None  # where one more draw would land, 95%
 
 
@@ -149,6 +151,7 @@ class DeletionRow(Row):
     p_value: float  # rank of its forgetting among the draws (core.stats.rank_p_value)
     p_value_net: float  # the same for forgetting net of collateral, gen_kept - mem_kept
     p_value_rule: float  # the same for the rule answers lost: are these the rule's neurons?
+    p_value_holm: float  # p_value, Holm-adjusted over every row of the stage
 
 
 class MemoryMatrix(Row):
@@ -215,6 +218,14 @@ class RunFigures(Row):
 
 
 R = TypeVar("R", bound=Row)
+
+
+def with_holm(rows: Sequence[R]) -> list[R]:
+    """`rows` (each with `p_value`) with `p_value_holm` set, adjusted over all of them."""
+    adjusted = holm([row.p_value for row in rows])  # type: ignore[attr-defined]
+    return [
+        row.model_copy(update={"p_value_holm": a}) for row, a in zip(rows, adjusted, strict=True)
+    ]
 
 
 def dump_rows(rows: Iterable[Row]) -> list[dict[str, Any]]:

@@ -90,6 +90,19 @@ def rank_p_value(observed: float, draws: Sequence[float]) -> float:
     return (1 + sum(draw >= observed for draw in draws)) / (1 + len(draws))
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in input order: each cell of a family may then
+    be read at 0.05 with the family-wise error held at 5%. Rank p-values from k draws are
+    at least 1 / (k + 1), so m cells need about 20m draws for any to survive."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [1.0] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 def prediction_interval(
     draws: Sequence[float], bounds: tuple[float, float] | None = None
 ) -> list[float] | None:

@@ -28,7 +28,7 @@ from memgen.core.config import DeleteConfig, RunConfig
 from memgen.core.examples import PAIRS_FILE, read_pairs, read_split, read_test_answers
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import CAUSAL_FIX, Recorded, read_record
-from memgen.core.rows import Deleted, DeletionRow, MemoryMatrix, Spread, dump_rows
+from memgen.core.rows import Deleted, DeletionRow, MemoryMatrix, Spread, dump_rows, with_holm
 from memgen.core.sites import n_layers, site_width
 from memgen.core.stats import SHARE, rank_p_value, summarise, wilson
 from memgen.delete.matrix import memory_matrix, memory_rows
@@ -103,6 +103,7 @@ def _row(
             deleted.gen_kept - deleted.mem_kept, [d.gen_kept - d.mem_kept for d in chance]
         ),
         p_value_rule=rank_p_value(-deleted.gen_kept, [-d.gen_kept for d in chance]),
+        p_value_holm=1.0,  # set over all the stage's rows, by `with_holm`
     )
 
 
@@ -143,7 +144,7 @@ def run_delete(step: Step) -> None:
     pairs = read_pairs(step.inputs["behave"].path / PAIRS_FILE)
     bench = _bench(model, tokenizer, step, set(pairs.prompts))
     out = step.stage.begin()
-    rows = _rows(bench, recorded, dc, cfg.seed)
+    rows = with_holm(_rows(bench, recorded, dc, cfg.seed))
     matrices: list[MemoryMatrix] = []
     if dc.matrix:
         memories = memory_rows(pairs, bench.held, dc.min_pairs)

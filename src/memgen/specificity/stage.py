@@ -28,7 +28,7 @@ from memgen.core.config import SpecificityConfig
 from memgen.core.examples import Example, read_test_answers
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
-from memgen.core.rows import Direction, SpecificityRow, Spread, dump_rows
+from memgen.core.rows import Direction, SpecificityRow, Spread, dump_rows, with_holm
 from memgen.core.sites import SiteKind
 from memgen.core.stats import SHARE, prediction_interval, rank_p_value, rates, summarise, wilson
 from memgen.neurons.attribution import site_score
@@ -83,6 +83,7 @@ def run_specificity(step: Step) -> None:
                     labels = bench.labels(held_out, shifts, spec.position)
                     common = {"site": site, "scorer": scorer, "direction": direction}
                     rows += _size_rows(labels, spec, targeted, toward, held_out, common, budget)
+    rows = with_holm(rows)
     write_json(out / "specificity.json", {"rows": dump_rows(rows)})
     plot_specificity(rows, out / "specificity.png")
     step.finish({"rows": dump_rows(rows)})
@@ -195,6 +196,7 @@ def _size_rows(
                 matched=Spread(**summarise(draws, SHARE)),
                 matched_per_draw=draws,
                 p_value=rank_p_value(hits / len(held_out), draws),
+                p_value_holm=1.0,  # set over all the stage's rows, by `with_holm`
                 matched_prediction=prediction_interval(draws, SHARE),
             )
         )
