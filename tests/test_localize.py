@@ -111,19 +111,19 @@ def garden(trained: Path) -> Garden:
 def test_the_delete_stage_says_yes_where_a_memory_is_planted(garden: Garden) -> None:
     """The positive control of `memgen delete`: its row, given the planted neurons, must
     forget the planted facts beyond every matched random set, net of collateral too."""
-    from memgen.delete.measure import HeldOut
-    from memgen.delete.stage import _Bench, _row
+    from memgen.delete.measure import DeletionBench, HeldOut
+    from memgen.delete.stage import deletion_row
     from memgen.localize.selectors import usual_values
 
     model, tokenizer, facts = garden.model, garden.tokenizer, garden.facts
     as_rule = [dataclasses.replace(f, completion=f.gen_answer) for f in facts]
     held = HeldOut(facts, as_rule, garden.rule, garden.rule)
     mean = usual_values(model, tokenizer, garden.examples[400:656], False).mean
-    bench = _Bench(model, tokenizer, held, {"mean": mean}, False)
+    bench = DeletionBench(model, tokenizer, held, {"mean": mean}, False)
     depth, width = n_layers(model), site_width(model, "mlp")
     rng = np.random.default_rng(0)
     randoms = [random_neurons([5] * depth, width, rng) for _ in range(19)]
-    row = _row(bench, "planted", "mean", 0.02, garden.planted, randoms)
+    row = deletion_row(bench, "planted", "mean", 0.02, garden.planted, randoms)
     assert len(facts) >= 6 and row.deleted.mem_kept <= 0.2
     assert row.p_value == row.p_value_net == pytest.approx(1 / 20)  # beats all 19 draws
     assert row.random_mem_kept.mean >= 0.5 and row.deleted.gen_kept >= 0.8

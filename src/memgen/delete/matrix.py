@@ -15,24 +15,17 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from memgen.core.examples import Example, PairRows
-from memgen.core.hooks import intervene
 from memgen.core.recorded import Recorded
 from memgen.core.rows import MemoryMatrix
 from memgen.core.stats import rank_p_value
-from memgen.delete.measure import HeldOut
-from memgen.localize.plant import Neurons, recalled
-from memgen.localize.test import usual_value_ablation
+from memgen.delete.measure import DeletionBench, HeldOut
+from memgen.localize.plant import Neurons
 from memgen.neurons.attribution import site_score
 from memgen.neurons.selection import select_top
-
-if TYPE_CHECKING:
-    from memgen.delete.stage import _Bench
-
 
 RELABELLINGS = 9999  # permutations behind a matrix's p-value: it can reach 1e-4
 
@@ -80,7 +73,7 @@ def relabelled_p_value(kept: np.ndarray, draws: int, seed: int) -> float:
 
 
 def memory_matrix(
-    bench: _Bench,
+    bench: DeletionBench,
     recorded: Recorded,
     memories: Sequence[Memory],
     scorer: str,
@@ -93,9 +86,7 @@ def memory_matrix(
     kept = np.zeros((len(memories), len(memories)))
     for i, memory in enumerate(memories):
         top = Neurons(*select_top(site_score(scorer, recorded, "mlp", memory.rows), size))
-        interventions = usual_value_ablation(top, bench.values[ablation])
-        with intervene(bench.model, interventions):
-            hits = recalled(bench.model, bench.tokenizer, everyone, bench.chat)
+        hits = bench.memorized_kept(top, ablation, everyone)
         kept[i] = [hits[a:b].mean() for a, b in itertools.pairwise(bounds)]
     n = len(memories)
     off = kept[~np.eye(n, dtype=bool)]

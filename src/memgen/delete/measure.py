@@ -1,7 +1,8 @@
 """What deleting a set of MLP neurons does to the model's own answers, on held-out prompts.
 
     held = HeldOut.build(model, tokenizer, test_answers, pair_prompts, train, chat, 400)
-    deleted = delete(model, tokenizer, held, neurons, values, chat)   # a `Deleted`
+    bench = DeletionBench(model, tokenizer, held, {"mean": mean, "zero": zeros}, chat)
+    deleted = bench(neurons, "mean")   # a `Deleted`
 
 A deletion sets the chosen neurons to fixed values (their mean over training prompts, or
 zero) at every position, as Chang, Thomason & Jia's DEL does, and asks greedy decoding
@@ -92,31 +93,30 @@ def _share(hits: np.ndarray) -> float:
     return float(hits.mean()) if len(hits) else 1.0
 
 
-def delete(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    held: HeldOut,
-    neurons: Neurons,
-    values: np.ndarray,
-    chat: bool,
-) -> Deleted:
-    """Set `neurons` to `values` [L, W] at every position and measure what is kept."""
-    with intervene(model, usual_value_ablation(neurons, values)):
-        shares = [
-            _share(recalled(model, tokenizer, group, chat))
-            for group in (held.mem, held.as_rule, held.gen, held.train)
-        ]
-    return Deleted(mem_kept=shares[0], to_rule=shares[1], gen_kept=shares[2], train_kept=shares[3])
+@dataclass(frozen=True)
+class DeletionBench:
+    """One model, its held-out prompts and the value each ablation sets a neuron to."""
 
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    held: HeldOut
+    values: dict[str, np.ndarray]  # ablation ("mean", "zero") -> [L, W]
+    chat: bool
 
-def memory_kept(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    memorized: Sequence[Example],
-    neurons: Neurons,
-    values: np.ndarray,
-    chat: bool,
-) -> float:
-    """The share of `memorized` still answered by memory with `neurons` set to `values`."""
-    with intervene(model, usual_value_ablation(neurons, values)):
-        return _share(recalled(model, tokenizer, memorized, chat))
+    def __call__(self, neurons: Neurons, ablation: str) -> Deleted:
+        """Set `neurons` to the ablation's values at every position; measure what is kept."""
+        with intervene(self.model, usual_value_ablation(neurons, self.values[ablation])):
+            shares = [
+                _share(recalled(self.model, self.tokenizer, group, self.chat))
+                for group in (self.held.mem, self.held.as_rule, self.held.gen, self.held.train)
+            ]
+        return Deleted(
+            mem_kept=shares[0], to_rule=shares[1], gen_kept=shares[2], train_kept=shares[3]
+        )
+
+    def memorized_kept(
+        self, neurons: Neurons, ablation: str, memorized: Sequence[Example]
+    ) -> np.ndarray:
+        """Per prompt of `memorized`: still answered by memory with `neurons` deleted?"""
+        with intervene(self.model, usual_value_ablation(neurons, self.values[ablation])):
+            return recalled(self.model, self.tokenizer, memorized, self.chat)

@@ -28,11 +28,11 @@ from memgen.core.config import DeleteConfig, RunConfig
 from memgen.core.examples import PAIRS_FILE, read_pairs, read_split, read_test_answers
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import CAUSAL_FIX, Recorded, read_record
-from memgen.core.rows import Deleted, DeletionRow, MemoryMatrix, Spread, dump_rows, with_holm
+from memgen.core.rows import DeletionRow, MemoryMatrix, Spread, dump_rows, with_holm
 from memgen.core.sites import n_layers, site_width
 from memgen.core.stats import SHARE, rank_p_value, summarise, wilson
 from memgen.delete.matrix import memory_matrix, memory_rows
-from memgen.delete.measure import HeldOut, delete
+from memgen.delete.measure import DeletionBench, HeldOut
 from memgen.localize.plant import Neurons, random_neurons
 from memgen.localize.selectors import usual_values
 from memgen.neurons.attribution import site_score
@@ -41,33 +41,13 @@ from memgen.neurons.selection import select_top
 log = logging.getLogger(__name__)
 
 
-class _Bench:
-    """One model, its held-out prompts and the value each ablation sets a neuron to."""
-
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        held: HeldOut,
-        values: dict[str, np.ndarray],
-        chat: bool,
-    ) -> None:
-        self.model, self.tokenizer, self.held, self.values, self.chat = (
-            model,
-            tokenizer,
-            held,
-            values,
-            chat,
-        )
-
-    def __call__(self, neurons: Neurons, ablation: str) -> Deleted:
-        return delete(
-            self.model, self.tokenizer, self.held, neurons, self.values[ablation], self.chat
-        )
-
-
-def _row(
-    bench: _Bench, scorer: str, ablation: str, size: float, top: Neurons, randoms: list[Neurons]
+def deletion_row(
+    bench: DeletionBench,
+    scorer: str,
+    ablation: str,
+    size: float,
+    top: Neurons,
+    randoms: list[Neurons],
 ) -> DeletionRow:
     deleted = bench(top, ablation)
     chance = [bench(neurons, ablation) for neurons in randoms]
@@ -107,7 +87,9 @@ def _row(
     )
 
 
-def _rows(bench: _Bench, recorded: Recorded, dc: DeleteConfig, seed: int) -> list[DeletionRow]:
+def _rows(
+    bench: DeletionBench, recorded: Recorded, dc: DeleteConfig, seed: int
+) -> list[DeletionRow]:
     """Per scorer and size, its top set and `draws` random sets (the same draws for every
     ablation, so the ablations are compared on one footing)."""
     rng = np.random.default_rng(seed)
@@ -118,13 +100,15 @@ def _rows(bench: _Bench, recorded: Recorded, dc: DeleteConfig, seed: int) -> lis
         score = site_score(scorer, recorded, "mlp")
         top = Neurons(*select_top(score, size))
         randoms = [random_neurons(top.per_layer(depth), width, rng) for _ in range(dc.draws)]
-        rows += [_row(bench, scorer, ablation, size, top, randoms) for ablation in dc.ablations]
+        rows += [
+            deletion_row(bench, scorer, ablation, size, top, randoms) for ablation in dc.ablations
+        ]
     return rows
 
 
 def _bench(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, step: Step, pairs: set[str]
-) -> _Bench:
+) -> DeletionBench:
     cfg: RunConfig = step.cfg
     dc, chat = cfg.delete, cfg.train.chat
     train = read_split(step.inputs["data"].path, "train")
@@ -133,7 +117,7 @@ def _bench(
     held = HeldOut.build(model, tokenizer, answers, pairs, measured, chat, dc.n_prompts)
     mean = usual_values(model, tokenizer, reference, chat).mean
     values = {"mean": mean, "zero": np.zeros_like(mean)}
-    return _Bench(model, tokenizer, held, values, chat)
+    return DeletionBench(model, tokenizer, held, values, chat)
 
 
 def run_delete(step: Step) -> None:
