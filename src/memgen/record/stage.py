@@ -220,6 +220,21 @@ def _record_causal(
     return made
 
 
+def _open_arrays(
+    out: Path, n: int, shapes: Mapping[SiteKind, Mapping[str, int]]
+) -> dict[str, np.ndarray]:
+    """A float32 `<kind>.npy` [n, n_layers, width] memory map per site kind, to stream into."""
+    return {
+        kind: open_memmap(
+            out / f"{kind}.npy",
+            mode="w+",
+            dtype=np.float32,
+            shape=(n, shape["n_layers"], shape["width"]),
+        )
+        for kind, shape in shapes.items()
+    }
+
+
 def run_record(step: Step) -> None:
     cfg, stage = step.cfg, step.stage
     train, behave = (step.inputs["train"], step.inputs["behave"])
@@ -229,15 +244,7 @@ def run_record(step: Step) -> None:
     out = stage.begin()
     layers = n_layers(model)
     shapes = {kind: {"n_layers": layers, "width": site_width(model, kind)} for kind in kinds}
-    arrays: dict[str, np.ndarray] = {
-        kind: open_memmap(
-            out / f"{kind}.npy",
-            mode="w+",
-            dtype=np.float32,
-            shape=(len(pairs.prompts), layers, shapes[kind]["width"]),
-        )
-        for kind in kinds
-    }
+    arrays = _open_arrays(out, len(pairs.prompts), shapes)
     record_last_token(
         model,
         tokenizer,
