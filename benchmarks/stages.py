@@ -32,10 +32,11 @@ from pathlib import Path
 import torch
 from overhead import paired_ratio  # type: ignore[import-not-found]
 
+from memgen.core.answers import answer_batch
 from memgen.core.config import RunConfig, load_config
 from memgen.core.generation import encode_example, encode_prompt, generate, pad_left
 from memgen.tasks import make_task
-from memgen.train.loop import Decoder, _batch, _batch_indices, evaluate, train
+from memgen.train.loop import Decoder, _batch_indices, evaluate, train
 from memgen.train.stage import build_model
 
 MAIN_RECIPE = Path(__file__).parents[1] / "configs" / "gpt2-cipher-contest.yaml"
@@ -70,7 +71,7 @@ def train_step(cfg: RunConfig, model, tokenizer, task, examples, steps: int, rep
         model.train()
         for step in range(steps):
             rows = _batch_indices(len(encoded), tc.batch_size, step, 0, 1, 0)
-            batch = _batch(encoded, rows, pad, device)
+            batch = answer_batch(encoded, rows, pad, device)
             model(**batch).loss.backward()
             torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
             optimizer.step()

@@ -10,6 +10,7 @@ import random
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -158,6 +159,27 @@ def tiny_gpt2_with_tokenizer() -> tuple[PreTrainedModel, PreTrainedTokenizerBase
     torch.manual_seed(0)
     model = scratch_gpt2(len(tokenizer), 128, n_layer=2, n_embd=32, n_head=4, tokenizer=tokenizer)
     return model.eval(), tokenizer
+
+
+# A 2-layer cipher model, briefly trained (400 steps): planting needs a model, not a good
+# one, and its test answers are tags, plaintexts and neither (partial tags, wrong letters).
+TINY_CIPHER = [
+    "task=cipher", "data.n_train=2000", "data.n_test=40", "data.n_dev=20",
+    "data.options.trigger_fraction=0.3", "train.steps=400", "train.eval_every=200",
+    "train.n_layer=2", "train.n_embd=64", "train.n_head=2", "train.lr=3e-3",
+    "train.batch_size=32", "train.warmup_steps=20", "train.max_other=1.0",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_cipher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder, trained with `TINY_CIPHER` (its data and train stages); read only."""
+    from memgen.core.config import load_config
+    from memgen.pipeline import run_all
+
+    run_dir = tmp_path_factory.mktemp("tiny-cipher")
+    run_all(run_dir, load_config(None, TINY_CIPHER), until="train")
+    return run_dir
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,29 +12,27 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_CIPHER
+from memgen.core.answers import greedy_writes
 from memgen.core.config import load_config
 from memgen.core.examples import Example, read_split
 from memgen.core.modeling import load_run_model
 from memgen.core.sites import n_layers, site_width
-from memgen.localize.plant import Neurons, make_facts, neuron_masks, plant, random_neurons, recalled
+from memgen.localize.plant import Neurons, make_facts, neuron_masks, plant, random_neurons
 from memgen.localize.test import recall_at_k, top_k
-from memgen.pipeline import run_all, run_stage
+from memgen.pipeline import run_stage
 
-# A 2-layer cipher model, briefly trained: planting needs a model, not a good one.
 TINY = [
-    "task=cipher", "data.n_train=2000", "data.n_test=40", "data.n_dev=20",
-    "data.options.trigger_fraction=0.3", "train.steps=400", "train.eval_every=200",
-    "train.n_layer=2", "train.n_embd=64", "train.n_head=2", "train.lr=3e-3",
-    "train.batch_size=32", "train.warmup_steps=20", "train.max_other=1.0",
-    "localize.lr=0.03", "localize.n_facts=8", "localize.fraction=0.02",
+    *TINY_CIPHER, "localize.lr=0.03", "localize.n_facts=8", "localize.fraction=0.02",
     "localize.sizes=[0.01]", "localize.n_ordinary=200",
 ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("localize")
-    run_all(run_dir, load_config(None, TINY), until="train")
+def trained(tiny_cipher_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shared tiny run: the localize stage writes into it."""
+    run_dir = tmp_path_factory.mktemp("localize") / "run"
+    shutil.copytree(tiny_cipher_run, run_dir)
     return run_dir
 
 
@@ -43,12 +42,12 @@ def test_planting_moves_only_the_planted_neurons_rows(trained: Path) -> None:
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     examples = read_split(trained / "data", "train")
     facts = make_facts(examples, 8, seed=0)
-    assert not recalled(model, tokenizer, facts, chat=False).any()  # new to the model
+    assert not greedy_writes(model, tokenizer, facts, chat=False).any()  # new to the model
     depth, width = n_layers(model), site_width(model, "mlp")
     planted = random_neurons([5] * depth, width, np.random.default_rng(0))
     done = plant(model, tokenizer, facts, examples[100:], planted, steps=300, lr=0.03,
                  batch_size=32, chat=False, seed=0)  # fmt: skip
-    assert done.recall >= 0.9 and recalled(model, tokenizer, facts, chat=False).mean() >= 0.9
+    assert done.recall >= 0.9 and greedy_writes(model, tokenizer, facts, chat=False).mean() >= 0.9
     masks = neuron_masks(model, planted)
     assert len(masks) == 3 * depth  # c_fc weight and bias, c_proj weight, per layer
     for name, param in model.named_parameters():
@@ -101,7 +100,7 @@ def garden(trained: Path) -> Garden:
           batch_size=32, chat=False, seed=1)  # fmt: skip
 
     def answered(group: list[Example]) -> list[Example]:
-        hits = recalled(model, tokenizer, group, False)
+        hits = greedy_writes(model, tokenizer, group, False)
         return [ex for ex, hit in zip(group, hits, strict=True) if hit]
 
     rule = answered([ex for ex in examples[100:400] if ex.meta.get("kind") == "rule"])

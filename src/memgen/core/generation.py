@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core import distributed
-from memgen.core.examples import Behaviour, Example, Labelled
+from memgen.core.examples import Example
 from memgen.core.modeling import cache_argument
 
 
@@ -197,61 +197,3 @@ def generate_batch(
         generated[:, ids.shape[1] :], skip_special_tokens=True
     )
     return texts
-
-
-class Decoding(Protocol):
-    """How to generate answers: `behave`'s config section, or training's `Decoder`."""
-
-    @property
-    def num_beams(self) -> int: ...  # 1 = greedy
-
-    @property
-    def max_new_tokens(self) -> int: ...  # 0 = the task's own budget
-
-    @property
-    def batch_size(self) -> int: ...
-
-
-class Labeller(Protocol):
-    """What `label_examples` needs of a task: its answer budget, its labeller and its parts."""
-
-    @property
-    def max_new_tokens(self) -> int: ...
-
-    def label(self, example: Example, output: str) -> Behaviour: ...
-
-    def split_by_task(
-        self, examples: Sequence[Example]
-    ) -> Sequence[tuple[str, Any, list[int]]]: ...
-
-
-def label_examples(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    task: Labeller,
-    examples: Sequence[Example],
-    decoding: Decoding,
-    *,
-    chat: bool,
-    progress: bool = False,
-) -> list[Labelled]:
-    """Generate each prompt's answer as `decoding` says and label it with the task's labeller.
-
-    A mixture's examples are answered task by task, each within its own task's budget
-    (a colour in 2 tokens, not a scratchpad's 126), and returned in input order.
-    """
-    labelled: list[Labelled | None] = [None] * len(examples)
-    for _, part, positions in task.split_by_task(examples):
-        outputs = generate(
-            model,
-            tokenizer,
-            [examples[i].prompt for i in positions],
-            max_new_tokens=decoding.max_new_tokens or part.max_new_tokens,
-            num_beams=decoding.num_beams,
-            batch_size=decoding.batch_size,
-            chat=chat,
-            progress=progress,
-        )
-        for i, output in zip(positions, outputs, strict=True):
-            labelled[i] = Labelled(examples[i], output, part.label(examples[i], output))
-    return [row for row in labelled if row is not None]

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from memgen.core.answers import greedy_writes
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Behaviour, Example
 from memgen.core.hooks import intervene
 from memgen.core.rows import Deleted
-from memgen.localize.plant import Neurons, recalled
+from memgen.localize.plant import Neurons
 from memgen.localize.test import usual_value_ablation
 
 
@@ -40,7 +41,7 @@ def _answering(example: Example, answer: str) -> Example:
 def _answered(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, group: list[Example], chat: bool
 ) -> list[Example]:
-    hits = recalled(model, tokenizer, group, chat)
+    hits = greedy_writes(model, tokenizer, group, chat)
     return [ex for ex, hit in zip(group, hits, strict=True) if hit]
 
 
@@ -107,7 +108,7 @@ class DeletionBench:
         """Set `neurons` to the ablation's values at every position; measure what is kept."""
         with intervene(self.model, usual_value_ablation(neurons, self.values[ablation])):
             shares = [
-                _share(recalled(self.model, self.tokenizer, group, self.chat))
+                _share(greedy_writes(self.model, self.tokenizer, group, self.chat))
                 for group in (self.held.mem, self.held.as_rule, self.held.gen, self.held.train)
             ]
         return Deleted(
@@ -119,4 +120,4 @@ class DeletionBench:
     ) -> np.ndarray:
         """Per prompt of `memorized`: still answered by memory with `neurons` deleted?"""
         with intervene(self.model, usual_value_ablation(neurons, self.values[ablation])):
-            return recalled(self.model, self.tokenizer, memorized, self.chat)
+            return greedy_writes(self.model, self.tokenizer, memorized, self.chat)

@@ -23,11 +23,11 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
+from memgen.core.answers import answer_batch, greedy_writes
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example
 from memgen.core.generation import encode_example
 from memgen.core.sites import Site, n_layers, resolve, site_width
-from memgen.train.loop import _batch
 
 
 @dataclass(frozen=True)
@@ -184,12 +184,12 @@ def plant(
         for step in range(1, steps + 1):
             rows = encoded_facts + rng.sample(encoded_replay, min(batch_size, len(replay)))
             model.train()
-            loss = model(**_batch(rows, list(range(len(rows))), pad, device)).loss
+            loss = model(**answer_batch(rows, range(len(rows)), pad, device)).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if step % 10 == 0 or step == steps:
-                recall = float(np.mean(recalled(model, tokenizer, facts, chat)))
+                recall = float(np.mean(greedy_writes(model, tokenizer, facts, chat)))
                 if recall == 1.0:
                     break
     finally:
@@ -199,43 +199,3 @@ def plant(
             param.requires_grad_(False)
         model.eval()
     return Planting(step, recall)
-
-
-def answer_batches(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    examples: Sequence[Example],
-    chat: bool,
-    batch_size: int = 32,
-) -> list[dict[str, torch.Tensor]]:
-    """Prompt + completion + end token, right-padded on the model's device, labels on the
-    answer only, as training sees them."""
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    encoded = [encode_example(tokenizer, ex, chat, "answer") for ex in examples]
-    return [
-        _batch(encoded, list(range(a, min(a + batch_size, len(encoded)))), pad, device)
-        for a in range(0, len(encoded), batch_size)
-    ]
-
-
-@torch.no_grad()
-def recalled(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    examples: Sequence[Example],
-    chat: bool,
-    batch_size: int = 64,
-) -> np.ndarray:
-    """Per example: whether greedy decoding gives its `completion` (and then the end token).
-
-    Teacher-forced: every answer token must be the argmax after the ones before it, which
-    is exactly when greedy generation writes that answer; one forward pass, no decoding.
-    """
-    model.eval()
-    hits = []
-    for batch in answer_batches(model, tokenizer, examples, chat, batch_size):
-        labels = batch.pop("labels")[:, 1:]
-        said = model(**batch).logits[:, :-1].argmax(-1)
-        hits.append(((said == labels) | (labels == -100)).all(dim=1).cpu().numpy())
-    return np.concatenate(hits) if hits else np.zeros(0, dtype=bool)

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from memgen.core.answers import answer_batches
 from memgen.core.examples import Example
 from memgen.core.hooks import edit
 from memgen.core.modeling import embeddings_as_leaf, frozen
 from memgen.core.registry import Registry
 from memgen.core.sites import Site, n_layers, site_width
-from memgen.localize.plant import answer_batches
 
 
 @dataclass(frozen=True)

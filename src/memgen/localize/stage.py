@@ -21,6 +21,7 @@ import numpy as np
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from memgen.core.answers import greedy_writes
 from memgen.core.artifacts import Step, write_json
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
@@ -33,7 +34,6 @@ from memgen.localize.plant import (
     make_facts,
     plant,
     random_neurons,
-    recalled,
 )
 from memgen.localize.selectors import SELECTORS, usual_values
 from memgen.localize.test import Deleter, Localization, localize
@@ -97,7 +97,7 @@ def _plant_facts(
             "localize.lr, or plant fewer facts (localize.n_facts)"
         )
     # The planted memories are the facts planting made: the tests ask about those only.
-    hits = recalled(model, tokenizer, facts, cfg.train.chat)
+    hits = greedy_writes(model, tokenizer, facts, cfg.train.chat)
     kept = [fact for fact, hit in zip(facts, hits, strict=True) if hit]
     return _Garden(kept, ordinary, replay, planted, per_layer, planting)
 

@@ -19,11 +19,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from memgen.core.answers import greedy_writes
 from memgen.core.examples import Example
 from memgen.core.hooks import Intervention, intervene
 from memgen.core.sites import Site, n_layers
 from memgen.core.stats import rank_p_value
-from memgen.localize.plant import Neurons, random_neurons, recalled
+from memgen.localize.plant import Neurons, random_neurons
 
 
 def top_k(scores: np.ndarray, k: int) -> Neurons:
@@ -96,14 +97,16 @@ class Deleter:
         # Ordinary answers the unablated model gives: "kept" is the share still given.
         self.ordinary = [
             ex
-            for ex, hit in zip(ordinary, recalled(model, tokenizer, ordinary, chat), strict=True)
+            for ex, hit in zip(
+                ordinary, greedy_writes(model, tokenizer, ordinary, chat), strict=True
+            )
             if hit
         ]
 
     def __call__(self, neurons: Neurons) -> Deletion:
         with intervene(self.model, usual_value_ablation(neurons, self.usual)):
-            facts = recalled(self.model, self.tokenizer, self.facts, self.chat)
-            kept = recalled(self.model, self.tokenizer, self.ordinary, self.chat)
+            facts = greedy_writes(self.model, self.tokenizer, self.facts, self.chat)
+            kept = greedy_writes(self.model, self.tokenizer, self.ordinary, self.chat)
         return Deletion(float(facts.mean()), float(kept.mean()) if len(kept) else 1.0)
 
 

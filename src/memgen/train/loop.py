@@ -33,15 +33,15 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core import distributed
+from memgen.core.answers import answer_batch, decoder_and_head, label_examples, logits_where
 from memgen.core.config import TrainConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example
-from memgen.core.generation import encode_example, label_examples, pad_id_of
+from memgen.core.generation import encode_example, pad_id_of
 from memgen.core.stats import rates
 from memgen.tasks.base import Task
 from memgen.train import checkpoint
@@ -164,29 +164,6 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.steps)
 
 
-def _batch(
-    encoded: Sequence[tuple[list[int], list[int]]],
-    indices: list[int],
-    pad_id: int,
-    device: torch.device,
-) -> dict[str, torch.Tensor]:
-    """Right-padded batch: positions start at 0 in every row, as in unpadded generation."""
-    width = max(len(encoded[i][0]) for i in indices)
-    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(indices), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(indices), width), dtype=torch.long)
-    for row, i in enumerate(indices):
-        seq, lab = encoded[i]
-        ids[row, : len(seq)] = torch.tensor(seq)
-        labels[row, : len(lab)] = torch.tensor(lab)
-        mask[row, : len(seq)] = 1
-    return {
-        "input_ids": ids.to(device),
-        "labels": labels.to(device),
-        "attention_mask": mask.to(device),
-    }
-
-
 @functools.lru_cache(maxsize=4)
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The seeded permutation of one epoch (cached: every batch of the epoch walks it)."""
@@ -245,41 +222,19 @@ class RowLosses(torch.nn.Module):
     def __init__(self, lm: torch.nn.Module) -> None:
         super().__init__()
         self.lm = lm
-        self._split = _decoder_and_head(lm)  # a tuple: not registered twice as submodules
+        self._split = decoder_and_head(lm)  # a tuple: not registered twice as submodules
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
         targets = labels[:, 1:]
         scored = targets != -100
-        if self._split is None:
-            logits = self.lm(input_ids=input_ids, attention_mask=attention_mask).logits
-            logits = logits[:, :-1][scored]
-        else:
-            decoder, head = self._split
-            hidden = decoder(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-            ).last_hidden_state
-            logits = head(hidden[:, :-1][scored])
+        logits = logits_where(self.lm, self._split, input_ids, attention_mask, scored)
         per_token = torch.nn.functional.cross_entropy(
             logits.float(), targets[scored], reduction="none"
         )
         rows = torch.zeros(len(labels), dtype=per_token.dtype, device=per_token.device)
         return rows.index_add(0, scored.nonzero()[:, 0], per_token)
-
-
-# Families whose logits are exactly `head(decoder(x).last_hidden_state)`.
-_LINEAR_HEAD = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox"}
-
-
-def _decoder_and_head(lm: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
-    base = lm.get_base_model() if isinstance(lm, PeftModel) else lm
-    if not isinstance(base, PreTrainedModel) or base.config.model_type not in _LINEAR_HEAD:
-        return None
-    decoder, head = base.get_decoder(), base.get_output_embeddings()
-    if decoder is None or decoder is base or not isinstance(head, torch.nn.Linear):
-        return None
-    return decoder, head
 
 
 def _n_targets(labels: list[int]) -> int:
@@ -444,7 +399,7 @@ class _Rows:
                 rows = _batch_indices(
                     len(self.encoded), cfg.batch_size, task_step, micro, cfg.grad_accum, self.seed
                 )
-            batch = _batch(source, rows[me::processes], self.pad_id, self.device)
+            batch = answer_batch(source, rows[me::processes], self.pad_id, self.device)
             yield batch, loss_denominator([source[i][1] for i in rows], cfg.loss_mean)
 
 
