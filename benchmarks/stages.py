@@ -9,34 +9,55 @@ median ratio over repeats.
 
   * train step: memgen's `train` (no evaluation) per step / a bare step of the same
     batches (the model's own loss, backward, AdamW);
-  * dev evaluation: `evaluate` on the dev prompts (greedy answers, labelled) / one
-    batched forward over the same prompts (what a teacher-forced label would cost);
-  * generation: memgen's `generate` / a plain batched `model.generate` of the same prompts.
+  * dev evaluation: `evaluate` on the dev prompts (greedy answers, read teacher-forced
+    where they can be, labelled) / one teacher-forced pass over prompt + the rule's answer
+    (the least an exact label costs); beside it, its speed-up over generating every answer
+    and the share of labels the two ways agree on;
+  * generation: memgen's `generate` / a plain batched `model.generate` of the same prompts;
+  * activation: a training step of the scratch GPT-2 with PyTorch's fused tanh GELU
+    (memgen's) / with transformers' `gelu_new` (the same function, unfused; GPT-2's own).
 
 Steering's fits are timed against their floor in benchmarks/steer_batching.py (`fit_step_*`:
 the passes over a cached prompt prefix that `fit_shifts` runs, vs the whole prompt).
 
 The model is the recipe's, at its initial weights (scratch, or the base with fresh
-LoRA): the cost of a step does not depend on what the weights have learned; generation
-runs to `max_new_tokens` either way (random weights rarely say the end token early).
+LoRA): the cost of a step does not depend on what the weights have learned. Answers do:
+a trained model's are mostly read teacher-forced, a random one's generated, so with
+`--run-dir` a finished run's trained model answers the dev prompts (evaluation and
+generation rows):
+
+    python benchmarks/stages.py --run-dir runs/cipher-seed0 --dev 600
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from overhead import paired_ratio  # type: ignore[import-not-found]
+from transformers import GPT2LMHeadModel
+from transformers.activations import ACT2FN
 
-from memgen.core.answers import answer_batch
+from memgen.core.answers import (
+    answer_batch,
+    answer_batches,
+    decoder_and_head,
+    label_examples,
+    logits_where,
+)
 from memgen.core.config import RunConfig, load_config
 from memgen.core.generation import encode_example, encode_prompt, generate, pad_left
+from memgen.core.modeling import load_trained
+from memgen.core.stats import rates
 from memgen.tasks import make_task
-from memgen.train.loop import Decoder, _batch_indices, evaluate, train
+from memgen.train.loop import Decoder, _batch_indices, train
 from memgen.train.stage import build_model
 
 MAIN_RECIPE = Path(__file__).parents[1] / "configs" / "gpt2-cipher-contest.yaml"
@@ -81,21 +102,68 @@ def train_step(cfg: RunConfig, model, tokenizer, task, examples, steps: int, rep
     return result | {"per_step_ours_s": round(result["ours_s"] / steps, 4), "steps": steps}
 
 
+def activation(cfg: RunConfig, model, tokenizer, examples, steps: int, repeats: int) -> dict:
+    """A training step of the scratch GPT-2 with PyTorch's fused tanh GELU (memgen's) / the
+    same model with transformers' `gelu_new`, the same function in seven elementwise ops."""
+    if not isinstance(model, GPT2LMHeadModel):
+        return {"ratio": float("nan"), "ours_s": float("nan"), "floor_s": float("nan")}
+    tc = cfg.train
+    encoded = [encode_example(tokenizer, ex, tc.chat, tc.loss_on) for ex in examples]
+    pad, device = tokenizer.pad_token_id, next(model.parameters()).device
+    twin = copy.deepcopy(model)
+    twin.config.activation_function = "gelu_new"
+    for block in twin.transformer.h:
+        block.mlp.act = ACT2FN["gelu_new"]
+
+    def stepping(lm: GPT2LMHeadModel) -> Callable[[], None]:
+        optimizer = torch.optim.AdamW(lm.parameters(), lr=tc.lr)
+
+        def run() -> None:
+            lm.train()
+            for step in range(steps):
+                rows = _batch_indices(len(encoded), tc.batch_size, step, 0, 1, 0)
+                lm(**answer_batch(encoded, rows, pad, device)).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+        return run
+
+    return alternate(stepping(model), stepping(twin), repeats) | {"steps": steps}
+
+
 def evaluation(cfg: RunConfig, model, tokenizer, task, dev, repeats: int) -> dict:
+    """`evaluate` (answers read teacher-forced where they can be) against its floor, one
+    teacher-forced pass over prompt + rule's answer, and against generating every answer
+    (memgen before 2026-12-04), with the share of labels the two ways agree on."""
     chat, decoder = cfg.train.chat, Decoder(cfg.behave.num_beams, cfg.behave.max_new_tokens)
-    ids = [encode_prompt(tokenizer, ex.prompt, chat) for ex in dev]
-    device = next(model.parameters()).device
-    batch = decoder.batch_size
+    ruled = [dataclasses.replace(ex, completion=ex.gen_answer) for ex in dev]
+    batches = answer_batches(model, tokenizer, ruled, chat, decoder.batch_size)
+    split = decoder_and_head(model)
 
     @torch.no_grad()
     def floor() -> None:
         model.eval()
-        for start in range(0, len(ids), batch):
-            tokens, mask = pad_left(ids[start : start + batch], tokenizer.pad_token_id, device)
-            model(input_ids=tokens, attention_mask=mask)
+        for batch in batches:
+            scored = batch["labels"][:, 1:] != -100
+            logits_where(model, split, batch["input_ids"], batch["attention_mask"], scored)
 
-    ours = lambda: evaluate(model, tokenizer, task, dev, chat, decoder)  # noqa: E731
-    return alternate(ours, floor, repeats) | {"prompts": len(dev)}
+    def generating() -> list[str]:
+        budget = decoder.max_new_tokens or task.max_new_tokens
+        outputs = generate(model, tokenizer, [ex.prompt for ex in dev], max_new_tokens=budget,
+                           batch_size=decoder.batch_size, chat=chat)  # fmt: skip
+        return [task.label(ex, out) for ex, out in zip(dev, outputs, strict=True)]
+
+    def ours() -> list[str]:
+        return [
+            row.label for row in label_examples(model, tokenizer, task, dev, decoder, chat=chat)
+        ]
+
+    agree = float(np.mean([a == b for a, b in zip(ours(), generating(), strict=True)]))
+    before = alternate(ours, generating, repeats)
+    return alternate(ours, floor, repeats) | {
+        "prompts": len(dev), "labels_agree": agree, "rates": rates(ours()),
+        "vs_generating": round(1 / before["ratio"], 2),
+    }  # fmt: skip
 
 
 def generation(cfg: RunConfig, model, tokenizer, task, dev, repeats: int) -> dict:
@@ -121,6 +189,9 @@ def main() -> None:
     parser.add_argument("--dev", type=int, default=200, help="dev prompts evaluated")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, help="also write the table as JSON here")
+    parser.add_argument(
+        "--run-dir", type=Path, help="a finished run: its trained model answers the dev prompts"
+    )
     args = parser.parse_args()
 
     cfg = load_config(args.config, [f"data.n_dev={args.dev}"])
@@ -130,14 +201,20 @@ def main() -> None:
     device = torch.device("cpu")
     model, tokenizer = build_model(cfg, task, train_set, device)
     rows = {
-        "train step": train_step(cfg, model, tokenizer, task, train_set, args.steps, args.repeats),
-        "dev evaluation": evaluation(cfg, model, tokenizer, task, dev, args.repeats),
-        "generation": generation(cfg, model, tokenizer, task, dev, args.repeats),
+        "train step": train_step(cfg, model, tokenizer, task, train_set, args.steps, args.repeats)
     }
+    if args.run_dir:  # read answers cost what the trained model answers: measure on it
+        model, tokenizer = load_trained(args.run_dir / "train" / "model")
+    rows["dev evaluation"] = evaluation(cfg, model, tokenizer, task, dev, args.repeats)
+    rows["generation"] = generation(cfg, model, tokenizer, task, dev, args.repeats)
     print(f"{args.config.name}, {torch.get_num_threads()} threads, medians of {args.repeats}")
     print(f"{'stage':16} {'ours / floor':>12} {'ours s':>9} {'floor s':>9}")
     for name, row in rows.items():
         print(f"{name:16} {row['ratio']:>11.2f}x {row['ours_s']:>9.3f} {row['floor_s']:>9.3f}")
+    evaluated = rows["dev evaluation"]
+    print(f"dev evaluation: {evaluated['vs_generating']:.2f}x faster than generating every "
+          f"answer; labels agree on {100 * evaluated['labels_agree']:.1f}% of "
+          f"{evaluated['prompts']} prompts (rates {evaluated['rates']})")  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps({"config": str(args.config), **rows}, indent=2) + "\n")
 

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from conftest import TINY_CIPHER
-from memgen.core.answers import greedy_outputs, label_examples, plain_greedy
+from conftest import FAMILY_NAMES, TINY_CIPHER, build_tiny
+from memgen.core.answers import greedy_outputs, greedy_writes, label_examples, plain_greedy
 from memgen.core.config import load_config
 from memgen.core.examples import Example, read_split
 from memgen.core.generation import generate
 from memgen.core.modeling import load_run_model
+from memgen.core.sites import n_layers, site_width
+from memgen.steering.read import read_shifted
+from memgen.steering.shifts import generate_shifted
 from memgen.tasks import make_task
+from memgen.tasks.tokenizer import build_tokenizer
 from memgen.train.loop import Decoder
 
 Model = tuple[PreTrainedModel, PreTrainedTokenizerBase, list[Example]]
@@ -61,3 +69,86 @@ def test_label_examples_generates_when_greedy_is_not_the_argmax(half_trained: Mo
         assert [row.output for row in labelled] == penalised
     finally:
         model.generation_config.repetition_penalty = 1.0
+
+
+@pytest.mark.parametrize("kind", ["resid", "mlp"])
+@pytest.mark.parametrize("position", ["last", "prompt"])
+def test_steered_answers_read_are_the_steered_generations(
+    half_trained: Model, kind: str, position: str
+) -> None:
+    """Under every shift, at either position and site, reading gives what generating does;
+    the shifts are large enough to move answers between tags, plaintexts and neither."""
+    model, tokenizer, test = half_trained
+    examples = test[:30]
+    layers, width = n_layers(model), site_width(model, kind)  # type: ignore[arg-type]
+    rng = np.random.default_rng(0)
+    shifts = rng.normal(0, 3.0, (4, layers, width)) * (rng.random((4, layers, width)) < 0.2)
+    shifts[0] = 0  # unsteered beside the steered
+    prompts = [ex.prompt for ex in examples]
+    generated = generate_shifted(
+        model, tokenizer, prompts, shifts, kind, position, max_new_tokens=20, batch_size=32
+    )
+    read = read_shifted(
+        model, tokenizer, examples, shifts, kind, position, max_new_tokens=20, batch_size=32
+    )
+    assert read == generated
+    task = make_task("cipher")
+    moved = [[task.label(ex, out) for ex, out in zip(examples, row, strict=True)] for row in read]
+    assert any(row != moved[0] for row in moved[1:])  # the shifts change answers
+
+
+@pytest.fixture(scope="module")
+def cipher_tokenizer() -> PreTrainedTokenizerBase:
+    return build_tokenizer(make_task("cipher").tokenizer_spec())
+
+
+def _ending_early(family: str, lora: bool, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """A tiny random model of `family` whose greedy answers end: the end token's output row
+    is made twice the row of the token it most often writes first, so it wins there."""
+    ids = {"vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id,
+           "bos_token_id": tokenizer.bos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    model = build_tiny(family, lora=lora, token_ids=ids)
+    prompts = [ex.prompt for ex in make_task("cipher").test_set(16, seed=0)]
+    firsts = [
+        tokenizer(text)["input_ids"][:1]
+        for text in generate(model, tokenizer, prompts, max_new_tokens=2)
+    ]
+    common = Counter(first[0] for first in firsts if first).most_common(1)[0][0]
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        head[tokenizer.eos_token_id] = 2 * head[common]
+    return model
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["plain", "lora"])
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_answers_are_read_exactly_on_every_family(
+    family: str, lora: bool, cipher_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """Examples whose rule answer is what the model says: read (not generated) and equal to
+    generation, plain and steered, on every family."""
+    tokenizer = cipher_tokenizer
+    model = _ending_early(family, lora, tokenizer)
+    test = make_task("cipher").test_set(16, seed=1)
+    said = generate(model, tokenizer, [ex.prompt for ex in test], max_new_tokens=8)
+    examples = [dataclasses.replace(ex, gen_answer=out) for ex, out in zip(test, said, strict=True)]
+    read = greedy_writes(
+        model,
+        tokenizer,
+        [dataclasses.replace(ex, completion=ex.gen_answer) for ex in examples],
+        False,
+    )
+    assert read.sum() >= 4  # the reading path ran on some
+    assert greedy_outputs(model, tokenizer, examples, max_new_tokens=8, chat=False) == said
+    shifts = np.random.default_rng(0).normal(0, 1.0, (3, n_layers(model), site_width(model, "mlp")))
+    shifts[0] = 0
+    prompts = [ex.prompt for ex in examples]
+    for position in ("last", "prompt"):
+        steered = generate_shifted(
+            model, tokenizer, prompts, shifts, "mlp", position, max_new_tokens=8
+        )
+        assert (
+            read_shifted(model, tokenizer, examples, shifts, "mlp", position, max_new_tokens=8)
+            == steered
+        )

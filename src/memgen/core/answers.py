@@ -8,7 +8,7 @@ token after it, is the argmax after the tokens before it; so one teacher-forced 
 pass over prompt + answer + end token says what a whole `generate` call would, without
 decoding token by token. `greedy_outputs` uses that to answer prompts whose greedy answer
 is the memorized or the rule's one (most of them, on a trained model), and generates the
-rest: the same texts `generate` gives, at the cost of two forward passes (tested against
+rest: the same texts `generate` gives, at the cost of a forward pass or two (tested against
 `generate`; `benchmarks/stages.py` counts the agreement on the recipe's model).
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -107,6 +108,40 @@ def answer_batches(
 
 
 @torch.no_grad()
+def _greedy_paths(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    chat: bool,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per example: whether greedy decoding writes its `completion` and the end token, and
+    the first token greedy decoding writes (-1 for an empty completion)."""
+    model.eval()
+    split = decoder_and_head(model)
+
+    def paths(batch: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        labels = batch["labels"][:, 1:]
+        scored = labels != -100
+        said = logits_where(
+            model, split, batch["input_ids"], batch["attention_mask"], scored
+        ).argmax(-1)
+        row_of = scored.nonzero()[:, 0]  # row of each scored position, in row order
+        ok = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+        ok[row_of[said != labels[scored]]] = False
+        first = torch.full((len(labels),), -1, dtype=torch.long, device=labels.device)
+        starts = torch.searchsorted(row_of, torch.arange(len(labels), device=labels.device))
+        has = starts < len(row_of)
+        first[has] = said[starts[has]]
+        return ok.cpu().numpy(), first.cpu().numpy()
+
+    batches = answer_batches(model, tokenizer, examples, chat, batch_size)
+    found = list(distributed.parallel_map(paths, batches))
+    if not found:
+        return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
+    return np.concatenate([ok for ok, _ in found]), np.concatenate([f for _, f in found])
+
+
 def greedy_writes(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -120,23 +155,7 @@ def greedy_writes(
     is exactly when greedy generation writes that answer; one forward pass, no decoding.
     Under a launcher each process checks every Nth batch.
     """
-    model.eval()
-    split = decoder_and_head(model)
-
-    def hits(batch: dict[str, torch.Tensor]) -> np.ndarray:
-        labels = batch["labels"][:, 1:]
-        scored = labels != -100
-        said = logits_where(
-            model, split, batch["input_ids"], batch["attention_mask"], scored
-        ).argmax(-1)
-        wrong = scored.nonzero()[:, 0][said != labels[scored]]
-        ok = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
-        ok[wrong] = False
-        return ok.cpu().numpy()
-
-    batches = answer_batches(model, tokenizer, examples, chat, batch_size)
-    found = list(distributed.parallel_map(hits, batches))
-    return np.concatenate(found) if found else np.zeros(0, dtype=bool)
+    return _greedy_paths(model, tokenizer, examples, chat, batch_size)[0]
 
 
 # Generation settings under which greedy decoding is no longer the argmax of the logits.
@@ -164,19 +183,17 @@ def plain_greedy(model: torch.nn.Module) -> bool:
     return all(getattr(config, name, plain) in (plain, None) for name, plain in _PROCESSED.items())
 
 
-def _candidates(
-    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_new_tokens: int
-) -> list[tuple[int, Example, str]]:
-    """(row, example answering it, the text `generate` would decode) for the memorized and
-    the rule's answer of each example, where the answer and its end token fit the budget."""
-    out = []
-    for row, ex in enumerate(examples):
-        for answer in dict.fromkeys((ex.mem_answer, ex.gen_answer)):
-            ids = tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
-            if ids and len(ids) < max_new_tokens:
-                text = str(tokenizer.decode(ids, skip_special_tokens=True))
-                out.append((row, dataclasses.replace(ex, completion=answer), text))
-    return out
+@dataclass
+class _Reading:
+    """What the teacher-forced passes have found so far, per example."""
+
+    outputs: list[str | None]  # the greedy answer, once read
+    first: list[int | None]  # the first token greedy writes, once a pass has seen it
+
+    def still_possible(self, row: int, ids: list[int], budget: int) -> bool:
+        """Could greedy decoding write `ids` and stop, within `budget` new tokens?"""
+        unread = self.outputs[row] is None and 0 < len(ids) < budget
+        return unread and self.first[row] in (None, ids[0])
 
 
 def greedy_outputs(
@@ -191,20 +208,28 @@ def greedy_outputs(
 ) -> list[str]:
     """What greedy `generate` answers each example, without decoding where it can be read.
 
-    Where greedy decoding writes the memorized or the rule's answer and stops (one
-    teacher-forced pass each, `greedy_writes`), that answer is the output; the other
-    prompts (answers that are neither, or too long for the budget) are generated.
+    The rule's answer is checked teacher-forced on every prompt (`greedy_writes`); the
+    memorized answer only where greedy decoding starts with its first token; the prompts
+    whose greedy answer is neither (or too long for the budget) are generated.
     """
-    outputs: list[str | None] = [None] * len(examples)
-    candidates = _candidates(tokenizer, examples, max_new_tokens)
-    if candidates:
-        hits = greedy_writes(model, tokenizer, [ex for _, ex, _ in candidates], chat, batch_size)
-        for (row, _, text), hit in zip(candidates, hits, strict=True):
-            if hit:  # greedy decoding writes one string only: at most one candidate hits
-                outputs[row] = text
-    rest = [row for row, out in enumerate(outputs) if out is None]
-    if rest:
-        generated = generate(
+    reading = _Reading([None] * len(examples), [None] * len(examples))
+    for answer_of in (lambda ex: ex.gen_answer, lambda ex: ex.mem_answer):
+        todo = []
+        for row, ex in enumerate(examples):
+            answer = answer_of(ex)
+            ids = tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
+            if reading.still_possible(row, ids, max_new_tokens):
+                todo.append((row, dataclasses.replace(ex, completion=answer), ids))
+        if not todo:
+            continue
+        hits, first = _greedy_paths(model, tokenizer, [ex for _, ex, _ in todo], chat, batch_size)
+        for (row, _, ids), hit, token in zip(todo, hits, first, strict=True):
+            reading.first[row] = int(token)
+            if hit:
+                reading.outputs[row] = str(tokenizer.decode(ids, skip_special_tokens=True))
+    rest = [row for row, out in enumerate(reading.outputs) if out is None]
+    generated = (
+        generate(
             model,
             tokenizer,
             [examples[row].prompt for row in rest],
@@ -213,9 +238,12 @@ def greedy_outputs(
             chat=chat,
             progress=progress,
         )
-        for row, text in zip(rest, generated, strict=True):
-            outputs[row] = text
-    return [out if out is not None else "" for out in outputs]
+        if rest
+        else []
+    )
+    for row, text in zip(rest, generated, strict=True):
+        reading.outputs[row] = text
+    return [out or "" for out in reading.outputs]
 
 
 class Decoding(Protocol):

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from memgen.core.answers import plain_greedy
 from memgen.core.config import RunConfig
 from memgen.core.examples import Example
 from memgen.core.hooks import Position
 from memgen.core.rows import Direction
 from memgen.core.sites import SiteKind
 from memgen.steering.methods import Toward
+from memgen.steering.read import read_shifted
 from memgen.steering.shifts import generate_shifted
 from memgen.tasks.base import Task
 
@@ -46,8 +48,23 @@ class Bench:
     def outputs(
         self, examples: Sequence[Example], shifts: np.ndarray, position: Position
     ) -> list[list[str]]:
+        """outputs[k][i]: the answer to examples[i] under shifts[k]; greedy answers are read
+        teacher-forced where they can be (`memgen.steering.read`), the same texts."""
         if not examples:
             return [[] for _ in shifts]
+        budget = self.cfg.behave.max_new_tokens or self.task.max_new_tokens
+        if self.cfg.behave.num_beams == 1 and plain_greedy(self.model):
+            return read_shifted(
+                self.model,
+                self.tokenizer,
+                examples,
+                shifts,
+                self.kind,
+                position,
+                max_new_tokens=budget,
+                batch_size=self.cfg.steer.batch_size,
+                chat=self.cfg.train.chat,
+            )
         return generate_shifted(
             self.model,
             self.tokenizer,
@@ -55,7 +72,7 @@ class Bench:
             shifts,
             self.kind,
             position,
-            max_new_tokens=self.cfg.behave.max_new_tokens or self.task.max_new_tokens,
+            max_new_tokens=budget,
             num_beams=self.cfg.behave.num_beams,
             batch_size=self.cfg.steer.batch_size,
             chat=self.cfg.train.chat,

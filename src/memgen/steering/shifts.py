@@ -45,7 +45,9 @@ class RowShifts:
     pass or `generate` call. Beam search widens the batch; each beam gets its row's shift.
     `rows` [batch, copies, n_layers, width] shifts each of a row's last `copies`
     positions by its own vector (copies of one token side by side, as
-    `steered_last_logits` runs them).
+    `steered_last_logits` runs them). `where` [batch, positions] (bool, set after `rows`)
+    shifts every marked position of the pass instead, each by its row's vector (a
+    teacher-forced answer, `memgen.steering.read`).
     """
 
     def __init__(self, kind: SiteKind, layers: Sequence[int], position: Position) -> None:
@@ -53,6 +55,7 @@ class RowShifts:
             raise MemgenError(f"steering position {position!r} is not 'last' or 'prompt'")
         self.kind, self.layers, self.position = kind, [int(x) for x in layers], position
         self._rows: torch.Tensor | None = None
+        self.where: torch.Tensor | None = None
         # Forward passes since `rows` was set: the first is the prompt's. (Not "a pass of
         # one token": with its prefix cached, the prompt's pass is one token too.)
         self.passes = 0
@@ -63,7 +66,7 @@ class RowShifts:
 
     @rows.setter
     def rows(self, rows: torch.Tensor | None) -> None:
-        self._rows, self.passes = rows, 0
+        self._rows, self.passes, self.where = rows, 0, None
 
     def _count_pass(self, *_: object) -> None:
         self.passes += 1
@@ -72,6 +75,9 @@ class RowShifts:
         def add(activation: torch.Tensor) -> torch.Tensor | None:
             if self.rows is None or (self.position == "prompt" and self.passes > 0):
                 return None
+            if self.where is not None:
+                marked = self.where[..., None].to(activation.dtype)  # [batch, positions, 1]
+                return _added(activation, marked * self.rows[:, None, layer].to(activation.dtype))
             rows = self.rows if self.rows.dim() == 4 else self.rows[:, None]
             shift = rows[:, :, layer].to(activation.dtype)  # [batch, positions, width]
             span = shift.shape[1]
@@ -97,6 +103,14 @@ class RowShifts:
             counter.remove()
 
 
+def _added(activation: torch.Tensor, delta: torch.Tensor) -> torch.Tensor | None:
+    """`activation + delta`: a new tensor under autograd (keep the graph), else in place."""
+    if torch.is_grad_enabled():
+        return activation + delta
+    activation += delta
+    return None
+
+
 def steered_layers(shifts: np.ndarray) -> list[int]:
     """Layers where any of the [K, L, W] shifts is non-zero: the only ones to hook."""
     return [int(x) for x in np.flatnonzero(np.abs(shifts).sum(axis=(0, 2)))]
@@ -120,16 +134,18 @@ def generate_shifted(
     batch_size: int = 128,
     chat: bool = False,
     desc: str = "steer",
+    items: Sequence[tuple[int, int]] | None = None,
 ) -> list[list[str]]:
-    """outputs[k][i]: the continuation of prompt i with shifts[k] ([K, L, W]) added."""
+    """outputs[k][i]: the continuation of prompt i with shifts[k] ([K, L, W]) added; only
+    for the (k, i) of `items` when given (the others stay "")."""
     model.eval()
     device = _device(model)
     encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in prompts]
     # Every (shift, prompt) pair, similar lengths together to waste less padding, and a
     # prompt's shifts side by side, so a chunk's prompts are few and their prefix is shared.
+    every = ((k, i) for k in range(len(shifts)) for i in range(len(prompts)))
     items = sorted(
-        ((k, i) for k in range(len(shifts)) for i in range(len(prompts))),
-        key=lambda item: (len(encoded[item[1]]), item[1]),
+        every if items is None else items, key=lambda item: (len(encoded[item[1]]), item[1])
     )
     table = torch.as_tensor(np.asarray(shifts, dtype=np.float32), device=device)
     outputs = [[""] * len(prompts) for _ in range(len(shifts))]
