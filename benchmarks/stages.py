@@ -49,12 +49,12 @@ from memgen.core.answers import (
     answer_batch,
     answer_batches,
     decoder_and_head,
-    label_examples,
     logits_where,
 )
 from memgen.core.config import RunConfig, load_config
 from memgen.core.generation import encode_example, encode_prompt, generate, pad_left
 from memgen.core.modeling import load_trained
+from memgen.core.reading import label_examples
 from memgen.core.stats import rates
 from memgen.tasks import make_task
 from memgen.train.loop import Decoder, _batch_indices, train
@@ -201,7 +201,8 @@ def main() -> None:
     device = torch.device("cpu")
     model, tokenizer = build_model(cfg, task, train_set, device)
     rows = {
-        "train step": train_step(cfg, model, tokenizer, task, train_set, args.steps, args.repeats)
+        "train step": train_step(cfg, model, tokenizer, task, train_set, args.steps, args.repeats),
+        "activation": activation(cfg, model, tokenizer, train_set, args.steps, args.repeats),
     }
     if args.run_dir:  # read answers cost what the trained model answers: measure on it
         model, tokenizer = load_trained(args.run_dir / "train" / "model")

@@ -37,8 +37,9 @@ from memgen.core.generation import (
     pad_left,
 )
 from memgen.core.modeling import cache_argument, model_identity, returned_cache
+from memgen.core.prefix import Prefix
 from memgen.steering.api import steer
-from memgen.steering.prefix import Prefix, steered_last_logits
+from memgen.steering.prefix import steered_last_logits
 from memgen.steering.saved import Steering
 from memgen.steering.shifts import RowShifts, fit_shifts, generate_shifted
 

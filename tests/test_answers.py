@@ -12,11 +12,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from conftest import FAMILY_NAMES, TINY_CIPHER, build_tiny
-from memgen.core.answers import greedy_outputs, greedy_writes, label_examples, plain_greedy
+from memgen.core.answers import greedy_writes, plain_greedy
 from memgen.core.config import load_config
 from memgen.core.examples import Example, read_split
 from memgen.core.generation import generate
 from memgen.core.modeling import load_run_model
+from memgen.core.reading import greedy_outputs, label_examples
 from memgen.core.sites import n_layers, site_width
 from memgen.steering.read import read_shifted
 from memgen.steering.shifts import generate_shifted

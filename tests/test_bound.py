@@ -97,7 +97,8 @@ def test_the_cached_prefix_gives_the_logits_of_a_full_forward_under_each_shift(
 ) -> None:
     """Fitting runs the prompt once into a shared KV cache; the copies must not differ."""
     from conftest import HIDDEN, LAYERS, build_tiny
-    from memgen.steering.prefix import Prefix, steered_last_logits
+    from memgen.core.prefix import Prefix
+    from memgen.steering.prefix import steered_last_logits
     from memgen.steering.shifts import RowShifts
 
     model = build_tiny(family)
@@ -127,7 +128,7 @@ def test_generation_from_a_cached_prefix_steers_as_generation_from_the_whole_pro
     """Steered generation runs each prompt's shared part once; the tokens must not change."""
     from conftest import HIDDEN, LAYERS, build_tiny
     from memgen.core.modeling import cache_argument
-    from memgen.steering.prefix import Prefix
+    from memgen.core.prefix import Prefix
     from memgen.steering.shifts import RowShifts
 
     model = build_tiny(family).eval()

@@ -25,13 +25,13 @@ import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from memgen.core.answers import label_examples
 from memgen.core.artifacts import Step, write_json
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example, read_test_answers
 from memgen.core.hooks import Intervention, Position, intervene
 from memgen.core.modeling import load_run_model
+from memgen.core.reading import label_examples
 from memgen.core.sites import Site, n_layers, site_width
 from memgen.core.stats import rates
 from memgen.tasks.base import Task, make_task

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from memgen.core.answers import label_examples
 from memgen.core.config import BehaveConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example, Labelled
+from memgen.core.reading import label_examples
 from memgen.tasks.base import Task
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ from typing import Any
 
 from memgen.behave.pairs import PairSearch, mine_pairs, require_flips
 from memgen.behave.rule import rule_following
-from memgen.core.answers import label_examples
 from memgen.core.artifacts import Step, write_json
 from memgen.core.examples import PAIRS_FILE, TEST_ANSWERS_FILE, Example, Labelled, read_split
 from memgen.core.modeling import load_run_model
+from memgen.core.reading import label_examples
 from memgen.core.stats import rates_with_ci, wilson
 from memgen.tasks.base import Task, make_task
 

@@ -1,23 +1,18 @@
 """Teacher-forced answers: does greedy decoding write this answer? One forward pass.
 
     hits = greedy_writes(model, tokenizer, examples, chat)   # [N] bool, per completion
-    outputs = greedy_outputs(model, tokenizer, examples, max_new_tokens=20, chat=False)
 
 Greedy decoding writes an answer and stops exactly when every answer token, and the end
 token after it, is the argmax after the tokens before it; so one teacher-forced forward
 pass over prompt + answer + end token says what a whole `generate` call would, without
-decoding token by token. `greedy_outputs` uses that to answer prompts whose greedy answer
-is the memorized or the rule's one (most of them, on a trained model), and generates the
-rest: the same texts `generate` gives, at the cost of a forward pass or two (tested against
-`generate`; `benchmarks/stages.py` counts the agreement on the recipe's model).
+decoding token by token (`memgen.core.reading` answers prompts that way). Also the pieces
+training shares: the right-padded answer batch, and logits only where a loss or a check
+reads them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,8 +20,8 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core import distributed
-from memgen.core.examples import Behaviour, Example, Labelled
-from memgen.core.generation import encode_example, generate
+from memgen.core.examples import Example
+from memgen.core.generation import encode_example
 
 # Families whose logits are exactly `head(decoder(x).last_hidden_state)`.
 _LINEAR_HEAD = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox"}
@@ -108,40 +103,6 @@ def answer_batches(
 
 
 @torch.no_grad()
-def _greedy_paths(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    examples: Sequence[Example],
-    chat: bool,
-    batch_size: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per example: whether greedy decoding writes its `completion` and the end token, and
-    the first token greedy decoding writes (-1 for an empty completion)."""
-    model.eval()
-    split = decoder_and_head(model)
-
-    def paths(batch: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-        labels = batch["labels"][:, 1:]
-        scored = labels != -100
-        said = logits_where(
-            model, split, batch["input_ids"], batch["attention_mask"], scored
-        ).argmax(-1)
-        row_of = scored.nonzero()[:, 0]  # row of each scored position, in row order
-        ok = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
-        ok[row_of[said != labels[scored]]] = False
-        first = torch.full((len(labels),), -1, dtype=torch.long, device=labels.device)
-        starts = torch.searchsorted(row_of, torch.arange(len(labels), device=labels.device))
-        has = starts < len(row_of)
-        first[has] = said[starts[has]]
-        return ok.cpu().numpy(), first.cpu().numpy()
-
-    batches = answer_batches(model, tokenizer, examples, chat, batch_size)
-    found = list(distributed.parallel_map(paths, batches))
-    if not found:
-        return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
-    return np.concatenate([ok for ok, _ in found]), np.concatenate([f for _, f in found])
-
-
 def greedy_writes(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -153,9 +114,23 @@ def greedy_writes(
 
     Teacher-forced: every answer token must be the argmax after the ones before it, which
     is exactly when greedy generation writes that answer; one forward pass, no decoding.
-    Under a launcher each process checks every Nth batch.
+    Hooks act at every position (a deletion), as they would while generating. Under a
+    launcher each process checks every Nth batch.
     """
-    return _greedy_paths(model, tokenizer, examples, chat, batch_size)[0]
+    model.eval()
+    split = decoder_and_head(model)
+
+    def hits(batch: dict[str, torch.Tensor]) -> np.ndarray:
+        labels = batch["labels"][:, 1:]
+        scored = labels != -100
+        said = logits_where(model, split, batch["input_ids"], batch["attention_mask"], scored)
+        ok = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+        ok[scored.nonzero()[:, 0][said.argmax(-1) != labels[scored]]] = False
+        return ok.cpu().numpy()
+
+    batches = answer_batches(model, tokenizer, examples, chat, batch_size)
+    found = list(distributed.parallel_map(hits, batches))
+    return np.concatenate(found) if found else np.zeros(0, dtype=bool)
 
 
 # Generation settings under which greedy decoding is no longer the argmax of the logits.
@@ -181,139 +156,3 @@ def plain_greedy(model: torch.nn.Module) -> bool:
     if config is None:
         return True
     return all(getattr(config, name, plain) in (plain, None) for name, plain in _PROCESSED.items())
-
-
-@dataclass
-class _Reading:
-    """What the teacher-forced passes have found so far, per example."""
-
-    outputs: list[str | None]  # the greedy answer, once read
-    first: list[int | None]  # the first token greedy writes, once a pass has seen it
-
-    def still_possible(self, row: int, ids: list[int], budget: int) -> bool:
-        """Could greedy decoding write `ids` and stop, within `budget` new tokens?"""
-        unread = self.outputs[row] is None and 0 < len(ids) < budget
-        return unread and self.first[row] in (None, ids[0])
-
-
-def greedy_outputs(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    examples: Sequence[Example],
-    *,
-    max_new_tokens: int,
-    chat: bool,
-    batch_size: int = 128,
-    progress: bool = False,
-) -> list[str]:
-    """What greedy `generate` answers each example, without decoding where it can be read.
-
-    The rule's answer is checked teacher-forced on every prompt (`greedy_writes`); the
-    memorized answer only where greedy decoding starts with its first token; the prompts
-    whose greedy answer is neither (or too long for the budget) are generated.
-    """
-    reading = _Reading([None] * len(examples), [None] * len(examples))
-    for answer_of in (lambda ex: ex.gen_answer, lambda ex: ex.mem_answer):
-        todo = []
-        for row, ex in enumerate(examples):
-            answer = answer_of(ex)
-            ids = tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
-            if reading.still_possible(row, ids, max_new_tokens):
-                todo.append((row, dataclasses.replace(ex, completion=answer), ids))
-        if not todo:
-            continue
-        hits, first = _greedy_paths(model, tokenizer, [ex for _, ex, _ in todo], chat, batch_size)
-        for (row, _, ids), hit, token in zip(todo, hits, first, strict=True):
-            reading.first[row] = int(token)
-            if hit:
-                reading.outputs[row] = str(tokenizer.decode(ids, skip_special_tokens=True))
-    rest = [row for row, out in enumerate(reading.outputs) if out is None]
-    generated = (
-        generate(
-            model,
-            tokenizer,
-            [examples[row].prompt for row in rest],
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            chat=chat,
-            progress=progress,
-        )
-        if rest
-        else []
-    )
-    for row, text in zip(rest, generated, strict=True):
-        reading.outputs[row] = text
-    return [out or "" for out in reading.outputs]
-
-
-class Decoding(Protocol):
-    """How to generate answers: `behave`'s config section, or training's `Decoder`."""
-
-    @property
-    def num_beams(self) -> int: ...  # 1 = greedy
-
-    @property
-    def max_new_tokens(self) -> int: ...  # 0 = the task's own budget
-
-    @property
-    def batch_size(self) -> int: ...
-
-
-class Labeller(Protocol):
-    """What `label_examples` needs of a task: its answer budget, its labeller and its parts."""
-
-    @property
-    def max_new_tokens(self) -> int: ...
-
-    def label(self, example: Example, output: str) -> Behaviour: ...
-
-    def split_by_task(
-        self, examples: Sequence[Example]
-    ) -> Sequence[tuple[str, Any, list[int]]]: ...
-
-
-def label_examples(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    task: Labeller,
-    examples: Sequence[Example],
-    decoding: Decoding,
-    *,
-    chat: bool,
-    progress: bool = False,
-) -> list[Labelled]:
-    """Answer each prompt as `decoding` says and label the answer with the task's labeller.
-
-    Greedy answers are read teacher-forced where they can be (`greedy_outputs`: the same
-    texts, faster); beam search generates. A mixture's examples are answered task by
-    task, each within its own task's budget (a colour in 2 tokens, not a scratchpad's
-    126), and returned in input order.
-    """
-    labelled: list[Labelled | None] = [None] * len(examples)
-    for _, part, positions in task.split_by_task(examples):
-        group = [examples[i] for i in positions]
-        budget = decoding.max_new_tokens or part.max_new_tokens
-        if decoding.num_beams == 1 and plain_greedy(model):
-            outputs = greedy_outputs(
-                model,
-                tokenizer,
-                group,
-                max_new_tokens=budget,
-                chat=chat,
-                batch_size=decoding.batch_size,
-                progress=progress,
-            )
-        else:
-            outputs = generate(
-                model,
-                tokenizer,
-                [ex.prompt for ex in group],
-                max_new_tokens=budget,
-                num_beams=decoding.num_beams,
-                batch_size=decoding.batch_size,
-                chat=chat,
-                progress=progress,
-            )
-        for i, output in zip(positions, outputs, strict=True):
-            labelled[i] = Labelled(examples[i], output, part.label(examples[i], output))
-    return [row for row in labelled if row is not None]

@@ -34,8 +34,9 @@ from memgen.core.generation import (
 )
 from memgen.core.hooks import Position, edit
 from memgen.core.modeling import frozen, unwrap
+from memgen.core.prefix import Prefix
 from memgen.core.sites import Site, SiteKind
-from memgen.steering.prefix import Prefix, steered_last_logits
+from memgen.steering.prefix import steered_last_logits
 
 
 class RowShifts:

@@ -37,11 +37,12 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core import distributed
-from memgen.core.answers import answer_batch, decoder_and_head, label_examples, logits_where
+from memgen.core.answers import answer_batch, decoder_and_head, logits_where
 from memgen.core.config import TrainConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example
 from memgen.core.generation import encode_example, pad_id_of
+from memgen.core.reading import label_examples
 from memgen.core.stats import rates
 from memgen.tasks.base import Task
 from memgen.train import checkpoint
