@@ -268,7 +268,9 @@ def test_the_delete_stage_measures_each_selection_held_out_beside_matched_draws(
     run_stage("report", own_run, cfg)
     results = json.loads((own_run / "results.json").read_text())
     assert results["deletion"]["rows"] == rows
-    assert "memgen delete" in (own_run / "report" / "report.html").read_text()
+    page = (own_run / "report" / "report.html").read_text()
+    assert "memgen delete" in page and "Memorized and rule answers kept over set size" in page
+    assert (stage.path / "delete.png").is_file()
 
 
 def test_the_record_makes_causal_maps_that_select_for_delete(own_run: Path) -> None:

@@ -106,7 +106,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("delete", "memgen.delete.stage:run_delete", ("data", "train", "behave", "record"),
               ("delete",),
               "Delete each scorer's top-N% MLP neurons: is memory lost more than with random ones?",
-              in_run=False, parallel=False),
+              in_run=False, parallel=False, figures={"deletion": "delete.png"}),
 )  # fmt: skip
 SPECS: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}
 RUN_ORDER: tuple[str, ...] = tuple(spec.name for spec in STAGES if spec.in_run)

@@ -11,7 +11,8 @@ zero) at every position, and the held-out test prompts answered again
 layer get the same deletion; the rank p-value places the selection among them. With
 `delete.matrix`, each memory (a trigger's memorized answer) gets neurons chosen on its own
 pairs alone, and every memory is measured: a memory x memory matrix whose diagonal says
-whether a memory's neurons are its own. Writes `delete/delete.json`.
+whether a memory's neurons are its own. Writes `delete/delete.json` and `delete.png`
+(memory and rule answers kept over set size, beside the random sets' band).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from memgen.core.recorded import CAUSAL_FIX, Recorded, read_record
 from memgen.core.rows import DeletionRow, MemoryMatrix, Spread, dump_rows, with_holm
 from memgen.core.sites import n_layers, site_width
 from memgen.core.stats import SHARE, rank_p_value, summarise, wilson
+from memgen.delete.figures import plot_deletion
 from memgen.delete.matrix import memory_matrix, memory_rows
 from memgen.delete.measure import DeletionBench, HeldOut
 from memgen.localize.plant import Neurons, random_neurons
@@ -149,6 +151,7 @@ def run_delete(step: Step) -> None:
         "matrices": dump_rows(matrices),
     }
     write_json(out / "delete.json", result)
+    plot_deletion(rows, out / "delete.png")
     step.finish(result)
     log.info("%s", format_deletion(rows))
 

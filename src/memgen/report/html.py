@@ -236,7 +236,7 @@ def _matrix_table(matrices: list[MemoryMatrix]) -> str:
     return _table(header, cells)
 
 
-def _deletion_section(number: int, deletion: dict[str, Any]) -> list[str]:
+def _deletion_section(number: int, deletion: dict[str, Any], figure: Path | None) -> list[str]:
     rows = read_rows(DeletionRow, deletion["rows"], "results.json deletion")
     matrices = read_rows(MemoryMatrix, deletion["matrices"], "results.json deletion")
     held = deletion["held_out"]
@@ -249,6 +249,11 @@ def _deletion_section(number: int, deletion: dict[str, Any]) -> list[str]:
         f"and {held['train']} training prompts. Random sets get the same deletion with the "
         "same count per layer; p is the selection's rank among them (net: memory lost "
         "minus rule answers lost).</p>",
+        _figure(
+            figure,
+            "Memorized and rule answers kept over set size (mean ablation); "
+            "bands: the matched random sets, least to most kept.",
+        ),
         _deletion_table(rows),
     ]
     if matrices:
@@ -297,7 +302,7 @@ def _optional_sections(results: dict[str, Any], figures: dict[str, Path]) -> lis
         ]
         number += 1
     if "deletion" in results:
-        sections += _deletion_section(number, results["deletion"])
+        sections += _deletion_section(number, results["deletion"], figures.get("deletion"))
     return sections
 
 
