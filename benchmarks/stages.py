@@ -15,7 +15,9 @@ median ratio over repeats.
     and the share of labels the two ways agree on;
   * generation: memgen's `generate` / a plain batched `model.generate` of the same prompts;
   * activation: a training step of the scratch GPT-2 with PyTorch's fused tanh GELU
-    (memgen's) / with transformers' `gelu_new` (the same function, unfused; GPT-2's own).
+    (memgen's) / with transformers' `gelu_new` (the same function, unfused; GPT-2's own);
+  * probe (with `--run-dir`): the probe stage's fits with numpy's BLAS on one thread
+    (memgen's) / on all of them (numpy's default).
 
 Steering's fits are timed against their floor in benchmarks/steer_batching.py (`fit_step_*`:
 the passes over a cached prompt prefix that `fit_shifts` runs, vs the whole prompt).
@@ -42,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from overhead import paired_ratio  # type: ignore[import-not-found]
+from threadpoolctl import threadpool_limits
 from transformers import GPT2LMHeadModel
 from transformers.activations import ACT2FN
 
@@ -55,7 +58,9 @@ from memgen.core.config import RunConfig, load_config
 from memgen.core.generation import encode_example, encode_prompt, generate, pad_left
 from memgen.core.modeling import load_trained
 from memgen.core.reading import label_examples
+from memgen.core.recorded import read_record
 from memgen.core.stats import rates
+from memgen.probe.probes import layer_accuracies
 from memgen.tasks import make_task
 from memgen.train.loop import Decoder, _batch_indices, train
 from memgen.train.stage import build_model
@@ -129,6 +134,24 @@ def activation(cfg: RunConfig, model, tokenizer, examples, steps: int, repeats: 
         return run
 
     return alternate(stepping(model), stepping(twin), repeats) | {"steps": steps}
+
+
+def probe(cfg: RunConfig, run_dir: Path, repeats: int) -> dict:
+    """The probe stage's fits at every recorded site and layer with numpy's BLAS on one
+    thread (memgen's, `pipeline._open_and_run`) / on every thread (numpy's default)."""
+    recorded = read_record(run_dir / "record")
+    pc = cfg.probe
+
+    def fits() -> None:
+        for site in recorded.sites:
+            layer_accuracies(recorded.activations(site), recorded.labels, recorded.pair_ids,
+                             pc.classifier, pc.folds, cfg.seed)  # fmt: skip
+
+    def one_thread() -> None:
+        with threadpool_limits(limits=1, user_api="blas"):
+            fits()
+
+    return alternate(one_thread, fits, repeats) | {"sites": list(recorded.sites)}
 
 
 def evaluation(cfg: RunConfig, model, tokenizer, task, dev, repeats: int) -> dict:
@@ -208,6 +231,8 @@ def main() -> None:
         model, tokenizer = load_trained(args.run_dir / "train" / "model")
     rows["dev evaluation"] = evaluation(cfg, model, tokenizer, task, dev, args.repeats)
     rows["generation"] = generation(cfg, model, tokenizer, task, dev, args.repeats)
+    if args.run_dir:
+        rows["probe"] = probe(cfg, args.run_dir, args.repeats)
     print(f"{args.config.name}, {torch.get_num_threads()} threads, medians of {args.repeats}")
     print(f"{'stage':16} {'ours / floor':>12} {'ours s':>9} {'floor s':>9}")
     for name, row in rows.items():

@@ -28,6 +28,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, NoReturn
 
+from threadpoolctl import threadpool_limits
+
 from memgen.core import distributed
 from memgen.core.artifacts import Stage, Step
 from memgen.core.config import RunConfig
@@ -338,7 +340,12 @@ def run_stage(name: str, run_dir: Path, cfg: RunConfig, force: bool = False) -> 
 def _open_and_run(spec: StageSpec, run_dir: Path, cfg: RunConfig, force: bool) -> None:
     """The stage's function on its opened Step; nothing when it is up to date."""
     step = open_step(run_dir, spec.name, cfg, force)
-    if step is not None:
+    if step is None:
+        return
+    # numpy's and scipy's OpenBLAS on one thread: their matrices here are small (probes,
+    # scores), and its spinning threads beside torch's made the probe stage 10-20x slower
+    # on two cores (benchmarks/stages.py, "probe"). torch's own threads are left alone.
+    with threadpool_limits(limits=1, user_api="blas"):
         _function(spec.run)(step)
 
 
