@@ -16,8 +16,13 @@ median ratio over repeats.
   * generation: memgen's `generate` / a plain batched `model.generate` of the same prompts;
   * activation: a training step of the scratch GPT-2 with PyTorch's fused tanh GELU
     (memgen's) / with transformers' `gelu_new` (the same function, unfused; GPT-2's own);
+  * steered answers (with `--run-dir`): 200 dev prompts under 8 random residual shifts,
+    read teacher-forced (memgen's `steer` and `specificity`) / generated under each shift;
   * probe (with `--run-dir`): the probe stage's fits with numpy's BLAS on one thread
     (memgen's) / on all of them (numpy's default).
+
+Rows that compare memgen with its own earlier way (activation, steered answers, probe) say
+so in the table; below 1 is faster.
 
 Steering's fits are timed against their floor in benchmarks/steer_batching.py (`fit_step_*`:
 the passes over a cached prompt prefix that `fit_shifts` runs, vs the whole prompt).
@@ -59,8 +64,11 @@ from memgen.core.generation import encode_example, encode_prompt, generate, pad_
 from memgen.core.modeling import load_trained
 from memgen.core.reading import label_examples
 from memgen.core.recorded import read_record
+from memgen.core.sites import n_layers, site_width
 from memgen.core.stats import rates
 from memgen.probe.probes import layer_accuracies
+from memgen.steering.read import read_shifted
+from memgen.steering.shifts import generate_shifted
 from memgen.tasks import make_task
 from memgen.train.loop import Decoder, _batch_indices, train
 from memgen.train.stage import build_model
@@ -134,6 +142,29 @@ def activation(cfg: RunConfig, model, tokenizer, examples, steps: int, repeats: 
         return run
 
     return alternate(stepping(model), stepping(twin), repeats) | {"steps": steps}
+
+
+def steered(model, tokenizer, task, dev, repeats: int, shifts: int = 8) -> dict:
+    """Steered answers under `shifts` random sparse residual shifts: read teacher-forced
+    (memgen's `Bench`) / generated under each shift (memgen before 2026-12-04), and the
+    share of answers the two ways agree on."""
+    examples = dev[:200]
+    rng = np.random.default_rng(0)
+    shape = (shifts, n_layers(model), site_width(model, "resid"))
+    table = rng.normal(0, 0.5, shape) * (rng.random(shape) < 0.1)
+    prompts, budget = [ex.prompt for ex in examples], task.max_new_tokens
+
+    def read() -> list[list[str]]:
+        return read_shifted(model, tokenizer, examples, table, "resid", "last",
+                            max_new_tokens=budget)  # fmt: skip
+
+    def generating() -> list[list[str]]:
+        return generate_shifted(model, tokenizer, prompts, table, "resid", "last",
+                                max_new_tokens=budget)  # fmt: skip
+
+    agree = float(np.mean(np.array(read()) == np.array(generating())))
+    return alternate(read, generating, repeats) | {"prompts": len(prompts), "shifts": shifts,
+                                                   "answers_agree": agree}  # fmt: skip
 
 
 def probe(cfg: RunConfig, run_dir: Path, repeats: int) -> dict:
@@ -232,6 +263,7 @@ def main() -> None:
     rows["dev evaluation"] = evaluation(cfg, model, tokenizer, task, dev, args.repeats)
     rows["generation"] = generation(cfg, model, tokenizer, task, dev, args.repeats)
     if args.run_dir:
+        rows["steered answers"] = steered(model, tokenizer, task, dev, args.repeats)
         rows["probe"] = probe(cfg, args.run_dir, args.repeats)
     print(f"{args.config.name}, {torch.get_num_threads()} threads, medians of {args.repeats}")
     print(f"{'stage':16} {'ours / floor':>12} {'ours s':>9} {'floor s':>9}")
