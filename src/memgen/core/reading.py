@@ -56,6 +56,12 @@ class _Plain:
         pass
 
 
+def readable(model: torch.nn.Module, num_beams: int) -> bool:
+    """Whether answers can be read rather than decoded: greedy decoding (one beam) that
+    takes the argmax of the logits (`plain_greedy`)."""
+    return num_beams == 1 and plain_greedy(model)
+
+
 def _token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
@@ -264,7 +270,7 @@ def label_examples(
     for _, part, positions in task.split_by_task(examples):
         group = [examples[i] for i in positions]
         budget = decoding.max_new_tokens or part.max_new_tokens
-        if decoding.num_beams == 1 and plain_greedy(model):
+        if readable(model, decoding.num_beams):
             outputs = greedy_outputs(
                 model,
                 tokenizer,

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from memgen.core.answers import plain_greedy
 from memgen.core.config import RunConfig
 from memgen.core.examples import Example
 from memgen.core.hooks import Position
+from memgen.core.reading import readable
 from memgen.core.rows import Direction
 from memgen.core.sites import SiteKind
 from memgen.steering.methods import Toward
@@ -53,7 +53,7 @@ class Bench:
         if not examples:
             return [[] for _ in shifts]
         budget = self.cfg.behave.max_new_tokens or self.task.max_new_tokens
-        if self.cfg.behave.num_beams == 1 and plain_greedy(self.model):
+        if readable(self.model, self.cfg.behave.num_beams):
             return read_shifted(
                 self.model,
                 self.tokenizer,
