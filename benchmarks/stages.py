@@ -264,7 +264,8 @@ def main() -> None:
     rows["generation"] = generation(cfg, model, tokenizer, task, dev, args.repeats)
     if args.run_dir:
         rows["steered answers"] = steered(model, tokenizer, task, dev, args.repeats)
-        rows["probe"] = probe(cfg, args.run_dir, args.repeats)
+        if (args.run_dir / "record").is_dir():  # a run stopped at `behave` has no record
+            rows["probe"] = probe(cfg, args.run_dir, args.repeats)
     print(f"{args.config.name}, {torch.get_num_threads()} threads, medians of {args.repeats}")
     print(f"{'stage':16} {'ours / floor':>12} {'ours s':>9} {'floor s':>9}")
     for name, row in rows.items():
