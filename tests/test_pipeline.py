@@ -21,6 +21,7 @@ from memgen.core.recorded import read_record
 from memgen.core.stats import rates
 from memgen.neurons.selection import n_selected
 from memgen.pipeline import RUN_ORDER, STAGES, made_with, open_step, run_all, run_stage, upstream
+from memgen.report.compare import compare_runs, format_table
 from memgen.steering.bench import DIRECTIONS
 from memgen.steering.saved import load_steering
 from memgen.steering.shifts import generate_shifted, next_token_kl
@@ -271,6 +272,18 @@ def test_the_delete_stage_measures_each_selection_held_out_beside_matched_draws(
     page = (own_run / "report" / "report.html").read_text()
     assert "memgen delete" in page and "Memorized and rule answers kept over set size" in page
     assert (stage.path / "delete.png").is_file()
+    # `memgen compare` lines the runs' deletion rows up (here a run and its copy).
+    copy = Path(shutil.copytree(own_run, own_run.parent / "copy"))
+    comparison = compare_runs([own_run, copy])
+    deletion = comparison["deletion"]
+    assert len(deletion["matrices"]) == len(result["matrices"])
+    for row, across in zip(rows, deletion["rows"], strict=True):
+        assert across["task"] == "color" and across["scorer"] == row["scorer"]
+        assert across["size"] == row["size"] and across["ablation"] == row["ablation"]
+        assert [c["mem_kept"] for c in across["runs"]] == [row["deleted"]["mem_kept"]] * 2
+        assert [c["p_value"] for c in across["runs"]] == [row["p_value"]] * 2
+        assert across["mem_kept"]["sd"] == 0.0
+    assert "deletion: memory kept" in format_table(comparison)
 
 
 def test_the_record_makes_causal_maps_that_select_for_delete(own_run: Path) -> None:

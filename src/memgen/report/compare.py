@@ -36,6 +36,7 @@ from memgen.core.stats import SHARE, summarise
 from memgen.neurons.consistency import across_halves, compare_scores
 from memgen.neurons.selection import layer_share, select_top
 from memgen.probe.probes import accuracy, decision_scores, fit_probe, pair_ordering
+from memgen.report.deletion_runs import deletion_across, format_deletion
 
 # Headline numbers: name -> path into results.json (docs/results-schema.md).
 METRICS: dict[str, str] = {
@@ -131,6 +132,15 @@ class FinishedRun:
     def record(self) -> Recorded:
         """The run's recorded activations, read once however many pairs it is in."""
         return read_record(Stage(self.path, "record").path)
+
+    @property
+    def deletion(self) -> dict[str, Any] | None:
+        """The delete stage's rows, read from the stage: it may have run after the report."""
+        stage = Stage(self.path, "delete")
+        if not stage.is_finished():
+            return None
+        summary: dict[str, Any] = stage.manifest().get("summary", {})
+        return summary
 
     @property
     def task(self) -> str:
@@ -310,6 +320,7 @@ def compare_runs(run_dirs: Sequence[Path], shared_units: bool = False) -> dict[s
         "neurons": pairs,
         "layer_profiles": layer_profiles,
         "cross_steering": cross,
+        "deletion": deletion_across([(run.name, run.task, run.deletion) for run in runs]),
     }
 
 
@@ -395,6 +406,7 @@ def format_table(comparison: dict[str, Any]) -> str:
             f"{row['targeted'][toward]:.1%} of {row['n_prompts']} (random directions "
             f"{control:.1%})"
         )
+    lines += format_deletion(comparison["deletion"])
     return "\n".join(lines)
 
 
