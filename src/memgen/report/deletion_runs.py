@@ -15,6 +15,7 @@ from memgen.core.rows import DeletionRow, MemoryMatrix, read_rows
 from memgen.core.stats import SHARE, summarise
 
 Key = tuple[str, str, str, float]  # task, scorer, ablation, size
+Deletion = dict[str, Any]  # the delete stage's summary: held_out, rows, matrices
 
 
 def _cell(run: str, row: DeletionRow) -> dict[str, Any]:
@@ -44,9 +45,6 @@ def _matrix_cell(run: str, matrix: MemoryMatrix) -> dict[str, Any]:
     }
 
 
-Deletion = dict[str, Any]  # the delete stage's summary: held_out, rows, matrices
-
-
 def deletion_across(
     runs: Sequence[tuple[str, str, Deletion | None]],
 ) -> dict[str, list[dict[str, Any]]]:
@@ -65,17 +63,22 @@ def deletion_across(
             key = (task, matrix.scorer, matrix.ablation, matrix.size)
             matrices.setdefault(key, []).append(_matrix_cell(name, matrix))
     return {
-        "rows": [
-            {"task": task, "scorer": scorer, "ablation": ablation, "size": size, "runs": cells,
-             "mem_kept": summarise([c["mem_kept"] for c in cells], SHARE),
-             "gen_kept": summarise([c["gen_kept"] for c in cells], SHARE)}
-            for (task, scorer, ablation, size), cells in rows.items()
-        ],
-        "matrices": [
-            {"task": task, "scorer": scorer, "ablation": ablation, "size": size, "runs": cells}
-            for (task, scorer, ablation, size), cells in matrices.items()
-        ],
-    }  # fmt: skip
+        "rows": [_entry(key, cells) | _kept(cells) for key, cells in rows.items()],
+        "matrices": [_entry(key, cells) for key, cells in matrices.items()],
+    }
+
+
+def _entry(key: Key, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    task, scorer, ablation, size = key
+    return {"task": task, "scorer": scorer, "ablation": ablation, "size": size, "runs": cells}
+
+
+def _kept(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the runs kept, summarised: one seed is one draw."""
+    return {
+        share: summarise([cell[share] for cell in cells], SHARE)
+        for share in ("mem_kept", "gen_kept")
+    }
 
 
 def format_deletion(deletion: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -92,8 +95,7 @@ def format_deletion(deletion: dict[str, list[dict[str, Any]]]) -> list[str]:
         kept = row["mem_kept"]
         lines.append(
             f"  {row['task']}, {row['scorer']} {row['size']:.1%} ({row['ablation']}): {runs} | "
-            f"memory kept "
-            f"mean {kept['mean']:.3f}, range {kept['min']:.3f}-{kept['max']:.3f}"
+            f"memory kept mean {kept['mean']:.3f}, range {kept['min']:.3f}-{kept['max']:.3f}"
         )
     for matrix in deletion["matrices"]:
         runs = "; ".join(
@@ -101,6 +103,6 @@ def format_deletion(deletion: dict[str, list[dict[str, Any]]]) -> list[str]:
             f"p {c['p_value']:.3f}"
             for c in matrix["runs"]
         )
-        lines.append(f"  {matrix['task']}, per memory, {matrix['scorer']} "
-                     f"{matrix['size']:.1%} ({matrix['ablation']}): {runs}")  # fmt: skip
+        name = f"{matrix['task']}, per memory, {matrix['scorer']} {matrix['size']:.1%}"
+        lines.append(f"  {name} ({matrix['ablation']}): {runs}")
     return lines
