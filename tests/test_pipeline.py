@@ -286,6 +286,51 @@ def test_the_delete_stage_measures_each_selection_held_out_beside_matched_draws(
     assert "deletion: memory kept" in format_table(comparison)
 
 
+def test_a_killed_delete_stage_resumes_from_its_finished_cells(
+    own_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import memgen.delete.stage as delete_stage
+
+    args = ["delete.draws=2", "delete.sizes=[0.02,0.05]", "delete.scorers=[pearson]",
+            "delete.ablations=[mean]", "delete.matrix=false"]  # fmt: skip
+    cfg = load_config(None, [*TINY, *args])
+    whole = Path(shutil.copytree(own_run, tmp_path / "whole"))
+    expected = json.loads((run_stage("delete", whole, cfg).path / "delete.json").read_text())
+    measure = delete_stage._cell
+    measured: list[float] = []
+
+    def killed_on_the_second(*cell: object) -> object:
+        if measured:
+            raise KeyboardInterrupt
+        measured.append(cell[3])  # type: ignore[arg-type]
+        return measure(*cell)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(delete_stage, "_cell", killed_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("delete", own_run, cfg)
+    stage = Stage(own_run, "delete")
+    piece = stage.path / "pieces" / "rows-pearson-0.02.json"
+    assert not stage.is_finished() and list(piece.parent.iterdir()) == [piece]
+    saved = piece.read_bytes()
+
+    def counted(*cell: object) -> object:
+        measured.append(cell[3])  # type: ignore[arg-type]
+        return measure(*cell)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(delete_stage, "_cell", counted)
+    result = json.loads((run_stage("delete", own_run, cfg).path / "delete.json").read_text())
+    assert measured == [0.02, 0.05]  # the first cell was read back, not measured again
+    assert result == expected  # and the draws are those of an uninterrupted run
+    assert not (stage.path / "pieces").exists()
+    assert not any(name.startswith("pieces") for name in stage.manifest()["outputs"])
+    # A cell saved under another config is measured again.
+    piece.parent.mkdir()
+    piece.write_bytes(saved)
+    measured.clear()
+    run_stage("delete", own_run, load_config(None, [*TINY, *args, "delete.draws=3"]))
+    assert measured == [0.02, 0.05]
+
+
 def test_the_record_makes_causal_maps_that_select_for_delete(own_run: Path) -> None:
     args = ["record.patching=[mlp]", "record.patching_pairs=8", "record.mask_steps=20",
             "record.masks=[hardconcrete,slimming]",

@@ -1,0 +1,45 @@
+"""Finished pieces of an unfinished stage, kept so a killed stage resumes where it stopped.
+
+    pieces = Pieces(out / "pieces", step)
+    rows = pieces.get("pearson-0.01", DeletionRow, lambda: measure(...))
+    ...
+    pieces.clear()  # before the stage's manifest, so its outputs are only its results
+
+A stage whose pieces each take minutes (a deletion row on a 135M model takes ~20 min on
+one core) saves each as it finishes, stamped with the stage's identity (its config and
+inputs): a rerun of the same stage reads them back instead of measuring again; a piece
+made under another config, or any piece under `--force`, is measured again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from memgen.core.artifacts import Step, json_hash, read_json, write_json
+from memgen.core.rows import R, dump_rows, read_rows
+
+
+class Pieces:
+    def __init__(self, folder: Path, step: Step) -> None:
+        self.folder = folder
+        self.identity = json_hash(step.stage.identity(step.config, list(step.inputs.values())))
+        self.force = step.force
+        if self.force:
+            self.clear()
+
+    def get(self, name: str, kind: type[R], measure: Callable[[], Sequence[R]]) -> list[R]:
+        """The rows saved under `name` by this stage's identity, or `measure()`'s, saved."""
+        path = self.folder / f"{name}.json"
+        if path.is_file():
+            saved = read_json(path)
+            if isinstance(saved, dict) and saved.get("identity") == self.identity:
+                return read_rows(kind, saved["rows"], str(path))
+        rows = list(measure())
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"identity": self.identity, "rows": dump_rows(rows)})
+        return rows
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
