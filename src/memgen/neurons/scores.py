@@ -36,6 +36,8 @@ SCORERS: Registry[Scorer] = Registry("neuron scorer")
 
 # Float64 working memory per block (bytes); large enough that numpy, not Python, dominates.
 _BLOCK_BYTES = 64 << 20
+# Rows per float64 chunk of the one-pass moments (fastest of 64-1,200 at 1,200 x 512).
+_ROWS = 128
 
 
 def check_labels(y: np.ndarray, n_rows: int) -> np.ndarray:
@@ -98,24 +100,30 @@ class Moments:
         return pooled
 
 
-def _moments(rows: np.ndarray, n_mem: int) -> Moments:
-    """Sums and sums of squares per class, in one pass over a float64 scratch block whose
-    mem rows come first; each class is shifted, in place, by its own first row.
+def _moments(block: np.ndarray, mask: np.ndarray) -> Moments:
+    """Sums and sums of squares per class, in one pass over `_ROWS` rows at a time.
 
-    The shift keeps the sums of squares free of cancellation where a column's mean is
-    large next to its spread, and makes a constant column's M2 exactly zero, without the
-    centred copies a two-pass formula makes.
+    Each chunk is copied to float64 and shifted, in place, by its class's first row; the
+    class sums are then two small matrix products with the one-hot labels. The shift
+    keeps the sums of squares free of cancellation where a column's mean is large next to
+    its spread, and makes a constant column's M2 exactly zero, without centred copies;
+    chunks small enough to stay in cache make the float64 copy nearly free.
     """
-    means, m2s = [], []
-    for part in (rows[:n_mem], rows[n_mem:]):
-        shift = part[0].copy()
-        part -= shift
-        total = part.sum(axis=0)
-        squares = np.einsum("ij,ij->j", part, part)
-        means.append(shift + total / len(part))
-        m2s.append(np.maximum(squares - total * total / len(part), 0.0))
-    n = np.array([[n_mem], [len(rows) - n_mem]], dtype=np.float64)
-    return Moments(n, np.stack(means), np.stack(m2s))
+    classes = np.stack([mask, ~mask])  # [2, N]: mem rows, gen rows
+    first = classes.argmax(axis=1)
+    shifts = np.asarray(block[first], dtype=np.float64)  # [2, f]
+    onehot, label = classes.astype(np.float64), (~mask).astype(np.intp)
+    total = np.zeros_like(shifts)
+    squares = np.zeros_like(shifts)
+    for start in range(0, len(block), _ROWS):
+        rows = slice(start, start + _ROWS)
+        chunk = np.array(block[rows], dtype=np.float64)
+        chunk -= shifts[label[rows]]
+        total += onehot[:, rows] @ chunk
+        chunk *= chunk
+        squares += onehot[:, rows] @ chunk
+    n = onehot.sum(axis=1, keepdims=True)
+    return Moments(n, shifts + total / n, np.maximum(squares - total * total / n, 0.0))
 
 
 MomentScorer = Callable[[Moments], np.ndarray]
@@ -127,11 +135,9 @@ def _from_moments(fn: MomentScorer) -> Scorer:
     @functools.wraps(fn)
     def scorer(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         flat, mask, blocks = _blocks(x, y)
-        order, n_mem = np.argsort(~mask, kind="stable"), int(mask.sum())
         out = np.empty(flat.shape[1], dtype=np.float64)
         for cols in blocks:
-            rows = np.take(flat[:, cols], order, axis=0).astype(np.float64, copy=False)
-            out[cols] = fn(_moments(rows, n_mem))
+            out[cols] = fn(_moments(flat[:, cols], mask))
         return out.reshape(x.shape[1:])
 
     return scorer
