@@ -286,6 +286,18 @@ def test_the_delete_stage_measures_each_selection_held_out_beside_matched_draws(
     assert "deletion: memory kept" in format_table(comparison)
 
 
+def test_specificity_budgets_in_layer_units_fit_every_cell(own_run: Path) -> None:
+    args = ["specificity.units=layer", "specificity.sites=[mlp]", "specificity.sizes=[0.05]"]
+    cfg = load_config(None, [*TINY, *args])
+    rows = json.loads(
+        (run_stage("specificity", own_run, cfg).path / "specificity.json").read_text()
+    )
+    assert {(r["scorer"], r["direction"]) for r in rows["rows"]} == {
+        (s, d) for s in ("pearson", "attribution") for d in DIRECTIONS
+    }
+    assert all(len(r["matched_per_draw"]) == 2 and r["n_prompts"] > 0 for r in rows["rows"])
+
+
 def test_a_killed_delete_stage_resumes_from_its_finished_cells(
     own_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -224,6 +224,15 @@ def test_shift_size_against_a_plain_numpy_reference() -> None:
     assert found["relative_norm"] == pytest.approx(max(per_layer))
 
 
+def test_the_layer_unit_gives_every_neuron_of_a_layer_its_mean_spread() -> None:
+    stats = _stats()
+    stats.sd[1, 3] = 0.0  # a dead neuron takes the median spread, as in `unit`
+    unit, layer = stats.unit(), stats.layer_unit()
+    assert layer.shape == stats.shape and (layer > 0).all()
+    np.testing.assert_allclose(layer, np.repeat(unit.mean(axis=1, keepdims=True), 20, axis=1))
+    assert np.ptp(unit, axis=1).min() > 0 and np.ptp(layer, axis=1).max() == 0
+
+
 @pytest.mark.parametrize("position", ["last", "prompt"])
 def test_batched_shifts_match_one_steering_at_a_time(
     tiny_gpt2_with_tokenizer: tuple[PreTrainedModel, object], position: str

@@ -71,7 +71,7 @@ def run_specificity(step: Step) -> None:
                         [ex.prompt for ex in fitting],
                         answers,
                         masks,
-                        stats.unit(),
+                        stats.layer_unit() if spec.units == "layer" else stats.unit(),
                         kind,
                         budget=budget,
                         steps=sc.fit_steps,

@@ -101,6 +101,12 @@ class SiteStats:
         floor = float(np.median(positive)) if positive.size else 1.0
         return np.where(self.sd > 0, self.sd, floor)
 
+    def layer_unit(self) -> np.ndarray:
+        """Each layer's mean neuron sd, for every neuron of the layer: the same push in
+        activation units whatever a neuron's own spread (a near-dead neuron, in its own
+        sd, gets a push as small as its spread)."""
+        return np.broadcast_to(self.unit().mean(axis=1, keepdims=True), self.shape).copy()
+
 
 Sparse = Callable[[SiteStats, np.ndarray, Size, Toward, Fit | None], np.ndarray]
 Direction = Callable[[SiteStats, int, np.random.Generator | None], np.ndarray]
