@@ -286,8 +286,8 @@ def test_the_delete_stage_measures_each_selection_held_out_beside_matched_draws(
     assert "deletion: memory kept" in format_table(comparison)
 
 
-def test_specificity_budgets_in_layer_units_fit_every_cell(own_run: Path) -> None:
-    args = ["specificity.units=layer", "specificity.sites=[mlp]", "specificity.sizes=[0.05]"]
+def test_specificity_budgets_in_write_units_fit_every_cell(own_run: Path) -> None:
+    args = ["specificity.units=write", "specificity.sites=[mlp]", "specificity.sizes=[0.05]"]
     cfg = load_config(None, [*TINY, *args])
     rows = json.loads(
         (run_stage("specificity", own_run, cfg).path / "specificity.json").read_text()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+
+import numpy as np
 import pytest
 import torch
 from peft.tuners.lora import LoraLayer
@@ -19,6 +22,7 @@ from memgen.core.sites import (
     n_layers,
     resolve,
     site_width,
+    write_norms,
 )
 
 
@@ -104,3 +108,23 @@ def test_extra_families_resolve_to_real_modules(model_type: str) -> None:
     assert site_width(model, "mlp") == INTERMEDIATE
     for site in all_sites(model, SITE_KINDS):
         assert isinstance(resolve(model, site), torch.nn.Module)
+
+
+def test_write_norms_are_the_down_projection_columns_with_lora_merged(
+    family_model: tuple[str, torch.nn.Module],
+) -> None:
+    model = copy.deepcopy(family_model[1])
+    width = site_width(model, "mlp")
+    expected = []
+    for layer in range(LAYERS):
+        module = resolve(model, Site("mlp", layer))
+        if isinstance(module, LoraLayer):  # a trained adapter: B no longer zero
+            torch.nn.init.normal_(module.lora_B["default"].weight)
+            base = module.get_base_layer().weight + module.get_delta_weight("default")
+        else:
+            base = module.weight
+        weight = base.detach().numpy()
+        # GPT-2's Conv1D stores [in, out]; nn.Linear [out, in].
+        expected.append(np.linalg.norm(weight, axis=1 if weight.shape[0] == width else 0))
+    np.testing.assert_allclose(write_norms(model, "mlp"), np.stack(expected), rtol=1e-5)
+    assert (write_norms(model, "resid") == 1).all()

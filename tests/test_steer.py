@@ -224,13 +224,17 @@ def test_shift_size_against_a_plain_numpy_reference() -> None:
     assert found["relative_norm"] == pytest.approx(max(per_layer))
 
 
-def test_the_layer_unit_gives_every_neuron_of_a_layer_its_mean_spread() -> None:
+def test_layer_and_write_units_give_every_neuron_of_a_layer_one_push() -> None:
     stats = _stats()
     stats.sd[1, 3] = 0.0  # a dead neuron takes the median spread, as in `unit`
     unit, layer = stats.unit(), stats.layer_unit()
     assert layer.shape == stats.shape and (layer > 0).all()
     np.testing.assert_allclose(layer, np.repeat(unit.mean(axis=1, keepdims=True), 20, axis=1))
     assert np.ptp(unit, axis=1).min() > 0 and np.ptp(layer, axis=1).max() == 0
+    writes = np.random.default_rng(1).uniform(0.5, 2.0, stats.shape)
+    per_write = stats.write_unit(writes) * writes  # one unit moves the residual stream ...
+    np.testing.assert_allclose(np.ptp(per_write, axis=1), 0, atol=1e-12)  # ... as far for all
+    np.testing.assert_allclose(per_write[:, 0], layer[:, 0] * writes.mean(axis=1))
 
 
 @pytest.mark.parametrize("position", ["last", "prompt"])

@@ -286,9 +286,10 @@ class SpecificityConfig(Section):
     draws: int = Field(5, ge=1)
     position: Literal["last", "prompt"] = "last"
     fit_batch: int = Field(16, ge=1, description="prompts per fitted shift per step")
-    # The budget's unit: each neuron's own sd, or its layer's mean sd (the same push in
-    # activation units for every neuron of a layer, so low-variance picks are not held back).
-    units: Literal["neuron", "layer"] = "neuron"
+    # The budget's unit: each neuron's own sd; its layer's mean sd (the same push in
+    # activation units for every neuron of a layer); or that over the neuron's write norm
+    # (the same push into the residual stream), so neither arm gets more push per unit.
+    units: Literal["neuron", "layer", "write"] = "neuron"
 
 
 class BoundConfig(Section):

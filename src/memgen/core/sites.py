@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+import numpy as np
 import torch
 
 from memgen.core.errors import MemgenError
@@ -202,3 +203,25 @@ def all_sites(model: torch.nn.Module, kinds: Iterable[SiteKind]) -> list[Site]:
     """Every layer of each kind, kind-major: resid.0, resid.1, ..., mlp.0, ..."""
     count = n_layers(model)
     return [Site(kind, layer) for kind in kinds for layer in range(count)]
+
+
+@torch.no_grad()
+def write_norms(model: torch.nn.Module, kind: SiteKind) -> np.ndarray:
+    """[L, W]: how far one unit of each neuron moves the residual stream.
+
+    At the MLP, the norm of the neuron's column of the down projection, read off the
+    module itself (its output for each unit input, less its bias) so that a LoRA update
+    and GPT-2's transposed Conv1D count; elsewhere the site is the residual stream or a
+    sublayer's output, 1.
+    """
+    depth, width = n_layers(model), site_width(model, kind)
+    if kind != "mlp":
+        return np.ones((depth, width))
+    norms = []
+    for layer in range(depth):
+        module = resolve(model, Site("mlp", layer))
+        weight = next(module.parameters())
+        eye = torch.eye(width, dtype=weight.dtype, device=weight.device)
+        written = module(eye) - module(torch.zeros_like(eye[:1]))
+        norms.append(written.norm(dim=-1).float().cpu().numpy())
+    return np.stack(norms)

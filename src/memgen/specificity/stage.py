@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from transformers import PreTrainedModel
 
 from memgen.core.artifacts import Step, write_json
 from memgen.core.config import SpecificityConfig
@@ -29,7 +30,7 @@ from memgen.core.examples import Example, read_test_answers
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
 from memgen.core.rows import Direction, SpecificityRow, Spread, dump_rows, with_holm
-from memgen.core.sites import SiteKind
+from memgen.core.sites import SiteKind, write_norms
 from memgen.core.stats import SHARE, prediction_interval, rank_p_value, rates, summarise, wilson
 from memgen.neurons.attribution import site_score
 from memgen.neurons.selection import select_top
@@ -57,6 +58,7 @@ def run_specificity(step: Step) -> None:
         kind = cast(SiteKind, site)
         stats = SiteStats.from_record(recorded, kind)
         bench = Bench(model, tokenizer, task, cfg, kind)
+        unit = _unit(stats, spec.units, model, kind)
         for scorer in spec.scorers:
             score = site_score(scorer, recorded, site)
             targeted, masks = _masks(score, spec, stats.shape, rng)
@@ -71,7 +73,7 @@ def run_specificity(step: Step) -> None:
                         [ex.prompt for ex in fitting],
                         answers,
                         masks,
-                        stats.layer_unit() if spec.units == "layer" else stats.unit(),
+                        unit,
                         kind,
                         budget=budget,
                         steps=sc.fit_steps,
@@ -87,6 +89,15 @@ def run_specificity(step: Step) -> None:
     write_json(out / "specificity.json", {"rows": dump_rows(rows)})
     plot_specificity(rows, out / "specificity.png")
     step.finish({"rows": dump_rows(rows)})
+
+
+def _unit(stats: SiteStats, units: str, model: PreTrainedModel, kind: SiteKind) -> np.ndarray:
+    """The scale of one budget unit per neuron (`specificity.units`)."""
+    if units == "layer":
+        return stats.layer_unit()
+    if units == "write":
+        return stats.write_unit(write_norms(model, kind))
+    return stats.unit()
 
 
 def plot_specificity(rows: Sequence[SpecificityRow], path: Path) -> None:

@@ -107,6 +107,13 @@ class SiteStats:
         sd, gets a push as small as its spread)."""
         return np.broadcast_to(self.unit().mean(axis=1, keepdims=True), self.shape).copy()
 
+    def write_unit(self, writes: np.ndarray) -> np.ndarray:
+        """`layer_unit` over each neuron's write norm (`memgen.core.sites.write_norms`)
+        relative to its layer's mean: every neuron of a layer moves the residual stream
+        as far per unit, and the layer's average neuron as far as in `layer_unit`."""
+        mean = writes.mean(axis=1, keepdims=True)
+        return self.layer_unit() * mean / np.where(writes > 0, writes, mean)
+
 
 Sparse = Callable[[SiteStats, np.ndarray, Size, Toward, Fit | None], np.ndarray]
 Direction = Callable[[SiteStats, int, np.random.Generator | None], np.ndarray]
