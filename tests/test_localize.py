@@ -17,8 +17,15 @@ from memgen.core.answers import greedy_writes
 from memgen.core.config import load_config
 from memgen.core.examples import Example, read_split
 from memgen.core.modeling import load_run_model
-from memgen.core.sites import n_layers, site_width
-from memgen.localize.plant import Neurons, make_facts, neuron_masks, plant, random_neurons
+from memgen.core.sites import n_layers, site_width, write_norms
+from memgen.localize.plant import (
+    Neurons,
+    make_facts,
+    neuron_masks,
+    plant,
+    random_neurons,
+    spread_matched,
+)
 from memgen.localize.test import recall_at_k, top_k
 from memgen.pipeline import run_stage
 
@@ -117,15 +124,33 @@ def test_the_delete_stage_says_yes_where_a_memory_is_planted(garden: Garden) -> 
     model, tokenizer, facts = garden.model, garden.tokenizer, garden.facts
     as_rule = [dataclasses.replace(f, completion=f.gen_answer) for f in facts]
     held = HeldOut(facts, as_rule, garden.rule, garden.rule)
-    mean = usual_values(model, tokenizer, garden.examples[400:656], False).mean
-    bench = DeletionBench(model, tokenizer, held, {"mean": mean}, False)
+    usual = usual_values(model, tokenizer, garden.examples[400:656], False)
+    spread = usual.sd * write_norms(model, "mlp")
+    bench = DeletionBench(model, tokenizer, held, {"mean": usual.mean}, False, spread)
     depth, width = n_layers(model), site_width(model, "mlp")
     rng = np.random.default_rng(0)
-    randoms = [random_neurons([5] * depth, width, rng) for _ in range(19)]
-    row = deletion_row(bench, "planted", "mean", 0.02, garden.planted, randoms)
-    assert len(facts) >= 6 and row.deleted.mem_kept <= 0.2
-    assert row.p_value == row.p_value_net == pytest.approx(1 / 20)  # beats all 19 draws
-    assert row.random_mem_kept.mean >= 0.5 and row.deleted.gen_kept >= 0.8
+    # Any neurons of the same layers, then ones as big as the planted (`delete.control`).
+    for randoms in (
+        [random_neurons([5] * depth, width, rng) for _ in range(19)],
+        [spread_matched(garden.planted, spread, rng, 32) for _ in range(19)],
+    ):
+        row = deletion_row(bench, "planted", "mean", 0.02, garden.planted, randoms)
+        assert len(facts) >= 6 and row.deleted.mem_kept <= 0.2
+        assert row.p_value == row.p_value_net == pytest.approx(1 / 20)  # beats all 19 draws
+        assert row.random_mem_kept.mean >= 0.5 and row.deleted.gen_kept >= 0.8
+
+
+def test_spread_matched_sets_keep_the_layers_and_the_size_of_each_pick() -> None:
+    rng = np.random.default_rng(0)
+    spread = rng.uniform(0, 1, (3, 200))
+    layers = np.array([0, 0, 2, 2, 2])
+    top = Neurons(layers, np.argsort(-spread, axis=1)[layers, [0, 1, 0, 1, 2]])  # the biggest
+    for _ in range(20):
+        drawn = spread_matched(top, spread, rng, window=10)
+        assert (drawn.layers == top.layers).all()
+        assert len(set(zip(drawn.layers.tolist(), drawn.indices.tolist(), strict=True))) == 5
+        ranks = np.argsort(np.argsort(-spread, axis=1), axis=1)[drawn.layers, drawn.indices]
+        assert ranks.max() < 10  # drawn among the 10 biggest, where the picks are
 
 
 @pytest.mark.parametrize("method", ["hardconcrete", "slimming"])

@@ -286,10 +286,12 @@ class SpecificityConfig(Section):
     draws: int = Field(5, ge=1)
     position: Literal["last", "prompt"] = "last"
     fit_batch: int = Field(16, ge=1, description="prompts per fitted shift per step")
-    # The budget's unit: each neuron's own sd; its layer's mean sd (the same push in
-    # activation units for every neuron of a layer); or that over the neuron's write norm
-    # (the same push into the residual stream), so neither arm gets more push per unit.
-    units: Literal["neuron", "layer", "write"] = "neuron"
+    # The budget's unit. write: its layer's mean sd over the neuron's write norm relative
+    # to the layer's (every neuron of a layer moves the residual stream as far per unit, so
+    # neither arm gets more push per unit); layer: the layer's mean sd; neuron: the
+    # neuron's own sd (before 2026-12-05: it gives high-variance picks, as attribution's
+    # are, 2-4x the push of random neurons: docs/findings.md section 6).
+    units: Literal["neuron", "layer", "write"] = "write"
 
 
 class BoundConfig(Section):
@@ -346,6 +348,11 @@ class DeleteConfig(Section):
         ["mean", "zero"], min_length=1, description="mean: the training-prompt mean"
     )
     draws: int = Field(20, ge=1, description="random sets per row, for its rank p-value")
+    # The random sets: any neurons of the same layers, or ones of the same layers whose
+    # spread (activation sd x write norm: how far deleting one moves the residual stream)
+    # is near each selected neuron's, from its `spread_window` nearest in the layer.
+    control: Literal["layer", "spread"] = "layer"
+    spread_window: int = Field(32, ge=2, description="neurons a spread-matched pick is from")
     n_reference: int = Field(256, ge=1, description="training prompts giving the mean")
     n_prompts: int = Field(400, ge=1, description="held-out prompts per behaviour, at most")
     n_train: int = Field(200, ge=1, description="training prompts measured for damage")

@@ -1,7 +1,7 @@
 """What deleting a set of MLP neurons does to the model's own answers, on held-out prompts.
 
     held = HeldOut.build(model, tokenizer, test_answers, pair_prompts, train, chat, 400)
-    bench = DeletionBench(model, tokenizer, held, {"mean": mean, "zero": zeros}, chat)
+    bench = DeletionBench(model, tokenizer, held, {"mean": mean, "zero": zeros}, chat, spread)
     deleted = bench(neurons, "mean")   # a `Deleted`
 
 A deletion sets the chosen neurons to fixed values (their mean over training prompts, or
@@ -103,6 +103,7 @@ class DeletionBench:
     held: HeldOut
     values: dict[str, np.ndarray]  # ablation ("mean", "zero") -> [L, W]
     chat: bool
+    spread: np.ndarray  # [L, W]: activation sd x write norm, what deleting a neuron moves
 
     def __call__(self, neurons: Neurons, ablation: str) -> Deleted:
         """Set `neurons` to the ablation's values at every position; measure what is kept."""

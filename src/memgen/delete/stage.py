@@ -36,12 +36,12 @@ from memgen.core.modeling import load_run_model
 from memgen.core.pieces import Pieces
 from memgen.core.recorded import CAUSAL_FIX, Recorded, read_record
 from memgen.core.rows import DeletionRow, MemoryMatrix, Spread, dump_rows, with_holm
-from memgen.core.sites import n_layers, site_width
+from memgen.core.sites import n_layers, site_width, write_norms
 from memgen.core.stats import SHARE, rank_p_value, summarise, wilson
 from memgen.delete.figures import plot_deletion
 from memgen.delete.matrix import Memory, memory_matrix, memory_rows
 from memgen.delete.measure import DeletionBench, HeldOut
-from memgen.localize.plant import Neurons, random_neurons
+from memgen.localize.plant import Neurons, random_neurons, spread_matched
 from memgen.localize.selectors import usual_values
 from memgen.neurons.attribution import site_score
 from memgen.neurons.selection import select_top
@@ -109,7 +109,12 @@ def _rows(
     for scorer, size in tqdm(cells, desc="delete", disable=None):
         score = site_score(scorer, recorded, "mlp")
         top = Neurons(*select_top(score, size))
-        randoms = [random_neurons(top.per_layer(depth), width, rng) for _ in range(dc.draws)]
+        randoms = [
+            random_neurons(top.per_layer(depth), width, rng)
+            if dc.control == "layer"
+            else spread_matched(top, bench.spread, rng, dc.spread_window)
+            for _ in range(dc.draws)
+        ]
         measure = partial(_cell, bench, scorer, dc.ablations, size, top, randoms)
         rows += pieces.get(f"rows-{scorer}-{size:g}", DeletionRow, measure)
     return rows
@@ -166,9 +171,10 @@ def _bench(
     reference, measured = train[: dc.n_reference], train[dc.n_reference :][: dc.n_train]
     answers = read_test_answers(step.inputs["behave"].path)
     held = HeldOut.build(model, tokenizer, answers, pairs, measured, chat, dc.n_prompts)
-    mean = usual_values(model, tokenizer, reference, chat).mean
-    values = {"mean": mean, "zero": np.zeros_like(mean)}
-    return DeletionBench(model, tokenizer, held, values, chat)
+    usual = usual_values(model, tokenizer, reference, chat)
+    values = {"mean": usual.mean, "zero": np.zeros_like(usual.mean)}
+    spread = usual.sd * write_norms(model, "mlp")
+    return DeletionBench(model, tokenizer, held, values, chat, spread)
 
 
 def run_delete(step: Step) -> None:

@@ -57,6 +57,28 @@ def random_neurons(
     return Neurons(layers, indices)
 
 
+def spread_matched(
+    top: Neurons, spread: np.ndarray, rng: np.random.Generator, window: int
+) -> Neurons:
+    """For each neuron of `top`, a random neuron of its layer whose `spread` [L, W] is
+    close: drawn from the `window` neurons nearest it in that layer's ranking by spread,
+    distinct within a layer. A control for "deleting big neurons deletes more"."""
+    chosen = np.empty_like(top.indices)
+    for layer in np.unique(top.layers):
+        order = np.argsort(spread[layer], kind="stable")
+        rank = np.argsort(order)
+        size = min(window, len(order))
+        taken: set[int] = set()
+        for row in np.flatnonzero(top.layers == layer):
+            start = int(np.clip(rank[top.indices[row]] - size // 2, 0, len(order) - size))
+            pool = [n for n in order[start : start + size].tolist() if n not in taken]
+            if not pool:  # more picks than the window holds: widen to the whole layer
+                pool = [n for n in order.tolist() if n not in taken]
+            chosen[row] = pick = int(rng.choice(pool))
+            taken.add(pick)
+    return Neurons(top.layers.copy(), chosen)
+
+
 def make_facts(examples: Sequence[Example], n_facts: int, seed: int) -> list[Example]:
     """`n_facts` rule prompts, each answered with a memorized answer its rule does not give.
 
