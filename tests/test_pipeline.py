@@ -280,6 +280,7 @@ def test_the_delete_stage_measures_each_selection_held_out_beside_matched_draws(
     for row, across in zip(rows, deletion["rows"], strict=True):
         assert across["task"] == "color" and across["scorer"] == row["scorer"]
         assert across["size"] == row["size"] and across["ablation"] == row["ablation"]
+        assert across["control"] == row["control"] == "layer"
         assert [c["mem_kept"] for c in across["runs"]] == [row["deleted"]["mem_kept"]] * 2
         assert [c["p_value"] for c in across["runs"]] == [row["p_value"]] * 2
         assert across["mem_kept"]["sd"] == 0.0
@@ -304,7 +305,7 @@ def test_a_killed_delete_stage_resumes_from_its_finished_cells(
     import memgen.delete.stage as delete_stage
 
     args = ["delete.draws=2", "delete.sizes=[0.02,0.05]", "delete.scorers=[pearson]",
-            "delete.ablations=[mean]", "delete.matrix=false"]  # fmt: skip
+            "delete.ablations=[mean]", "delete.matrix=false", "delete.control=spread"]  # fmt: skip
     cfg = load_config(None, [*TINY, *args])
     whole = Path(shutil.copytree(own_run, tmp_path / "whole"))
     expected = json.loads((run_stage("delete", whole, cfg).path / "delete.json").read_text())
@@ -333,6 +334,7 @@ def test_a_killed_delete_stage_resumes_from_its_finished_cells(
     result = json.loads((run_stage("delete", own_run, cfg).path / "delete.json").read_text())
     assert measured == [0.02, 0.05]  # the first cell was read back, not measured again
     assert result == expected  # and the draws are those of an uninterrupted run
+    assert {row["control"] for row in result["rows"]} == {"spread"}
     assert not (stage.path / "pieces").exists()
     assert not any(name.startswith("pieces") for name in stage.manifest()["outputs"])
     # A cell saved under another config is measured again.

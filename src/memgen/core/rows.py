@@ -147,6 +147,7 @@ class DeletionRow(Row):
     deleted: Deleted
     mem_kept_ci: list[float]
     random: list[Deleted]  # one per draw, same per-layer counts, same ablation
+    control: Literal["layer", "spread"] = "layer"  # how the draws match (delete.control)
     random_mem_kept: Spread
     p_value: float  # rank of its forgetting among the draws (core.stats.rank_p_value)
     p_value_net: float  # the same for forgetting net of collateral, gen_kept - mem_kept

@@ -56,6 +56,7 @@ def deletion_row(
     size: float,
     top: Neurons,
     randoms: list[Neurons],
+    control: str = "layer",
 ) -> DeletionRow:
     deleted = bench(top, ablation)
     chance = [bench(neurons, ablation) for neurons in randoms]
@@ -83,6 +84,7 @@ def deletion_row(
         deleted=deleted,
         mem_kept_ci=list(wilson(round(deleted.mem_kept * len(held.mem)), len(held.mem))),
         random=chance,
+        control=control,  # type: ignore[arg-type]
         random_mem_kept=Spread(**summarise(kept, SHARE)),
         # Forgetting is the effect: less memory kept is more extreme; net of collateral,
         # the rule answers kept minus the memorized ones kept.
@@ -115,7 +117,7 @@ def _rows(
             else spread_matched(top, bench.spread, rng, dc.spread_window)
             for _ in range(dc.draws)
         ]
-        measure = partial(_cell, bench, scorer, dc.ablations, size, top, randoms)
+        measure = partial(_cell, bench, scorer, dc, size, top, randoms)
         rows += pieces.get(f"rows-{scorer}-{size:g}", DeletionRow, measure)
     return rows
 
@@ -123,12 +125,12 @@ def _rows(
 def _cell(
     bench: DeletionBench,
     scorer: str,
-    ablations: Sequence[str],
+    dc: DeleteConfig,
     size: float,
     top: Neurons,
     randoms: list[Neurons],
 ) -> list[DeletionRow]:
-    return [deletion_row(bench, scorer, a, size, top, randoms) for a in ablations]
+    return [deletion_row(bench, scorer, a, size, top, randoms, dc.control) for a in dc.ablations]
 
 
 def _matrix(

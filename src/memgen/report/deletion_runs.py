@@ -14,7 +14,7 @@ from typing import Any
 from memgen.core.rows import DeletionRow, MemoryMatrix, read_rows
 from memgen.core.stats import SHARE, summarise
 
-Key = tuple[str, str, str, float]  # task, scorer, ablation, size
+Key = tuple[str, str, str, float, str]  # task, scorer, ablation, size, control
 Deletion = dict[str, Any]  # the delete stage's summary: held_out, rows, matrices
 
 
@@ -57,10 +57,10 @@ def deletion_across(
             continue
         where = f"{name}'s delete stage"
         for row in read_rows(DeletionRow, section["rows"], where):
-            key = (task, row.scorer, row.ablation, row.size)
+            key = (task, row.scorer, row.ablation, row.size, row.control)
             rows.setdefault(key, []).append(_cell(name, row))
         for matrix in read_rows(MemoryMatrix, section["matrices"], where):
-            key = (task, matrix.scorer, matrix.ablation, matrix.size)
+            key = (task, matrix.scorer, matrix.ablation, matrix.size, "layer")
             matrices.setdefault(key, []).append(_matrix_cell(name, matrix))
     return {
         "rows": [_entry(key, cells) | _kept(cells) for key, cells in rows.items()],
@@ -69,8 +69,9 @@ def deletion_across(
 
 
 def _entry(key: Key, cells: list[dict[str, Any]]) -> dict[str, Any]:
-    task, scorer, ablation, size = key
-    return {"task": task, "scorer": scorer, "ablation": ablation, "size": size, "runs": cells}
+    task, scorer, ablation, size, control = key
+    entry = {"task": task, "scorer": scorer, "ablation": ablation, "size": size}
+    return entry | {"control": control, "runs": cells}
 
 
 def _kept(cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -94,7 +95,8 @@ def format_deletion(deletion: dict[str, list[dict[str, Any]]]) -> list[str]:
         )
         kept = row["mem_kept"]
         lines.append(
-            f"  {row['task']}, {row['scorer']} {row['size']:.1%} ({row['ablation']}): {runs} | "
+            f"  {row['task']}, {row['scorer']} {row['size']:.1%} ({row['ablation']}, "
+            f"{row['control']}-matched): {runs} | "
             f"memory kept mean {kept['mean']:.3f}, range {kept['min']:.3f}-{kept['max']:.3f}"
         )
     for matrix in deletion["matrices"]:
