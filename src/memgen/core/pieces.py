@@ -25,8 +25,7 @@ class Pieces:
     def __init__(self, folder: Path, step: Step) -> None:
         self.folder = folder
         self.identity = json_hash(step.stage.identity(step.config, list(step.inputs.values())))
-        self.force = step.force
-        if self.force:
+        if step.force:
             self.clear()
 
     def get(self, name: str, kind: type[R], measure: Callable[[], Sequence[R]]) -> list[R]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from functools import partial
+from typing import Literal
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -56,7 +57,7 @@ def deletion_row(
     size: float,
     top: Neurons,
     randoms: list[Neurons],
-    control: str = "layer",
+    control: Literal["layer", "spread"] = "layer",
 ) -> DeletionRow:
     deleted = bench(top, ablation)
     chance = [bench(neurons, ablation) for neurons in randoms]
@@ -84,7 +85,7 @@ def deletion_row(
         deleted=deleted,
         mem_kept_ci=list(wilson(round(deleted.mem_kept * len(held.mem)), len(held.mem))),
         random=chance,
-        control=control,  # type: ignore[arg-type]
+        control=control,
         random_mem_kept=Spread(**summarise(kept, SHARE)),
         # Forgetting is the effect: less memory kept is more extreme; net of collateral,
         # the rule answers kept minus the memorized ones kept.

@@ -14,7 +14,7 @@ from typing import Any
 from memgen.core.rows import DeletionRow, MemoryMatrix, read_rows
 from memgen.core.stats import SHARE, summarise
 
-Key = tuple[str, str, str, float, str]  # task, scorer, ablation, size, control
+Key = tuple[str, str, str, float]  # task, scorer, ablation, size
 Deletion = dict[str, Any]  # the delete stage's summary: held_out, rows, matrices
 
 
@@ -50,28 +50,30 @@ def deletion_across(
 ) -> dict[str, list[dict[str, Any]]]:
     """`runs`: (name, task, deletion) triples; runs without a deletion are left out. Rows
     are grouped per task: a mean over seeds of one task is a result, over tasks it is not."""
-    rows: dict[Key, list[dict[str, Any]]] = {}
+    rows: dict[tuple[Key, str], list[dict[str, Any]]] = {}  # by key and control
     matrices: dict[Key, list[dict[str, Any]]] = {}
     for name, task, section in runs:
         if not section:
             continue
         where = f"{name}'s delete stage"
         for row in read_rows(DeletionRow, section["rows"], where):
-            key = (task, row.scorer, row.ablation, row.size, row.control)
-            rows.setdefault(key, []).append(_cell(name, row))
+            key = (task, row.scorer, row.ablation, row.size)
+            rows.setdefault((key, row.control), []).append(_cell(name, row))
         for matrix in read_rows(MemoryMatrix, section["matrices"], where):
-            key = (task, matrix.scorer, matrix.ablation, matrix.size, "layer")
+            key = (task, matrix.scorer, matrix.ablation, matrix.size)
             matrices.setdefault(key, []).append(_matrix_cell(name, matrix))
     return {
-        "rows": [_entry(key, cells) | _kept(cells) for key, cells in rows.items()],
+        "rows": [
+            _entry(key, cells) | {"control": control} | _kept(cells)
+            for (key, control), cells in rows.items()
+        ],
         "matrices": [_entry(key, cells) for key, cells in matrices.items()],
     }
 
 
 def _entry(key: Key, cells: list[dict[str, Any]]) -> dict[str, Any]:
-    task, scorer, ablation, size, control = key
-    entry = {"task": task, "scorer": scorer, "ablation": ablation, "size": size}
-    return entry | {"control": control, "runs": cells}
+    task, scorer, ablation, size = key
+    return {"task": task, "scorer": scorer, "ablation": ablation, "size": size, "runs": cells}
 
 
 def _kept(cells: list[dict[str, Any]]) -> dict[str, Any]:
