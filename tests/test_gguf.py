@@ -121,7 +121,7 @@ def test_without_the_gguf_package_the_error_names_the_extra(
 
 
 def test_lora_trains_on_a_gguf_base_and_its_adapter_names_the_gguf(
-    tiny_gguf: tuple[Path, torch.nn.Module], tmp_path: Path
+    tiny_gguf: tuple[Path, torch.nn.Module], tmp_path: Path, recwarn: pytest.WarningsRecorder
 ) -> None:
     from memgen.core.config import load_config
     from memgen.core.modeling import load_trained
@@ -134,6 +134,8 @@ def test_lora_trains_on_a_gguf_base_and_its_adapter_names_the_gguf(
         "train.max_other=1.0", "train.lora.r=4", "train.use_chat_template=false",
     ])  # fmt: skip
     run_all(tmp_path / "run", cfg, until="train")
+    # Saving the adapter asks nothing of the hub (PEFT would, about the GGUF's "config").
+    assert not [w for w in recwarn if "config" in str(w.message)], [str(w.message) for w in recwarn]
     model_dir = tmp_path / "run" / "train" / "model"
     adapter = json.loads((model_dir / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(path.resolve())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from peft import LoraConfig as PeftLoraConfig
-from peft import get_peft_model
+from peft import PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
 from memgen.core.config import LoraConfig
@@ -28,3 +30,16 @@ def add_lora(model: PreTrainedModel, cfg: LoraConfig) -> PreTrainedModel:
             f"LoRA cannot wrap this {model.config.model_type} model ({first_line}); set "
             "train.lora.target_modules to its linear layers, e.g. [q_proj,v_proj]"
         ) from None
+
+
+def save_model(model: PreTrainedModel, folder: Path) -> None:
+    """`save_pretrained` in safetensors; an adapter keeps its embeddings only where LoRA
+    targets them. PEFT's default ("auto") otherwise asks the hub whether the base's
+    vocabulary changed: a network call and a warning at every kept checkpoint, offline
+    included. memgen never resizes a pretrained base's vocabulary."""
+    if isinstance(model, PeftModel):
+        targets = model.peft_config[model.active_adapter].target_modules or ()
+        embeddings = isinstance(targets, str) or bool({"embed_tokens", "lm_head"} & set(targets))
+        model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=embeddings)
+    else:
+        model.save_pretrained(folder, safe_serialization=True)

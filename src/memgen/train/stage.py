@@ -34,7 +34,7 @@ from memgen.tasks.tokenizer import build_tokenizer
 from memgen.train import checkpoint
 from memgen.train.curve import plot_curve
 from memgen.train.loop import COPY_MAX_WORDS, Decoder, Evaluation, evaluate, kept_index, train
-from memgen.train.lora import add_lora
+from memgen.train.lora import add_lora, save_model
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def run_train(step: Step) -> None:
     def save_best(trained: PreTrainedModel) -> None:
         tmp = out / "model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        trained.save_pretrained(tmp, safe_serialization=True)
+        save_model(trained, tmp)
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(best_dir, ignore_errors=True)
         tmp.rename(best_dir)
