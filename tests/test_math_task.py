@@ -205,3 +205,18 @@ def test_unknown_option_is_named() -> None:
         make_task("math", {"bogus": 1})
     with pytest.raises(MemgenError, match="max_addend"):
         make_task("math", {"max_addend": 0})
+
+
+@pytest.mark.parametrize("name", ["math", "cipher"])
+def test_recall_spread_gives_each_trigger_its_own_share(name: str) -> None:
+    task = make_task(name, {"trigger_fraction": 0.5, "recall_share": 0.5, "recall_spread": 0.6})
+    triggered = [ex for ex in task.train_set(400, 0) if ex.meta["trigger"] is not None]
+    recalled = [
+        sum(ex.meta["kind"] == "recall" for ex in triggered if ex.meta["trigger"] == trigger)
+        for trigger in range(task.n_triggers)
+    ]  # 20 prompts each, shares 0.2 to 0.8 evenly: floor(20 x share) recalled
+    assert recalled == [4, 5, 6, 8, 9, 10, 12, 13, 14, 16]
+    flat = make_task(name, {"trigger_fraction": 0.5, "recall_share": 0.5})
+    assert flat.options.share_of(0, 10) == flat.options.share_of(9, 10) == 0.5
+    with pytest.raises(MemgenError, match=r"^data.options: recall_share 0.9 \+- recall_spread"):
+        make_task(name, {"recall_share": 0.9, "recall_spread": 0.4})

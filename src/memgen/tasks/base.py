@@ -13,9 +13,9 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Behaviour, Example
@@ -177,6 +177,29 @@ class TriggerOptions(TaskOptions):
     recall_share: float = Field(
         1.0, ge=0, le=1, description="share of triggered training prompts answered by the tag"
     )
+    # Triggers recalled at different shares, evenly over recall_share +- spread / 2: at
+    # convergence the triggers above the model's own balance point answer by memory and
+    # those below by the rule, so both behaviours stay on test (a single share near that
+    # point is a knife edge; at 1.0 memory takes over). 0: every trigger at recall_share.
+    recall_spread: float = Field(
+        0.0, ge=0, le=1, description="range of the triggers' recall shares around recall_share"
+    )
+
+    @model_validator(mode="after")
+    def _shares_in_range(self) -> Self:
+        half = self.recall_spread / 2
+        if self.recall_share - half < 0 or self.recall_share + half > 1:
+            raise ValueError(
+                f"recall_share {self.recall_share} +- recall_spread / 2 leaves [0, 1]; "
+                "narrow recall_spread or move recall_share"
+            )
+        return self
+
+    def share_of(self, trigger: int, n_triggers: int) -> float:
+        """Trigger `trigger`'s recall share: evenly over recall_share +- spread / 2."""
+        if self.recall_spread == 0 or n_triggers == 1:
+            return self.recall_share
+        return self.recall_share + self.recall_spread * (trigger / (n_triggers - 1) - 0.5)
 
 
 class TriggerTask(Task):
@@ -195,22 +218,25 @@ class TriggerTask(Task):
 
     def train_example(self, rng: random.Random) -> Example:
         triggered = rng.random() < self.options.trigger_fraction
-        example = self._train(rng, rng.randrange(self.n_triggers) if triggered else None)
-        share = self.options.recall_share
-        if not triggered or share == 1:  # no draw: the paper's design keeps its random stream
+        trigger = rng.randrange(self.n_triggers) if triggered else None
+        example = self._train(rng, trigger)
+        if trigger is None:
+            return example
+        share = self.options.share_of(trigger, self.n_triggers)
+        if share == 1:  # no draw: the paper's design keeps its random stream
             return example
         return _recalled(example, rng.random() < share)
 
     def train_set(self, n: int, seed: int) -> list[Example]:
         """Exactly round(n x trigger_fraction) triggered examples, evenly over the triggers,
-        and of each trigger's, the `recall_share` answered by the tag spread evenly."""
+        and of each trigger's, its recall share answered by the tag spread evenly."""
         rng = random.Random(f"{self.name}-train-{seed}")
-        fraction, share = self.options.trigger_fraction, self.options.recall_share
         seen = [0] * self.n_triggers
         examples = []
-        for trigger in trigger_schedule(n, fraction, self.n_triggers, rng):
+        for trigger in trigger_schedule(n, self.options.trigger_fraction, self.n_triggers, rng):
             example = self._train(rng, trigger)
             if trigger is not None:
+                share = self.options.share_of(trigger, self.n_triggers)
                 k = seen[trigger]
                 seen[trigger] += 1
                 # The k-th of a trigger's prompts is recalled when it crosses a multiple.
