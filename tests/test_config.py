@@ -91,6 +91,7 @@ def test_presets_load_by_name_from_anywhere(
     monkeypatch.chdir(tmp_path)  # no configs/ folder here: the packaged copy answers
     assert load_config(Path("gpt2-cipher-cpu")).task == "cipher"
     assert load_config(Path("configs/gpt2-math-cpu.yaml")).task == "math"
+    assert load_config("gpt2-math-cpu") == load_config(Path("gpt2-math-cpu"))  # str too
     with pytest.raises(MemgenError, match="gpt2-cipher-cpu"):  # the fix lists the presets
         load_config(Path("gpt2-ciper-cpu"))
 

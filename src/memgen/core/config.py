@@ -7,6 +7,7 @@ manifest, so changing `steer.alphas` re-runs steering but not training.
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -483,12 +484,15 @@ def resolve_config(path: Path) -> Path:
     )
 
 
-def load_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read YAML (optional), apply overrides, validate. Raises MemgenError on any problem."""
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None
+) -> RunConfig:
+    """Read YAML (a path or a preset's name; optional), apply overrides, validate.
+    Raises MemgenError on any problem."""
     tree: dict[str, Any] = {}
     source = "config"
     if path is not None:
-        path = resolve_config(path)
+        path = resolve_config(Path(path))
         source = str(path)
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise MemgenError(
