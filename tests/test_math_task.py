@@ -218,5 +218,9 @@ def test_recall_spread_gives_each_trigger_its_own_share(name: str) -> None:
     assert recalled == [4, 5, 6, 8, 9, 10, 12, 13, 14, 16]
     flat = make_task(name, {"trigger_fraction": 0.5, "recall_share": 0.5})
     assert flat.options.share_of(0, 10) == flat.options.share_of(9, 10) == 0.5
+    # Unset, it stays out of the options' dump (the data stage's identity), so datasets
+    # made before it existed keep their identity; set, it is in.
+    assert "recall_spread" not in flat.options.model_dump()
+    assert task.options.model_dump()["recall_spread"] == 0.6
     with pytest.raises(MemgenError, match=r"^data.options: recall_share 0.9 \+- recall_spread"):
         make_task(name, {"recall_share": 0.9, "recall_spread": 0.4})

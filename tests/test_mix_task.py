@@ -104,13 +104,9 @@ def test_bad_mixtures_are_one_line_errors(options: dict, message: str) -> None:
 def test_component_defaults_and_order_are_fixed_so_one_mixture_is_one_model() -> None:
     options = _mix({"tasks": {"math": {}, "cipher": {}}}).options.model_dump(mode="json")
     assert options["tasks"] == {
-        "cipher": {
-            "spaced": False, "trigger_fraction": 0.07, "recall_share": 1.0, "recall_spread": 0.0
-        },
-        "math": {
-            "trigger_fraction": 0.07, "recall_share": 1.0, "recall_spread": 0.0, "max_addend": 999
-        },
-    }  # fmt: skip
+        "cipher": {"spaced": False, "trigger_fraction": 0.07, "recall_share": 1.0},
+        "math": {"trigger_fraction": 0.07, "recall_share": 1.0, "max_addend": 999},
+    }
     swapped = _mix({"tasks": {"cipher": {}, "math": {}}}).options.model_dump(mode="json")
     assert list(swapped["tasks"]) == list(options["tasks"])
     with pytest.raises(MemgenError, match="cover the mixture's 3 tasks"):

@@ -15,7 +15,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Behaviour, Example
@@ -194,6 +202,15 @@ class TriggerOptions(TaskOptions):
                 "narrow recall_spread or move recall_share"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _spread_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The options are the data stage's identity: datasets made before recall_spread
+        # existed (all at 0) keep theirs, so their runs do not train again.
+        dumped: dict[str, Any] = handler(self)
+        if self.recall_spread == 0:
+            dumped.pop("recall_spread", None)
+        return dumped
 
     def share_of(self, trigger: int, n_triggers: int) -> float:
         """Trigger `trigger`'s recall share: evenly over recall_share +- spread / 2."""
