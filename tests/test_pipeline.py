@@ -464,6 +464,22 @@ def test_a_run_folder_remembers_its_config(
     assert len(read_jsonl(run / "data" / "test.jsonl")) == 31
 
 
+def test_a_stopped_run_keeps_its_config(tmp_path: Path, memgen_cli: Callable[..., Exited]) -> None:
+    """Each finished stage leaves the config: a run stopped after it resumes as it was made,
+    and a folder with finished stages but no config is refused, not redone with defaults."""
+    run = tmp_path / "run"
+    made = load_config(None, ["task=cipher", "data.n_test=30", "data.n_train=50", "data.n_dev=20"])
+    run_stage("data", run, made)  # a `memgen run` killed in the next stage got this far
+    assert load_config(run / "config.yaml") == made
+    (run / "config.yaml").unlink()  # a folder from before configs were kept per stage
+    before = (run / "data" / "manifest.json").read_text()
+    done = memgen_cli("run", "--run-dir", run, "--until", "data")
+    assert done.returncode == 2 and "holds finished stages (data) but no config.yaml" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert (run / "data" / "manifest.json").read_text() == before
+    assert sorted(p.name for p in run.iterdir()) == ["data"]
+
+
 def test_compare_a_run_with_its_copy(
     tiny_run: Path, tmp_path: Path, memgen_cli: Callable[..., Exited]
 ) -> None:
@@ -495,7 +511,7 @@ def test_compare_a_run_with_its_copy(
         assert row["a_on_b"]["pairs"]["n"] == len(set(record.pair_ids.tolist()))
     assert (out / "compare.png").is_file() and "same trained weights" in done.stdout
     assert (out / "neuron_agreement.png").stat().st_size > 10_000
-    # The config the steering was made with, rebuilt from manifests (no config.yaml here).
+    # The config the steering was made with, rebuilt from its manifests alone.
     made, given = made_with(tiny_run, "steer"), load_config(None, TINY)
     assert all(getattr(made, s) == getattr(given, s) for s in ("train", "behave", "steer"))
     # Each best steering applied to the copy's held-out prompts: the run's own held-out rate.

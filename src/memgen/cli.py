@@ -139,32 +139,25 @@ def _setup(
     if not main:
         os.environ["TQDM_DISABLE"] = "1"
     _quiet_library_bars()
-    from memgen.pipeline import RUN_CONFIG, default_run_dir
+    from memgen.pipeline import RUN_CONFIG, default_run_dir, finished_stages
 
     if config is None and run_dir is not None and (run_dir / RUN_CONFIG).is_file():
         # A run folder remembers its config, so `memgen bound --run-dir runs/x` needs no
         # --config; overrides still apply on top.
         config = run_dir / RUN_CONFIG
         logging.getLogger(__name__).info("config: %s", config)
+    elif config is None and run_dir is not None and (done := finished_stages(run_dir)):
+        # The defaults would make `run` redo these stages for another config, and so
+        # overwrite them (hours of training, say): ask for the config they were made with.
+        raise MemgenError(
+            f"{run_dir} holds finished stages ({', '.join(done)}) but no {RUN_CONFIG}: "
+            "pass the --config (and overrides) they were made with"
+        )
     cfg = _load(config, overrides)
     folder = run_dir or default_run_dir(cfg)
     if main:
         _writable(folder)
     return cfg, folder
-
-
-def _remember(cfg: RunConfig, folder: Path) -> bool:
-    """After a command succeeds: the config its outputs were made with, for the next one."""
-    from memgen.core import distributed
-    from memgen.core.artifacts import write_text
-    from memgen.pipeline import RUN_CONFIG
-
-    if not distributed.is_main():
-        return False  # the main process writes the folder and speaks for all
-    header = "# The config this run's outputs were last made with; commands on this folder\n"
-    header += "# read it when given no --config (memgen.cli).\n"
-    write_text(folder / RUN_CONFIG, header + to_yaml(cfg))
-    return True
 
 
 def _writing(folder: Path) -> contextlib.AbstractContextManager[None]:
@@ -185,12 +178,12 @@ def _stage_command(name: str, summary: str) -> None:
         force: ForceOption = False,
     ) -> None:
         cfg, folder = _setup(config, overrides, run_dir)
+        from memgen.core import distributed
         from memgen.pipeline import run_stage
 
         with _writing(folder):
             stage = run_stage(name, folder, cfg, force=force)
-            done = _remember(cfg, folder)
-        if done:
+        if distributed.is_main():  # it speaks for all
             typer.echo(f"{name}: done -> {stage.path}")
 
     command.__doc__ = summary
@@ -211,13 +204,14 @@ def run(
 ) -> None:
     """Run the whole pipeline (data -> train -> ... -> report), skipping finished stages."""
     cfg, folder = _setup(config, overrides, run_dir)
+    from memgen.core import distributed
     from memgen.pipeline import RUN_ORDER, run_all
 
     if until is not None and until not in RUN_ORDER:
         raise MemgenError(f"--until {until!r} is not a stage (stages: {', '.join(RUN_ORDER)})")
     with _writing(folder):
         run_all(folder, cfg, force=force, until=until)
-        done = _remember(cfg, folder)
+    done = distributed.is_main()  # it speaks for all
     if done and until is not None and until != RUN_ORDER[-1]:
         typer.echo(f"done: every stage up to {until} -> {folder}")
     elif done:

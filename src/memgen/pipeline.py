@@ -32,7 +32,7 @@ from threadpoolctl import threadpool_limits
 
 from memgen.core import distributed
 from memgen.core.artifacts import Stage, Step
-from memgen.core.config import RunConfig
+from memgen.core.config import RunConfig, to_yaml
 from memgen.core.errors import MemgenError
 
 log = logging.getLogger(__name__)
@@ -333,8 +333,28 @@ def run_stage(name: str, run_dir: Path, cfg: RunConfig, force: bool = False) -> 
         with distributed.solo():
             _open_and_run(spec, run_dir, cfg, force)
     distributed.barrier()  # its files are written before any process reads them
+    remember(cfg, run_dir)
     log.info("%s: %.1f s", name, time.perf_counter() - started)
     return Stage(run_dir, name)
+
+
+def remember(cfg: RunConfig, run_dir: Path) -> None:
+    """The config the folder's outputs were last made with, for the next command on it.
+
+    Written as each stage finishes, not when a command does: a run stopped in its third
+    stage still tells the next `memgen run --run-dir` what its first two were made with.
+    """
+    from memgen.core.artifacts import write_text
+
+    if not distributed.is_main():
+        return  # the main process writes the folder
+    header = "# The config this run's outputs were last made with; commands on this folder\n"
+    header += "# read it when given no --config (memgen.cli).\n"
+    write_text(run_dir / RUN_CONFIG, header + to_yaml(cfg))
+
+
+def finished_stages(run_dir: Path) -> list[str]:
+    return [spec.name for spec in STAGES if Stage(run_dir, spec.name).is_finished()]
 
 
 def _open_and_run(spec: StageSpec, run_dir: Path, cfg: RunConfig, force: bool) -> None:
