@@ -31,7 +31,7 @@ from typing import Any, NoReturn
 from threadpoolctl import threadpool_limits
 
 from memgen.core import distributed
-from memgen.core.artifacts import Stage, Step
+from memgen.core.artifacts import Stage, Step, write_text
 from memgen.core.config import RunConfig, to_yaml
 from memgen.core.errors import MemgenError
 
@@ -344,8 +344,6 @@ def remember(cfg: RunConfig, run_dir: Path) -> None:
     Written as each stage finishes, not when a command does: a run stopped in its third
     stage still tells the next `memgen run --run-dir` what its first two were made with.
     """
-    from memgen.core.artifacts import write_text
-
     if not distributed.is_main():
         return  # the main process writes the folder
     header = "# The config this run's outputs were last made with; commands on this folder\n"
