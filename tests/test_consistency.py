@@ -14,6 +14,7 @@ from memgen.neurons.consistency import (
     compare_sets,
     dice,
     jaccard,
+    layer_chance_jaccard,
     shuffle_within_pairs,
     split_half_consistency,
     split_pairs,
@@ -67,6 +68,29 @@ def test_identical_scores_overlap_fully() -> None:
         compare_scores(s, s[:2], 0.1)
 
 
+def test_layer_chance_matches_simulation_and_exceeds_global_chance() -> None:
+    rng = np.random.default_rng(0)
+    n_layers, width = 6, 40
+    counts_a, counts_b = [0, 0, 0, 8, 6, 6], [0, 0, 1, 9, 5, 5]  # both sets in late layers
+
+    def draw(counts: list[int]) -> np.ndarray:
+        return np.concatenate(
+            [layer * width + rng.choice(width, c, replace=False) for layer, c in enumerate(counts)]
+        )
+
+    top_a, top_b = draw(counts_a), draw(counts_b)
+    expected = layer_chance_jaccard(top_a, top_b, (n_layers, width))
+    sims = [jaccard(draw(counts_a), draw(counts_b)) for _ in range(4000)]
+    assert expected == pytest.approx(np.mean(sims), abs=0.01)
+    assert expected > 1.5 * chance_overlap(20, 20, n_layers * width)["jaccard"]
+    # In one layer it is the one-layer hypergeometric chance.
+    one = layer_chance_jaccard(np.arange(5), np.arange(10, 15), (n_layers, width))
+    assert one == pytest.approx(chance_overlap(5, 5, width)["jaccard"])
+    s = rng.normal(size=(n_layers, width))
+    found = compare_scores(s, s, 0.05, per_layer_chance=True)
+    assert found["chance_jaccard_layers"] >= found["chance_jaccard"]
+
+
 def test_split_pairs_keeps_pairs_together() -> None:
     pair_ids = np.repeat(np.arange(11), 2)
     a, b = split_pairs(pair_ids, np.random.default_rng(0))
@@ -89,6 +113,9 @@ def test_planted_signal_is_consistent_well_above_chance() -> None:
     assert row["k"] == 10
     assert row["jaccard"]["mean"] > 0.6
     assert row["jaccard"]["mean"] > 5 * row["jaccard_chance"]
+    # Both halves pick layer 2, where chance is higher, and still beat it.
+    assert row["jaccard_chance_layers"] > 2 * row["jaccard_chance"]
+    assert row["jaccard"]["mean"] > 3 * row["jaccard_chance_layers"]
     assert row["jaccard_permuted"]["mean"] < 0.3
     assert row["jaccard"]["ci_low"] <= row["jaccard"]["mean"] <= row["jaccard"]["ci_high"]
 

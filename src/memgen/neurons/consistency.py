@@ -70,6 +70,26 @@ def _expected_jaccard(k_a: int, k_b: int, total: int) -> float:
     return float(np.sum(pmf * shared / (k_a + k_b - shared)))
 
 
+def layer_chance_jaccard(top_a: np.ndarray, top_b: np.ndarray, shape: tuple[int, int]) -> float:
+    """Expected Jaccard of two random sets with `top_a`'s and `top_b`'s per-layer counts.
+
+    `top_a` and `top_b` are flat indices into a (layers, width) map. Where both sets sit in
+    the same few layers, two random sets of those layers overlap far more than two random
+    sets of the whole model: this is the chance level for "the same neurons", not just
+    "the same layers". The intersection is a sum of one hypergeometric per layer; its
+    exact distribution is their convolution.
+    """
+    n_layers, width = shape
+    counts_a = np.bincount(np.asarray(top_a) // width, minlength=n_layers)
+    counts_b = np.bincount(np.asarray(top_b) // width, minlength=n_layers)
+    pmf = np.ones(1)
+    for k_a, k_b in zip(counts_a.tolist(), counts_b.tolist(), strict=True):
+        if k_a and k_b:
+            pmf = np.convolve(pmf, hypergeom.pmf(np.arange(min(k_a, k_b) + 1), width, k_a, k_b))
+    shared = np.arange(len(pmf))
+    return float(np.sum(pmf * shared / (len(top_a) + len(top_b) - shared)))
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman correlation of |a| and |b| over all neurons (0 when either is constant)."""
     ra = rankdata(np.abs(np.asarray(a, dtype=np.float64)).ravel())
@@ -81,13 +101,19 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare_scores(
-    a: np.ndarray, b: np.ndarray, fraction: float, nmd: tuple[np.ndarray, np.ndarray] | None = None
+    a: np.ndarray,
+    b: np.ndarray,
+    fraction: float,
+    nmd: tuple[np.ndarray, np.ndarray] | None = None,
+    per_layer_chance: bool = False,
 ) -> dict[str, float]:
     """Overlap of the top-`fraction` selections of two score maps, and their rank correlation.
 
     With both runs' NMD maps (`nmd`), also how often a neuron selected in both leans the
     same way (`sign_agreement`, chance 0.5; NaN when no neuron is shared): is a
-    "memorization" neuron of one run a memorization neuron of the other?
+    "memorization" neuron of one run a memorization neuron of the other? With
+    `per_layer_chance` (2-D maps), also `chance_jaccard_layers`: the chance overlap given
+    how many neurons each selection takes from each layer (`layer_chance_jaccard`).
     """
     if a.shape != b.shape:
         raise MemgenError(
@@ -105,6 +131,8 @@ def compare_scores(
         "chance_jaccard": chance["jaccard"],
         "chance_dice": chance["dice"],
     }
+    if per_layer_chance:
+        found["chance_jaccard_layers"] = layer_chance_jaccard(top_a, top_b, a.shape)
     if nmd is not None:
         shared = np.intersect1d(top_a, top_b)
         signs = [np.sign(np.asarray(m, dtype=np.float64).ravel()[shared]) for m in nmd]
@@ -207,9 +235,11 @@ def split_half_consistency(
             a, b = _half_scores(x, labels, rows, scorer)
             entry = {"spearman": spearman(a, b)}
             for fraction in fractions:
-                found = compare_scores(a, b, fraction)
+                found = compare_scores(a, b, fraction, per_layer_chance=x.ndim == 3)
                 entry[f"jaccard@{fraction:g}"] = found["jaccard"]
                 entry[f"dice@{fraction:g}"] = found["dice"]
+                if "chance_jaccard_layers" in found:
+                    entry[f"layers@{fraction:g}"] = found["chance_jaccard_layers"]
             per_split[name].append(entry)
     total = int(np.prod(x.shape[1:]))
     report: dict[str, Any] = {
@@ -230,6 +260,10 @@ def split_half_consistency(
             row[metric] = percentile_range([s[key] for s in per_split["observed"]])
             row[f"{metric}_permuted"] = percentile_range([s[key] for s in per_split["permuted"]])
             row[f"{metric}_chance"] = chance[metric]
+        if x.ndim == 3:  # chance given the layers each half's selection fell in
+            row["jaccard_chance_layers"] = float(
+                np.mean([s[f"layers@{fraction:g}"] for s in per_split["observed"]])
+            )
         report["top_n"].append(row)
     return report
 

@@ -50,6 +50,7 @@ def _consistency_summary(report: dict[str, Any]) -> dict[str, Any]:
             "jaccard_ci": [row["jaccard"]["ci_low"], row["jaccard"]["ci_high"]],
             "jaccard_permuted": row["jaccard_permuted"]["mean"],
             "jaccard_chance": row["jaccard_chance"],
+            "jaccard_chance_layers": row.get("jaccard_chance_layers"),
         }
     return summary
 

@@ -217,7 +217,8 @@ def neuron_agreement(
     if why is not None:
         row["cross_probe"] = cross_probes(a, b)
         row["overlap"] = {
-            f"{f:g}": compare_scores(a.score, b.score, f, nmd=(a.nmd, b.nmd)) for f in fractions
+            f"{f:g}": compare_scores(a.score, b.score, f, (a.nmd, b.nmd), per_layer_chance=True)
+            for f in fractions
         }
         row["overlap_halves"] = overlap_halves(a, b, fractions)
     return row
@@ -364,7 +365,8 @@ def _pair_lines(pair: dict[str, Any]) -> list[str]:
     for key, overlap in pair.get("overlap", {}).items():
         parts.append(
             f"top {float(key):.0%} Jaccard {overlap['jaccard']:.2f} "
-            f"(chance {overlap['chance_jaccard']:.3f}), Spearman {overlap['spearman']:.2f}, "
+            f"(chance {overlap['chance_jaccard']:.3f}; with the same per-layer counts "
+            f"{overlap['chance_jaccard_layers']:.3f}), Spearman {overlap['spearman']:.2f}, "
             f"NMD signs agree on {overlap['sign_agreement']:.0%} of {overlap['n_shared']} "
             "shared"
         )
