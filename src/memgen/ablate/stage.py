@@ -22,7 +22,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.artifacts import Step, write_json
@@ -31,6 +30,7 @@ from memgen.core.errors import MemgenError
 from memgen.core.examples import Example, read_test_answers
 from memgen.core.hooks import Intervention, Position, intervene
 from memgen.core.modeling import load_run_model
+from memgen.core.progress import progress
 from memgen.core.reading import label_examples
 from memgen.core.sites import Site, n_layers, site_width
 from memgen.core.stats import rates
@@ -105,7 +105,7 @@ def run_ablate(step: Step) -> None:
         for layer in range(n_layers(model))
         for scale in ac.scales
     ]
-    for site, scale in tqdm(settings, desc="ablate", disable=None):
+    for site, scale in progress(settings, "ablate"):
         interventions = scale_site(site, site_width(model, site.kind), scale, ac.position)
         for source in SOURCES:
             if not prompts[source]:

@@ -27,7 +27,6 @@ from functools import partial
 from typing import Literal
 
 import numpy as np
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.artifacts import Step, write_json
@@ -35,6 +34,7 @@ from memgen.core.config import DeleteConfig, RunConfig
 from memgen.core.examples import PAIRS_FILE, PairRows, read_pairs, read_split, read_test_answers
 from memgen.core.modeling import load_run_model
 from memgen.core.pieces import Pieces
+from memgen.core.progress import progress
 from memgen.core.recorded import CAUSAL_FIX, Recorded, read_record
 from memgen.core.rows import DeletionRow, MemoryMatrix, Spread, dump_rows, with_holm
 from memgen.core.sites import n_layers, site_width, write_norms
@@ -109,7 +109,7 @@ def _rows(
     depth, width = n_layers(bench.model), site_width(bench.model, "mlp")
     rows = []
     cells = [(scorer, size) for scorer in dc.scorers for size in dc.sizes]
-    for scorer, size in tqdm(cells, desc="delete", disable=None):
+    for scorer, size in progress(cells, "delete"):
         score = site_score(scorer, recorded, "mlp")
         top = Neurons(*select_top(score, size))
         randoms = [
