@@ -10,6 +10,7 @@ import functools
 import inspect
 import json
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,17 @@ def resolve_model_source(name_or_path: str) -> str:
             "*.safetensors, or a hub name such as meta-llama/Llama-3.2-1B-Instruct"
         )
     return name_or_path
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """PEFT wrapping a model without its FutureWarning about a transformers attribute that
+    PEFT itself reads (`is_gradient_checkpointing`): a line in every log a user cannot act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning
+        )
+        yield
 
 
 def load_pretrained(
@@ -191,7 +203,8 @@ def _load_trained(
     base, _ = load(base_name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = PeftModel.from_pretrained(base, path)
+        with quiet_peft():
+            model = PeftModel.from_pretrained(base, path)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise MemgenError(
             f"cannot load the adapter in {path} ({exc}); re-run `memgen train`"

@@ -10,6 +10,7 @@ from transformers import PreTrainedModel
 
 from memgen.core.config import LoraConfig
 from memgen.core.errors import MemgenError
+from memgen.core.modeling import quiet_peft
 
 
 def add_lora(model: PreTrainedModel, cfg: LoraConfig) -> PreTrainedModel:
@@ -22,7 +23,8 @@ def add_lora(model: PreTrainedModel, cfg: LoraConfig) -> PreTrainedModel:
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, peft_config)  # type: ignore[return-value]
+        with quiet_peft():
+            return get_peft_model(model, peft_config)  # type: ignore[return-value]
     except ValueError as exc:
         # Unknown architecture without targets, or targets that match no module.
         first_line = str(exc).strip().splitlines()[0]
