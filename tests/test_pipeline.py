@@ -239,6 +239,37 @@ def test_ablation_scales_each_site_and_scale_one_changes_nothing(own_run: Path) 
     )  # skipped when up to date
 
 
+def test_a_stopped_ablate_stage_resumes_from_its_finished_settings(
+    own_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memgen.ablate.stage import Steerer
+
+    cfg = load_config(None, [*TINY, "ablate.scales=[0]", "ablate.sites=[mlp]"])
+    whole = Path(shutil.copytree(own_run, tmp_path / "whole"))
+    expected = json.loads((run_stage("ablate", whole, cfg).path / "ablate.json").read_text())
+    shares = Steerer.shares
+    calls: list[int] = []
+
+    def stopped_in_layer_1(self: Steerer, examples: list, interventions: list) -> object:
+        calls.append(interventions[0].site.layer if interventions else -1)
+        if calls[-1] == 1:
+            raise KeyboardInterrupt
+        return shares(self, examples, interventions)
+
+    monkeypatch.setattr(Steerer, "shares", stopped_in_layer_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("ablate", own_run, cfg)
+    stage = Stage(own_run, "ablate")
+    assert not stage.is_finished()
+    assert [p.name for p in (stage.path / "pieces").iterdir()] == ["mlp-0-x0.json"]
+    calls.clear()
+    monkeypatch.setattr(Steerer, "shares", lambda self, e, i: calls.append(1) or shares(self, e, i))
+    result = json.loads((run_stage("ablate", own_run, cfg).path / "ablate.json").read_text())
+    assert len(calls) == 2 + 2  # the baseline and layer 1, both ways; layer 0 read back
+    assert result == expected
+    assert not (stage.path / "pieces").exists()
+
+
 def test_the_delete_stage_measures_each_selection_held_out_beside_matched_draws(
     own_run: Path,
 ) -> None:

@@ -30,8 +30,10 @@ from memgen.core.errors import MemgenError
 from memgen.core.examples import Example, read_test_answers
 from memgen.core.hooks import Intervention, Position, intervene
 from memgen.core.modeling import load_run_model
+from memgen.core.pieces import Pieces
 from memgen.core.progress import progress
 from memgen.core.reading import label_examples
+from memgen.core.rows import AblationRow, dump_rows
 from memgen.core.sites import Site, n_layers, site_width
 from memgen.core.stats import rates
 from memgen.tasks.base import Task, make_task
@@ -98,33 +100,40 @@ def run_ablate(step: Step) -> None:
     baseline = {
         source: steerer.shares(examples, []) for source, examples in prompts.items() if examples
     }
-    rows: list[dict[str, Any]] = []
+    # Each setting is saved as it finishes (a 30-layer model takes an hour on one core): a
+    # stage stopped part way resumes at the first setting it had not finished.
+    pieces = Pieces(out / "pieces", step)
     settings = [
         (Site(kind, layer), scale)
         for kind in ac.sites
         for layer in range(n_layers(model))
         for scale in ac.scales
     ]
+    found: list[AblationRow] = []
     for site, scale in progress(settings, "ablate"):
-        interventions = scale_site(site, site_width(model, site.kind), scale, ac.position)
-        for source in SOURCES:
-            if not prompts[source]:
-                continue
-            shares = steerer.shares(prompts[source], interventions)
-            rows.append(
-                {
-                    "site": site.kind,
-                    "layer": site.layer,
-                    "scale": scale,
-                    "position": ac.position,
-                    "from": source,
-                    "n_prompts": len(prompts[source]),
-                    "shares": shares,
-                }
-            )
+
+        def measure(site: Site = site, scale: float = scale) -> list[AblationRow]:
+            interventions = scale_site(site, site_width(model, site.kind), scale, ac.position)
+            return [
+                AblationRow(
+                    site=site.kind,  # type: ignore[arg-type]
+                    layer=site.layer,
+                    scale=scale,
+                    position=ac.position,
+                    source=source,  # type: ignore[arg-type]
+                    n_prompts=len(prompts[source]),
+                    shares=steerer.shares(prompts[source], interventions),
+                )
+                for source in SOURCES
+                if prompts[source]
+            ]
+
+        found += pieces.get(f"{site.kind}-{site.layer}-x{scale:g}", AblationRow, measure)
+    rows = dump_rows(found)
     result = {"baseline": baseline, "rows": rows}
     write_json(out / "ablate.json", result)
     plot_ablation(rows, out / "ablate.png")
+    pieces.clear()
     step.finish(result)
     log.info("%s", format_ablation(baseline, rows))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from memgen.core.errors import MemgenError
 from memgen.core.hooks import Position
@@ -131,6 +131,23 @@ class Deleted(Row):
     to_rule: float  # answered by memory before, the rule's answer now
     gen_kept: float  # answered by the rule before, and still (the collateral)
     train_kept: float  # training prompts answered as trained, and still
+
+
+class AblationRow(Row):
+    """One site at one layer scaled, and what its answers became (stage `ablate`)."""
+
+    # `from` in ablate.json, a Python keyword here.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True
+    )
+
+    site: Literal["attn", "mlp"]
+    layer: int
+    scale: float
+    position: Position
+    source: Literal["mem", "gen"] = Field(alias="from")  # the unablated answer's behaviour
+    n_prompts: int
+    shares: Rates
 
 
 class DeletionRow(Row):
