@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.artifacts import Step, write_json
-from memgen.core.config import RunConfig
+from memgen.core.config import AblateConfig, RunConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example, read_test_answers
 from memgen.core.hooks import Intervention, Position, intervene
@@ -100,9 +100,23 @@ def run_ablate(step: Step) -> None:
     baseline = {
         source: steerer.shares(examples, []) for source, examples in prompts.items() if examples
     }
-    # Each setting is saved as it finishes (a 30-layer model takes an hour on one core): a
-    # stage stopped part way resumes at the first setting it had not finished.
     pieces = Pieces(out / "pieces", step)
+    found = _knockouts(steerer, prompts, ac, pieces)
+    rows = dump_rows(found)
+    result = {"baseline": baseline, "rows": rows}
+    write_json(out / "ablate.json", result)
+    plot_ablation(rows, out / "ablate.png")
+    pieces.clear()
+    step.finish(result)
+    log.info("%s", format_ablation(baseline, rows))
+
+
+def _knockouts(
+    steerer: Steerer, prompts: dict[str, list[Example]], ac: AblateConfig, pieces: Pieces
+) -> list[AblationRow]:
+    """Every site, layer and scale, each saved as it finishes (a 30-layer model takes an
+    hour on one core): a stage stopped part way resumes at the first one not finished."""
+    model = steerer.model
     settings = [
         (Site(kind, layer), scale)
         for kind in ac.sites
@@ -129,13 +143,7 @@ def run_ablate(step: Step) -> None:
             ]
 
         found += pieces.get(f"{site.kind}-{site.layer}-x{scale:g}", AblationRow, measure)
-    rows = dump_rows(found)
-    result = {"baseline": baseline, "rows": rows}
-    write_json(out / "ablate.json", result)
-    plot_ablation(rows, out / "ablate.png")
-    pieces.clear()
-    step.finish(result)
-    log.info("%s", format_ablation(baseline, rows))
+    return found
 
 
 def format_ablation(baseline: dict[str, dict[str, float]], rows: list[dict[str, Any]]) -> str:

@@ -241,16 +241,25 @@ def split_half_consistency(
                 if "chance_jaccard_layers" in found:
                     entry[f"layers@{fraction:g}"] = found["chance_jaccard_layers"]
             per_split[name].append(entry)
-    total = int(np.prod(x.shape[1:]))
-    report: dict[str, Any] = {
+    return {
         "scorer": scorer,
         "n_pairs": n_pairs,
         "n_splits": n_splits,
         "seed": seed,
         "spearman": percentile_range([s["spearman"] for s in per_split["observed"]]),
         "spearman_permuted": percentile_range([s["spearman"] for s in per_split["permuted"]]),
-        "top_n": [],
+        "top_n": _top_n_rows(per_split, fractions, int(np.prod(x.shape[1:])), x.ndim == 3),
     }
+
+
+def _top_n_rows(
+    per_split: dict[str, list[dict[str, float]]],
+    fractions: Sequence[float],
+    total: int,
+    layered: bool,
+) -> list[dict[str, Any]]:
+    """Per top-N fraction: the split-half overlaps' spread beside their chance levels."""
+    rows = []
     for fraction in fractions:
         k = n_selected(fraction, total)
         chance = chance_overlap(k, k, total)
@@ -260,12 +269,12 @@ def split_half_consistency(
             row[metric] = percentile_range([s[key] for s in per_split["observed"]])
             row[f"{metric}_permuted"] = percentile_range([s[key] for s in per_split["permuted"]])
             row[f"{metric}_chance"] = chance[metric]
-        if x.ndim == 3:  # chance given the layers each half's selection fell in
+        if layered:  # chance given the layers each half's selection fell in
             row["jaccard_chance_layers"] = float(
                 np.mean([s[f"layers@{fraction:g}"] for s in per_split["observed"]])
             )
-        report["top_n"].append(row)
-    return report
+        rows.append(row)
+    return rows
 
 
 def across_halves(
