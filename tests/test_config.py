@@ -46,6 +46,17 @@ def test_bad_overrides_name_the_key(overrides: list[str], fragment: str) -> None
     assert "\n" not in str(info.value)
 
 
+def test_a_bad_override_over_a_good_file_names_the_override(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  steps: 50\n")
+    with pytest.raises(MemgenError, match=r"^override 'ablate.n_prompts=-1': ") as info:
+        load_config(path, ["train.lr=0.01", "ablate.n_prompts=-1"])
+    assert "run.yaml" not in str(info.value)
+    path.write_text("train:\n  steps: -5\n")  # the file's own mistake names the file
+    with pytest.raises(MemgenError, match=r"run\.yaml: .*train\.steps"):
+        load_config(path, ["train.lr=0.01"])
+
+
 def test_yaml_file_and_override_precedence(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text("seed: 3\ntrain:\n  steps: 50\n  lr: 0.01\n")

@@ -517,7 +517,19 @@ def load_config(
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
-        raise MemgenError(format_validation_error(exc, source)) from None
+        where = _override_setting(exc, overrides or []) or source
+        raise MemgenError(format_validation_error(exc, where)) from None
+
+
+def _override_setting(exc: ValidationError, overrides: list[str]) -> str | None:
+    """The override that set the first invalid field, if one did: the error names what
+    the user typed, not the config file it was applied over."""
+    field = ".".join(str(part) for part in exc.errors()[0]["loc"])
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if field == key or field.startswith(key + "."):
+            return f"override {_shown(item)}"
+    return None
 
 
 def to_yaml(config: BaseModel) -> str:
