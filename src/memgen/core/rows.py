@@ -136,10 +136,8 @@ class Deleted(Row):
 class AblationRow(Row):
     """One site at one layer scaled, and what its answers became (stage `ablate`)."""
 
-    # `from` in ablate.json, a Python keyword here.
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True
-    )
+    # `from` in ablate.json, a Python keyword here (merged with Row's frozen, extra=forbid).
+    model_config = ConfigDict(validate_by_name=True, serialize_by_alias=True)
 
     site: Literal["attn", "mlp"]
     layer: int

@@ -234,8 +234,9 @@ def split_half_consistency(
         for name, labels in (("observed", y), ("permuted", shuffled)):
             a, b = _half_scores(x, labels, rows, scorer)
             entry = {"spearman": spearman(a, b)}
+            layered = x.ndim == 3 and name == "observed"  # the permuted rows' is unused
             for fraction in fractions:
-                found = compare_scores(a, b, fraction, per_layer_chance=x.ndim == 3)
+                found = compare_scores(a, b, fraction, per_layer_chance=layered)
                 entry[f"jaccard@{fraction:g}"] = found["jaccard"]
                 entry[f"dice@{fraction:g}"] = found["dice"]
                 if "chance_jaccard_layers" in found:
