@@ -27,6 +27,7 @@ from memgen.core.answers import answer_batch, greedy_writes
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example
 from memgen.core.generation import encode_example
+from memgen.core.progress import progress
 from memgen.core.sites import Site, n_layers, resolve, site_width
 
 
@@ -203,7 +204,9 @@ def plant(
     rng = random.Random(seed)
     recall, step = 0.0, 0
     try:
-        for step in range(1, steps + 1):
+        for step in progress(
+            range(1, steps + 1), "localize: planting (stops early when all are recalled)"
+        ):
             rows = encoded_facts + rng.sample(encoded_replay, min(batch_size, len(replay)))
             model.train()
             loss = model(**answer_batch(rows, range(len(rows)), pad, device)).loss

@@ -27,6 +27,7 @@ from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example, read_split
 from memgen.core.modeling import load_run_model
+from memgen.core.progress import progress
 from memgen.core.sites import n_layers, site_width
 from memgen.localize.plant import (
     Neurons,
@@ -112,7 +113,7 @@ def _localizations(
     deleter = Deleter(model, tokenizer, garden.facts, garden.ordinary, usual.mean, chat)
     oracle = _indicator(planted, depth, width)
     rows = [localize("planted", oracle, len(planted), deleter, planted, lc.draws, cfg.seed)]
-    for name in lc.selectors:
+    for name in progress(lc.selectors, "localize: selectors"):
         scores = SELECTORS.get(name)(model, tokenizer, garden.facts, usual, chat, cfg.seed)
         for size in lc.sizes:
             k = max(1, round(size * depth * width))
@@ -157,14 +158,22 @@ def _indicator(planted: Neurons, depth: int, width: int) -> np.ndarray:
 
 
 def format_localization(rows: list[Localization]) -> str:
-    lines = ["selector        k  recall@k  facts kept  ordinary kept  random facts kept  p"]
+    """The rows as a plain-text table; random columns are mean [min, max] over the draws."""
+    lines = [
+        "selector        k  recall@k  facts kept  ordinary kept  "
+        "random facts kept  random ordinary kept      p  p net"
+    ]
     for row in rows:
         recall = "-" if row.recall_at_k is None else f"{row.recall_at_k:.2f}"
-        chance = np.asarray(row.random_recalled)
-        spread = f"{chance.mean():.2f} [{chance.min():.2f}, {chance.max():.2f}]"
         kept = row.deletion
         lines.append(
             f"{row.selector:12} {row.k:4d}  {recall:>8}  {kept.facts_recalled:10.2f}  "
-            f"{kept.ordinary_kept:13.2f}  {spread:>17}  {row.p_value:.3f}"
+            f"{kept.ordinary_kept:13.2f}  {_spread(row.random_recalled):>17}  "
+            f"{_spread(row.random_ordinary_kept):>20}  {row.p_value:.3f}  {row.p_value_net:.3f}"
         )
     return "\n".join(lines)
+
+
+def _spread(values: list[float]) -> str:
+    chance = np.asarray(values)
+    return f"{chance.mean():.2f} [{chance.min():.2f}, {chance.max():.2f}]"

@@ -8,7 +8,11 @@ For one selection of k MLP neurons (a selector's top k):
   still recalled, and the share of ordinary answers kept (the collateral);
 - against chance: `draws` random selections with the same count per layer, treated
   the same way; the rank p-value is the share of them (plus the selection itself) that
-  forget at least as many facts: (1 + #{random >= selected}) / (1 + draws).
+  forget at least as many facts: (1 + #{random >= selected}) / (1 + draws);
+- net of collateral: the same rank of ordinary answers kept minus facts recalled. On a
+  model where a few neurons carry every answer (SmolLM2's), a random set that hits one
+  forgets the facts by breaking everything; only the net rank tells a localization
+  from damage.
 """
 
 from __future__ import annotations
@@ -63,6 +67,11 @@ class Deletion:
     facts_recalled: float
     ordinary_kept: float
 
+    @property
+    def net(self) -> float:
+        """Forgetting net of collateral: ordinary answers kept minus facts recalled."""
+        return self.ordinary_kept - self.facts_recalled
+
 
 @dataclass(frozen=True)
 class Localization:
@@ -74,7 +83,9 @@ class Localization:
     recall_at_k: float | None
     deletion: Deletion
     random_recalled: list[float]
+    random_ordinary_kept: list[float]
     p_value: float  # rank p-value of forgetting at least as much as this selection
+    p_value_net: float  # the same, of ordinary answers kept minus facts recalled
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -125,13 +136,15 @@ def localize(
     rng = np.random.default_rng(seed)
     counts = selected.per_layer(n_layers(deleter.model))
     width = scores.shape[1]
-    chance = [deleter(random_neurons(counts, width, rng)).facts_recalled for _ in range(draws)]
+    chance = [deleter(random_neurons(counts, width, rng)) for _ in range(draws)]
     return Localization(
         selector=name,
         k=k,
         recall_at_k=None if planted is None else recall_at_k(selected, planted, width),
         deletion=deletion,
-        random_recalled=chance,
+        random_recalled=[d.facts_recalled for d in chance],
+        random_ordinary_kept=[d.ordinary_kept for d in chance],
         # Forgetting is the effect: fewer facts recalled is more extreme.
-        p_value=rank_p_value(-deletion.facts_recalled, [-recall for recall in chance]),
+        p_value=rank_p_value(-deletion.facts_recalled, [-d.facts_recalled for d in chance]),
+        p_value_net=rank_p_value(deletion.net, [d.net for d in chance]),
     )

@@ -157,11 +157,14 @@ def _localization_table(result: dict[str, Any]) -> str:
         "facts kept",
         "ordinary kept",
         "random: facts kept (mean, range)",
+        "random: ordinary kept (mean, range)",
         "p",
+        "p net of collateral",
     ]
     cells = []
     for r in result["rows"]:
-        chance = r["random_recalled"]
+        # localize.json before 2026-12-05 kept no random collateral and no net p-value.
+        net = r.get("p_value_net")
         cells.append(
             [
                 r["selector"],
@@ -169,11 +172,19 @@ def _localization_table(result: dict[str, Any]) -> str:
                 "–" if r["recall_at_k"] is None else f"{r['recall_at_k']:.2f}",
                 _pct(r["deletion"]["facts_recalled"]),
                 _pct(r["deletion"]["ordinary_kept"]),
-                f"{_pct(sum(chance) / len(chance))} ({_pct(min(chance))} – {_pct(max(chance))})",
+                _pct_spread(r["random_recalled"]),
+                _pct_spread(r.get("random_ordinary_kept", [])),
                 f"{r['p_value']:.3f}",
+                "–" if net is None else f"{net:.3f}",
             ]
         )
     return _table(header, cells)
+
+
+def _pct_spread(values: list[float]) -> str:
+    if not values:
+        return "–"
+    return f"{_pct(sum(values) / len(values))} ({_pct(min(values))} – {_pct(max(values))})"
 
 
 def _deletion_table(rows: list[DeletionRow]) -> str:
