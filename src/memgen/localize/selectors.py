@@ -9,9 +9,9 @@ ranks the neurons; the top k are the selection. The ablation test (`memgen.local
 mean-ablates them at every position, so the causal selector estimates exactly that:
 
 - `attribution`: attribution patching (gradient x activation change, first order): per
-  neuron, the margin log p(memorized answer) - log p(rule's answer) lost when the neuron
-  is set to its usual value at every position, (a - mean) . d margin / d a, summed over
-  positions and averaged over facts. Two forward and backward passes per batch.
+  neuron, the answer's log-likelihood lost when the neuron is set to its usual value
+  at every position, (a - mean) . d log p(answer) / d a, summed over positions and
+  averaged over facts. One forward and one backward pass per batch.
 - `activation`: how far from its usual value the neuron is on the facts, in its own
   standard deviations (|a - mean| / sd, averaged): the correlational baseline
   (Chang et al.'s ACTIVATIONS).
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -129,26 +129,6 @@ def usual_values(
     return Usual(mean, np.sqrt(np.maximum(square - mean * mean, 0.0)))
 
 
-def _attribution(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    examples: Sequence[Example],
-    mean: torch.Tensor,
-    chat: bool,
-) -> torch.Tensor:
-    """Per neuron [L, W], the summed log-likelihood of the examples' completions lost,
-    to first order, when the neuron is set to `mean` at every position."""
-    batches = answer_batches(model, tokenizer, examples, chat)
-    with frozen(model):
-        values, grads = _mlp_values(model, batches, grad=True)
-    total = torch.zeros_like(mean)
-    for batch, layer_values, layer_grads in zip(batches, values, grads, strict=True):
-        real = batch["attention_mask"].unsqueeze(-1)
-        for layer, (a, g) in enumerate(zip(layer_values, layer_grads, strict=True)):
-            total[layer] += ((a - mean[layer]) * g * real).sum(dim=(0, 1))
-    return total
-
-
 @SELECTORS.register("attribution")
 def attribution_scores(
     model: PreTrainedModel,
@@ -158,16 +138,20 @@ def attribution_scores(
     chat: bool,
     seed: int = 0,
 ) -> np.ndarray:
-    # The margin, log p(memorized answer) - log p(rule's answer), not the memorized
-    # answer's log-likelihood alone: a fact recalled at p ~ 1 has a gradient ~ 0 there
-    # (on SmolLM2 that left the planted neurons at the median score, recall@k 0.14),
-    # while the rule answer's log-likelihood keeps the logit gap's full gradient.
+    # The recalled answer's log-likelihood, though near p = 1 its gradient is small: the
+    # margin against the rule's answer (the flipped pairs' attribution) found no more of
+    # SmolLM2's planted neurons (seed 0, recall at 0.1% / 1%: 0.27 / 0.12 vs 0.31 / 0.14).
+    batches = answer_batches(model, tokenizer, facts, chat)
+    with frozen(model):
+        values, grads = _mlp_values(model, batches, grad=True)
     mean = torch.as_tensor(usual.mean, dtype=torch.float32)
-    margin = _attribution(model, tokenizer, facts, mean, chat)
-    ruled = [replace(fact, completion=fact.gen_answer) for fact in facts if fact.gen_answer]
-    if ruled:
-        margin -= _attribution(model, tokenizer, ruled, mean, chat)
-    scores: np.ndarray = (margin / len(facts)).numpy().astype(np.float64)
+    total = torch.zeros_like(mean)
+    for batch, layer_values, layer_grads in zip(batches, values, grads, strict=True):
+        real = batch["attention_mask"].unsqueeze(-1)
+        for layer, (a, g) in enumerate(zip(layer_values, layer_grads, strict=True)):
+            # Log-likelihood lost by setting the neuron to its usual value everywhere.
+            total[layer] += ((a - mean[layer]) * g * real).sum(dim=(0, 1))
+    scores: np.ndarray = (total / len(facts)).numpy().astype(np.float64)
     return scores
 
 
