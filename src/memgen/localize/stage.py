@@ -112,12 +112,16 @@ def _localizations(
     usual = usual_values(model, tokenizer, garden.replay[: lc.n_reference], chat)  # once
     deleter = Deleter(model, tokenizer, garden.facts, garden.ordinary, usual.mean, chat)
     oracle = _indicator(planted, depth, width)
-    rows = [localize("planted", oracle, len(planted), deleter, planted, lc.draws, cfg.seed)]
+    # Planting drew the planted set from `cfg.seed`: the random sets and the `random`
+    # selector draw from other seeds, or the planted row's first random set is the planted
+    # set itself (it was until 2026-12-05: the planted row's p stopped at 2 / 21).
+    controls, selectors = cfg.seed + 1, cfg.seed + 2
+    rows = [localize("planted", oracle, len(planted), deleter, planted, lc.draws, controls)]
     for name in progress(lc.selectors, "localize: selectors"):
-        scores = SELECTORS.get(name)(model, tokenizer, garden.facts, usual, chat, cfg.seed)
+        scores = SELECTORS.get(name)(model, tokenizer, garden.facts, usual, chat, selectors)
         for size in lc.sizes:
             k = max(1, round(size * depth * width))
-            rows.append(localize(name, scores, k, deleter, planted, lc.draws, cfg.seed + 1))
+            rows.append(localize(name, scores, k, deleter, planted, lc.draws, controls))
     return rows, deleter
 
 
