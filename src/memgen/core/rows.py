@@ -132,6 +132,12 @@ class Deleted(Row):
     gen_kept: float  # answered by the rule before, and still (the collateral)
     train_kept: float  # training prompts answered as trained, and still
 
+    @property
+    def net(self) -> float:
+        """Forgetting net of collateral: rule answers kept minus memorized answers kept
+        (`memgen.localize.test.Deletion.net` is the same for planted facts)."""
+        return self.gen_kept - self.mem_kept
+
 
 class AblationRow(Row):
     """One site at one layer scaled, and what its answers became (stage `ablate`)."""

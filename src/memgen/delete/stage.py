@@ -90,9 +90,7 @@ def deletion_row(
         # Forgetting is the effect: less memory kept is more extreme; net of collateral,
         # the rule answers kept minus the memorized ones kept.
         p_value=rank_p_value(-deleted.mem_kept, [-k for k in kept]),
-        p_value_net=rank_p_value(
-            deleted.gen_kept - deleted.mem_kept, [d.gen_kept - d.mem_kept for d in chance]
-        ),
+        p_value_net=rank_p_value(deleted.net, [d.net for d in chance]),
         p_value_rule=rank_p_value(-deleted.gen_kept, [-d.gen_kept for d in chance]),
         p_value_holm=1.0,  # set over all the stage's rows, by `with_holm`
     )
