@@ -103,26 +103,24 @@ class Moments:
 def _moments(block: np.ndarray, mask: np.ndarray) -> Moments:
     """Sums and sums of squares per class, in one pass over `_ROWS` rows at a time.
 
-    Each chunk is copied to float64 and shifted, in place, by its class's first row; the
-    class sums are then two small matrix products with the one-hot labels. The shift
-    keeps the sums of squares free of cancellation where a column's mean is large next to
-    its spread, and makes a constant column's M2 exactly zero, without centred copies;
-    chunks small enough to stay in cache make the float64 copy nearly free.
+    Each class's rows are gathered a chunk at a time, copied to float64 and shifted, in
+    place, by the class's first row, then summed down the rows. The shift keeps the sums
+    of squares free of cancellation where a column's mean is large next to its spread,
+    and makes a constant column's M2 exactly zero, without centred copies; chunks small
+    enough to stay in cache make the gather and the float64 copy nearly free.
     """
-    classes = np.stack([mask, ~mask])  # [2, N]: mem rows, gen rows
-    first = classes.argmax(axis=1)
-    shifts = np.asarray(block[first], dtype=np.float64)  # [2, f]
-    onehot, label = classes.astype(np.float64), (~mask).astype(np.intp)
+    members = [np.flatnonzero(mask), np.flatnonzero(~mask)]  # mem rows, gen rows
+    shifts = np.asarray(block[[rows[0] for rows in members]], dtype=np.float64)  # [2, f]
     total = np.zeros_like(shifts)
     squares = np.zeros_like(shifts)
-    for start in range(0, len(block), _ROWS):
-        rows = slice(start, start + _ROWS)
-        chunk = np.array(block[rows], dtype=np.float64)
-        chunk -= shifts[label[rows]]
-        total += onehot[:, rows] @ chunk
-        chunk *= chunk
-        squares += onehot[:, rows] @ chunk
-    n = onehot.sum(axis=1, keepdims=True)
+    for c, rows in enumerate(members):
+        for start in range(0, len(rows), _ROWS):
+            chunk = np.asarray(block[rows[start : start + _ROWS]], dtype=np.float64)
+            chunk -= shifts[c]
+            total[c] += chunk.sum(axis=0)
+            chunk *= chunk
+            squares[c] += chunk.sum(axis=0)
+    n = np.array([[len(rows)] for rows in members], dtype=np.float64)
     return Moments(n, shifts + total / n, np.maximum(squares - total * total / n, 0.0))
 
 
