@@ -325,9 +325,9 @@ class LocalizeConfig(Section):
     # Planting runs until every fact is recalled or the steps run out; the tests then use
     # the facts it made (seeds 1 and 3 of the tiny control stall at 7 of 8).
     target: float = Field(0.75, gt=0, le=1, description="share of facts planting must make")
-    selectors: list[Literal["attribution", "activation", "nmd", "random"]] = Field(
-        ["attribution", "activation", "nmd", "random"], min_length=1
-    )
+    selectors: list[
+        Literal["attribution", "hardconcrete", "slimming", "activation", "nmd", "random"]
+    ] = Field(["attribution", "activation", "nmd", "random"], min_length=1)
     sizes: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
         [0.01, 0.05], min_length=1, description="selections, as shares of all MLP neurons"
     )

@@ -77,7 +77,7 @@ def position_means(
     return (total / max(1, count)).float()
 
 
-class _Gates(torch.nn.Module):
+class Gates(torch.nn.Module):
     """One gate per MLP neuron, [L, W]; `sample` draws them, `penalty` is the sparsity term."""
 
     def __init__(self, shape: tuple[int, int], method: MaskMethod) -> None:
@@ -102,7 +102,7 @@ class _Gates(torch.nn.Module):
         return self.param.detach().double().numpy()
 
 
-def _toward_mean(gate: torch.Tensor, mean: torch.Tensor) -> Edit:
+def toward_mean(gate: torch.Tensor, mean: torch.Tensor) -> Edit:
     def apply(activation: torch.Tensor) -> torch.Tensor:
         return activation + gate.to(activation.dtype) * (mean.to(activation.dtype) - activation)
 
@@ -127,7 +127,7 @@ def learned_mask(
     depth, width = n_layers(model), site_width(model, "mlp")
     device = next(model.parameters()).device
     mean = position_means(model, tokenizer, prompts, chat, batch_size).to(device)
-    gates = _Gates((depth, width), method).to(device)
+    gates = Gates((depth, width), method).to(device)
     optimizer = torch.optim.Adam(gates.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     inner = unwrap(model)
@@ -142,7 +142,7 @@ def learned_mask(
             ids, mask = _batches(tokenizer, prompts, rows, chat, device)
             z = gates.sample(generator).to(device)
             edits = {
-                Site("mlp", layer): _toward_mean(z[layer], mean[layer]) for layer in range(depth)
+                Site("mlp", layer): toward_mean(z[layer], mean[layer]) for layer in range(depth)
             }
             with edit(model, edits):
                 hidden = inner.base_model(
