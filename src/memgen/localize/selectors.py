@@ -121,7 +121,7 @@ def _position_means(
         real = batch["attention_mask"].bool()
         for total, transform in zip(sums, transforms, strict=True):
             total += torch.stack(
-                [transform(v[real].double(), i) for i, v in enumerate(layers)]
+                [transform(v[real].double().cpu(), i) for i, v in enumerate(layers)]
             ).sum(1)
         count += int(real.sum())
     return [(total / count).numpy() for total in sums]
@@ -155,14 +155,15 @@ def attribution_scores(
     batches = answer_batches(model, tokenizer, facts, chat)
     with frozen(model):
         values, grads = _mlp_values(model, batches, grad=True)
-    mean = torch.as_tensor(usual.mean, dtype=torch.float32)
+    device = next(model.parameters()).device
+    mean = torch.as_tensor(usual.mean, dtype=torch.float32, device=device)
     total = torch.zeros_like(mean)
     for batch, layer_values, layer_grads in zip(batches, values, grads, strict=True):
         real = batch["attention_mask"].unsqueeze(-1)
         for layer, (a, g) in enumerate(zip(layer_values, layer_grads, strict=True)):
             # Log-likelihood lost by setting the neuron to its usual value everywhere.
             total[layer] += ((a - mean[layer]) * g * real).sum(dim=(0, 1))
-    scores: np.ndarray = (total / len(facts)).numpy().astype(np.float64)
+    scores: np.ndarray = (total / len(facts)).cpu().numpy().astype(np.float64)
     return scores
 
 
@@ -194,7 +195,8 @@ def nmd_scores(
     return np.abs(on_facts - usual.mean)
 
 
-# Chosen on the GPT-2 cipher contest's planted control (seed 0), not on SmolLM2's.
+# `memgen record`'s mask settings (lr and penalty chosen there on the tiny planted control)
+# with 100 steps, fixed before this selector ran on any model; unchanged since.
 MASK_STEPS, MASK_LR, MASK_PENALTY, MASK_BATCH = 100, 0.05, 10.0, 32
 
 
@@ -220,15 +222,21 @@ def learned_deletion(
     method: MaskMethod,
 ) -> np.ndarray:
     """Gate scores [L, W]: high = deleting the neuron turns the facts back to the rule
-    and leaves the ordinary prompts' answers, all facts and a batch of those each step."""
-    as_rule = [replace(fact, completion=fact.gen_answer) for fact in facts if fact.gen_answer]
-    if not as_rule or not usual.examples:
-        raise MemgenError(f"localize: {method} needs facts with a rule answer and ordinary prompts")
+    and leaves the ordinary prompts' answers. Each step sees every fact and one batch of
+    ordinary prompts."""
+    if not facts or any(not fact.gen_answer for fact in facts):
+        raise MemgenError(
+            f"localize: {method} turns facts back to their rule answer, and some facts have "
+            "none; make them with `memgen.localize.plant.make_facts`"
+        )
+    if not usual.examples:
+        raise MemgenError(f"localize: {method} needs ordinary prompts; raise localize.n_reference")
+    as_rule = [replace(fact, completion=fact.gen_answer) for fact in facts]
     (forget,) = answer_batches(model, tokenizer, as_rule, chat, batch_size=len(as_rule))
     keep = answer_batches(model, tokenizer, usual.examples, chat, batch_size=MASK_BATCH)
-    depth = n_layers(model)
-    gates = Gates((depth, site_width(model, "mlp")), method)
-    mean = torch.as_tensor(usual.mean, dtype=torch.float32)
+    depth, device = n_layers(model), next(model.parameters()).device
+    gates = Gates((depth, site_width(model, "mlp")), method).to(device)
+    mean = torch.as_tensor(usual.mean, dtype=torch.float32, device=device)
     optimizer = torch.optim.Adam(gates.parameters(), lr=MASK_LR)
     generator = torch.Generator().manual_seed(seed)
     split = decoder_and_head(model)

@@ -89,7 +89,9 @@ class Gates(torch.nn.Module):
     def sample(self, generator: torch.Generator) -> torch.Tensor:
         if self.method == "slimming":
             return self.param.clamp(0.0, 1.0)
+        # Drawn on the CPU (the generator's device), so a seed gives the same gates anywhere.
         u = torch.rand(self.param.shape, generator=generator).clamp(1e-6, 1 - 1e-6)
+        u = u.to(self.param.device)
         s = torch.sigmoid((u.log() - (1 - u).log() + self.param) / BETA)
         return (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
 
@@ -99,7 +101,7 @@ class Gates(torch.nn.Module):
         return torch.sigmoid(self.param - BETA * math.log(-GAMMA / ZETA)).mean()  # P(z > 0)
 
     def scores(self) -> np.ndarray:
-        return self.param.detach().double().numpy()
+        return self.param.detach().cpu().double().numpy()
 
 
 def toward_mean(gate: torch.Tensor, mean: torch.Tensor) -> Edit:
