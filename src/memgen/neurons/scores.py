@@ -101,7 +101,7 @@ class Moments:
 
 
 def _moments(block: np.ndarray, mask: np.ndarray) -> Moments:
-    """Sums and sums of squares per class, in one pass over `_ROWS` rows at a time.
+    """Each class's count, mean and M2 from its sums and sums of squares, `_ROWS` rows at a time.
 
     Each class's rows are gathered a chunk at a time, copied to float64 and shifted, in
     place, by the class's first row, then summed down the rows. The shift keeps the sums
