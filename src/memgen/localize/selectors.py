@@ -254,28 +254,24 @@ def learned_deletion(
     return gates.scores()
 
 
-@SELECTORS.register("hardconcrete")
-def hardconcrete_scores(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    facts: Sequence[Example],
-    usual: Usual,
-    chat: bool,
-    seed: int = 0,
-) -> np.ndarray:
-    return learned_deletion(model, tokenizer, facts, usual, chat, seed, "hardconcrete")
+def _learned(method: MaskMethod) -> Selector:
+    """`learned_deletion` with its mask method fixed: a selector of the registry's shape."""
+
+    def selector(
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        facts: Sequence[Example],
+        usual: Usual,
+        chat: bool,
+        seed: int = 0,
+    ) -> np.ndarray:
+        return learned_deletion(model, tokenizer, facts, usual, chat, seed, method)
+
+    return selector
 
 
-@SELECTORS.register("slimming")
-def slimming_scores(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    facts: Sequence[Example],
-    usual: Usual,
-    chat: bool,
-    seed: int = 0,
-) -> np.ndarray:
-    return learned_deletion(model, tokenizer, facts, usual, chat, seed, "slimming")
+SELECTORS.register("hardconcrete")(_learned("hardconcrete"))
+SELECTORS.register("slimming")(_learned("slimming"))
 
 
 @SELECTORS.register("random")

@@ -142,7 +142,7 @@ def learned_mask(
                 ).numpy()
             ]
             ids, mask = _batches(tokenizer, prompts, rows, chat, device)
-            z = gates.sample(generator).to(device)
+            z = gates.sample(generator)  # on the gates' device
             edits = {
                 Site("mlp", layer): toward_mean(z[layer], mean[layer]) for layer in range(depth)
             }
