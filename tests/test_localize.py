@@ -18,6 +18,7 @@ from memgen.core.config import load_config
 from memgen.core.examples import Example, read_split
 from memgen.core.modeling import load_run_model
 from memgen.core.sites import n_layers, site_width, write_norms
+from memgen.localize import stage as stage_module
 from memgen.localize.plant import (
     Neurons,
     make_facts,
@@ -87,6 +88,40 @@ def test_attribution_finds_planted_neurons_and_deleting_them_forgets_the_facts(
     assert rows["random"]["recall_at_k"] <= 0.2 and rows["random"]["p_value"] > 0.5
     assert len(rows["attribution"]["random_recalled"]) == cfg.localize.draws
     assert len(rows["attribution"]["random_ordinary_kept"]) == cfg.localize.draws
+
+
+def test_a_stopped_localize_resumes_where_it_stopped_to_the_same_numbers(
+    tiny_cipher_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = load_config(None, [*TINY, "localize.selectors=[attribution,random]"])
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    for run_dir in (whole, stopped):
+        shutil.copytree(tiny_cipher_run, run_dir)
+    run_stage("localize", whole, cfg)
+
+    measure_row, rows_measured = stage_module.localize, []
+
+    def stopped_at_the_third_row(*args: Any, **kwargs: Any) -> Any:
+        if len(rows_measured) == 2:
+            raise KeyboardInterrupt
+        rows_measured.append(args[0])
+        return measure_row(*args, **kwargs)
+
+    monkeypatch.setattr(stage_module, "localize", stopped_at_the_third_row)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("localize", stopped, cfg)
+    out = stopped / "localize"
+    assert not (out / "manifest.json").exists() and not (out / "localize.json").exists()
+    kept = {path.name for path in (out / "pieces").iterdir()}
+    assert {"planting.safetensors", "scores-attribution.safetensors"} <= kept
+    assert len([name for name in kept if name.endswith(".json")]) == 2  # planted, attribution
+
+    # Resumed: nothing planted or measured twice, and the numbers of the unstopped run.
+    monkeypatch.setattr(stage_module, "localize", measure_row)
+    monkeypatch.setattr(stage_module, "plant", lambda *a, **k: pytest.fail("planted again"))
+    run_stage("localize", stopped, cfg)
+    assert (out / "localize.json").read_text() == (whole / "localize" / "localize.json").read_text()
+    assert not (out / "pieces").exists()
 
 
 @dataclasses.dataclass(frozen=True)

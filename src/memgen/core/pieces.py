@@ -2,6 +2,7 @@
 
     pieces = Pieces(out / "pieces", step)
     rows = pieces.get("pearson-0.01", DeletionRow, lambda: measure(...))
+    scores = pieces.arrays("scores-attribution", lambda: {"scores": score(...)})["scores"]
     ...
     pieces.clear()  # before the stage's manifest, so its outputs are only its results
 
@@ -13,9 +14,14 @@ made under another config, or any piece under `--force`, is measured again.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from memgen.core.artifacts import Step, json_hash, read_json, write_json
 from memgen.core.rows import R, dump_rows, read_rows
@@ -39,6 +45,26 @@ class Pieces:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json(path, {"identity": self.identity, "rows": dump_rows(rows)})
         return rows
+
+    def arrays(
+        self, name: str, measure: Callable[[], dict[str, np.ndarray]]
+    ) -> dict[str, np.ndarray]:
+        """The arrays saved under `name` by this stage's identity, or `measure()`'s, saved
+        (safetensors: a selector's scores, the weights a planting changed)."""
+        path = self.folder / f"{name}.safetensors"
+        if path.is_file():
+            try:
+                with safe_open(str(path), framework="numpy") as saved:
+                    if (saved.metadata() or {}).get("identity") == self.identity:
+                        return {key: saved.get_tensor(key) for key in saved.keys()}  # noqa: SIM118
+            except (SafetensorError, OSError):
+                pass  # cut short by a crash: measured again
+        arrays = {key: np.ascontiguousarray(value) for key, value in measure().items()}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file(arrays, str(tmp), metadata={"identity": self.identity})
+        os.replace(tmp, path)
+        return arrays
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

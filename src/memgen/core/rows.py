@@ -135,7 +135,7 @@ class Deleted(Row):
     @property
     def net(self) -> float:
         """Forgetting net of collateral: rule answers kept minus memorized answers kept
-        (`memgen.localize.test.Deletion.net` is the same for planted facts)."""
+        (`FactsDeleted.net` is the same for planted facts)."""
         return self.gen_kept - self.mem_kept
 
 
@@ -152,6 +152,32 @@ class AblationRow(Row):
     source: Literal["mem", "gen"] = Field(alias="from")  # the unablated answer's behaviour
     n_prompts: int
     shares: Rates
+
+
+class FactsDeleted(Row):
+    """What deleting one selection left of the planted facts (`memgen.localize.test`)."""
+
+    facts_recalled: float  # share of the facts greedy decoding still gives
+    ordinary_kept: float  # share of the ordinary answers given before, still given
+
+    @property
+    def net(self) -> float:
+        """Forgetting net of collateral: ordinary answers kept minus facts recalled."""
+        return self.ordinary_kept - self.facts_recalled
+
+
+class LocalizationRow(Row):
+    """One selector at one set size on the planted control, placed among matched random
+    selections (stage `localize`)."""
+
+    selector: str
+    k: int
+    recall_at_k: float | None  # share of the selection that was planted
+    deletion: FactsDeleted
+    random_recalled: list[float]  # one per draw, the selection's per-layer counts
+    random_ordinary_kept: list[float]
+    p_value: float  # rank p-value of forgetting at least as much as this selection
+    p_value_net: float  # the same, of ordinary answers kept minus facts recalled
 
 
 class DeletionRow(Row):

@@ -10,6 +10,10 @@ placed among `draws` random selections of the same per-layer counts
 (`memgen.localize.test`). The planted set itself is deleted too: if that does not
 forget the facts beyond chance, the deletion test has no power and nothing it says
 about a selector means anything. Writes `localize/localize.json`.
+
+On SmolLM2-135M and one thread the stage takes about an hour: the planting, each
+selector's scores and each row are kept in `localize/pieces/` as they finish, so a
+stopped stage resumes where it stopped, to the same numbers.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -27,17 +32,20 @@ from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example, read_split
 from memgen.core.modeling import load_run_model
+from memgen.core.pieces import Pieces
 from memgen.core.progress import progress
+from memgen.core.rows import LocalizationRow, dump_rows
 from memgen.core.sites import n_layers, site_width
 from memgen.localize.plant import (
     Neurons,
     Planting,
     make_facts,
+    neuron_masks,
     plant,
     random_neurons,
 )
 from memgen.localize.selectors import SELECTORS, usual_values
-from memgen.localize.test import Deleter, Localization, localize
+from memgen.localize.test import Deleter, localize
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +68,7 @@ def _plant_facts(
     tokenizer: PreTrainedTokenizerBase,
     examples: list[Example],
     cfg: RunConfig,
+    pieces: Pieces,
 ) -> _Garden:
     """Teach `localize.n_facts` new facts through a random `localize.fraction` of the MLP
     neurons of every layer; refuse if too few are recalled to test anything on."""
@@ -71,18 +80,7 @@ def _plant_facts(
     depth, width = n_layers(model), site_width(model, "mlp")
     per_layer = max(1, round(lc.fraction * width))
     planted = random_neurons([per_layer] * depth, width, np.random.default_rng(cfg.seed))
-    planting = plant(
-        model,
-        tokenizer,
-        facts,
-        replay,
-        planted,
-        steps=lc.steps,
-        lr=lc.lr,
-        batch_size=lc.batch_size,
-        chat=cfg.train.chat,
-        seed=cfg.seed,
-    )
+    planting = _plant_once(model, tokenizer, facts, replay, planted, cfg, pieces)
     log.info(
         "localize: %d facts in %d MLP neurons (%d per layer), %.0f%% recalled after %d steps",
         len(facts),
@@ -103,9 +101,58 @@ def _plant_facts(
     return _Garden(kept, ordinary, replay, planted, per_layer, planting)
 
 
+def _plant_once(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    facts: list[Example],
+    replay: list[Example],
+    planted: Neurons,
+    cfg: RunConfig,
+    pieces: Pieces,
+) -> Planting:
+    """Plant, or put back bit for bit the rows a stopped run of this stage planted."""
+    lc = cfg.localize
+    masks = {name: mask.bool() for name, mask in neuron_masks(model, planted).items()}
+    params = dict(model.named_parameters())
+
+    def measure() -> dict[str, np.ndarray]:
+        done = plant(
+            model,
+            tokenizer,
+            facts,
+            replay,
+            planted,
+            steps=lc.steps,
+            lr=lc.lr,
+            batch_size=lc.batch_size,
+            chat=cfg.train.chat,
+            seed=cfg.seed,
+        )
+        # float32 holds every float16 / bfloat16 weight exactly; numpy has no bfloat16.
+        rows = {
+            name: params[name].detach()[mask].float().cpu().numpy() for name, mask in masks.items()
+        }
+        return {
+            **rows,
+            "planting.steps": np.array([done.steps]),
+            "planting.recall": np.array([done.recall]),
+        }
+
+    saved = pieces.arrays("planting", measure)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            param = params[name]
+            param[mask] = torch.from_numpy(saved[name]).to(param.device, param.dtype)
+    return Planting(int(saved["planting.steps"][0]), float(saved["planting.recall"][0]))
+
+
 def _localizations(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, garden: _Garden, cfg: RunConfig
-) -> tuple[list[Localization], Deleter]:
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    garden: _Garden,
+    cfg: RunConfig,
+    pieces: Pieces,
+) -> tuple[list[LocalizationRow], Deleter]:
     """The planted set itself (the test's power), then each selector at each size."""
     lc, chat, planted = cfg.localize, cfg.train.chat, garden.planted
     depth, width = n_layers(model), site_width(model, "mlp")
@@ -116,12 +163,24 @@ def _localizations(
     # selector draw from other seeds, or the planted row's first random set is the planted
     # set itself (it was until 2026-12-05: the planted row's p stopped at 2 / 21).
     controls, selectors = cfg.seed + 1, cfg.seed + 2
-    rows = [localize("planted", oracle, len(planted), deleter, planted, lc.draws, controls)]
+
+    def row(name: str, scores: np.ndarray, k: int) -> LocalizationRow:
+        def measure() -> list[LocalizationRow]:
+            return [localize(name, scores, k, deleter, planted, lc.draws, controls)]
+
+        return pieces.get(f"{name}-{k}", LocalizationRow, measure)[0]
+
+    def score(name: str) -> np.ndarray:
+        def measure() -> dict[str, np.ndarray]:
+            selector = SELECTORS.get(name)
+            return {"scores": selector(model, tokenizer, garden.facts, usual, chat, selectors)}
+
+        return pieces.arrays(f"scores-{name}", measure)["scores"]
+
+    rows = [row("planted", oracle, len(planted))]
     for name in progress(lc.selectors, "localize: selectors"):
-        scores = SELECTORS.get(name)(model, tokenizer, garden.facts, usual, chat, selectors)
-        for size in lc.sizes:
-            k = max(1, round(size * depth * width))
-            rows.append(localize(name, scores, k, deleter, planted, lc.draws, controls))
+        scores = score(name)
+        rows += [row(name, scores, max(1, round(size * depth * width))) for size in lc.sizes]
     return rows, deleter
 
 
@@ -130,9 +189,11 @@ def run_localize(step: Step) -> None:
     model, tokenizer = load_run_model(step.inputs["train"].path, cfg.train, cfg.device)
     if isinstance(model, PeftModel):  # planting changes base rows: fold the adapter in
         model = model.merge_and_unload()
-    garden = _plant_facts(model, tokenizer, read_split(step.inputs["data"].path, "train"), cfg)
     out = stage.begin()
-    rows, deleter = _localizations(model, tokenizer, garden, cfg)
+    pieces = Pieces(out / "pieces", step)
+    examples = read_split(step.inputs["data"].path, "train")
+    garden = _plant_facts(model, tokenizer, examples, cfg, pieces)
+    rows, deleter = _localizations(model, tokenizer, garden, cfg, pieces)
     planted = garden.planted
     result = {
         "planted": {
@@ -147,9 +208,10 @@ def run_localize(step: Step) -> None:
             "neurons": planted.indices.tolist(),
         },
         "ordinary_prompts": len(deleter.ordinary),
-        "rows": [row.to_dict() for row in rows],
+        "rows": dump_rows(rows),
     }
     write_json(out / "localize.json", result)
+    pieces.clear()
     step.finish(result)
     log.info("%s", format_localization(rows))
 
@@ -161,7 +223,7 @@ def _indicator(planted: Neurons, depth: int, width: int) -> np.ndarray:
     return scores
 
 
-def format_localization(rows: list[Localization]) -> str:
+def format_localization(rows: list[LocalizationRow]) -> str:
     """The rows as a plain-text table; random columns are mean [min, max] over the draws."""
     lines = [
         "selector        k  recall@k  facts kept  ordinary kept  "

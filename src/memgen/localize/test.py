@@ -18,7 +18,6 @@ For one selection of k MLP neurons (a selector's top k):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -26,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from memgen.core.answers import greedy_writes
 from memgen.core.examples import Example
 from memgen.core.hooks import Intervention, intervene
+from memgen.core.rows import FactsDeleted, LocalizationRow
 from memgen.core.sites import Site, n_layers
 from memgen.core.stats import rank_p_value
 from memgen.localize.plant import Neurons, random_neurons
@@ -60,37 +60,6 @@ def usual_value_ablation(neurons: Neurons, usual: np.ndarray) -> list[Interventi
     return out
 
 
-@dataclass(frozen=True)
-class Deletion:
-    """What ablating one selection left: facts recalled, ordinary answers kept."""
-
-    facts_recalled: float
-    ordinary_kept: float
-
-    @property
-    def net(self) -> float:
-        """Forgetting net of collateral: ordinary answers kept minus facts recalled."""
-        return self.ordinary_kept - self.facts_recalled
-
-
-@dataclass(frozen=True)
-class Localization:
-    """One selector at one set size: its recall of the planted neurons and its deletion,
-    placed in the distribution of matched random selections."""
-
-    selector: str
-    k: int
-    recall_at_k: float | None
-    deletion: Deletion
-    random_recalled: list[float]
-    random_ordinary_kept: list[float]
-    p_value: float  # rank p-value of forgetting at least as much as this selection
-    p_value_net: float  # the same, of ordinary answers kept minus facts recalled
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
 class Deleter:
     """Ablates selections of one model on fixed held-out facts and ordinary prompts."""
 
@@ -114,11 +83,14 @@ class Deleter:
             if hit
         ]
 
-    def __call__(self, neurons: Neurons) -> Deletion:
+    def __call__(self, neurons: Neurons) -> FactsDeleted:
         with intervene(self.model, usual_value_ablation(neurons, self.usual)):
             facts = greedy_writes(self.model, self.tokenizer, self.facts, self.chat)
             kept = greedy_writes(self.model, self.tokenizer, self.ordinary, self.chat)
-        return Deletion(float(facts.mean()), float(kept.mean()) if len(kept) else 1.0)
+        return FactsDeleted(
+            facts_recalled=float(facts.mean()),
+            ordinary_kept=float(kept.mean()) if len(kept) else 1.0,
+        )
 
 
 def localize(
@@ -129,7 +101,7 @@ def localize(
     planted: Neurons | None,
     draws: int,
     seed: int,
-) -> Localization:
+) -> LocalizationRow:
     """The selector's top k, deleted, beside `draws` random sets with its per-layer counts."""
     selected = top_k(scores, k)
     deletion = deleter(selected)
@@ -137,7 +109,7 @@ def localize(
     counts = selected.per_layer(n_layers(deleter.model))
     width = scores.shape[1]
     chance = [deleter(random_neurons(counts, width, rng)) for _ in range(draws)]
-    return Localization(
+    return LocalizationRow(
         selector=name,
         k=k,
         recall_at_k=None if planted is None else recall_at_k(selected, planted, width),
