@@ -86,6 +86,10 @@ def test_attribution_finds_planted_neurons_and_deleting_them_forgets_the_facts(
         assert rows[causal]["recall_at_k"] >= 0.8, causal
         assert rows[causal]["p_value"] <= floor and rows[causal]["p_value_net"] <= floor
     assert rows["random"]["recall_at_k"] <= 0.2 and rows["random"]["p_value"] > 0.5
+    # Holm over the stage's rows: never below the plain p; the smallest times the row count.
+    assert all(r["p_value_holm"] >= r["p_value"] for r in rows.values())
+    assert oracle["p_value_holm"] == pytest.approx(len(rows) * oracle["p_value"])
+    assert oracle["p_value_net_holm"] == pytest.approx(len(rows) * oracle["p_value_net"])
     assert len(rows["attribution"]["random_recalled"]) == cfg.localize.draws
     assert len(rows["attribution"]["random_ordinary_kept"]) == cfg.localize.draws
 

@@ -178,6 +178,9 @@ class LocalizationRow(Row):
     random_ordinary_kept: list[float]
     p_value: float  # rank p-value of forgetting at least as much as this selection
     p_value_net: float  # the same, of ordinary answers kept minus facts recalled
+    # Both Holm-adjusted over every row of the stage (set by `memgen.localize.stage`).
+    p_value_holm: float = 1.0
+    p_value_net_holm: float = 1.0
 
 
 class DeletionRow(Row):

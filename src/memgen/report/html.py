@@ -158,12 +158,13 @@ def _localization_table(result: dict[str, Any]) -> str:
         "ordinary kept",
         "random: facts kept (mean, range)",
         "random: ordinary kept (mean, range)",
-        "p",
-        "p net of collateral",
+        "p (Holm)",
+        "p net of collateral (Holm)",
     ]
     cells = []
     for r in result["rows"]:
-        # localize.json before 2026-12-05 kept no random collateral and no net p-value.
+        # localize.json before 2026-12-05 kept no random collateral and no net p-value,
+        # and before 2026-12-06 no Holm-adjusted ones.
         net = r.get("p_value_net")
         cells.append(
             [
@@ -174,11 +175,15 @@ def _localization_table(result: dict[str, Any]) -> str:
                 _pct(r["deletion"]["ordinary_kept"]),
                 _pct_spread(r["random_recalled"]),
                 _pct_spread(r.get("random_ordinary_kept", [])),
-                f"{r['p_value']:.3f}",
-                "–" if net is None else f"{net:.3f}",
+                _p_and_holm(r["p_value"], r.get("p_value_holm")),
+                "–" if net is None else _p_and_holm(net, r.get("p_value_net_holm")),
             ]
         )
     return _table(header, cells)
+
+
+def _p_and_holm(p: float, adjusted: float | None) -> str:
+    return f"{p:.3f}" if adjusted is None else f"{p:.3f} ({adjusted:.3f})"
 
 
 def _pct_spread(values: list[float]) -> str:
