@@ -12,7 +12,13 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from conftest import FAMILY_NAMES, TINY_CIPHER, build_tiny
-from memgen.core.answers import greedy_writes, plain_greedy
+from memgen.core.answers import (
+    answer_batches,
+    answer_loss,
+    decoder_and_head,
+    greedy_writes,
+    plain_greedy,
+)
 from memgen.core.config import load_config
 from memgen.core.examples import Example, read_split
 from memgen.core.generation import generate
@@ -35,6 +41,19 @@ def half_trained(tiny_cipher_run: Path) -> Model:
     cfg = load_config(None, TINY_CIPHER)
     model, tokenizer = load_run_model(tiny_cipher_run / "train", cfg.train, "cpu")
     return model, tokenizer, read_split(tiny_cipher_run / "data", "test")
+
+
+def test_the_answer_loss_is_the_causal_lm_loss_with_logits_only_at_the_answers(
+    half_trained: Model,
+) -> None:
+    model, tokenizer, examples = half_trained
+    split = decoder_and_head(model)
+    assert split is not None  # GPT-2's head is linear: the fast path is taken
+    for batch in answer_batches(model, tokenizer, examples[:40], chat=False, batch_size=16):
+        with torch.no_grad():
+            full = model(**batch).loss
+            assert answer_loss(model, split, batch) == pytest.approx(float(full), rel=1e-5)
+            assert answer_loss(model, None, batch) == pytest.approx(float(full), rel=1e-5)
 
 
 def test_greedy_outputs_are_the_generated_answers(half_trained: Model) -> None:

@@ -60,6 +60,19 @@ def logits_where(
     return out
 
 
+def answer_loss(
+    model: torch.nn.Module,
+    split: tuple[torch.nn.Module, torch.nn.Module] | None,
+    batch: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """Mean cross-entropy of an `answer_batch`'s answer tokens (the causal LM loss), with
+    the logits made only where they are read (`logits_where`)."""
+    targets = batch["labels"][:, 1:]
+    scored = targets != -100
+    logits = logits_where(model, split, batch["input_ids"], batch["attention_mask"], scored)
+    return torch.nn.functional.cross_entropy(logits.float(), targets[scored])
+
+
 def answer_batch(
     encoded: Sequence[tuple[list[int], list[int]]],
     rows: Sequence[int],

@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
-from memgen.core.answers import answer_batch, greedy_writes
+from memgen.core.answers import answer_batch, answer_loss, decoder_and_head, greedy_writes
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example
 from memgen.core.generation import encode_example
@@ -202,6 +202,7 @@ def plant(
     encoded_facts = [encode_example(tokenizer, ex, chat, "answer") for ex in facts]
     encoded_replay = [encode_example(tokenizer, ex, chat, "answer") for ex in replay]
     rng = random.Random(seed)
+    split = decoder_and_head(model)  # the output head only at the answers: 49k wide on SmolLM2
     recall, step = 0.0, 0
     try:
         for step in progress(
@@ -209,7 +210,7 @@ def plant(
         ):
             rows = encoded_facts + rng.sample(encoded_replay, min(batch_size, len(replay)))
             model.train()
-            loss = model(**answer_batch(rows, range(len(rows)), pad, device)).loss
+            loss = answer_loss(model, split, answer_batch(rows, range(len(rows)), pad, device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

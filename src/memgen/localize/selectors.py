@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from memgen.core.answers import answer_batches, decoder_and_head, logits_where
+from memgen.core.answers import answer_batches, answer_loss, decoder_and_head
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example
 from memgen.core.hooks import edit
@@ -200,18 +200,6 @@ def nmd_scores(
 MASK_STEPS, MASK_LR, MASK_PENALTY, MASK_BATCH = 100, 0.05, 10.0, 32
 
 
-def _answer_loss(
-    model: PreTrainedModel,
-    split: tuple[torch.nn.Module, torch.nn.Module] | None,
-    batch: dict[str, torch.Tensor],
-) -> torch.Tensor:
-    """Mean cross-entropy of the batch's answer tokens, logits only where they are read."""
-    targets = batch["labels"][:, 1:]
-    scored = targets != -100
-    logits = logits_where(model, split, batch["input_ids"], batch["attention_mask"], scored)
-    return torch.nn.functional.cross_entropy(logits.float(), targets[scored])
-
-
 def learned_deletion(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -245,8 +233,8 @@ def learned_deletion(
             z = gates.sample(generator)
             edits = {Site("mlp", i): toward_mean(z[i], mean[i]) for i in range(depth)}
             with edit(model, edits):
-                loss = _answer_loss(model, split, forget)
-                loss = loss + _answer_loss(model, split, keep[step % len(keep)])
+                loss = answer_loss(model, split, forget)
+                loss = loss + answer_loss(model, split, keep[step % len(keep)])
             loss = loss + MASK_PENALTY * gates.penalty()
             optimizer.zero_grad()
             loss.backward()
