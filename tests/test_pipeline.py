@@ -6,12 +6,14 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
 from conftest import Exited
+from memgen.bound import stage as bound_stage
 from memgen.core.artifacts import Stage
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
@@ -215,6 +217,42 @@ def test_the_bound_stage_fits_each_layer_and_refuses_a_bad_one(own_run: Path) ->
     assert all(vector.shape == (64,) for vector in shifts.values())
     with pytest.raises(MemgenError, match="out of range"):
         run_stage("bound", own_run, load_config(None, [*TINY, "bound.layers=[7]"]))
+
+
+def test_a_stopped_bound_resumes_at_the_direction_it_stopped_in(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = load_config(None, [*TINY, "bound.steps=5"])
+    whole = Path(shutil.copytree(tiny_run, tmp_path / "whole"))
+    stopped = Path(shutil.copytree(tiny_run, tmp_path / "stopped"))
+    run_stage("bound", whole, cfg)
+    fit, fitted = bound_stage._LayerFits.direction, []
+
+    def fit_one_then_stop(self: Any, direction: str, prompts: Any) -> Any:
+        if fitted:
+            raise KeyboardInterrupt
+        fitted.append(direction)
+        return fit(self, direction, prompts)
+
+    monkeypatch.setattr(bound_stage._LayerFits, "direction", fit_one_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("bound", stopped, cfg)
+
+    def fit_and_count(self: Any, direction: str, prompts: Any) -> Any:
+        fitted.append(direction)
+        return fit(self, direction, prompts)
+
+    monkeypatch.setattr(bound_stage._LayerFits, "direction", fit_and_count)
+    run_stage("bound", stopped, cfg)
+    assert len(fitted) == 2 and fitted[0] != fitted[1]  # the first direction was not refitted
+    done, expected = stopped / "bound", whole / "bound"
+    assert (done / "bound.json").read_text() == (expected / "bound.json").read_text()
+    ours, theirs = (
+        load_file(str(done / "shifts.safetensors")),
+        load_file(str(expected / "shifts.safetensors")),
+    )
+    assert ours.keys() == theirs.keys() and all((ours[k] == theirs[k]).all() for k in ours)
+    assert not (done / "pieces").exists()
 
 
 def test_ablation_scales_each_site_and_scale_one_changes_nothing(own_run: Path) -> None:

@@ -7,7 +7,8 @@ answers the second question: it trains, by gradient descent with the model froze
 one vector per layer of a site that best makes the prompts' first answer token the
 other behaviour's (`memgen.steering.shifts.fit_shifts`, every layer in one batch), on
 half of the prompts, and generates on the other half with it, so the figure it reports
-is held out.
+is held out. Each direction is kept in `bound/pieces/` as it finishes, so a stopped stage
+resumes at the first direction not done.
 
     memgen bound --run-dir runs/color-seed0
 """
@@ -27,6 +28,7 @@ from memgen.core.errors import MemgenError
 from memgen.core.examples import Example, read_test_answers
 from memgen.core.hooks import Intervention
 from memgen.core.modeling import load_run_model
+from memgen.core.pieces import Pieces
 from memgen.core.recorded import read_record
 from memgen.core.rows import BoundRow, Direction, dump_rows
 from memgen.core.sites import Site, n_layers, site_width
@@ -103,6 +105,20 @@ class _LayerFits:
         return rows, shifts
 
 
+def _fitted_once(
+    fits: _LayerFits, pieces: Pieces, direction: Direction, prompts: list[Example]
+) -> tuple[list[BoundRow], dict[str, np.ndarray]]:
+    """`fits.direction`, or what a stopped run of this stage kept of it."""
+
+    def measure() -> list[BoundRow]:
+        found, vectors = fits.direction(direction, prompts)
+        pieces.arrays(f"{direction}-shifts", lambda: vectors)  # saved before the rows
+        return found
+
+    rows = pieces.get(direction, BoundRow, measure)
+    return rows, pieces.arrays(f"{direction}-shifts", lambda: fits.direction(direction, prompts)[1])
+
+
 def run_bound(step: Step) -> None:
     """Stage `bound`: per direction and layer, the fitted shared shift, fit and held out."""
     cfg, stage, bc = step.cfg, step.stage, step.cfg.bound
@@ -116,6 +132,7 @@ def run_bound(step: Step) -> None:
     fits = _LayerFits(model, tokenizer, bench, layers, mean_norm, cfg)
     labelled = read_test_answers(step.inputs["behave"].path)
     out = stage.begin()
+    pieces = Pieces(out / "pieces", step)
     rows: list[BoundRow] = []
     shifts: dict[str, np.ndarray] = {}  # "direction/site.layer" -> the fitted vector
     for direction, (source, _) in DIRECTIONS.items():
@@ -125,11 +142,13 @@ def run_bound(step: Step) -> None:
                 "bound: %d test prompts answered %r; %s skipped", len(prompts), source, direction
             )
             continue
-        found, vectors = fits.direction(direction, prompts)
+
+        found, vectors = _fitted_once(fits, pieces, direction, prompts)
         rows += found
         shifts.update(vectors)
     write_json(out / "bound.json", {"rows": dump_rows(rows)})
     save_file(shifts, str(out / "shifts.safetensors"))
+    pieces.clear()
     step.finish({"rows": dump_rows(rows)})
     log.info("%s", format_bound(rows))
 
