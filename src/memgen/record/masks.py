@@ -11,13 +11,16 @@ next token at the last prompt token (cross-entropy): on a memorized member that 
 forgetting, on a rule member keeping it. A sparsity penalty (`penalty` x the mean gate)
 keeps the mask small, so the neurons it ablates are those memory needs and the rule does
 not. `hardconcrete`: stochastic hard-concrete gates with the expected L0 norm as the
-penalty (Louizos et al. 2018); `slimming`: continuous gates clamped to [0, 1] with an L1
-penalty, the clamp straight-through: a plainly clamped gate gets no gradient below 0, so
-one step past 0 fixed it there, and the ranking of the closed gates (every gate past the
-mask's few open ones, which a set size larger than the mask reads) was an accident of the
-first steps; straight-through, a closed gate keeps taking the loss's gradient, and its
-value says how hard the loss pushed to open it. The score is the gate's final log-odds
-(hardconcrete) or value (slimming): top-N by score is the mask at that sparsity.
+penalty (Louizos et al. 2018); `slimming`: continuous gates clamped to [0, 1] with an
+L1 penalty. The score is the gate's final log-odds (hardconcrete) or value (slimming):
+top-N by score is the mask at that sparsity.
+
+A slimming gate clamped below 0 gets no gradient from either term and stays closed: past
+the mask's few open gates the ranking is where each gate stopped in the first steps. A
+straight-through clamp (every gate keeps its gradient) was tried on 2026-12-06 and not
+kept: it raised the planted control's recall on the GPT-2 cipher contest (0.80 / 0.70 /
+0.85 to 1.00 / 0.95 / 0.95, seeds 0-2) but lost the flipped-pair deletion (seed 0, top
+20: memory kept 0.14 to 0.92, no longer beyond random), docs/log/localization.md.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ class Gates(torch.nn.Module):
 
     def sample(self, generator: torch.Generator) -> torch.Tensor:
         if self.method == "slimming":
-            return _clamp_straight_through(self.param)
+            return self.param.clamp(0.0, 1.0)
         # Drawn on the CPU (the generator's device), so a seed gives the same gates anywhere.
         u = torch.rand(self.param.shape, generator=generator).clamp(1e-6, 1 - 1e-6)
         u = u.to(self.param.device)
@@ -101,16 +104,11 @@ class Gates(torch.nn.Module):
 
     def penalty(self) -> torch.Tensor:
         if self.method == "slimming":
-            return _clamp_straight_through(self.param).mean()
+            return self.param.clamp(0.0, 1.0).mean()
         return torch.sigmoid(self.param - BETA * math.log(-GAMMA / ZETA)).mean()  # P(z > 0)
 
     def scores(self) -> np.ndarray:
         return self.param.detach().cpu().double().numpy()
-
-
-def _clamp_straight_through(param: torch.Tensor) -> torch.Tensor:
-    """clamp(param, 0, 1) forward; the gradient passes as if unclamped (straight-through)."""
-    return param + (param.clamp(0.0, 1.0) - param).detach()
 
 
 def toward_mean(gate: torch.Tensor, mean: torch.Tensor) -> Edit:
