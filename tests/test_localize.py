@@ -66,6 +66,36 @@ def test_planting_moves_only_the_planted_neurons_rows(trained: Path) -> None:
     assert all((model.get_parameter(n) != before[n]).any() for n in masks)
 
 
+def test_a_stopped_planting_resumes_to_the_same_weights(trained: Path) -> None:
+    cfg = load_config(None, TINY)
+    examples = read_split(trained / "data", "train")
+    facts = make_facts(examples, 8, seed=0)
+
+    def planting(**how: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+        model, tokenizer = load_run_model(trained / "train", cfg.train, "cpu")
+        planted = random_neurons([5] * n_layers(model), site_width(model, "mlp"),
+                                 np.random.default_rng(0))  # fmt: skip
+        done = plant(model, tokenizer, facts, examples[100:], planted, steps=40, lr=0.01,
+                     batch_size=32, chat=False, seed=0, **how)  # fmt: skip
+        return done, {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    whole, weights = planting()
+    assert whole.steps > 20  # slow enough to be stopped on the way
+    saved: list[dict[str, np.ndarray]] = []
+
+    def keep_then_stop(progress: dict[str, np.ndarray]) -> None:
+        saved.append(progress)
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        planting(save=keep_then_stop)
+    assert int(saved[-1]["step"][0]) == 20
+    resumed, resumed_weights = planting(resume=saved[-1])
+    assert resumed == whole
+    assert all(torch.equal(resumed_weights[name], weights[name]) for name in weights)
+
+
 def test_attribution_finds_planted_neurons_and_deleting_them_forgets_the_facts(
     trained: Path,
 ) -> None:

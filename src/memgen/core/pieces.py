@@ -51,20 +51,30 @@ class Pieces:
     ) -> dict[str, np.ndarray]:
         """The arrays saved under `name` by this stage's identity, or `measure()`'s, saved
         (safetensors: a selector's scores, the weights a planting changed)."""
+        saved = self.saved_arrays(name)
+        if saved is None:
+            saved = {key: np.ascontiguousarray(value) for key, value in measure().items()}
+            self.save_arrays(name, saved)
+        return saved
+
+    def saved_arrays(self, name: str) -> dict[str, np.ndarray] | None:
+        """The arrays saved under `name` by this stage's identity, or None."""
         path = self.folder / f"{name}.safetensors"
-        if path.is_file():
-            try:
-                with safe_open(str(path), framework="numpy") as saved:
-                    if (saved.metadata() or {}).get("identity") == self.identity:
-                        return {key: saved.get_tensor(key) for key in saved.keys()}  # noqa: SIM118
-            except (SafetensorError, OSError):
-                pass  # cut short by a crash: measured again
-        arrays = {key: np.ascontiguousarray(value) for key, value in measure().items()}
+        try:
+            with safe_open(str(path), framework="numpy") as saved:
+                if (saved.metadata() or {}).get("identity") == self.identity:
+                    return {key: saved.get_tensor(key) for key in saved.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError):
+            pass  # none yet, or cut short by a crash: measured again
+        return None
+
+    def save_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        """Save (or replace, atomically) the arrays under `name`: a long piece's progress."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{name}.safetensors"
         tmp = path.with_suffix(".tmp")
         save_file(arrays, str(tmp), metadata={"identity": self.identity})
         os.replace(tmp, path)
-        return arrays
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

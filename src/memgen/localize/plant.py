@@ -15,7 +15,7 @@ vocabulary, which every tokenizer of the task can spell.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -168,6 +168,12 @@ class Planting:
     recall: float  # share of the facts answered exactly, teacher-forced
 
 
+# A planting's progress, as `plant` hands it to `save` every 10 steps and takes it back as
+# `resume`: the step, the recall there, and per trained parameter its chosen entries and
+# their Adam moments (every other entry of both moments is exactly 0: its gradient is).
+Progress = dict[str, np.ndarray]
+
+
 def plant(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -180,12 +186,16 @@ def plant(
     batch_size: int,
     chat: bool,
     seed: int,
+    resume: Progress | None = None,
+    save: Callable[[Progress], None] | None = None,
 ) -> Planting:
     """Train the facts (beside replayed training rows, so the rest is kept) into
     `neurons` only, until all of them are recalled or `steps` run out. In place.
 
     Adam without weight decay: a parameter entry whose gradient is always zero never
-    moves, so every weight outside the chosen rows stays bit-for-bit as it was.
+    moves, so every weight outside the chosen rows stays bit-for-bit as it was. With
+    `save`, the progress is handed over every 10 steps; `resume` (one of those) goes on
+    from there to the same weights as an unstopped planting (an hour or more on SmolLM2).
     """
     masks = neuron_masks(model, neurons)
     params = dict(model.named_parameters())
@@ -201,14 +211,17 @@ def plant(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     encoded_facts = [encode_example(tokenizer, ex, chat, "answer") for ex in facts]
     encoded_replay = [encode_example(tokenizer, ex, chat, "answer") for ex in replay]
-    rng = random.Random(seed)
+    rng, drawn = random.Random(seed), min(batch_size, len(replay))
     split = decoder_and_head(model)  # the output head only at the answers: 49k wide on SmolLM2
-    recall, step = 0.0, 0
+    start, recall = (0, 0.0) if resume is None else _restore(resume, params, masks, optimizer)
+    for _ in range(start):
+        rng.sample(range(len(replay)), drawn)  # the draws the stopped planting made
+    step = start
+    # Resumed where all were recalled (stopped before its result was kept): nothing to do.
+    todo = range(start + 1, steps + 1) if recall < 1.0 else range(0)
     try:
-        for step in progress(
-            range(1, steps + 1), "localize: planting (stops early when all are recalled)"
-        ):
-            rows = encoded_facts + rng.sample(encoded_replay, min(batch_size, len(replay)))
+        for step in progress(todo, "localize: planting (stops early when all are recalled)"):
+            rows = encoded_facts + rng.sample(encoded_replay, drawn)
             model.train()
             loss = answer_loss(model, split, answer_batch(rows, range(len(rows)), pad, device))
             optimizer.zero_grad(set_to_none=True)
@@ -216,6 +229,8 @@ def plant(
             optimizer.step()
             if step % 10 == 0 or step == steps:
                 recall = float(np.mean(greedy_writes(model, tokenizer, facts, chat)))
+                if save is not None:
+                    save(_progress(step, recall, params, masks, optimizer))
                 if recall == 1.0:
                     break
     finally:
@@ -225,3 +240,45 @@ def plant(
             param.requires_grad_(False)
         model.eval()
     return Planting(step, recall)
+
+
+def _progress(
+    step: int,
+    recall: float,
+    params: dict[str, torch.nn.Parameter],
+    masks: dict[str, torch.Tensor],
+    optimizer: torch.optim.Adam,
+) -> Progress:
+    out = {"step": np.array([step]), "recall": np.array([recall])}
+    for name, mask in masks.items():
+        chosen, param = mask.bool(), params[name]
+        state = optimizer.state[param]
+        # float32 holds every float16 / bfloat16 value exactly; numpy has no bfloat16.
+        out[name] = param.detach()[chosen].float().cpu().numpy()
+        for moment in ("exp_avg", "exp_avg_sq"):
+            out[f"{name}.{moment}"] = state[moment][chosen].float().cpu().numpy()
+    return out
+
+
+def _restore(
+    saved: Progress,
+    params: dict[str, torch.nn.Parameter],
+    masks: dict[str, torch.Tensor],
+    optimizer: torch.optim.Adam,
+) -> tuple[int, float]:
+    """Put a planting's progress back into the weights and the optimizer: (step, recall)."""
+    step = int(saved["step"][0])
+    with torch.no_grad():
+        for name, mask in masks.items():
+            chosen, param = mask.bool(), params[name]
+
+            def entries(key: str, param: torch.Tensor = param) -> torch.Tensor:
+                return torch.from_numpy(saved[key]).to(param.device, param.dtype)
+
+            param[chosen] = entries(name)
+            state: dict[str, torch.Tensor] = {"step": torch.tensor(float(step))}
+            for moment in ("exp_avg", "exp_avg_sq"):
+                state[moment] = torch.zeros_like(param)
+                state[moment][chosen] = entries(f"{name}.{moment}")
+            optimizer.state[param] = state
+    return step, float(saved["recall"][0])

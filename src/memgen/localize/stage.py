@@ -128,6 +128,8 @@ def _plant_once(
             batch_size=lc.batch_size,
             chat=cfg.train.chat,
             seed=cfg.seed,
+            resume=pieces.saved_arrays("planting-progress"),
+            save=lambda so_far: pieces.save_arrays("planting-progress", so_far),
         )
         # float32 holds every float16 / bfloat16 weight exactly; numpy has no bfloat16.
         rows = {
