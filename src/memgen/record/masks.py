@@ -19,8 +19,9 @@ A slimming gate clamped below 0 gets no gradient from either term and stays clos
 the mask's few open gates the ranking is where each gate stopped in the first steps. A
 straight-through clamp (every gate keeps its gradient) was tried on 2026-12-06 and not
 kept: it raised the planted control's recall on the GPT-2 cipher contest (0.80 / 0.70 /
-0.85 to 1.00 / 0.95 / 0.95, seeds 0-2) but lost the flipped-pair deletion (seed 0, top
-20: memory kept 0.14 to 0.92, no longer beyond random), docs/log/localization.md.
+0.85 to 1.00 / 0.95 / 0.95, seeds 0-2) but lost the flipped-pair deletion (seeds 0 and
+1, top 20: memory kept 0.14 / 0.32 to 0.92 / 0.83, no longer beyond random sets), as
+docs/log/localization.md records.
 """
 
 from __future__ import annotations
