@@ -197,16 +197,9 @@ def plant(
     `save`, the progress is handed over every 10 steps; `resume` (one of those) goes on
     from there to the same weights as an unstopped planting (an hour or more on SmolLM2).
     """
-    masks = neuron_masks(model, neurons)
-    params = dict(model.named_parameters())
-    trained = [params[name] for name in masks]
-    for param in model.parameters():
-        param.requires_grad_(False)
-    handles = []
-    for name, mask in masks.items():
-        params[name].requires_grad_(True)
-        handles.append(params[name].register_hook(lambda grad, m=mask: grad * m))
-    optimizer = torch.optim.Adam(trained, lr=lr)
+    masks, params = neuron_masks(model, neurons), dict(model.named_parameters())
+    handles = _train_only(model, params, masks)
+    optimizer = torch.optim.Adam([params[name] for name in masks], lr=lr)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     encoded_facts = [encode_example(tokenizer, ex, chat, "answer") for ex in facts]
@@ -240,6 +233,20 @@ def plant(
             param.requires_grad_(False)
         model.eval()
     return Planting(step, recall)
+
+
+def _train_only(
+    model: PreTrainedModel, params: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor]
+) -> list[torch.utils.hooks.RemovableHandle]:
+    """Freeze everything but the masked parameters, whose gradients the masks then cut to
+    the chosen entries; the hooks are returned for removal."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    handles = []
+    for name, mask in masks.items():
+        params[name].requires_grad_(True)
+        handles.append(params[name].register_hook(lambda grad, m=mask: grad * m))
+    return handles
 
 
 def _progress(
