@@ -14,6 +14,7 @@ vocabulary, which every tokenizer of the task can spell.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -29,6 +30,8 @@ from memgen.core.examples import Example
 from memgen.core.generation import encode_example
 from memgen.core.progress import progress
 from memgen.core.sites import Site, n_layers, resolve, site_width
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -221,7 +224,7 @@ def plant(
             loss.backward()
             optimizer.step()
             if step % 10 == 0 or step == steps:
-                recall = float(np.mean(greedy_writes(model, tokenizer, facts, chat)))
+                recall = _recalled(model, tokenizer, facts, chat, step)
                 if save is not None:
                     save(_progress(step, recall, params, masks, optimizer))
                 if recall == 1.0:
@@ -233,6 +236,19 @@ def plant(
             param.requires_grad_(False)
         model.eval()
     return Planting(step, recall)
+
+
+def _recalled(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    facts: Sequence[Example],
+    chat: bool,
+    step: int,
+) -> float:
+    """The share of the facts recalled, logged: a planting can take an hour."""
+    hits = greedy_writes(model, tokenizer, facts, chat)
+    log.info("localize: planting step %d: %d of %d facts recalled", step, hits.sum(), len(hits))
+    return float(np.mean(hits))
 
 
 def _train_only(
