@@ -29,6 +29,7 @@ from memgen.localize.plant import (
 )
 from memgen.localize.test import recall_at_k, top_k
 from memgen.pipeline import run_stage
+from memgen.report.html import _localization_table
 
 TINY = [
     *TINY_CIPHER, "localize.lr=0.03", "localize.n_facts=8", "localize.fraction=0.02",
@@ -120,6 +121,7 @@ def test_attribution_finds_planted_neurons_and_deleting_them_forgets_the_facts(
     assert all(r["p_value_holm"] >= r["p_value"] for r in rows.values())
     assert oracle["p_value_holm"] == pytest.approx(len(rows) * oracle["p_value"])
     assert oracle["p_value_net_holm"] == pytest.approx(len(rows) * oracle["p_value_net"])
+    assert f"{oracle['p_value']:.3f} ({oracle['p_value_holm']:.3f})" in _localization_table(result)
     assert len(rows["attribution"]["random_recalled"]) == cfg.localize.draws
     assert len(rows["attribution"]["random_ordinary_kept"]) == cfg.localize.draws
 
