@@ -18,6 +18,7 @@ from memgen.core.config import load_config
 from memgen.core.examples import Example, read_split
 from memgen.core.modeling import load_run_model
 from memgen.core.sites import n_layers, site_width, write_norms
+from memgen.localize import plant as plant_module
 from memgen.localize import stage as stage_module
 from memgen.localize.plant import (
     Neurons,
@@ -154,7 +155,8 @@ def test_a_stopped_localize_resumes_where_it_stopped_to_the_same_numbers(
 
     # Resumed: nothing planted or measured twice, and the numbers of the unstopped run.
     monkeypatch.setattr(stage_module, "localize", measure_row)
-    monkeypatch.setattr(stage_module, "plant", lambda *a, **k: pytest.fail("planted again"))
+    # Not one planting step: the finished planting is put back from its saved progress.
+    monkeypatch.setattr(plant_module, "answer_loss", lambda *a, **k: pytest.fail("planted again"))
     run_stage("localize", stopped, cfg)
     assert (out / "localize.json").read_text() == (whole / "localize" / "localize.json").read_text()
     assert not (out / "pieces").exists()

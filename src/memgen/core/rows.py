@@ -178,7 +178,7 @@ class LocalizationRow(Row):
     random_ordinary_kept: list[float]
     p_value: float  # rank p-value of forgetting at least as much as this selection
     p_value_net: float  # the same, of ordinary answers kept minus facts recalled
-    # Both Holm-adjusted over every row of the stage (set by `memgen.localize.stage`).
+    # Both Holm-adjusted over every row of the stage (`with_holm`).
     p_value_holm: float = 1.0
     p_value_net_holm: float = 1.0
 
@@ -271,12 +271,15 @@ class RunFigures(Row):
 R = TypeVar("R", bound=Row)
 
 
-def with_holm(rows: Sequence[R]) -> list[R]:
-    """`rows` (each with `p_value`) with `p_value_holm` set, adjusted over all of them."""
-    adjusted = holm([row.p_value for row in rows])  # type: ignore[attr-defined]
-    return [
-        row.model_copy(update={"p_value_holm": a}) for row, a in zip(rows, adjusted, strict=True)
-    ]
+def with_holm(rows: Sequence[R], *fields: str) -> list[R]:
+    """`rows` with each p-value field (`p_value` unless named) Holm-adjusted over all of
+    them into its `<field>_holm`."""
+    updates: list[dict[str, float]] = [{} for _ in rows]
+    for field in fields or ("p_value",):
+        adjusted = holm([getattr(row, field) for row in rows])
+        for update, a in zip(updates, adjusted, strict=True):
+            update[f"{field}_holm"] = a
+    return [row.model_copy(update=update) for row, update in zip(rows, updates, strict=True)]
 
 
 def dump_rows(rows: Iterable[Row]) -> list[dict[str, Any]]:

@@ -22,7 +22,6 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -34,14 +33,12 @@ from memgen.core.examples import Example, read_split
 from memgen.core.modeling import load_run_model
 from memgen.core.pieces import Pieces
 from memgen.core.progress import progress
-from memgen.core.rows import LocalizationRow, dump_rows
+from memgen.core.rows import LocalizationRow, dump_rows, with_holm
 from memgen.core.sites import n_layers, site_width
-from memgen.core.stats import holm
 from memgen.localize.plant import (
     Neurons,
     Planting,
     make_facts,
-    neuron_masks,
     plant,
     random_neurons,
 )
@@ -111,42 +108,23 @@ def _plant_once(
     cfg: RunConfig,
     pieces: Pieces,
 ) -> Planting:
-    """Plant, or put back bit for bit the rows a stopped run of this stage planted."""
+    """Plant, going on from a stopped run's last progress. `plant` saves it every 10 steps
+    and at its last step, so a finished planting is put back bit for bit, without a step."""
     lc = cfg.localize
-    masks = {name: mask.bool() for name, mask in neuron_masks(model, planted).items()}
-    params = dict(model.named_parameters())
-
-    def measure() -> dict[str, np.ndarray]:
-        done = plant(
-            model,
-            tokenizer,
-            facts,
-            replay,
-            planted,
-            steps=lc.steps,
-            lr=lc.lr,
-            batch_size=lc.batch_size,
-            chat=cfg.train.chat,
-            seed=cfg.seed,
-            resume=pieces.saved_arrays("planting-progress"),
-            save=lambda so_far: pieces.save_arrays("planting-progress", so_far),
-        )
-        # float32 holds every float16 / bfloat16 weight exactly; numpy has no bfloat16.
-        rows = {
-            name: params[name].detach()[mask].float().cpu().numpy() for name, mask in masks.items()
-        }
-        return {
-            **rows,
-            "planting.steps": np.array([done.steps]),
-            "planting.recall": np.array([done.recall]),
-        }
-
-    saved = pieces.arrays("planting", measure)
-    with torch.no_grad():
-        for name, mask in masks.items():
-            param = params[name]
-            param[mask] = torch.from_numpy(saved[name]).to(param.device, param.dtype)
-    return Planting(int(saved["planting.steps"][0]), float(saved["planting.recall"][0]))
+    return plant(
+        model,
+        tokenizer,
+        facts,
+        replay,
+        planted,
+        steps=lc.steps,
+        lr=lc.lr,
+        batch_size=lc.batch_size,
+        chat=cfg.train.chat,
+        seed=cfg.seed,
+        resume=pieces.saved_arrays("planting"),
+        save=lambda so_far: pieces.save_arrays("planting", so_far),
+    )
 
 
 def _localizations(
@@ -184,17 +162,7 @@ def _localizations(
     for name in progress(lc.selectors, "localize: selectors"):
         scores = score(name)
         rows += [row(name, scores, max(1, round(size * depth * width))) for size in lc.sizes]
-    return _with_holm(rows), deleter
-
-
-def _with_holm(rows: list[LocalizationRow]) -> list[LocalizationRow]:
-    """Both p-values Holm-adjusted over every row: each may then be read at 0.05 with the
-    family-wise error held at 5% (m rows need about 20m draws for any to survive)."""
-    plain, net = holm([r.p_value for r in rows]), holm([r.p_value_net for r in rows])
-    return [
-        r.model_copy(update={"p_value_holm": a, "p_value_net_holm": b})
-        for r, a, b in zip(rows, plain, net, strict=True)
-    ]
+    return with_holm(rows, "p_value", "p_value_net"), deleter
 
 
 def run_localize(step: Step) -> None:
