@@ -366,6 +366,12 @@ def test_specificity_budgets_in_write_units_fit_every_cell(own_run: Path) -> Non
         (s, d) for s in ("pearson", "attribution") for d in DIRECTIONS
     }
     assert all(len(r["matched_per_draw"]) == 2 and r["n_prompts"] > 0 for r in rows["rows"])
+    for row in rows["rows"]:  # the continuous outcome beside the flip share
+        draws = row["matched_margin_gain"]
+        assert len(draws) == 2 and 1 / 3 <= row["p_value_margin"] <= 1
+        mean, low, high = row["paired_margin"]
+        assert mean == pytest.approx(row["margin_gain"] - np.mean(draws)) and low <= mean <= high
+    assert any(abs(r["margin_gain"]) > 1e-3 for r in rows["rows"])  # the shifts move margins
 
 
 def test_a_killed_delete_stage_resumes_from_its_finished_cells(

@@ -36,7 +36,7 @@ from memgen.neurons.attribution import site_score
 from memgen.neurons.selection import select_top
 from memgen.steering.bench import DIRECTIONS, Bench, tuning_and_held_out
 from memgen.steering.methods import SiteStats, matched_masks
-from memgen.steering.shifts import fit_shifts
+from memgen.steering.shifts import first_token_margins, fit_shifts
 from memgen.tasks.base import make_task
 
 log = logging.getLogger(__name__)
@@ -83,12 +83,37 @@ def run_specificity(step: Step) -> None:
                         chat=cfg.train.chat,
                     )
                     labels = bench.labels(held_out, shifts, spec.position)
+                    margins = _margin_gains(bench, held_out, shifts, toward)
                     common = {"site": site, "scorer": scorer, "direction": direction}
-                    rows += _size_rows(labels, spec, targeted, toward, held_out, common, budget)
+                    rows += _size_rows(
+                        labels, margins, spec, targeted, toward, held_out, common, budget
+                    )
     rows = with_holm(rows)
     write_json(out / "specificity.json", {"rows": dump_rows(rows)})
     plot_specificity(rows, out / "specificity.png")
     step.finish({"rows": dump_rows(rows)})
+
+
+def _margin_gains(
+    bench: Bench, held_out: Sequence[Example], shifts: np.ndarray, toward: str
+) -> np.ndarray:
+    """[K, n]: how far each shift moves each held-out prompt's first-token logit gap toward
+    the target answer (the target's first token minus the source answer's)."""
+    target = [ex.gen_answer if toward == "gen" else ex.mem_answer for ex in held_out]
+    source = [ex.mem_answer if toward == "gen" else ex.gen_answer for ex in held_out]
+    margins = first_token_margins(
+        bench.model,
+        bench.tokenizer,
+        [ex.prompt for ex in held_out],
+        target,
+        source,
+        shifts,
+        bench.kind,
+        batch_size=bench.cfg.steer.batch_size,
+        chat=bench.cfg.train.chat,
+    )
+    gains: np.ndarray = margins[1:] - margins[0]
+    return gains
 
 
 def _unit(stats: SiteStats, units: str, model: PreTrainedModel, kind: SiteKind) -> np.ndarray:
@@ -181,6 +206,7 @@ def _masks(
 
 def _size_rows(
     labels: list[list[str]],
+    margins: np.ndarray,
     spec: SpecificityConfig,
     targeted: list[np.ndarray],
     toward: str,
@@ -195,6 +221,9 @@ def _size_rows(
         group = labels[s * per_size : (s + 1) * per_size]
         hits = sum(label == toward for label in group[0])
         draws = [rates(g)[toward] for g in group[1:]]
+        gains = margins[s * per_size : (s + 1) * per_size]  # [1 + draws, prompts]
+        draw_gains = [float(g.mean()) for g in gains[1:]]
+        paired = summarise(list(gains[0] - gains[1:].mean(axis=0)))
         rows.append(
             SpecificityRow(
                 **common,
@@ -209,6 +238,10 @@ def _size_rows(
                 p_value=rank_p_value(hits / len(held_out), draws),
                 p_value_holm=1.0,  # set over all the stage's rows, by `with_holm`
                 matched_prediction=prediction_interval(draws, SHARE),
+                margin_gain=float(gains[0].mean()),
+                matched_margin_gain=draw_gains,
+                p_value_margin=rank_p_value(float(gains[0].mean()), draw_gains),
+                paired_margin=[paired["mean"], paired["ci_low"], paired["ci_high"]],
             )
         )
     return rows

@@ -221,6 +221,52 @@ def next_token_kl(
     return result
 
 
+@torch.no_grad()
+def first_token_margins(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    wanted: Sequence[str],
+    unwanted: Sequence[str],
+    shifts: np.ndarray,
+    kind: SiteKind,
+    *,
+    batch_size: int = 128,
+    chat: bool = False,
+) -> np.ndarray:
+    """[K + 1, n]: logit of each wanted answer's first token minus the unwanted one's, at
+    the prompt's last position, unsteered (row 0) and under each of `shifts` [K, L, W].
+
+    A continuous outcome beside the flip share: a shift can move every prompt's margin a
+    long way and still flip none, or flip the few that sat near zero.
+    """
+    if not prompts:
+        return np.zeros((len(shifts) + 1, 0))
+    model.eval()
+    device = _device(model)
+    encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in prompts]
+    up = torch.tensor(first_answer_tokens(tokenizer, wanted), device=device)
+    down = torch.tensor(first_answer_tokens(tokenizer, unwanted), device=device)
+    groups = len(shifts) + 1
+    table = torch.as_tensor(
+        np.concatenate([np.zeros_like(shifts[:1]), shifts]).astype(np.float32), device=device
+    )
+    per_call = max(1, batch_size // groups)
+    shifter = RowShifts(kind, steered_layers(shifts), "last")
+
+    def margins(start: int) -> torch.Tensor:
+        rows = slice(start, start + per_call)
+        prefix = Prefix.of(model, *pad_left(encoded[rows], pad_id_of(tokenizer), device))
+        logits = steered_last_logits(model, shifter, prefix, table)  # [chunk, K + 1, V]
+        index = torch.arange(len(logits), device=device)
+        return (logits[index, :, up[rows]] - logits[index, :, down[rows]]).double().cpu()
+
+    with shifter.attached(model):
+        parts = list(distributed.parallel_map(margins, list(range(0, len(prompts), per_call))))
+    result: np.ndarray = torch.cat(parts).T.numpy()
+    return result
+
+
 def first_answer_tokens(tokenizer: PreTrainedTokenizerBase, answers: Sequence[str]) -> list[int]:
     """The first token of each answer: what a shift is fitted to make the model say."""
     ids = [tokenizer(answer, add_special_tokens=False)["input_ids"] for answer in answers]
