@@ -198,11 +198,8 @@ def next_token_kl(
     model.eval()
     device = _device(model)
     encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in prompts]
-    groups = len(shifts) + 1  # row group 0 is the unsteered model
-    table = torch.as_tensor(
-        np.concatenate([np.zeros_like(shifts[:1]), shifts]).astype(np.float32), device=device
-    )
-    per_call = max(1, batch_size // groups)
+    table = _with_unsteered(shifts, device)
+    per_call = max(1, batch_size // len(table))
     total = torch.zeros(len(shifts), dtype=torch.float64)
     shifter = RowShifts(kind, steered_layers(shifts), "last")
 
@@ -219,6 +216,12 @@ def next_token_kl(
             total += part
     result: np.ndarray = (total / len(prompts)).numpy()
     return result
+
+
+def _with_unsteered(shifts: np.ndarray, device: torch.device) -> torch.Tensor:
+    """[K + 1, L, W]: a zero shift (the unsteered model, row group 0), then `shifts`."""
+    zero = np.zeros_like(shifts[:1])
+    return torch.as_tensor(np.concatenate([zero, shifts]).astype(np.float32), device=device)
 
 
 @torch.no_grad()
@@ -247,11 +250,8 @@ def first_token_margins(
     encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in prompts]
     up = torch.tensor(first_answer_tokens(tokenizer, wanted), device=device)
     down = torch.tensor(first_answer_tokens(tokenizer, unwanted), device=device)
-    groups = len(shifts) + 1
-    table = torch.as_tensor(
-        np.concatenate([np.zeros_like(shifts[:1]), shifts]).astype(np.float32), device=device
-    )
-    per_call = max(1, batch_size // groups)
+    table = _with_unsteered(shifts, device)
+    per_call = max(1, batch_size // len(table))
     shifter = RowShifts(kind, steered_layers(shifts), "last")
 
     def margins(start: int) -> torch.Tensor:
