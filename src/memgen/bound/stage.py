@@ -69,7 +69,7 @@ class _LayerFits:
             masks[k, layer] = True
         fit_rows, held_rows = tuning_and_held_out(len(prompts), self.cfg.seed)
         fitting, held_out = [prompts[i] for i in fit_rows], [prompts[i] for i in held_rows]
-        answers = [ex.gen_answer if toward == "gen" else ex.mem_answer for ex in fitting]
+        answers = [ex.answer(toward) for ex in fitting]
         fitted, fit = fit_shifts(
             self.model,
             self.tokenizer,

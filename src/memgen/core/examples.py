@@ -39,6 +39,10 @@ class Example:
     gen_answer: str
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def answer(self, behaviour: str) -> str:
+        """The answer `behaviour` gives: the rule's for "gen", the memorized one otherwise."""
+        return self.gen_answer if behaviour == "gen" else self.mem_answer
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 

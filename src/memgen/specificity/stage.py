@@ -64,7 +64,7 @@ def run_specificity(step: Step) -> None:
             targeted, masks = _masks(score, spec, stats.shape, rng)
             for direction, (fitting, held_out) in splits.items():
                 toward = DIRECTIONS[direction][1]
-                answers = [ex.gen_answer if toward == "gen" else ex.mem_answer for ex in fitting]
+                answers = [ex.answer(toward) for ex in fitting]
                 for budget in spec.budgets:
                     log.info("specificity: %s %s %s budget %g", site, scorer, direction, budget)
                     shifts, _ = fit_shifts(
@@ -83,7 +83,7 @@ def run_specificity(step: Step) -> None:
                         chat=cfg.train.chat,
                     )
                     labels = bench.labels(held_out, shifts, spec.position)
-                    margins = _margin_gains(bench, held_out, shifts, toward)
+                    margins = _margin_gains(bench, held_out, shifts, direction)
                     common = {"site": site, "scorer": scorer, "direction": direction}
                     rows += _size_rows(
                         labels, margins, spec, targeted, toward, held_out, common, budget
@@ -95,18 +95,17 @@ def run_specificity(step: Step) -> None:
 
 
 def _margin_gains(
-    bench: Bench, held_out: Sequence[Example], shifts: np.ndarray, toward: str
+    bench: Bench, held_out: Sequence[Example], shifts: np.ndarray, direction: Direction
 ) -> np.ndarray:
     """[K, n]: how far each shift moves each held-out prompt's first-token logit gap toward
     the target answer (the target's first token minus the source answer's)."""
-    target = [ex.gen_answer if toward == "gen" else ex.mem_answer for ex in held_out]
-    source = [ex.mem_answer if toward == "gen" else ex.gen_answer for ex in held_out]
+    source, toward = DIRECTIONS[direction]
     margins = first_token_margins(
         bench.model,
         bench.tokenizer,
         [ex.prompt for ex in held_out],
-        target,
-        source,
+        [ex.answer(toward) for ex in held_out],
+        [ex.answer(source) for ex in held_out],
         shifts,
         bench.kind,
         batch_size=bench.cfg.steer.batch_size,
@@ -222,7 +221,7 @@ def _size_rows(
         hits = sum(label == toward for label in group[0])
         draws = [rates(g)[toward] for g in group[1:]]
         gains = margins[s * per_size : (s + 1) * per_size]  # [1 + draws, prompts]
-        draw_gains = [float(g.mean()) for g in gains[1:]]
+        gain, draw_gains = float(gains[0].mean()), [float(g.mean()) for g in gains[1:]]
         paired = summarise(list(gains[0] - gains[1:].mean(axis=0)))
         rows.append(
             SpecificityRow(
@@ -238,9 +237,9 @@ def _size_rows(
                 p_value=rank_p_value(hits / len(held_out), draws),
                 p_value_holm=1.0,  # set over all the stage's rows, by `with_holm`
                 matched_prediction=prediction_interval(draws, SHARE),
-                margin_gain=float(gains[0].mean()),
+                margin_gain=gain,
                 matched_margin_gain=draw_gains,
-                p_value_margin=rank_p_value(float(gains[0].mean()), draw_gains),
+                p_value_margin=rank_p_value(gain, draw_gains),
                 paired_margin=[paired["mean"], paired["ci_low"], paired["ci_high"]],
             )
         )

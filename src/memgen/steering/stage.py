@@ -129,7 +129,7 @@ class MethodRunner:
             self.masks[name] = mask
 
     def fit(self, masks: np.ndarray, budgets: Any, toward: Toward) -> np.ndarray:
-        answers = [ex.gen_answer if toward == "gen" else ex.mem_answer for ex in self.fitting]
+        answers = [ex.answer(toward) for ex in self.fitting]
         sc = self.cfg.steer
         shifts, _ = fit_shifts(
             self.bench.model,
