@@ -15,7 +15,7 @@ call dominates, that is most of the time (benchmarks/steer_batching.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -181,6 +181,37 @@ def generate_shifted(
     return outputs
 
 
+def _over_last_logits(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    shifts: np.ndarray,
+    kind: SiteKind,
+    reduce: Callable[[slice, torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int,
+    chat: bool,
+) -> list[torch.Tensor]:
+    """`reduce(rows, logits)` for each chunk of prompts, in order, where `logits` [chunk,
+    K + 1, vocab] are each prompt's last-position logits unsteered (row group 0) and under
+    each of `shifts` [K, L, W], the shared prompt run once (`steered_last_logits`)."""
+    model.eval()
+    device = _device(model)
+    encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in prompts]
+    zero = np.zeros_like(shifts[:1])
+    table = torch.as_tensor(np.concatenate([zero, shifts]).astype(np.float32), device=device)
+    per_call = max(1, batch_size // len(table))
+    shifter = RowShifts(kind, steered_layers(shifts), "last")
+
+    def run(start: int) -> torch.Tensor:
+        rows = slice(start, start + per_call)
+        prefix = Prefix.of(model, *pad_left(encoded[rows], pad_id_of(tokenizer), device))
+        return reduce(rows, steered_last_logits(model, shifter, prefix, table))
+
+    with shifter.attached(model):
+        return list(distributed.parallel_map(run, range(0, len(prompts), per_call)))
+
+
 @torch.no_grad()
 def next_token_kl(
     model: PreTrainedModel,
@@ -195,33 +226,21 @@ def next_token_kl(
     """[K]: mean KL(unsteered || steered) of the next-token distribution after each prompt."""
     if not prompts:
         return np.full(len(shifts), np.nan)
-    model.eval()
-    device = _device(model)
-    encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in prompts]
-    table = _with_unsteered(shifts, device)
-    per_call = max(1, batch_size // len(table))
-    total = torch.zeros(len(shifts), dtype=torch.float64)
-    shifter = RowShifts(kind, steered_layers(shifts), "last")
 
-    def kl_sums(chunk: list[list[int]]) -> torch.Tensor:
-        prefix = Prefix.of(model, *pad_left(chunk, pad_id_of(tokenizer), device))
-        logp = torch.log_softmax(steered_last_logits(model, shifter, prefix, table), dim=-1)
+    def kl_sums(_: slice, logits: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits, dim=-1)
         base = logp[:, :1]
         kl = (base.exp() * (base - logp[:, 1:])).sum(-1)  # [chunk, K]
         return kl.sum(0).double().cpu()
 
-    chunks = [encoded[start : start + per_call] for start in range(0, len(prompts), per_call)]
-    with shifter.attached(model):
-        for part in distributed.parallel_map(kl_sums, chunks):
-            total += part
+    parts = _over_last_logits(
+        model, tokenizer, prompts, shifts, kind, kl_sums, batch_size=batch_size, chat=chat
+    )
+    total = torch.zeros(len(shifts), dtype=torch.float64)
+    for part in parts:  # in order, as the sum always ran
+        total += part
     result: np.ndarray = (total / len(prompts)).numpy()
     return result
-
-
-def _with_unsteered(shifts: np.ndarray, device: torch.device) -> torch.Tensor:
-    """[K + 1, L, W]: a zero shift (the unsteered model, row group 0), then `shifts`."""
-    zero = np.zeros_like(shifts[:1])
-    return torch.as_tensor(np.concatenate([zero, shifts]).astype(np.float32), device=device)
 
 
 @torch.no_grad()
@@ -245,24 +264,17 @@ def first_token_margins(
     """
     if not prompts:
         return np.zeros((len(shifts) + 1, 0))
-    model.eval()
     device = _device(model)
-    encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in prompts]
     up = torch.tensor(first_answer_tokens(tokenizer, wanted), device=device)
     down = torch.tensor(first_answer_tokens(tokenizer, unwanted), device=device)
-    table = _with_unsteered(shifts, device)
-    per_call = max(1, batch_size // len(table))
-    shifter = RowShifts(kind, steered_layers(shifts), "last")
 
-    def margins(start: int) -> torch.Tensor:
-        rows = slice(start, start + per_call)
-        prefix = Prefix.of(model, *pad_left(encoded[rows], pad_id_of(tokenizer), device))
-        logits = steered_last_logits(model, shifter, prefix, table)  # [chunk, K + 1, V]
+    def gaps(rows: slice, logits: torch.Tensor) -> torch.Tensor:
         index = torch.arange(len(logits), device=device)
         return (logits[index, :, up[rows]] - logits[index, :, down[rows]]).double().cpu()
 
-    with shifter.attached(model):
-        parts = list(distributed.parallel_map(margins, list(range(0, len(prompts), per_call))))
+    parts = _over_last_logits(
+        model, tokenizer, prompts, shifts, kind, gaps, batch_size=batch_size, chat=chat
+    )
     result: np.ndarray = torch.cat(parts).T.numpy()
     return result
 
