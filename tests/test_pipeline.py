@@ -371,6 +371,12 @@ def test_specificity_budgets_in_write_units_fit_every_cell(own_run: Path) -> Non
         assert len(draws) == 2 and 1 / 3 <= row["p_value_margin"] <= 1
         mean, low, high = row["paired_margin"]
         assert mean == pytest.approx(row["margin_gain"] - np.mean(draws)) and low <= mean <= high
+        # At matched collateral: a draw whose KL fell short of the top set's was grown, one
+        # past it shrunk, and its margin gain ranked again.
+        assert row["kl"] >= 0 and 1 / 3 <= row["p_value_margin_at_kl"] <= 1
+        for kl, scale in zip(row["matched_kl"], row["matched_scale_at_kl"], strict=True):
+            assert (scale > 1) == (kl < row["kl"]) and 0 < scale <= 16
+        assert len(row["matched_margin_gain_at_kl"]) == 2
     assert any(abs(r["margin_gain"]) > 1e-3 for r in rows["rows"])  # the shifts move margins
 
 

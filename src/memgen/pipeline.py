@@ -59,8 +59,12 @@ class StageSpec:
     parallel: bool = False
 
 
-# What `specificity` reads of `steer`: the prompt split and how shifts are fitted.
-STEER_FIELDS = ("steer.n_prompts", "steer.fit_steps", "steer.fit_lr", "steer.batch_size")
+# What `specificity` reads of `steer`: the prompt split, how shifts are fitted and how
+# many prompts their collateral (KL) is measured on.
+STEER_FIELDS = (
+    "steer.n_prompts", "steer.fit_steps", "steer.fit_lr", "steer.batch_size",
+    "steer.n_side_effect",
+)  # fmt: skip
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("data", "memgen.data.stage:run_data", (), ("data",),

@@ -130,6 +130,14 @@ class SpecificityRow(Row):
     p_value_margin: float | None = None  # the top set's margin gain ranked among the draws'
     # Per prompt, the top set's margin gain minus the draws' mean there: [mean, 95% t-CI].
     paired_margin: list[float] | None = None
+    # At matched collateral: the next-token KL each shift causes on prompts the model
+    # already answers with the target behaviour, and each draw's margin gain with its shift
+    # scaled until its KL equals the top set's (`steering.shifts.scales_at_kl`).
+    kl: float | None = None
+    matched_kl: list[float] | None = None
+    matched_scale_at_kl: list[float] | None = None
+    matched_margin_gain_at_kl: list[float] | None = None
+    p_value_margin_at_kl: float | None = None
 
 
 class Deleted(Row):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,7 +37,7 @@ from memgen.neurons.attribution import site_score
 from memgen.neurons.selection import select_top
 from memgen.steering.bench import DIRECTIONS, Bench, tuning_and_held_out
 from memgen.steering.methods import SiteStats, matched_masks
-from memgen.steering.shifts import first_token_margins, fit_shifts
+from memgen.steering.shifts import first_token_margins, fit_shifts, next_token_kl, scales_at_kl
 from memgen.tasks.base import make_task
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,15 @@ def run_specificity(step: Step) -> None:
     task = make_task(cfg.task, cfg.data.options)
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
     recorded = read_record(record.path)
-    splits = _splits(read_test_answers(behave.path), sc.n_prompts, cfg.seed)
+    labelled = read_test_answers(behave.path)
+    splits = _splits(labelled, sc.n_prompts, cfg.seed)
+    # Collateral is measured where a shift toward a behaviour should change nothing: on
+    # prompts the model already answers with it (none of them is fitted on), as many as
+    # steer's held-out side effects use.
+    kl_prompts = {
+        toward: [ex.prompt for ex, label in labelled if label == toward][: sc.n_side_effect // 2]
+        for _, toward in DIRECTIONS.values()
+    }
     out = stage.begin()
     rng = np.random.default_rng(cfg.seed)
     rows: list[SpecificityRow] = []
@@ -82,37 +91,71 @@ def run_specificity(step: Step) -> None:
                         seed=cfg.seed,
                         chat=cfg.train.chat,
                     )
-                    labels = bench.labels(held_out, shifts, spec.position)
-                    margins = _margin_gains(bench, held_out, shifts, direction)
-                    common = {"site": site, "scorer": scorer, "direction": direction}
-                    rows += _size_rows(
-                        labels, margins, spec, targeted, toward, held_out, common, budget
+                    outcomes = _Outcomes(
+                        labels=bench.labels(held_out, shifts, spec.position),
+                        **_margins(bench, held_out, kl_prompts[toward], shifts, direction, spec),
                     )
+                    common = {"site": site, "scorer": scorer, "direction": direction}
+                    rows += _size_rows(outcomes, spec, targeted, toward, held_out, common, budget)
     rows = with_holm(rows)
     write_json(out / "specificity.json", {"rows": dump_rows(rows)})
     plot_specificity(rows, out / "specificity.png")
     step.finish({"rows": dump_rows(rows)})
 
 
-def _margin_gains(
-    bench: Bench, held_out: Sequence[Example], shifts: np.ndarray, direction: Direction
-) -> np.ndarray:
-    """[K, n]: how far each shift moves each held-out prompt's first-token logit gap toward
-    the target answer (the target's first token minus the source answer's)."""
+@dataclass(frozen=True)
+class _Outcomes:
+    """What K fitted shifts (per size: the top set, then its draws) did to a cell's prompts."""
+
+    labels: list[list[str]]  # [K][n held out]
+    gains: np.ndarray  # [K, n held out]: margin moved toward the target
+    kl: np.ndarray  # [K]: next-token KL on prompts already at the target
+    scales: np.ndarray  # [K]: each shift's factor to reach its size's top-set KL
+    gains_at_kl: np.ndarray  # [K]: mean margin moved with the shift so scaled
+
+
+def _margins(
+    bench: Bench,
+    held_out: Sequence[Example],
+    kl_prompts: Sequence[str],
+    shifts: np.ndarray,
+    direction: Direction,
+    spec: SpecificityConfig,
+) -> dict[str, np.ndarray]:
+    """How far each shift moves each held-out prompt's first-token logit gap toward the
+    target answer (the target's first token minus the source answer's), as fitted and at
+    its size's top-set KL."""
     source, toward = DIRECTIONS[direction]
-    margins = first_token_margins(
-        bench.model,
-        bench.tokenizer,
-        [ex.prompt for ex in held_out],
-        [ex.answer(toward) for ex in held_out],
-        [ex.answer(source) for ex in held_out],
-        shifts,
-        bench.kind,
-        batch_size=bench.cfg.steer.batch_size,
-        chat=bench.cfg.train.chat,
+    model, tokenizer, kind, cfg = bench.model, bench.tokenizer, bench.kind, bench.cfg
+    batch, chat = cfg.steer.batch_size, cfg.train.chat
+
+    def gains(scaled: np.ndarray) -> np.ndarray:
+        margins = first_token_margins(
+            model,
+            tokenizer,
+            [ex.prompt for ex in held_out],
+            [ex.answer(toward) for ex in held_out],
+            [ex.answer(source) for ex in held_out],
+            scaled,
+            kind,
+            batch_size=batch,
+            chat=chat,
+        )
+        moved: np.ndarray = margins[1:] - margins[0]
+        return moved
+
+    kl = next_token_kl(model, tokenizer, kl_prompts, shifts, kind, batch_size=batch, chat=chat)
+    per_size = 1 + spec.draws
+    target = np.repeat(kl[::per_size], per_size)  # each draw to its top set's KL
+    scales = (
+        scales_at_kl(
+            model, tokenizer, kl_prompts, shifts, target, kind, batch_size=batch, chat=chat
+        )
+        if kl_prompts
+        else np.full(len(shifts), np.nan)
     )
-    gains: np.ndarray = margins[1:] - margins[0]
-    return gains
+    at_kl = gains(shifts * np.nan_to_num(scales)[:, None, None]).mean(axis=1)
+    return {"gains": gains(shifts), "kl": kl, "scales": scales, "gains_at_kl": at_kl}
 
 
 def _unit(stats: SiteStats, units: str, model: PreTrainedModel, kind: SiteKind) -> np.ndarray:
@@ -204,8 +247,7 @@ def _masks(
 
 
 def _size_rows(
-    labels: list[list[str]],
-    margins: np.ndarray,
+    outcomes: _Outcomes,
     spec: SpecificityConfig,
     targeted: list[np.ndarray],
     toward: str,
@@ -217,12 +259,16 @@ def _size_rows(
     rows = []
     per_size = 1 + spec.draws
     for s, size in enumerate(spec.sizes):
-        group = labels[s * per_size : (s + 1) * per_size]
+        cell = slice(s * per_size, (s + 1) * per_size)  # the top set, then its draws
+        group = outcomes.labels[cell]
         hits = sum(label == toward for label in group[0])
         draws = [rates(g)[toward] for g in group[1:]]
-        gains = margins[s * per_size : (s + 1) * per_size]  # [1 + draws, prompts]
+        gains = outcomes.gains[cell]  # [1 + draws, prompts]
         gain, draw_gains = float(gains[0].mean()), [float(g.mean()) for g in gains[1:]]
         paired = summarise(list(gains[0] - gains[1:].mean(axis=0)))
+        kl, scales = outcomes.kl[cell], outcomes.scales[cell]
+        at_kl = [float(g) for g in outcomes.gains_at_kl[cell][1:]]
+        matched_at_kl = bool(np.isfinite(scales).all())
         rows.append(
             SpecificityRow(
                 **common,
@@ -241,6 +287,11 @@ def _size_rows(
                 matched_margin_gain=draw_gains,
                 p_value_margin=rank_p_value(gain, draw_gains),
                 paired_margin=[paired["mean"], paired["ci_low"], paired["ci_high"]],
+                kl=float(kl[0]) if matched_at_kl else None,
+                matched_kl=[float(k) for k in kl[1:]] if matched_at_kl else None,
+                matched_scale_at_kl=[float(c) for c in scales[1:]] if matched_at_kl else None,
+                matched_margin_gain_at_kl=at_kl if matched_at_kl else None,
+                p_value_margin_at_kl=rank_p_value(gain, at_kl) if matched_at_kl else None,
             )
         )
     return rows

@@ -244,6 +244,57 @@ def next_token_kl(
 
 
 @torch.no_grad()
+def scales_at_kl(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    shifts: np.ndarray,
+    target: np.ndarray,
+    kind: SiteKind,
+    *,
+    ceiling: float = 16.0,
+    steps: int = 6,
+    batch_size: int = 128,
+    chat: bool = False,
+) -> np.ndarray:
+    """[K]: per shift, the factor c at which `c * shift` moves the next-token distribution
+    after `prompts` by `target[k]` (`next_token_kl`), so shifts can be compared at equal
+    collateral instead of equal norm.
+
+    The bracket [lo, hi] starts at [0, 1], doubles hi up to `ceiling` while the KL there
+    is still short, then halves `steps` times; the upper end is returned (KL at or above
+    the target; `ceiling` where even that falls short). All K shifts move in one batch per
+    probe. KL need not grow monotonically with c; where it does not, this finds a crossing
+    within `steps` halvings of the bracket.
+    """
+    target = np.asarray(target, dtype=np.float64)
+    if target.shape != (len(shifts),) or not np.isfinite(target).all():
+        raise MemgenError("a KL target per shift, finite, is needed to scale shifts to it")
+
+    def kl(scales: np.ndarray) -> np.ndarray:
+        return next_token_kl(
+            model,
+            tokenizer,
+            prompts,
+            shifts * scales[:, None, None],
+            kind,
+            batch_size=batch_size,
+            chat=chat,
+        )
+
+    lo, hi = np.zeros(len(shifts)), np.ones(len(shifts))
+    short = kl(hi) < target
+    while (grow := short & (hi < ceiling)).any():
+        lo[grow], hi[grow] = hi[grow], np.minimum(2 * hi[grow], ceiling)
+        short[grow] = kl(hi)[grow] < target[grow]
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        below = kl(mid) < target
+        lo[below], hi[~below] = mid[below], mid[~below]
+    return hi
+
+
+@torch.no_grad()
 def first_token_margins(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
