@@ -479,8 +479,14 @@ def test_a_stale_row_stops_the_report_in_one_line_and_keeps_the_old_report(
 def test_report_is_self_contained(tiny_run: Path) -> None:
     html = (tiny_run / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
+    rows = json.loads((tiny_run / "results.json").read_text())["specificity"]
     for scorer in ("pearson", "attribution"):  # the verdict table asks "is the set special?"
         assert f"selected neurons ({scorer}) are special" in html
+        # ... and again at equal collateral, counted from the rows
+        cells = [r for r in rows if r["scorer"] == scorer]
+        ahead = sum(r["margin_gain"] > max(r["matched_margin_gain_at_kl"]) for r in cells)
+        assert f"at equal collateral ({scorer})" in html
+        assert f"ahead of every scaled random set in {ahead} of {len(cells)} cells" in html
     assert "http://" not in html and "https://" not in html
     assert (tiny_run / "report" / "steering.png").is_file()
 

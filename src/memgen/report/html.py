@@ -416,6 +416,20 @@ def _specificity_verdicts(rows: list[SpecificityRow]) -> list[list[str]]:
                 _special(len(ahead), len(cells), draws),
             ]
         )
+        at_kl = [r for r in cells if r.matched_margin_gain_at_kl]
+        if at_kl:  # files from before 2026-12-06 lack it
+            ahead = [
+                r for r in at_kl if (r.margin_gain or 0.0) > max(r.matched_margin_gain_at_kl or [])
+            ]
+            verdicts.append(
+                [
+                    f"... at equal collateral ({scorer}): move the answer's logit gap further "
+                    "than random sets scaled to the same next-token KL",
+                    "not tested",
+                    f"ahead of every scaled random set in {len(ahead)} of {len(at_kl)} cells",
+                    _special(len(ahead), len(at_kl), draws),
+                ]
+            )
     return verdicts
 
 
