@@ -449,20 +449,22 @@ def test_scales_at_kl_bring_each_shift_to_its_target_kl(
     tiny_gpt2_with_tokenizer: tuple[PreTrainedModel, object],
 ) -> None:
     """Each shift scaled to its own KL target: a weak shift grown past 1, a strong one
-    shrunk, a target no scale reaches left at the ceiling, a zero target near 0 (KL's
-    float noise, ~1e-9, stops the halving early)."""
+    shrunk, a zero target to ~0; a target no scale up to the ceiling reaches, or one that
+    is not finite, gives NaN."""
     from memgen.steering.shifts import next_token_kl, scales_at_kl
 
     model, tokenizer = tiny_gpt2_with_tokenizer
     prompts = ["Ivy is owl . what color is Ivy ?", "Bob is cat . Eve is red . what color is Bob ?"]
     rng = np.random.default_rng(1)
-    shifts = np.zeros((4, 2, 32))
-    shifts[:, 0, :8] = rng.normal(0, 0.2, (4, 8))  # KL grows with the scale up to ~16 here
+    shifts = np.zeros((5, 2, 32))
+    shifts[:, 0, :8] = rng.normal(0, 0.2, (5, 8))  # KL grows with the scale up to ~16 here
     at_one = next_token_kl(model, tokenizer, prompts, shifts, "resid")  # type: ignore[arg-type]
-    wanted = np.array([1.5 * at_one[0], at_one[1] / 4, 1e6, 0.0])
-    got = scales_at_kl(model, tokenizer, prompts, shifts, wanted, "resid", ceiling=16.0, steps=14)  # type: ignore[arg-type]
-    assert got[0] > 1 > got[1] > 0 and got[2] == 16.0 and got[3] < 0.01
+    wanted = np.array([1.5 * at_one[0], at_one[1] / 4, 1e6, 0.0, np.nan])
+    got = scales_at_kl(model, tokenizer, prompts, shifts, wanted, "resid")  # type: ignore[arg-type]
+    assert got[0] > 1 > got[1] > 0 and got[3] < 0.01
+    assert np.isnan(got[2]) and np.isnan(got[4])
     reached = next_token_kl(model, tokenizer, prompts, shifts[:2] * got[:2, None, None], "resid")  # type: ignore[arg-type]
-    np.testing.assert_allclose(reached, wanted[:2], rtol=0.02)
-    with pytest.raises(MemgenError, match="KL target"):
+    # Interpolated inside a bracket of 1/64 of its start: within a few % of the target.
+    np.testing.assert_allclose(reached, wanted[:2], rtol=0.03)
+    with pytest.raises(MemgenError, match="one KL target per shift"):
         scales_at_kl(model, tokenizer, prompts, shifts, wanted[:2], "resid")  # type: ignore[arg-type]

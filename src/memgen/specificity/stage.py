@@ -91,9 +91,8 @@ def run_specificity(step: Step) -> None:
                         seed=cfg.seed,
                         chat=cfg.train.chat,
                     )
-                    outcomes = _Outcomes(
-                        labels=bench.labels(held_out, shifts, spec.position),
-                        **_margins(bench, held_out, kl_prompts[toward], shifts, direction, spec),
+                    outcomes = _measure(
+                        bench, held_out, kl_prompts[toward], shifts, direction, spec
                     )
                     common = {"site": site, "scorer": scorer, "direction": direction}
                     rows += _size_rows(outcomes, spec, targeted, toward, held_out, common, budget)
@@ -108,23 +107,27 @@ class _Outcomes:
     """What K fitted shifts (per size: the top set, then its draws) did to a cell's prompts."""
 
     labels: list[list[str]]  # [K][n held out]
-    gains: np.ndarray  # [K, n held out]: margin moved toward the target
-    kl: np.ndarray  # [K]: next-token KL on prompts already at the target
-    scales: np.ndarray  # [K]: each shift's factor to reach its size's top-set KL
-    gains_at_kl: np.ndarray  # [K]: mean margin moved with the shift so scaled
+    gains: np.ndarray  # [K, n held out]: logit gap moved toward the target, per prompt
+    kl: np.ndarray  # [K]: next-token KL on prompts already at the target (NaN: none)
+    # [K]: each shift's factor to reach its size's top-set KL (1 for the top sets; NaN
+    # where it could not), and the mean gap moved with the shift so scaled.
+    scales: np.ndarray
+    mean_gains_at_kl: np.ndarray
 
 
-def _margins(
+def _measure(
     bench: Bench,
     held_out: Sequence[Example],
     kl_prompts: Sequence[str],
     shifts: np.ndarray,
     direction: Direction,
     spec: SpecificityConfig,
-) -> dict[str, np.ndarray]:
-    """How far each shift moves each held-out prompt's first-token logit gap toward the
-    target answer (the target's first token minus the source answer's), as fitted and at
-    its size's top-set KL."""
+) -> _Outcomes:
+    """Each shift's held-out answers; how far it moves each held-out prompt's first-token
+    logit gap toward the target answer (the target's first token minus the source
+    answer's); its KL on `kl_prompts`; and the gap moved by each draw scaled to its size's
+    top-set KL. The gap and the KL steer the last position only, whatever
+    `specificity.position` the answers are steered at."""
     source, toward = DIRECTIONS[direction]
     model, tokenizer, kind, cfg = bench.model, bench.tokenizer, bench.kind, bench.cfg
     batch, chat = cfg.steer.batch_size, cfg.train.chat
@@ -144,18 +147,28 @@ def _margins(
         moved: np.ndarray = margins[1:] - margins[0]
         return moved
 
+    labels = bench.labels(held_out, shifts, spec.position)
+    moved = gains(shifts)
     kl = next_token_kl(model, tokenizer, kl_prompts, shifts, kind, batch_size=batch, chat=chat)
-    per_size = 1 + spec.draws
-    target = np.repeat(kl[::per_size], per_size)  # each draw to its top set's KL
-    scales = (
-        scales_at_kl(
-            model, tokenizer, kl_prompts, shifts, target, kind, batch_size=batch, chat=chat
-        )
-        if kl_prompts
-        else np.full(len(shifts), np.nan)
+    scales, at_kl = np.ones(len(shifts)), moved.mean(axis=1)  # the top sets: as fitted
+    draws = np.arange(len(shifts)) % (1 + spec.draws) != 0
+    if not kl_prompts:
+        scales[:] = at_kl[:] = np.nan
+        return _Outcomes(labels, moved, kl, scales, at_kl)
+    target = np.repeat(kl[:: 1 + spec.draws], 1 + spec.draws)  # each draw: its top set's
+    scales[draws] = scales_at_kl(
+        model,
+        tokenizer,
+        kl_prompts,
+        shifts[draws],
+        target[draws],
+        kind,
+        batch_size=batch,
+        chat=chat,
     )
-    at_kl = gains(shifts * np.nan_to_num(scales)[:, None, None]).mean(axis=1)
-    return {"gains": gains(shifts), "kl": kl, "scales": scales, "gains_at_kl": at_kl}
+    scaled = shifts[draws] * np.nan_to_num(scales[draws])[:, None, None]
+    at_kl[draws] = np.where(np.isnan(scales[draws]), np.nan, gains(scaled).mean(axis=1))
+    return _Outcomes(labels, moved, kl, scales, at_kl)
 
 
 def _unit(stats: SiteStats, units: str, model: PreTrainedModel, kind: SiteKind) -> np.ndarray:
@@ -267,8 +280,10 @@ def _size_rows(
         gain, draw_gains = float(gains[0].mean()), [float(g.mean()) for g in gains[1:]]
         paired = summarise(list(gains[0] - gains[1:].mean(axis=0)))
         kl, scales = outcomes.kl[cell], outcomes.scales[cell]
-        at_kl = [float(g) for g in outcomes.gains_at_kl[cell][1:]]
-        matched_at_kl = bool(np.isfinite(scales).all())
+        at_kl = [float(g) for g in outcomes.mean_gains_at_kl[cell][1:]]
+        measured = bool(np.isfinite(kl).all())
+        # Every draw brought to the top set's KL, or no comparison at equal KL at all.
+        matched_at_kl = measured and bool(np.isfinite(scales).all())
         rows.append(
             SpecificityRow(
                 **common,
@@ -287,8 +302,8 @@ def _size_rows(
                 matched_margin_gain=draw_gains,
                 p_value_margin=rank_p_value(gain, draw_gains),
                 paired_margin=[paired["mean"], paired["ci_low"], paired["ci_high"]],
-                kl=float(kl[0]) if matched_at_kl else None,
-                matched_kl=[float(k) for k in kl[1:]] if matched_at_kl else None,
+                kl=float(kl[0]) if measured else None,
+                matched_kl=[float(k) for k in kl[1:]] if measured else None,
                 matched_scale_at_kl=[float(c) for c in scales[1:]] if matched_at_kl else None,
                 matched_margin_gain_at_kl=at_kl if matched_at_kl else None,
                 p_value_margin_at_kl=rank_p_value(gain, at_kl) if matched_at_kl else None,

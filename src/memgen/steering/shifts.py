@@ -259,20 +259,23 @@ def scales_at_kl(
 ) -> np.ndarray:
     """[K]: per shift, the factor c at which `c * shift` moves the next-token distribution
     after `prompts` by `target[k]` (`next_token_kl`), so shifts can be compared at equal
-    collateral instead of equal norm.
+    collateral instead of equal norm; NaN where no c up to `ceiling` gets there, or where
+    a target or a KL met on the way is not finite.
 
-    The bracket [lo, hi] starts at [0, 1], doubles hi up to `ceiling` while the KL there
-    is still short, then halves `steps` times; the upper end is returned (KL at or above
-    the target; `ceiling` where even that falls short). All K shifts move in one batch per
-    probe. KL need not grow monotonically with c; where it does not, this finds a crossing
-    within `steps` halvings of the bracket.
+    The bracket [lo, hi] (KL below the target at lo, at or above it at hi) starts at
+    [0, 1], doubles hi up to `ceiling` while the KL there is short, then is halved `steps`
+    times; c is interpolated linearly in KL inside it, so it is not biased toward hi (by
+    up to a bracket's width) where c is small. Each probe is one `next_token_kl` call for
+    all K shifts. KL need not grow monotonically with c; where it does not, this finds a
+    crossing.
     """
     target = np.asarray(target, dtype=np.float64)
-    if target.shape != (len(shifts),) or not np.isfinite(target).all():
-        raise MemgenError("a KL target per shift, finite, is needed to scale shifts to it")
+    if target.shape != (len(shifts),):
+        raise MemgenError(f"one KL target per shift is needed ({len(shifts)}, got {target.shape})")
+    failed = ~np.isfinite(target)
 
     def kl(scales: np.ndarray) -> np.ndarray:
-        return next_token_kl(
+        found = next_token_kl(
             model,
             tokenizer,
             prompts,
@@ -281,17 +284,26 @@ def scales_at_kl(
             batch_size=batch_size,
             chat=chat,
         )
+        failed[~np.isfinite(found)] = True
+        return found
 
     lo, hi = np.zeros(len(shifts)), np.ones(len(shifts))
-    short = kl(hi) < target
-    while (grow := short & (hi < ceiling)).any():
-        lo[grow], hi[grow] = hi[grow], np.minimum(2 * hi[grow], ceiling)
-        short[grow] = kl(hi)[grow] < target[grow]
+    kl_lo, kl_hi = np.zeros(len(shifts)), kl(hi)
+    while (grow := (kl_hi < target) & (hi < ceiling)).any():
+        lo[grow], kl_lo[grow] = hi[grow], kl_hi[grow]
+        hi[grow] = np.minimum(2 * hi[grow], ceiling)
+        kl_hi[grow] = kl(hi)[grow]
+    failed |= kl_hi < target  # short even at the ceiling
     for _ in range(steps):
         mid = (lo + hi) / 2
-        below = kl(mid) < target
-        lo[below], hi[~below] = mid[below], mid[~below]
-    return hi
+        kl_mid = kl(mid)
+        below = kl_mid < target
+        lo[below], kl_lo[below] = mid[below], kl_mid[below]
+        hi[~below], kl_hi[~below] = mid[~below], kl_mid[~below]
+    span = np.where(kl_hi > kl_lo, kl_hi - kl_lo, 1.0)
+    scales = lo + (hi - lo) * np.clip((target - kl_lo) / span, 0.0, 1.0)
+    scales[failed] = np.nan
+    return scales
 
 
 @torch.no_grad()
