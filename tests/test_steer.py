@@ -463,6 +463,9 @@ def test_scales_at_kl_bring_each_shift_to_its_target_kl(
     got = scales_at_kl(model, tokenizer, prompts, shifts, wanted, "resid")  # type: ignore[arg-type]
     assert got[0] > 1 > got[1] > 0 and got[3] < 0.01
     assert np.isnan(got[2]) and np.isnan(got[4])
+    # The KL at scale 1, where the caller has it, stands in for the first probe.
+    given = scales_at_kl(model, tokenizer, prompts, shifts, wanted, "resid", at_one=at_one)  # type: ignore[arg-type]
+    np.testing.assert_allclose(given, got, rtol=1e-6)
     reached = next_token_kl(model, tokenizer, prompts, shifts[:2] * got[:2, None, None], "resid")  # type: ignore[arg-type]
     # Interpolated inside a bracket of 1/64 of its start: within a few % of the target.
     np.testing.assert_allclose(reached, wanted[:2], rtol=0.03)

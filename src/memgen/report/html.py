@@ -398,13 +398,17 @@ def _special(ahead: int, cells: int, draws: int) -> str:
     return f"special in {ahead} of {cells} cells (p = {1 / (draws + 1):.2f} each, uncorrected)"
 
 
+def _at_floor(p_value: float | None, draws: int) -> bool:
+    """No draw as large: a rank p-value at its floor, 1 / (draws + 1)."""
+    return p_value is not None and p_value * (1 + draws) < 1.5
+
+
 def _specificity_verdicts(rows: list[SpecificityRow]) -> list[list[str]]:
     """Per scorer: in how many cells its top set moved more than every matched random set."""
     verdicts = []
     for scorer in sorted({r.scorer for r in rows}):
         cells = [r for r in rows if r.scorer == scorer]
-        # No draw ahead: the p-value is its floor, 1 / (draws + 1).
-        ahead = [r for r in cells if r.p_value * (1 + len(r.matched_per_draw)) < 1.5]
+        ahead = [r for r in cells if _at_floor(r.p_value, len(r.matched_per_draw))]
         draws = min(len(r.matched_per_draw) for r in cells)
         claim = f"selected neurons ({scorer}) are special: steer more than matched random ones"
         run = f"ahead of every random set in {len(ahead)} of {len(cells)} cells"
@@ -416,11 +420,9 @@ def _specificity_verdicts(rows: list[SpecificityRow]) -> list[list[str]]:
                 _special(len(ahead), len(cells), draws),
             ]
         )
-        at_kl = [r for r in cells if r.matched_margin_gain_at_kl]
+        at_kl = [r for r in cells if r.p_value_margin_at_kl is not None]
         if at_kl:  # files from before 2026-12-06 lack it
-            ahead = [
-                r for r in at_kl if (r.margin_gain or 0.0) > max(r.matched_margin_gain_at_kl or [])
-            ]
+            ahead = [r for r in at_kl if _at_floor(r.p_value_margin_at_kl, len(r.matched_per_draw))]
             verdicts.append(
                 [
                     f"... at equal collateral ({scorer}): move the answer's logit gap further "

@@ -151,10 +151,10 @@ def _measure(
     moved = gains(shifts)
     kl = next_token_kl(model, tokenizer, kl_prompts, shifts, kind, batch_size=batch, chat=chat)
     scales, at_kl = np.ones(len(shifts)), moved.mean(axis=1)  # the top sets: as fitted
-    draws = np.arange(len(shifts)) % (1 + spec.draws) != 0
     if not kl_prompts:
         scales[:] = at_kl[:] = np.nan
         return _Outcomes(labels, moved, kl, scales, at_kl)
+    draws = np.arange(len(shifts)) % (1 + spec.draws) != 0
     target = np.repeat(kl[:: 1 + spec.draws], 1 + spec.draws)  # each draw: its top set's
     scales[draws] = scales_at_kl(
         model,
@@ -163,6 +163,7 @@ def _measure(
         shifts[draws],
         target[draws],
         kind,
+        at_one=kl[draws],
         batch_size=batch,
         chat=chat,
     )

@@ -252,6 +252,7 @@ def scales_at_kl(
     target: np.ndarray,
     kind: SiteKind,
     *,
+    at_one: np.ndarray | None = None,
     ceiling: float = 16.0,
     steps: int = 6,
     batch_size: int = 128,
@@ -266,7 +267,8 @@ def scales_at_kl(
     [0, 1], doubles hi up to `ceiling` while the KL there is short, then is halved `steps`
     times; c is interpolated linearly in KL inside it, so it is not biased toward hi (by
     up to a bracket's width) where c is small. Each probe is one `next_token_kl` call for
-    all K shifts. KL need not grow monotonically with c; where it does not, this finds a
+    all K shifts; `at_one`, the shifts' KL as they are, saves the first where the caller
+    has it. KL need not grow monotonically with c; where it does not, this finds a
     crossing.
     """
     target = np.asarray(target, dtype=np.float64)
@@ -288,7 +290,12 @@ def scales_at_kl(
         return found
 
     lo, hi = np.zeros(len(shifts)), np.ones(len(shifts))
-    kl_lo, kl_hi = np.zeros(len(shifts)), kl(hi)
+    kl_lo = np.zeros(len(shifts))
+    if at_one is None:
+        kl_hi = kl(hi)
+    else:
+        kl_hi = np.array(at_one, dtype=np.float64)
+        failed |= ~np.isfinite(kl_hi)
     while (grow := (kl_hi < target) & (hi < ceiling)).any():
         lo[grow], kl_lo[grow] = hi[grow], kl_hi[grow]
         hi[grow] = np.minimum(2 * hi[grow], ceiling)
