@@ -291,16 +291,28 @@ def scales_at_kl(
 
     lo, hi = np.zeros(len(shifts)), np.ones(len(shifts))
     kl_lo = np.zeros(len(shifts))
-    if at_one is None:
-        kl_hi = kl(hi)
-    else:
-        kl_hi = np.array(at_one, dtype=np.float64)
-        failed |= ~np.isfinite(kl_hi)
+    kl_hi = kl(hi) if at_one is None else np.array(at_one, dtype=np.float64)
+    failed |= ~np.isfinite(kl_hi)
     while (grow := (kl_hi < target) & (hi < ceiling)).any():
         lo[grow], kl_lo[grow] = hi[grow], kl_hi[grow]
         hi[grow] = np.minimum(2 * hi[grow], ceiling)
         kl_hi[grow] = kl(hi)[grow]
     failed |= kl_hi < target  # short even at the ceiling
+    scales = _halve_and_interpolate(kl, target, (lo, hi), (kl_lo, kl_hi), steps)
+    scales[failed] = np.nan
+    return scales
+
+
+def _halve_and_interpolate(
+    kl: Callable[[np.ndarray], np.ndarray],
+    target: np.ndarray,
+    bracket: tuple[np.ndarray, np.ndarray],
+    kl_bracket: tuple[np.ndarray, np.ndarray],
+    steps: int,
+) -> np.ndarray:
+    """`scales_at_kl`'s brackets (and their KLs) halved `steps` times, each keeping KL
+    below the target at lo and at or above it at hi; then c interpolated linearly in KL."""
+    (lo, hi), (kl_lo, kl_hi) = bracket, kl_bracket
     for _ in range(steps):
         mid = (lo + hi) / 2
         kl_mid = kl(mid)
@@ -308,8 +320,7 @@ def scales_at_kl(
         lo[below], kl_lo[below] = mid[below], kl_mid[below]
         hi[~below], kl_hi[~below] = mid[~below], kl_mid[~below]
     span = np.where(kl_hi > kl_lo, kl_hi - kl_lo, 1.0)
-    scales = lo + (hi - lo) * np.clip((target - kl_lo) / span, 0.0, 1.0)
-    scales[failed] = np.nan
+    scales: np.ndarray = lo + (hi - lo) * np.clip((target - kl_lo) / span, 0.0, 1.0)
     return scales
 
 
