@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from memgen.core.hooks import record
 from memgen.core.recorded import read_record
 from memgen.core.sites import all_sites, site_width
 from memgen.pipeline import run_stage
+from memgen.record.gradients import margin_gradients
 from memgen.record.stage import record_last_token
 from memgen.tasks import make_task
 
@@ -130,6 +132,30 @@ def test_record_stage_writes_what_a_direct_recording_gives(
     assert stage.manifest_path.stat().st_mtime_ns == stamp
     fewer = load_config(None, ["device=cpu", "record.sites=[resid]"])
     assert list(read_record(run_stage("record", run, fewer).path).sites) == ["resid"]
+
+
+def test_the_gradient_pass_batches_on_its_own_and_gives_the_same_gradients(
+    tmp_path: Path, tiny_gpt2_with_tokenizer: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The backward pass is batched by record.gradient_batch_size, not record.batch_size
+    # (a backward keeps every layer's activations: 256 prompts outgrow 24 GB on SmolLM2).
+    model, tokenizer = tiny_gpt2_with_tokenizer
+    run, _ = _run_folder(tmp_path, model, tokenizer, _prompts(6))
+    sizes_used: list[int] = []
+
+    def counted(*args: Any, batch_size: int, **kwargs: Any) -> None:
+        sizes_used.append(batch_size)
+        margin_gradients(*args, batch_size=batch_size, **kwargs)
+
+    monkeypatch.setattr("memgen.record.stage.margin_gradients", counted)
+    grads = []
+    for size in (1, 4):
+        overrides = ["device=cpu", "record.batch_size=6", f"record.gradient_batch_size={size}"]
+        cfg = load_config(None, overrides)
+        grads.append(read_record(run_stage("record", run, cfg).path).margin_gradients("mlp"))
+    assert sizes_used == [1, 4]
+    assert grads[0].shape == (6, 2, site_width(model, "mlp")) and np.abs(grads[0]).max() > 0
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
 def test_record_stage_needs_finished_inputs(tmp_path: Path) -> None:

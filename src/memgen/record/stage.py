@@ -157,7 +157,7 @@ def _record_gradients(
         *answer_ids,
         kinds,
         chat=cfg.train.chat,
-        batch_size=cfg.record.batch_size,
+        batch_size=cfg.record.gradient_batch_size,
         out=grads,
     )
     for array in grads.values():
