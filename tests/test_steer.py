@@ -466,6 +466,16 @@ def test_scales_at_kl_bring_each_shift_to_its_target_kl(
     # The KL at scale 1, where the caller has it, stands in for the first probe.
     given = scales_at_kl(model, tokenizer, prompts, shifts, wanted, "resid", at_one=at_one)  # type: ignore[arg-type]
     np.testing.assert_allclose(given, got, rtol=1e-6)
+    unknown = scales_at_kl(
+        model,
+        tokenizer,
+        prompts,
+        shifts,
+        wanted,
+        "resid",
+        at_one=np.where(np.arange(5) == 1, np.nan, at_one),
+    )  # type: ignore[arg-type]
+    assert np.isnan(unknown[1]) and unknown[0] == pytest.approx(got[0], rel=1e-6)
     reached = next_token_kl(model, tokenizer, prompts, shifts[:2] * got[:2, None, None], "resid")  # type: ignore[arg-type]
     # Interpolated inside a bracket of 1/64 of its start: within a few % of the target.
     np.testing.assert_allclose(reached, wanted[:2], rtol=0.03)

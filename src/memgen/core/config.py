@@ -154,8 +154,8 @@ class RecordConfig(Section):
     # The answer margin's gradient at each recorded neuron (memgen.record.gradients), for
     # the causal `attribution` score: one more forward and a backward per batch.
     gradients: bool = True
-    # The backward pass keeps every layer's activations for the whole prompt: 256 prompts
-    # of 40 tokens through SmolLM2-135M outgrow 24 GB, 32 take about 2.5 GB.
+    # The backward pass keeps every layer's activations for the whole prompt: 256 color
+    # prompts through SmolLM2-135M were killed at 24 GB; at 32, whole runs peaked at 5-6 GB.
     gradient_batch_size: int = Field(32, ge=1)
     # Exact activation patching per neuron (memgen.record.patching), for the `patching`
     # score: 2 x L x W / batch_size forwards per pair, so off unless asked for.

@@ -276,23 +276,26 @@ def scales_at_kl(
         raise MemgenError(f"one KL target per shift is needed ({len(shifts)}, got {target.shape})")
     failed = ~np.isfinite(target)
 
-    def kl(scales: np.ndarray) -> np.ndarray:
-        found = next_token_kl(
-            model,
-            tokenizer,
-            prompts,
-            shifts * scales[:, None, None],
-            kind,
-            batch_size=batch_size,
-            chat=chat,
-        )
+    def checked(found: np.ndarray) -> np.ndarray:
         failed[~np.isfinite(found)] = True
         return found
 
+    def kl(scales: np.ndarray) -> np.ndarray:
+        return checked(
+            next_token_kl(
+                model,
+                tokenizer,
+                prompts,
+                shifts * scales[:, None, None],
+                kind,
+                batch_size=batch_size,
+                chat=chat,
+            )
+        )
+
     lo, hi = np.zeros(len(shifts)), np.ones(len(shifts))
     kl_lo = np.zeros(len(shifts))
-    kl_hi = kl(hi) if at_one is None else np.array(at_one, dtype=np.float64)
-    failed |= ~np.isfinite(kl_hi)
+    kl_hi = kl(hi) if at_one is None else checked(np.array(at_one, dtype=np.float64))
     while (grow := (kl_hi < target) & (hi < ceiling)).any():
         lo[grow], kl_lo[grow] = hi[grow], kl_hi[grow]
         hi[grow] = np.minimum(2 * hi[grow], ceiling)
