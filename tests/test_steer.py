@@ -158,6 +158,36 @@ def test_matched_masks_keep_the_count_per_layer_and_avoid_the_selection() -> Non
     assert len({d.tobytes() for d in drawn}) == 6  # the draws differ
 
 
+def test_nmd_controls_push_as_hard_as_the_selection_through_random_neurons() -> None:
+    # The selection holds neurons that lean memorization; random neurons' own NMD is far
+    # smaller, so the same treatment alone would push them by another amount.
+    stats, rng = _stats(), np.random.default_rng(0)
+    mask = np.zeros(stats.shape, dtype=bool)
+    mask[0, :4] = mask[2, :3] = True
+    for name in ("nmd", "nmd_sd"):
+        method = METHODS.get(name)
+        chosen = method.sparse(stats, mask[None], 2.0, "gen", None)[0]  # type: ignore[misc]
+        drawn = method.matched(stats, chosen, mask, 2.0, "gen", 5, rng)
+        assert method.control_kind.endswith("at the same norm per layer")
+        np.testing.assert_array_equal((drawn != 0).sum(axis=2), np.tile([4, 0, 3], (5, 1)))
+        assert not ((drawn != 0) & mask[None]).any()
+        np.testing.assert_allclose(
+            np.linalg.norm(drawn, axis=2), np.tile(np.linalg.norm(chosen, axis=1), (5, 1))
+        )
+        unscaled = method.sparse(stats, (drawn != 0), 2.0, "gen", None)  # type: ignore[misc]
+        # The rescaling matters: unscaled, nmd's draws push less, nmd_sd's (calibrated on
+        # their own small NMD) more.
+        ratio = np.linalg.norm(unscaled) / np.linalg.norm(drawn)
+        assert ratio < 0.5 if name == "nmd" else ratio > 1.2
+        moved = drawn != 0
+        assert (np.sign(drawn[moved]) == -np.sign(stats.nmd[np.nonzero(moved)[1:]])).all()
+    # A fitted method's budget already matches the push: its control is fitted, not rescaled.
+    fitted = METHODS.get("fitted")
+    drawn = fitted.matched(stats, mask * 1.0, mask, 3.0, "gen", 2, rng, fit=lambda m, b, t: m * b)
+    np.testing.assert_array_equal(drawn, (drawn != 0) * 3.0)
+    assert fitted.control_kind.endswith("same treatment")
+
+
 def test_fitted_layer_moves_whole_layers_and_its_control_matches_each_layers_norm() -> None:
     masks = layer_masks((3, 5))
     assert masks.shape == (3, 3, 5)

@@ -6,7 +6,8 @@
     shifts = method.sparse(stats, masks, size=1.0, toward="gen", fit=None)   # [K, L, W]
 
 A *sparse* method moves the neurons of a mask (a top-N% set); its matched control is
-the same method applied to random neurons, as many per layer. A *dense* method moves
+the same method applied to random neurons, as many per layer, at the same norm per layer
+(`Method.matched`). A *dense* method moves
 a whole layer along one direction; its matched control is a random direction given the
 same treatment. Sizes (`size`) are in each method's own unit:
 
@@ -132,10 +133,51 @@ class Method:
     sparse: Sparse | None = None
     direction: Direction | None = None
     whole_layers: bool = False
+    # Its shifts are fitted to a budget, so a control fitted alike pushes as hard.
+    fitted: bool = False
 
     @property
     def dense(self) -> bool:
         return self.direction is not None
+
+    @property
+    def control_kind(self) -> str:
+        """What `matched` gives, so no row claims more than its control tests."""
+        if self.dense:
+            return "random direction at the layer, same size, not fitted"
+        if self.whole_layers:
+            return "random direction at the layer, same norm, not fitted"
+        if self.fitted:
+            return "random neurons, same count per layer, same treatment"
+        return "random neurons, same count per layer, same treatment at the same norm per layer"
+
+    def matched(
+        self,
+        stats: SiteStats,
+        chosen: np.ndarray,
+        mask: np.ndarray | None,
+        size: float,
+        toward: Toward,
+        draws: int,
+        rng: np.random.Generator,
+        fit: Fit | None = None,
+    ) -> np.ndarray:
+        """[draws, L, W]: the treatment that made shift `chosen` [L, W] (of neuron set
+        `mask`, at `size`) given to random neurons or directions.
+
+        A random neuron's own NMD is smaller than a selected one's, so at the same alpha
+        `nmd` and `nmd_sd` would push less through random neurons than through the
+        selection: their controls are rescaled to `chosen`'s norm in each layer, and the
+        comparison asks which neurons, not how hard.
+        """
+        if self.dense:
+            layer = int(np.flatnonzero(np.abs(chosen).sum(axis=1))[0])
+            return self.dense_shifts(stats, [layer] * draws, size, toward, rng)
+        if self.whole_layers:  # random neurons of a whole layer are the whole layer
+            return random_like(chosen, draws, rng)
+        assert self.sparse is not None and mask is not None
+        shifts = self.sparse(stats, matched_masks(mask, draws, rng), size, toward, fit)
+        return shifts if self.fitted else same_norm_per_layer(shifts, chosen)
 
     def dense_shifts(
         self,
@@ -215,9 +257,9 @@ def _probe(stats: SiteStats, layer: int, rng: np.random.Generator | None) -> np.
 
 METHODS.register("nmd")(Method("nmd", "alphas", sparse=_nmd))
 METHODS.register("nmd_sd")(Method("nmd_sd", "sd_alphas", sparse=_nmd_sd))
-METHODS.register("fitted")(Method("fitted", "budgets", sparse=_fitted))
+METHODS.register("fitted")(Method("fitted", "budgets", sparse=_fitted, fitted=True))
 METHODS.register("fitted_layer")(
-    Method("fitted_layer", "budgets", sparse=_fitted, whole_layers=True)
+    Method("fitted_layer", "budgets", sparse=_fitted, whole_layers=True, fitted=True)
 )
 METHODS.register("mean_diff")(Method("mean_diff", "dense_alphas", direction=_mean_diff))
 METHODS.register("probe")(Method("probe", "dense_alphas", direction=_probe))
@@ -239,6 +281,16 @@ def random_like(shift: np.ndarray, draws: int, rng: np.random.Generator) -> np.n
         for d in range(draws):
             out[d, layer] = _random_unit(shift.shape[1], rng) * norm
     return out
+
+
+def same_norm_per_layer(shifts: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """[K, L, W] `shifts`, each rescaled to `like`'s [L, W] L2 norm in every layer (a layer
+    where a shift is zero stays zero)."""
+    have = np.linalg.norm(shifts, axis=-1, keepdims=True)  # [K, L, 1]
+    want = np.linalg.norm(like, axis=-1, keepdims=True)[None]  # [1, L, 1]
+    scale = np.divide(want, have, out=np.zeros_like(have), where=have > 0)
+    rescaled: np.ndarray = shifts * scale
+    return rescaled
 
 
 def matched_masks(mask: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:

@@ -56,9 +56,7 @@ from memgen.steering.methods import (
     SiteStats,
     Toward,
     layer_masks,
-    matched_masks,
     paper_control,
-    random_like,
     shift_size,
 )
 from memgen.steering.saved import Steering
@@ -170,28 +168,14 @@ class MethodRunner:
             out.append(Candidate(method.name, name, size, shift, selections[name]))
         return out
 
-    @staticmethod
-    def control_kind(method: Method) -> str:
-        """What the matched control of `method` is, so no row claims more than it tests."""
-        if method.dense:
-            return "random direction at the layer, same size, not fitted"
-        if method.whole_layers:
-            return "random direction at the layer, same norm, not fitted"
-        return "random neurons, same count per layer, same treatment"
-
     def matched(
         self, method: Method, chosen: Candidate, toward: Toward, rng: np.random.Generator
     ) -> np.ndarray:
         """[draws, L, W]: the chosen setting's treatment given to random neurons or directions."""
-        draws = self.cfg.steer.draws
-        if method.dense:
-            layer = int(np.flatnonzero(np.abs(chosen.shift).sum(axis=1))[0])
-            return method.dense_shifts(self.stats, [layer] * draws, chosen.size, toward, rng)
-        if method.whole_layers:  # random neurons of a whole layer are the whole layer
-            return random_like(chosen.shift, draws, rng)
-        assert method.sparse is not None and chosen.mask is not None
-        masks = matched_masks(chosen.mask, draws, rng)
-        return method.sparse(self.stats, masks, chosen.size, toward, self.fit)
+        return method.matched(
+            self.stats, chosen.shift, chosen.mask, chosen.size, toward, self.cfg.steer.draws,
+            rng, self.fit,
+        )  # fmt: skip
 
 
 def held_out_line(row: SteeringRow) -> str:
@@ -203,7 +187,7 @@ def held_out_line(row: SteeringRow) -> str:
     arrow = row.direction.replace("_to_", "->")
     setting = f"{row.method:12} {row.selection:8} size {row.size:<5g} {row.position:6}"
     matched = row.controls.matched
-    fitted_alike = row.control_kind.endswith("same treatment")
+    fitted_alike = row.control_kind.startswith("random neurons")
     control = "matched random" if fitted_alike else "random direction, unfitted,"
     return (
         f"{arrow:8} {setting} {toward} {100 * row.targeted[toward]:5.1f}% "
@@ -372,7 +356,7 @@ def _held_out_row(
         side_effect=_side_effect(
             run, side_held, shifts[:1], pick.position, kept[0], baseline_accuracy
         ),
-        control_kind=runner.control_kind(method),
+        control_kind=method.control_kind,
         beats_matched=bool(ci[toward][0] > (upper if upper is not None else draws[0])),
     )
 
