@@ -166,9 +166,10 @@ class Method:
         `mask`, at `size`) given to random neurons or directions.
 
         A random neuron's own NMD is smaller than a selected one's, so at the same alpha
-        `nmd` and `nmd_sd` would push less through random neurons than through the
-        selection: their controls are rescaled to `chosen`'s norm in each layer, and the
-        comparison asks which neurons, not how hard.
+        `nmd` would push less through random neurons than through the selection (and
+        `nmd_sd`, calibrated on that smaller NMD, by another amount): their controls are
+        rescaled to `chosen`'s norm in each layer, and the comparison asks which neurons,
+        not how hard.
         """
         if self.dense:
             layer = int(np.flatnonzero(np.abs(chosen).sum(axis=1))[0])
