@@ -65,17 +65,19 @@ def write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def share_as_umask_allows(path: Path) -> None:
-    """Give `path` at least the mode a plain `open` would have given it.
+def share_as_umask_allows(paths: list[Path]) -> None:
+    """Give each file at least the mode a plain `open` would have given it.
 
     safetensors writes its files 0600 whatever the umask, so a run folder's models and
     arrays would be readable by their owner alone, unlike its JSON beside them.
     """
-    umask = os.umask(0)
+    umask = os.umask(0)  # the only way to read it; set back at once
     os.umask(umask)
-    wanted, mode = 0o666 & ~umask, path.stat().st_mode & 0o777
-    if mode & wanted != wanted:
-        path.chmod(mode | wanted)
+    wanted = 0o666 & ~umask
+    for path in paths:
+        mode = path.stat().st_mode & 0o777
+        if mode & wanted != wanted:
+            path.chmod(mode | wanted)
 
 
 def read_json(path: Path) -> Any:
@@ -177,8 +179,7 @@ class Stage:
     ) -> dict[str, Any]:
         """Hash every output file and write the manifest, last."""
         files = sorted(path for path in self.path.rglob("*") if path.is_file())
-        for path in files:
-            share_as_umask_allows(path)
+        share_as_umask_allows(files)
         outputs = {
             str(path.relative_to(self.path)): file_hash(path)
             for path in files

@@ -133,12 +133,15 @@ class Method:
     sparse: Sparse | None = None
     direction: Direction | None = None
     whole_layers: bool = False
-    # Its shifts are fitted to a budget, so a control fitted alike pushes as hard.
-    fitted: bool = False
 
     @property
     def dense(self) -> bool:
         return self.direction is not None
+
+    @property
+    def fitted(self) -> bool:
+        """Its shifts are fitted to a budget, so a control fitted alike pushes as hard."""
+        return self.sparse is _fitted
 
     @property
     def control_kind(self) -> str:
@@ -258,9 +261,9 @@ def _probe(stats: SiteStats, layer: int, rng: np.random.Generator | None) -> np.
 
 METHODS.register("nmd")(Method("nmd", "alphas", sparse=_nmd))
 METHODS.register("nmd_sd")(Method("nmd_sd", "sd_alphas", sparse=_nmd_sd))
-METHODS.register("fitted")(Method("fitted", "budgets", sparse=_fitted, fitted=True))
+METHODS.register("fitted")(Method("fitted", "budgets", sparse=_fitted))
 METHODS.register("fitted_layer")(
-    Method("fitted_layer", "budgets", sparse=_fitted, whole_layers=True, fitted=True)
+    Method("fitted_layer", "budgets", sparse=_fitted, whole_layers=True)
 )
 METHODS.register("mean_diff")(Method("mean_diff", "dense_alphas", direction=_mean_diff))
 METHODS.register("probe")(Method("probe", "dense_alphas", direction=_probe))
