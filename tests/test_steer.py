@@ -186,6 +186,7 @@ def test_nmd_controls_push_as_hard_as_the_selection_through_random_neurons() -> 
     drawn = fitted.matched(stats, mask * 1.0, mask, 3.0, "gen", 2, rng, fit=lambda m, b, t: m * b)
     np.testing.assert_array_equal(drawn, (drawn != 0) * 3.0)
     assert fitted.control_kind.endswith("same treatment")
+    assert not (fitted.controlled_by_directions or method.controlled_by_directions)
 
 
 def test_fitted_layer_moves_whole_layers_and_its_control_matches_each_layers_norm() -> None:
@@ -198,9 +199,9 @@ def test_fitted_layer_moves_whole_layers_and_its_control_matches_each_layers_nor
     np.testing.assert_allclose(np.linalg.norm(drawn, axis=2), np.tile([0.0, 5.0, 0.0], (4, 1)))
     cosines = drawn[:, 1] @ shift[1] / 25
     assert np.all(np.abs(cosines) < 0.99) and len(set(np.round(cosines, 6))) == 4
-    assert (
-        METHODS.get("fitted_layer").whole_layers and METHODS.get("fitted_layer").grid == "budgets"
-    )
+    layer = METHODS.get("fitted_layer")
+    assert layer.whole_layers and layer.grid == "budgets" and layer.controlled_by_directions
+    assert layer.control_kind == "random direction at the layer, same norm, not fitted"
 
 
 def test_calibrated_nmd_moves_the_median_neuron_by_its_size_in_sds() -> None:
@@ -221,6 +222,7 @@ def test_dense_methods_and_their_random_directions() -> None:
     stats = _stats()
     for name in ("mean_diff", "probe"):
         method = METHODS.get(name)
+        assert method.controlled_by_directions and "not fitted" in method.control_kind
         shift = method.dense_shifts(stats, [1], 2.0, "mem")[0]
         assert np.flatnonzero(np.abs(shift).sum(axis=1)).tolist() == [1]
         # The direction leans mem: mem rows project higher on it than gen rows.

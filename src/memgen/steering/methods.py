@@ -144,12 +144,16 @@ class Method:
         return self.sparse is _fitted
 
     @property
+    def controlled_by_directions(self) -> bool:
+        """Its matched control is a random direction per layer, not random neurons."""
+        return self.dense or self.whole_layers
+
+    @property
     def control_kind(self) -> str:
         """What `matched` gives, so no row claims more than its control tests."""
-        if self.dense:
-            return "random direction at the layer, same size, not fitted"
-        if self.whole_layers:
-            return "random direction at the layer, same norm, not fitted"
+        if self.controlled_by_directions:
+            size = "size" if self.dense else "norm"
+            return f"random direction at the layer, same {size}, not fitted"
         if self.fitted:
             return "random neurons, same count per layer, same treatment"
         return "random neurons, same count per layer, same treatment at the same norm per layer"

@@ -187,8 +187,8 @@ def held_out_line(row: SteeringRow) -> str:
     arrow = row.direction.replace("_to_", "->")
     setting = f"{row.method:12} {row.selection:8} size {row.size:<5g} {row.position:6}"
     matched = row.controls.matched
-    fitted_alike = row.control_kind.startswith("random neurons")
-    control = "matched random" if fitted_alike else "random direction, unfitted,"
+    by_directions = METHODS.get(row.method).controlled_by_directions
+    control = "random direction, unfitted," if by_directions else "matched random"
     return (
         f"{arrow:8} {setting} {toward} {100 * row.targeted[toward]:5.1f}% "
         f"[{100 * low:.1f}, {100 * high:.1f}] n={row.n_prompts} | {control} "
