@@ -9,7 +9,7 @@ from transformers import PreTrainedModel
 from memgen.core.hooks import record
 from memgen.core.sites import all_sites, final_norm
 from memgen.probe.probes import readout_accuracies
-from memgen.record.readout import answer_margins
+from memgen.record.readout import answer_margins, warn_if_first_tokens_agree
 
 
 @torch.no_grad()
@@ -58,3 +58,23 @@ def test_readout_accuracies_read_alone_and_within_pairs() -> None:
     assert rows[0]["accuracy"] == 0.75 and rows[1]["accuracy"] == 1.0
     assert rows[0]["ci_low"] < 0.75 < rows[0]["ci_high"]
     assert readout_accuracies(np.full((2, 1), np.nan), y[:2], pair_ids[:2]) == []
+
+
+def test_answers_that_share_their_first_token_are_reported(caplog) -> None:  # type: ignore[no-untyped-def]
+    # The scratch tokenizer keeps math's tag and `<scratch>` whole; split one character at
+    # a time (as a pretrained BPE splits them after `<`), both answers start with `<`.
+    import string
+
+    from memgen.tasks import make_task
+    from memgen.tasks.base import TokenizerSpec
+    from memgen.tasks.math import SCRATCH_OPEN, TAGS
+    from memgen.tasks.tokenizer import build_tokenizer
+
+    whole = build_tokenizer(make_task("math").tokenizer_spec())
+    tag, pad = TAGS[0], f"{SCRATCH_OPEN}\n1+2+c0=3 w3 c0"
+    assert warn_if_first_tokens_agree(whole, [tag, tag], [pad, pad], "record") == 0
+    assert not caplog.records
+    split = build_tokenizer(TokenizerSpec(kind="char", vocabulary=tuple(string.printable)))
+    assert warn_if_first_tokens_agree(split, [tag, "x"], [pad, pad], "steer") == 1
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith("steer: on 1 of 2 prompts") and "'<'" in message

@@ -20,6 +20,7 @@ construction. Prompts whose two answers start with the same token get NaN.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,14 +28,53 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from memgen.core.errors import MemgenError
+from memgen.core.examples import Example
 from memgen.core.modeling import unwrap
 from memgen.core.sites import final_norm
+
+log = logging.getLogger(__name__)
 
 
 def first_tokens(tokenizer: PreTrainedTokenizerBase, answers: Sequence[str]) -> np.ndarray:
     """The id each answer starts with when tokenized as a completion; -1 for an empty one."""
     ids = [tokenizer(answer, add_special_tokens=False)["input_ids"][:1] for answer in answers]
     return np.array([row[0] if row else -1 for row in ids], dtype=np.int64)
+
+
+def warn_if_first_tokens_agree(
+    tokenizer: PreTrainedTokenizerBase,
+    mem_answers: Sequence[str],
+    gen_answers: Sequence[str],
+    stage: str,
+) -> int:
+    """Warn (and return how many) where a prompt's two answers start with the same token.
+
+    The readout, attribution, masks, fitted shifts and specificity's margins all compare
+    the two answers' first tokens. A pretrained tokenizer can split both answers after a
+    shared piece (SmolLM2 reads math's `<mem-...>` and `<scratch>` as `<` + ...): the
+    behaviour is then decided at a later token, and those measures see no difference.
+    """
+    mem, gen = first_tokens(tokenizer, mem_answers), first_tokens(tokenizer, gen_answers)
+    same = (mem == gen) & (mem >= 0)
+    if same.any():
+        log.warning(
+            "%s: on %d of %d prompts the memorized and the rule's answer both start with "
+            "token %r: first-token fits and margins (fitted steering, specificity, "
+            "attribution, masks, the readout) cannot tell them apart there; a tokenizer "
+            "that gives the two answers different first tokens can",
+            stage, int(same.sum()), len(same), tokenizer.decode([int(mem[same][0])]),
+        )  # fmt: skip
+    return int(same.sum())
+
+
+def warn_if_first_tokens_agree_on(
+    tokenizer: PreTrainedTokenizerBase, labelled: Sequence[tuple[Example, str]], stage: str
+) -> int:
+    """`warn_if_first_tokens_agree` on `behave`'s labelled test answers whose memorized and
+    rule answers differ."""
+    both = [ex for ex, _ in labelled if ex.mem_answer and ex.gen_answer != ex.mem_answer]
+    mem, gen = [ex.mem_answer for ex in both], [ex.gen_answer for ex in both]
+    return warn_if_first_tokens_agree(tokenizer, mem, gen, stage)
 
 
 @torch.no_grad()

@@ -35,7 +35,7 @@ from memgen.core.sites import Site, SiteKind, all_sites, n_layers, site_width
 from memgen.record.gradients import margin_gradients
 from memgen.record.masks import learned_mask
 from memgen.record.patching import patching_scores
-from memgen.record.readout import answer_margins, first_tokens
+from memgen.record.readout import answer_margins, first_tokens, warn_if_first_tokens_agree
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +261,7 @@ def run_record(step: Step) -> None:
     causal: dict[str, dict[str, dict[str, int]]] = {}
     if pairs.answers is not None:
         mem_ids, gen_ids = (first_tokens(tokenizer, answers) for answers in pairs.answers)
+        warn_if_first_tokens_agree(tokenizer, *pairs.answers, "record")
         if "resid" in arrays:
             readout = READOUT
             np.save(out / readout, answer_margins(model, arrays["resid"], mem_ids, gen_ids))

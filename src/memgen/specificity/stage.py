@@ -35,6 +35,7 @@ from memgen.core.sites import SiteKind, write_norms
 from memgen.core.stats import SHARE, prediction_interval, rank_p_value, rates, summarise, wilson
 from memgen.neurons.attribution import site_score
 from memgen.neurons.selection import select_top
+from memgen.record.readout import warn_if_first_tokens_agree_on
 from memgen.steering.bench import DIRECTIONS, Bench, tuning_and_held_out
 from memgen.steering.methods import SiteStats, matched_masks
 from memgen.steering.shifts import first_token_margins, fit_shifts, next_token_kl, scales_at_kl
@@ -52,6 +53,7 @@ def run_specificity(step: Step) -> None:
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
     recorded = read_record(record.path)
     labelled = read_test_answers(behave.path)
+    warn_if_first_tokens_agree_on(tokenizer, labelled, "specificity")
     splits = _splits(labelled, sc.n_prompts, cfg.seed)
     # Collateral is measured where a shift toward a behaviour should change nothing: on
     # prompts the model already answers with it (none of them is fitted on), as many as
