@@ -6,10 +6,15 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from memgen.core.examples import Example
 from memgen.core.hooks import record
 from memgen.core.sites import all_sites, final_norm
 from memgen.probe.probes import readout_accuracies
-from memgen.record.readout import answer_margins, warn_if_first_tokens_agree
+from memgen.record.readout import (
+    answer_margins,
+    warn_if_first_tokens_agree,
+    warn_if_first_tokens_agree_on,
+)
 
 
 @torch.no_grad()
@@ -78,3 +83,9 @@ def test_answers_that_share_their_first_token_are_reported(caplog) -> None:  # t
     assert warn_if_first_tokens_agree(split, [tag, "x"], [pad, pad], "steer") == 1
     (message,) = [r.getMessage() for r in caplog.records]
     assert message.startswith("steer: on 1 of 2 prompts") and "'<'" in message
+    # On `behave`'s labelled answers: prompts whose two answers agree (or lack a
+    # memorized one) are not counted.
+    labelled = [(Example(p, pad, m, g), "gen") for p, m, g in
+                [("a", tag, pad), ("b", pad, pad), ("c", "", pad), ("d", "x", pad)]]  # fmt: skip
+    assert warn_if_first_tokens_agree_on(split, labelled, "specificity") == 1
+    assert caplog.records[-1].getMessage().startswith("specificity: on 1 of 2 prompts")
