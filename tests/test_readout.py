@@ -12,6 +12,7 @@ from memgen.core.sites import all_sites, final_norm
 from memgen.probe.probes import readout_accuracies
 from memgen.record.readout import (
     answer_margins,
+    first_tokens,
     warn_if_first_tokens_agree,
     warn_if_first_tokens_agree_on,
 )
@@ -77,10 +78,12 @@ def test_answers_that_share_their_first_token_are_reported(caplog) -> None:  # t
 
     whole = build_tokenizer(make_task("math").tokenizer_spec())
     tag, pad = TAGS[0], f"{SCRATCH_OPEN}\n1+2+c0=3 w3 c0"
-    assert warn_if_first_tokens_agree(whole, [tag, tag], [pad, pad], "record") == 0
+    tags, pads = first_tokens(whole, [tag, tag]), first_tokens(whole, [pad, pad])
+    assert warn_if_first_tokens_agree(whole, tags, pads, "record") == 0
     assert not caplog.records
     split = build_tokenizer(TokenizerSpec(kind="char", vocabulary=tuple(string.printable)))
-    assert warn_if_first_tokens_agree(split, [tag, "x"], [pad, pad], "steer") == 1
+    tags, pads = first_tokens(split, [tag, "x"]), first_tokens(split, [pad, pad])
+    assert warn_if_first_tokens_agree(split, tags, pads, "steer") == 1
     (message,) = [r.getMessage() for r in caplog.records]
     assert message.startswith("steer: on 1 of 2 prompts") and "'<'" in message
     # On `behave`'s labelled answers: prompts whose two answers agree (or lack a

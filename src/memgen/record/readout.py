@@ -42,27 +42,24 @@ def first_tokens(tokenizer: PreTrainedTokenizerBase, answers: Sequence[str]) -> 
 
 
 def warn_if_first_tokens_agree(
-    tokenizer: PreTrainedTokenizerBase,
-    mem_answers: Sequence[str],
-    gen_answers: Sequence[str],
-    stage: str,
+    tokenizer: PreTrainedTokenizerBase, mem_ids: np.ndarray, gen_ids: np.ndarray, stage: str
 ) -> int:
-    """Warn (and return how many) where a prompt's two answers start with the same token.
+    """Warn (and return how many) where a prompt's two answers start with the same token
+    (`mem_ids`, `gen_ids`: each answer's first token, from `first_tokens`).
 
     The readout, attribution, masks, fitted shifts and specificity's margins all compare
     the two answers' first tokens. A pretrained tokenizer can split both answers after a
     shared piece (SmolLM2 reads math's `<mem-...>` and `<scratch>` as `<` + ...): the
     behaviour is then decided at a later token, and those measures see no difference.
     """
-    mem, gen = first_tokens(tokenizer, mem_answers), first_tokens(tokenizer, gen_answers)
-    same = (mem == gen) & (mem >= 0)
+    same = (mem_ids == gen_ids) & (mem_ids >= 0)
     if same.any():
         log.warning(
             "%s: on %d of %d prompts the memorized and the rule's answer both start with "
             "token %r: first-token fits and margins (fitted steering, specificity, "
             "attribution, masks, the readout) cannot tell them apart there; a tokenizer "
             "that gives the two answers different first tokens can",
-            stage, int(same.sum()), len(same), tokenizer.decode([int(mem[same][0])]),
+            stage, int(same.sum()), len(same), tokenizer.decode([int(mem_ids[same][0])]),
         )  # fmt: skip
     return int(same.sum())
 
@@ -73,7 +70,8 @@ def warn_if_first_tokens_agree_on(
     """`warn_if_first_tokens_agree` on `behave`'s labelled test answers whose memorized and
     rule answers differ."""
     both = [ex for ex, _ in labelled if ex.mem_answer and ex.gen_answer != ex.mem_answer]
-    mem, gen = [ex.mem_answer for ex in both], [ex.gen_answer for ex in both]
+    mem = first_tokens(tokenizer, [ex.mem_answer for ex in both])
+    gen = first_tokens(tokenizer, [ex.gen_answer for ex in both])
     return warn_if_first_tokens_agree(tokenizer, mem, gen, stage)
 
 

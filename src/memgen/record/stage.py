@@ -261,7 +261,7 @@ def run_record(step: Step) -> None:
     causal: dict[str, dict[str, dict[str, int]]] = {}
     if pairs.answers is not None:
         mem_ids, gen_ids = (first_tokens(tokenizer, answers) for answers in pairs.answers)
-        warn_if_first_tokens_agree(tokenizer, *pairs.answers, "record")
+        warn_if_first_tokens_agree(tokenizer, mem_ids, gen_ids, "record")
         if "resid" in arrays:
             readout = READOUT
             np.save(out / readout, answer_margins(model, arrays["resid"], mem_ids, gen_ids))
