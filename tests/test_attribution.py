@@ -8,6 +8,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.errors import MemgenError
+from memgen.core.forks import Fork, answer_forks
 from memgen.core.generation import encode_prompt
 from memgen.core.hooks import Intervention, intervene
 from memgen.core.sites import Site, site_width
@@ -24,6 +25,11 @@ def _margin(model: PreTrainedModel, ids: list[int], mem: int, gen: int) -> float
     return float(logits[mem] - logits[gen])
 
 
+def _forks(mem_ids: np.ndarray, gen_ids: np.ndarray) -> list[Fork]:
+    """Answers that part at their first token (`memgen.core.forks`)."""
+    return [Fork((), int(m), int(g)) for m, g in zip(mem_ids, gen_ids, strict=True)]
+
+
 def test_the_gradient_predicts_what_nudging_one_neuron_does_to_the_margin(
     tiny_gpt2_with_tokenizer: Model,
 ) -> None:
@@ -36,8 +42,7 @@ def test_the_gradient_predicts_what_nudging_one_neuron_does_to_the_margin(
         model,
         tokenizer,
         prompts,
-        mem_ids,
-        gen_ids,
+        _forks(mem_ids, gen_ids),
         ["resid", "mlp"],
         chat=False,
         batch_size=2,
@@ -102,8 +107,9 @@ def test_margin_gradients_on_lora_models_of_each_family(
     width = site_width(model, "mlp")
     out = {"mlp": np.zeros((3, 2, width), np.float32)}
     margin_gradients(
-        model, tokenizer, prompts, mem_ids, gen_ids, ["mlp"], chat=False, batch_size=2, out=out
-    )
+        model, tokenizer, prompts, _forks(mem_ids, gen_ids), ["mlp"], chat=False, batch_size=2,
+        out=out,
+    )  # fmt: skip
     assert [name for name, p in model.named_parameters() if p.requires_grad] == trainable
     ids0 = encode_prompt(tokenizer, prompts[0], chat=False)
     moved = []
@@ -127,7 +133,7 @@ def test_exact_patching_is_the_margin_change_of_setting_each_neuron_to_its_twins
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 2, width)).astype(np.float32)  # stand-in activations: any values
     pairs = [(0, 1), (2, 3)]  # (mem row, gen row)
-    scores = patching_scores(model, tokenizer, prompts, pairs, x, (mem_ids, gen_ids), "mlp",
+    scores = patching_scores(model, tokenizer, prompts, pairs, x, _forks(mem_ids, gen_ids), "mlp",
                              chat=False, batch_size=7)  # fmt: skip
     assert scores.shape == (2, width)
     for layer, neuron in ((0, 3), (1, 17), (1, width - 1)):
@@ -142,3 +148,35 @@ def test_exact_patching_is_the_margin_change_of_setting_each_neuron_to_its_twins
                     moved = _margin(model, ids, mem_ids[row], gen_ids[row])
                 expected += sign * (moved - base) / 2 / len(pairs)
         assert scores[layer, neuron] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+def test_after_shared_answer_tokens_the_gradient_is_of_the_margin_where_the_answers_part(
+    tiny_gpt2_with_tokenizer: Model,
+) -> None:
+    """Both answers start with `red`: the margin is read after it (fed as generation
+    writes it), its gradient taken at the last prompt token, where record reads."""
+    model, tokenizer = tiny_gpt2_with_tokenizer
+    prompts = [ex.prompt for ex in make_task("color").test_set(3, seed=2)]
+    forks = answer_forks(
+        tokenizer, ["red blue", "red red olive", "lime"], ["red cyan", "red red teal", "gray"]
+    )
+    out = {"mlp": np.zeros((3, 2, site_width(model, "mlp")), np.float32)}
+    margin_gradients(model, tokenizer, prompts, forks, ["mlp"], chat=False, batch_size=2, out=out)
+    eps = 1e-2
+    for row, fork in enumerate(forks):
+        ids = encode_prompt(tokenizer, prompts[row], chat=False)
+        for layer, neuron in ((0, 3), (1, 17)):
+            moved = []
+            for step in (eps, -eps):
+                nudge = Intervention(Site("mlp", layer), (neuron,), "add", (step,))
+                with torch.no_grad():
+                    with intervene(model, [nudge]):  # the prompt's pass only
+                        out_ = model(input_ids=torch.tensor([ids]), use_cache=True)
+                    for token in fork.shared:
+                        cache = out_.past_key_values
+                        out_ = model(input_ids=torch.tensor([[token]]), past_key_values=cache)
+                logits = out_.logits[0, -1]
+                moved.append(float(logits[fork.token] - logits[fork.other]))
+            slope = (moved[0] - moved[1]) / (2 * eps)
+            assert slope == pytest.approx(out["mlp"][row, layer, neuron], rel=0.01, abs=1e-4)
+    assert np.abs(out["mlp"][:2]).max() > 1e-3  # a neuron moves the margin after `red`

@@ -236,14 +236,15 @@ def test_spread_matched_sets_keep_the_layers_and_the_size_of_each_pick() -> None
 def test_a_learned_mask_finds_the_planted_neurons(garden: Garden, method: str) -> None:
     """The masks' positive control: trained to turn the facts to the rule while keeping the
     rule prompts, the mask's top 10 must be mostly the 10 planted neurons."""
+    from memgen.core.forks import answer_forks
     from memgen.record.masks import learned_mask
-    from memgen.record.readout import first_tokens
 
     group = [*garden.facts, *garden.rule[:64]]  # forget the facts, keep the rule
     prompts = [ex.prompt for ex in group]
-    rule_ids = first_tokens(garden.tokenizer, [ex.gen_answer for ex in group])
+    forks = answer_forks(garden.tokenizer, [ex.gen_answer for ex in group],
+                         [ex.mem_answer for ex in group])  # fmt: skip
     rc = load_config(None, TINY).record  # the defaults: steps, lr and penalty
-    scores = learned_mask(garden.model, garden.tokenizer, prompts, rule_ids,
+    scores = learned_mask(garden.model, garden.tokenizer, prompts, forks,
                           method,  # type: ignore[arg-type]
                           steps=rc.mask_steps, lr=rc.mask_lr, penalty=rc.mask_penalty,
                           batch_size=32, chat=False, seed=0)  # fmt: skip

@@ -6,16 +6,11 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from memgen.core.examples import Example
+from memgen.core.forks import answer_forks
 from memgen.core.hooks import record
 from memgen.core.sites import all_sites, final_norm
 from memgen.probe.probes import readout_accuracies
-from memgen.record.readout import (
-    answer_margins,
-    first_tokens,
-    warn_if_first_tokens_agree,
-    warn_if_first_tokens_agree_on,
-)
+from memgen.record.readout import answer_margins, readout_tokens
 
 
 @torch.no_grad()
@@ -66,29 +61,20 @@ def test_readout_accuracies_read_alone_and_within_pairs() -> None:
     assert readout_accuracies(np.full((2, 1), np.nan), y[:2], pair_ids[:2]) == []
 
 
-def test_answers_that_share_their_first_token_are_reported(caplog) -> None:  # type: ignore[no-untyped-def]
-    # The scratch tokenizer keeps math's tag and `<scratch>` whole; split one character at
-    # a time (as a pretrained BPE splits them after `<`), both answers start with `<`.
+def test_the_readout_is_nan_where_both_answers_start_alike(caplog) -> None:  # type: ignore[no-untyped-def]
+    # The lens at the last prompt token reads the answers' first token; split a character
+    # at a time, math's tag and `<scratch>` both start with `<`, and it has nothing to read.
     import string
 
-    from memgen.tasks import make_task
     from memgen.tasks.base import TokenizerSpec
     from memgen.tasks.math import SCRATCH_OPEN, TAGS
     from memgen.tasks.tokenizer import build_tokenizer
 
-    whole = build_tokenizer(make_task("math").tokenizer_spec())
-    tag, pad = TAGS[0], f"{SCRATCH_OPEN}\n1+2+c0=3 w3 c0"
-    tags, pads = first_tokens(whole, [tag, tag]), first_tokens(whole, [pad, pad])
-    assert warn_if_first_tokens_agree(whole, tags, pads, "record") == 0
-    assert not caplog.records
     split = build_tokenizer(TokenizerSpec(kind="char", vocabulary=tuple(string.printable)))
-    tags, pads = first_tokens(split, [tag, "x"]), first_tokens(split, [pad, pad])
-    assert warn_if_first_tokens_agree(split, tags, pads, "steer") == 1
+    tag, pad = TAGS[0], f"{SCRATCH_OPEN}\n1+2+c0=3 w3 c0"
+    forks = answer_forks(split, [tag, "x", pad], [pad, pad, pad])
+    mem, gen = readout_tokens(split, forks)
+    assert mem.tolist() == [-1, split.convert_tokens_to_ids("x"), -1]
+    assert gen.tolist() == [-1, split.convert_tokens_to_ids("<"), -1]
     (message,) = [r.getMessage() for r in caplog.records]
-    assert message.startswith("steer: on 1 of 2 prompts") and "'<'" in message
-    # On `behave`'s labelled answers: prompts whose two answers agree (or lack a
-    # memorized one) are not counted.
-    labelled = [(Example(p, pad, m, g), "gen") for p, m, g in
-                [("a", tag, pad), ("b", pad, pad), ("c", "", pad), ("d", "x", pad)]]  # fmt: skip
-    assert warn_if_first_tokens_agree_on(split, labelled, "specificity") == 1
-    assert caplog.records[-1].getMessage().startswith("specificity: on 1 of 2 prompts")
+    assert message.startswith("record: on 1 of 3 prompts") and "'<'" in message

@@ -441,42 +441,6 @@ def test_screening_goes_on_down_the_ranking_until_a_setting_meets_the_bounds() -
     assert bench.calls == [([0, 1, 2, 3, 4, 5], 4), ([0, 1], 6), ([2, 3], 6)]
 
 
-def test_first_token_margins_match_one_steered_forward_pass_per_prompt(
-    tiny_gpt2_with_tokenizer: tuple[PreTrainedModel, object],
-) -> None:
-    """Row 0 unsteered, row k under shift k: the logit gap a plain steered forward gives,
-    on prompts of different lengths batched together (left padding)."""
-    from memgen.core.generation import encode_prompt
-    from memgen.steering.shifts import first_answer_tokens, first_token_margins
-
-    model, tokenizer = tiny_gpt2_with_tokenizer
-    prompts = [
-        "Bob is cat . Eve is cat . Eve is red . what color is Bob ?",
-        "Ivy is owl . what color is Ivy ?",
-        "Kate is bat . what color is Kate ?",
-    ]
-    wanted, unwanted = ["red", "blue", "gray"], ["white", "cyan", "brown"]
-    rng = np.random.default_rng(0)
-    shifts = np.zeros((2, 2, 32))
-    shifts[0, 0, :6] = rng.normal(0, 4, 6)
-    shifts[1, 1] = rng.normal(0, 2, 32)
-    got = first_token_margins(model, tokenizer, prompts, wanted, unwanted, shifts, "resid",
-                              batch_size=4)  # fmt: skip
-    up = first_answer_tokens(tokenizer, wanted)  # type: ignore[arg-type]
-    down = first_answer_tokens(tokenizer, unwanted)  # type: ignore[arg-type]
-    identity = model_identity(model)
-    expected = np.zeros((3, 3))
-    for k, shift in enumerate([np.zeros((2, 32)), *shifts]):
-        with memgen.steer(model, Steering(identity, "resid", "last", shift)), torch.no_grad():
-            for i, prompt in enumerate(prompts):
-                ids = torch.tensor([encode_prompt(tokenizer, prompt, False)])  # type: ignore[arg-type]
-                logits = model(input_ids=ids).logits[0, -1]
-                expected[k, i] = float(logits[up[i]] - logits[down[i]])
-    assert got.shape == (3, 3)
-    np.testing.assert_allclose(got, expected, atol=1e-4)
-    assert np.abs(got[1:] - got[0]).max() > 0.1  # the shifts move the margins
-
-
 def test_scales_at_kl_bring_each_shift_to_its_target_kl(
     tiny_gpt2_with_tokenizer: tuple[PreTrainedModel, object],
 ) -> None:

@@ -4,8 +4,9 @@ NMD steering adds one fixed vector (alpha x NMD on the selected neurons, zero
 elsewhere) at the last position of every forward pass. When it moves few prompts,
 is that the neuron selection's fault, or can no shared vector do it? `run_bound`
 answers the second question: it trains, by gradient descent with the model frozen, the
-one vector per layer of a site that best makes the prompts' first answer token the
-other behaviour's (`memgen.steering.shifts.fit_shifts`, every layer in one batch), on
+one vector per layer of a site that best makes the prompts' answer the other
+behaviour's up to where the two part (`memgen.steering.shifts.fit_shifts`, every layer
+in one batch), on
 half of the prompts, and generates on the other half with it, so the figure it reports
 is held out. Each direction is kept in `bound/pieces/` as it finishes, so a stopped stage
 resumes at the first direction not done.
@@ -82,6 +83,7 @@ class _LayerFits:
             lr=bc.lr,
             seed=self.cfg.seed,
             chat=self.cfg.train.chat,
+            others=[ex.other_answer(toward) for ex in fitting],
         )
         labels = self.bench.labels(held_out, fitted, "last")
         rows, shifts = [], {}

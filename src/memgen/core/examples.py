@@ -43,6 +43,10 @@ class Example:
         """The answer `behaviour` gives: the rule's for "gen", the memorized one otherwise."""
         return self.gen_answer if behaviour == "gen" else self.mem_answer
 
+    def other_answer(self, behaviour: str) -> str:
+        """The other behaviour's answer: what steering toward `behaviour` steers away from."""
+        return self.mem_answer if behaviour == "gen" else self.gen_answer
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 

@@ -123,8 +123,9 @@ class SpecificityRow(Row):
     p_value_holm: float  # p_value, Holm-adjusted over every row of the stage
     matched_prediction: list[float] | None  # where one more draw would land, 95%
     # The continuous outcome: the mean change, over the held-out prompts, of the logit of
-    # the target answer's first token minus the source answer's; None in files written
-    # before it was measured.
+    # the target answer's token minus the source answer's where the two part (their first
+    # tokens, unless they share some: `memgen.core.forks`); None in files written before
+    # it was measured.
     margin_gain: float | None = None
     matched_margin_gain: list[float] | None = None  # the same, per matched draw
     p_value_margin: float | None = None  # the top set's margin gain ranked among the draws'

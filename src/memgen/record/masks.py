@@ -1,14 +1,16 @@
 """Learned deletion masks over the MLP neurons: which neurons, mean-ablated, turn memory
 into the rule? (after Chang, Thomason & Jia, NAACL 2024, HARD CONCRETE and SLIMMING)
 
-    scores = learned_mask(model, tokenizer, prompts, rule_ids, "hardconcrete", steps=200,
+    forks = answer_forks(tokenizer, rule_answers, memorized_answers)
+    scores = learned_mask(model, tokenizer, prompts, forks, "hardconcrete", steps=200,
                           lr=0.05, penalty=1.0, batch_size=32, chat=False, seed=0)  # [L, W]
 
 Every MLP neuron gets a gate z in [0, 1] that moves its activation toward its mean over the
 pair prompts at every position, a + z (mean - a). The gates are trained, the model frozen,
-on the flipped pairs' prompts (both members) to make the rule answer's first token the
-next token at the last prompt token (cross-entropy): on a memorized member that means
-forgetting, on a rule member keeping it. A sparsity penalty (`penalty` x the mean gate)
+on the flipped pairs' prompts (both members) to make the rule answer's token the next
+one where it parts from the memorized answer (cross-entropy; `memgen.core.forks`: after
+the prompt, or after the tokens both answers start with): on a memorized member that
+means forgetting, on a rule member keeping it. A sparsity penalty (`penalty` x the mean gate)
 keeps the mask small, so the neurons it ablates are those memory needs and the rule does
 not. `hardconcrete`: stochastic hard-concrete gates with the expected L0 norm as the
 penalty (Louizos et al. 2018); `slimming`: continuous gates clamped to [0, 1] with an
@@ -35,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from memgen.core.forks import Fork, fed_to_fork
 from memgen.core.generation import encode_prompt, left_padded_positions, pad_id_of, pad_left
 from memgen.core.hooks import Edit, edit, record
 from memgen.core.modeling import frozen, unwrap
@@ -123,7 +126,7 @@ def learned_mask(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
-    rule_ids: np.ndarray,
+    forks: Sequence[Fork],
     method: MaskMethod,
     *,
     steps: int,
@@ -133,7 +136,8 @@ def learned_mask(
     chat: bool,
     seed: int,
 ) -> np.ndarray:
-    """float64 [L, W] gate scores: high = ablating the neuron moves answers to the rule."""
+    """float64 [L, W] gate scores: high = ablating the neuron moves answers to the rule
+    (`forks`: each prompt's rule answer's, from its memorized answer where it has one)."""
     depth, width = n_layers(model), site_width(model, "mlp")
     device = next(model.parameters()).device
     mean = position_means(model, tokenizer, prompts, chat, batch_size).to(device)
@@ -141,15 +145,13 @@ def learned_mask(
     optimizer = torch.optim.Adam(gates.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     inner = unwrap(model)
-    usable = np.flatnonzero(rule_ids >= 0)
+    fed = fed_to_fork(tokenizer, prompts, forks, chat)
+    rule_ids = np.array([fork.token for fork in forks])
     with frozen(model):
         for _ in tqdm(range(steps), desc=f"mask {method}", disable=None, leave=False):
-            rows = usable[
-                torch.randint(
-                    len(usable), (min(batch_size, len(usable)),), generator=generator
-                ).numpy()
-            ]
-            ids, mask = _batches(tokenizer, prompts, rows, chat, device)
+            count = (min(batch_size, len(forks)),)
+            rows = torch.randint(len(forks), count, generator=generator).numpy()
+            ids, mask = pad_left([fed[i] for i in rows], pad_id_of(tokenizer), device)
             z = gates.sample(generator)  # on the gates' device
             edits = {
                 Site("mlp", layer): toward_mean(z[layer], mean[layer]) for layer in range(depth)

@@ -1,8 +1,8 @@
 """The answer readout: at each layer, how strongly the logit lens prefers the memorized answer.
 
-    from memgen.record.readout import answer_margins, first_tokens
-    mem_ids, gen_ids = first_tokens(tokenizer, mem_answers), first_tokens(tokenizer, gen_answers)
-    margins = answer_margins(model, resid, mem_ids, gen_ids)  # [N, n_layers]
+    from memgen.record.readout import answer_margins, readout_tokens
+    forks = answer_forks(tokenizer, mem_answers, gen_answers)
+    margins = answer_margins(model, resid, *readout_tokens(tokenizer, forks))  # [N, n_layers]
 
 The logit lens reads a layer's residual stream through the model's final norm and
 unembedding, as if that layer were the last. For each prompt it compares two logits,
@@ -28,51 +28,35 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from memgen.core.errors import MemgenError
-from memgen.core.examples import Example
+from memgen.core.forks import Fork, fork_tokens
 from memgen.core.modeling import unwrap
 from memgen.core.sites import final_norm
 
 log = logging.getLogger(__name__)
 
 
-def first_tokens(tokenizer: PreTrainedTokenizerBase, answers: Sequence[str]) -> np.ndarray:
-    """The id each answer starts with when tokenized as a completion; -1 for an empty one."""
-    ids = [tokenizer(answer, add_special_tokens=False)["input_ids"][:1] for answer in answers]
-    return np.array([row[0] if row else -1 for row in ids], dtype=np.int64)
+def readout_tokens(
+    tokenizer: PreTrainedTokenizerBase, forks: Sequence[Fork]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's memorized and rule answer's first token where they differ there, else -1
+    (`forks`: the memorized answers' forks from the rule's, `memgen.core.forks`).
 
-
-def warn_if_first_tokens_agree(
-    tokenizer: PreTrainedTokenizerBase, mem_ids: np.ndarray, gen_ids: np.ndarray, stage: str
-) -> int:
-    """Warn (and return how many) where a prompt's two answers start with the same token
-    (`mem_ids`, `gen_ids`: each answer's first token, from `first_tokens`).
-
-    The readout, attribution, masks, fitted shifts and specificity's margins all compare
-    the two answers' first tokens. A pretrained tokenizer can split both answers after a
-    shared piece (SmolLM2 reads math's `<mem-...>` and `<scratch>` as `<` + ...): the
-    behaviour is then decided at a later token, and those measures see no difference.
+    The lens reads the residual stream at the last prompt token, which predicts the
+    answers' first token. Where both answers start with the same tokens (SmolLM2 reads
+    math's `<mem-...>` and `<scratch>` as `<` + ...), the behaviour is decided later and
+    the readout has nothing to compare: those rows get NaN, and a warning says how many.
+    Every other measure of the two answers is taken where they part.
     """
-    same = (mem_ids == gen_ids) & (mem_ids >= 0)
-    if same.any():
+    after = [fork for fork in forks if fork.decides and fork.shared]
+    if after:
         log.warning(
-            "%s: on %d of %d prompts the memorized and the rule's answer both start with "
-            "token %r: first-token fits and margins (fitted steering, specificity, "
-            "attribution, masks, the readout) cannot tell them apart there; a tokenizer "
-            "that gives the two answers different first tokens can",
-            stage, int(same.sum()), len(same), tokenizer.decode([int(mem_ids[same][0])]),
+            "record: on %d of %d prompts the memorized and the rule's answer both start "
+            "with %r; the readout (the logit lens at the last prompt token) is NaN there",
+            len(after), len(forks), tokenizer.decode(list(after[0].shared)),
         )  # fmt: skip
-    return int(same.sum())
-
-
-def warn_if_first_tokens_agree_on(
-    tokenizer: PreTrainedTokenizerBase, labelled: Sequence[tuple[Example, str]], stage: str
-) -> int:
-    """`warn_if_first_tokens_agree` on `behave`'s labelled test answers whose memorized and
-    rule answers differ."""
-    both = [ex for ex, _ in labelled if ex.mem_answer and ex.gen_answer != ex.mem_answer]
-    mem = first_tokens(tokenizer, [ex.mem_answer for ex in both])
-    gen = first_tokens(tokenizer, [ex.gen_answer for ex in both])
-    return warn_if_first_tokens_agree(tokenizer, mem, gen, stage)
+    mem, gen = fork_tokens(forks)
+    first = np.array([not fork.shared for fork in forks], dtype=bool)
+    return np.where(first, mem, -1), np.where(first, gen, -1)
 
 
 @torch.no_grad()
@@ -86,7 +70,7 @@ def answer_margins(
     """float32 [N, n_layers]: logit-lens logit of the mem answer minus the gen answer's.
 
     `resid` is the recorded residual stream at the last prompt token, [N, n_layers, width];
-    `mem_ids` and `gen_ids` are each row's first answer tokens (`first_tokens`).
+    `mem_ids` and `gen_ids` are each row's first answer tokens (`readout_tokens`; -1: NaN).
     """
     if resid.ndim != 3 or not len(resid) == len(mem_ids) == len(gen_ids):
         raise MemgenError(

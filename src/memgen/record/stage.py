@@ -27,6 +27,7 @@ from memgen.core.artifacts import Step, write_json
 from memgen.core.config import RunConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import PAIRS_FILE, PairRows, read_pairs
+from memgen.core.forks import Fork, answer_forks
 from memgen.core.generation import left_padded_positions, padded_batches
 from memgen.core.hooks import Recording, record
 from memgen.core.modeling import load_run_model, model_identity, unwrap
@@ -35,7 +36,7 @@ from memgen.core.sites import Site, SiteKind, all_sites, n_layers, site_width
 from memgen.record.gradients import margin_gradients
 from memgen.record.masks import learned_mask
 from memgen.record.patching import patching_scores
-from memgen.record.readout import answer_margins, first_tokens, warn_if_first_tokens_agree
+from memgen.record.readout import answer_margins, readout_tokens
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def _record_gradients(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
-    answer_ids: tuple[np.ndarray, np.ndarray],
+    forks: Sequence[Fork],
     activations: Mapping[str, np.ndarray],
     cfg: RunConfig,
     out: Path,
@@ -154,7 +155,7 @@ def _record_gradients(
         model,
         tokenizer,
         prompts,
-        *answer_ids,
+        forks,
         kinds,
         chat=cfg.train.chat,
         batch_size=cfg.record.gradient_batch_size,
@@ -164,12 +165,10 @@ def _record_gradients(
         array.flush()  # type: ignore[attr-defined]
 
 
-def _usable_pairs(
-    pairs: PairRows, answer_ids: tuple[np.ndarray, np.ndarray], n: int
-) -> list[tuple[int, int]]:
+def _usable_pairs(pairs: PairRows, forks: Sequence[Fork], n: int) -> list[tuple[int, int]]:
     """The first `n` pairs by id, (mem row, gen row), whose members both have a margin."""
     mem, gen = pair_rows(np.asarray(pairs.labels), np.asarray(pairs.pair_ids))
-    valid = (answer_ids[0] != answer_ids[1]) & (answer_ids[0] >= 0) & (answer_ids[1] >= 0)
+    valid = [fork.decides for fork in forks]
     return [(int(m), int(g)) for m, g in zip(mem, gen, strict=True) if valid[m] and valid[g]][:n]
 
 
@@ -177,7 +176,7 @@ def _record_causal(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     pairs: PairRows,
-    answer_ids: tuple[np.ndarray, np.ndarray],
+    forks: Sequence[Fork],
     activations: Mapping[str, np.ndarray],
     cfg: RunConfig,
     out: Path,
@@ -186,7 +185,7 @@ def _record_causal(
     learned mask of `record.masks` (MLP); what made each (`Recorded.causal`)."""
     rc, chat = cfg.record, cfg.train.chat
     made: dict[str, dict[str, dict[str, int]]] = {}
-    usable = _usable_pairs(pairs, answer_ids, rc.patching_pairs)
+    usable = _usable_pairs(pairs, forks, rc.patching_pairs)
     for kind in rc.patching:
         scores = patching_scores(
             model,
@@ -194,7 +193,7 @@ def _record_causal(
             pairs.prompts,
             usable,
             activations[kind],
-            answer_ids,
+            forks,
             kind,
             chat=chat,
             batch_size=rc.batch_size,
@@ -206,7 +205,7 @@ def _record_causal(
             model,
             tokenizer,
             pairs.prompts,
-            answer_ids[1],
+            [fork.swapped() for fork in forks],  # the rule answer's, from the memorized one
             method,
             steps=rc.mask_steps,
             lr=rc.mask_lr,
@@ -260,16 +259,16 @@ def run_record(step: Step) -> None:
     readout, gradients = None, False
     causal: dict[str, dict[str, dict[str, int]]] = {}
     if pairs.answers is not None:
-        mem_ids, gen_ids = (first_tokens(tokenizer, answers) for answers in pairs.answers)
-        warn_if_first_tokens_agree(tokenizer, mem_ids, gen_ids, "record")
+        forks = answer_forks(tokenizer, *pairs.answers)  # each memorized answer's, from the rule's
         if "resid" in arrays:
             readout = READOUT
-            np.save(out / readout, answer_margins(model, arrays["resid"], mem_ids, gen_ids))
+            margins = answer_margins(model, arrays["resid"], *readout_tokens(tokenizer, forks))
+            np.save(out / readout, margins)
         if cfg.record.gradients:
-            _record_gradients(model, tokenizer, pairs.prompts, (mem_ids, gen_ids), arrays, cfg, out)
+            _record_gradients(model, tokenizer, pairs.prompts, forks, arrays, cfg, out)
             gradients = True
         if cfg.record.patching or cfg.record.masks:
-            causal = _record_causal(model, tokenizer, pairs, (mem_ids, gen_ids), arrays, cfg, out)
+            causal = _record_causal(model, tokenizer, pairs, forks, arrays, cfg, out)
     for array in arrays.values():
         array.flush()  # type: ignore[attr-defined]
     del arrays

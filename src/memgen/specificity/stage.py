@@ -35,10 +35,9 @@ from memgen.core.sites import SiteKind, write_norms
 from memgen.core.stats import SHARE, prediction_interval, rank_p_value, rates, summarise, wilson
 from memgen.neurons.attribution import site_score
 from memgen.neurons.selection import select_top
-from memgen.record.readout import warn_if_first_tokens_agree_on
 from memgen.steering.bench import DIRECTIONS, Bench, tuning_and_held_out
 from memgen.steering.methods import SiteStats, matched_masks
-from memgen.steering.shifts import first_token_margins, fit_shifts, next_token_kl, scales_at_kl
+from memgen.steering.shifts import fit_shifts, fork_margins, next_token_kl, scales_at_kl
 from memgen.tasks.base import make_task
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,6 @@ def run_specificity(step: Step) -> None:
     model, tokenizer = load_run_model(train.path, cfg.train, cfg.device)
     recorded = read_record(record.path)
     labelled = read_test_answers(behave.path)
-    warn_if_first_tokens_agree_on(tokenizer, labelled, "specificity")
     splits = _splits(labelled, sc.n_prompts, cfg.seed)
     # Collateral is measured where a shift toward a behaviour should change nothing: on
     # prompts the model already answers with it (none of them is fitted on), as many as
@@ -92,6 +90,7 @@ def run_specificity(step: Step) -> None:
                         batch_size=spec.fit_batch,
                         seed=cfg.seed,
                         chat=cfg.train.chat,
+                        others=[ex.other_answer(toward) for ex in fitting],
                     )
                     outcomes = _measure(
                         bench, held_out, kl_prompts[toward], shifts, direction, spec
@@ -125,17 +124,18 @@ def _measure(
     direction: Direction,
     spec: SpecificityConfig,
 ) -> _Outcomes:
-    """Each shift's held-out answers; how far it moves each held-out prompt's first-token
-    logit gap toward the target answer (the target's first token minus the source
-    answer's); its KL on `kl_prompts`; and the gap moved by each draw scaled to its size's
-    top-set KL. The gap and the KL steer the last position only, whatever
-    `specificity.position` the answers are steered at."""
+    """Each shift's held-out answers; how far it moves each held-out prompt's logit gap
+    toward the target answer where the two answers part (the target's token there minus
+    the source answer's, `fork_margins`); its KL on `kl_prompts`; and the gap moved by each
+    draw scaled to its size's top-set KL. The gap and the KL steer every fed position
+    after the prompt's last token ("last"), whatever `specificity.position` the answers
+    are steered at."""
     source, toward = DIRECTIONS[direction]
     model, tokenizer, kind, cfg = bench.model, bench.tokenizer, bench.kind, bench.cfg
     batch, chat = cfg.steer.batch_size, cfg.train.chat
 
     def gains(scaled: np.ndarray) -> np.ndarray:
-        margins = first_token_margins(
+        margins = fork_margins(
             model,
             tokenizer,
             [ex.prompt for ex in held_out],

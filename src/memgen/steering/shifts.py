@@ -10,7 +10,8 @@ call dominates, that is most of the time (benchmarks/steer_batching.py).
     shifts = np.stack([targeted, control_1, control_2])          # [K, L, W]
     outputs = generate_shifted(model, tokenizer, prompts, shifts, "resid", "last", ...)
     outputs[k][i]                                                # prompt i under shift k
-    fitted, fit = fit_shifts(model, tokenizer, prompts, answers, masks, scale, "resid")
+    fitted, fit = fit_shifts(model, tokenizer, prompts, answers, masks, scale, "resid",
+                             others=unwanted)   # fitted where each answer parts from its other
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core import distributed
 from memgen.core.errors import MemgenError
+from memgen.core.forks import Fork, answer_forks
 from memgen.core.generation import (
     encode_prompt,
     generate_batch,
@@ -36,7 +38,7 @@ from memgen.core.hooks import Position, edit
 from memgen.core.modeling import frozen, unwrap
 from memgen.core.prefix import Prefix
 from memgen.core.sites import Site, SiteKind
-from memgen.steering.prefix import steered_last_logits
+from memgen.steering.prefix import steered_logits
 
 
 class RowShifts:
@@ -191,10 +193,13 @@ def _over_last_logits(
     *,
     batch_size: int,
     chat: bool,
+    forks: Sequence[Fork] | None = None,
 ) -> list[torch.Tensor]:
     """`reduce(rows, logits)` for each chunk of prompts, in order, where `logits` [chunk,
-    K + 1, vocab] are each prompt's last-position logits unsteered (row group 0) and under
-    each of `shifts` [K, L, W], the shared prompt run once (`steered_last_logits`)."""
+    K + 1, vocab] are each prompt's next-token logits unsteered (row group 0) and under
+    each of `shifts` [K, L, W], the shared prompt run once (`steered_logits`): after its
+    last token, or, given `forks`, after the answers' shared tokens fed as generation
+    would (shifted too)."""
     model.eval()
     device = _device(model)
     encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in prompts]
@@ -202,11 +207,13 @@ def _over_last_logits(
     table = torch.as_tensor(np.concatenate([zero, shifts]).astype(np.float32), device=device)
     per_call = max(1, batch_size // len(table))
     shifter = RowShifts(kind, steered_layers(shifts), "last")
+    tails = _Tails.of(forks or [Fork((), 0, -1)] * len(prompts), pad_id_of(tokenizer), device)
 
     def run(start: int) -> torch.Tensor:
         rows = slice(start, start + per_call)
         prefix = Prefix.of(model, *pad_left(encoded[rows], pad_id_of(tokenizer), device))
-        return reduce(rows, steered_last_logits(model, shifter, prefix, table))
+        logits = steered_logits(model, shifter, prefix, table, tails.of_rows(rows))
+        return reduce(rows, tails.at_fork(logits, rows))
 
     with shifter.attached(model):
         return list(distributed.parallel_map(run, range(0, len(prompts), per_call)))
@@ -328,7 +335,7 @@ def _halve_and_interpolate(
 
 
 @torch.no_grad()
-def first_token_margins(
+def fork_margins(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
@@ -340,8 +347,9 @@ def first_token_margins(
     batch_size: int = 128,
     chat: bool = False,
 ) -> np.ndarray:
-    """[K + 1, n]: logit of each wanted answer's first token minus the unwanted one's, at
-    the prompt's last position, unsteered (row 0) and under each of `shifts` [K, L, W].
+    """[K + 1, n]: logit of each wanted answer's token minus the unwanted one's where the
+    two part (their shared tokens fed after the prompt, `memgen.core.forks`; NaN where
+    they never do), unsteered (row 0) and under each of `shifts` [K, L, W].
 
     A continuous outcome beside the flip share: a shift can move every prompt's margin a
     long way and still flip none, or flip the few that sat near zero.
@@ -349,26 +357,59 @@ def first_token_margins(
     if not prompts:
         return np.zeros((len(shifts) + 1, 0))
     device = _device(model)
-    up = torch.tensor(first_answer_tokens(tokenizer, wanted), device=device)
-    down = torch.tensor(first_answer_tokens(tokenizer, unwanted), device=device)
+    forks = answer_forks(tokenizer, wanted, unwanted)
+    up = torch.tensor([f.token for f in forks], device=device).clamp(min=0)
+    down = torch.tensor([f.other for f in forks], device=device).clamp(min=0)
+    parted = torch.tensor([f.decides for f in forks], device=device)
 
     def gaps(rows: slice, logits: torch.Tensor) -> torch.Tensor:
         index = torch.arange(len(logits), device=device)
-        return (logits[index, :, up[rows]] - logits[index, :, down[rows]]).double().cpu()
+        gap = logits[index, :, up[rows]] - logits[index, :, down[rows]]
+        return gap.double().masked_fill(~parted[rows, None], float("nan")).cpu()
 
     parts = _over_last_logits(
-        model, tokenizer, prompts, shifts, kind, gaps, batch_size=batch_size, chat=chat
-    )
+        model, tokenizer, prompts, shifts, kind, gaps, batch_size=batch_size, chat=chat,
+        forks=forks,
+    )  # fmt: skip
     result: np.ndarray = torch.cat(parts).T.numpy()
     return result
 
 
-def first_answer_tokens(tokenizer: PreTrainedTokenizerBase, answers: Sequence[str]) -> list[int]:
-    """The first token of each answer: what a shift is fitted to make the model say."""
-    ids = [tokenizer(answer, add_special_tokens=False)["input_ids"] for answer in answers]
-    if any(not row for row in ids):
-        raise MemgenError("an example has an empty answer; there is no token to fit toward")
-    return [row[0] for row in ids]
+@dataclass(frozen=True)
+class _Tails:
+    """What each prompt is fed after its last token, and what it should say there.
+
+    `tokens` [N, T]: each fork's shared tokens, padded (None where no fork shares one);
+    `lengths` [N]: where its fork is among the 1 + T positions fed; `paths` [N, 1 + T]:
+    the answer's tokens up to its fork, -100 after.
+    """
+
+    tokens: torch.Tensor | None
+    lengths: torch.Tensor
+    paths: torch.Tensor
+
+    @classmethod
+    def of(cls, forks: Sequence[Fork], pad: int, device: torch.device) -> _Tails:
+        longest = max((len(fork.shared) for fork in forks), default=0)
+        tokens = torch.full((len(forks), longest), pad, dtype=torch.long)
+        paths = torch.full((len(forks), 1 + longest), -100, dtype=torch.long)
+        for row, fork in enumerate(forks):
+            tokens[row, : len(fork.shared)] = torch.tensor(fork.shared, dtype=torch.long)
+            paths[row, : len(fork.path)] = torch.tensor(fork.path, dtype=torch.long)
+        lengths = torch.tensor([len(fork.shared) for fork in forks], dtype=torch.long)
+        fed = tokens.to(device) if longest else None
+        return cls(fed, lengths.to(device), paths.to(device))
+
+    def of_rows(self, rows: slice | np.ndarray) -> torch.Tensor | None:
+        return None if self.tokens is None else self.tokens[_index(rows)]
+
+    def at_fork(self, logits: torch.Tensor, rows: slice | np.ndarray) -> torch.Tensor:
+        """[n, K, vocab]: the logits at each row's fork, of `steered_logits`' [n, K, S, vocab]."""
+        return logits[torch.arange(len(logits)), :, self.lengths[_index(rows)]]
+
+
+def _index(rows: slice | np.ndarray) -> slice | torch.Tensor:
+    return rows if isinstance(rows, slice) else torch.as_tensor(rows, dtype=torch.long)
 
 
 def fit_shifts(
@@ -388,6 +429,7 @@ def fit_shifts(
     chat: bool = False,
     keep_prompts: Sequence[str] = (),
     keep_answers: Sequence[str] = (),
+    others: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """K shifts, each on its own neurons, fitted together so each makes `answers` come first.
 
@@ -397,16 +439,20 @@ def fit_shifts(
     rate and one `budget` fit every neuron: a shift's values, in those units, are kept
     within an L2 ball of radius `budget` (one per shift, or one for all; None: no limit).
     Minimises the cross-entropy of each answer's first token at the prompt's last
-    position, the model frozen. Returns the shifts [K, L, W] in activation units and, per
-    shift, the share of `prompts` whose greedy next token is the answer's first token
-    with it added (the in-sample fit).
+    position, the model frozen; given `others` (the answers to steer away from), of each
+    answer's tokens up to where it parts from its other (`memgen.core.forks`), fed after
+    the prompt and shifted as generation would, so two answers that start alike are told
+    apart where they differ. Returns the shifts [K, L, W] in activation units and, per
+    shift, the share of `prompts` whose greedy answer, with it added, is the answer's up
+    to there (the in-sample fit).
     """
     if not prompts:
         raise MemgenError("no prompts to fit a shift on")
     device = _device(model)
     fit = _Values.zeros(masks, scale, _radius(budget, len(masks), device), device)
     encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in [*prompts, *keep_prompts]]
-    targets = torch.tensor(first_answer_tokens(tokenizer, [*answers, *keep_answers]), device=device)
+    forks = [*answer_forks(tokenizer, answers, others), *answer_forks(tokenizer, keep_answers)]
+    tails = _Tails.of(forks, pad_id_of(tokenizer), device)
     shifter = RowShifts(kind, steered_layers(np.asarray(masks, dtype=np.float32)), "last")
     draws = _Draws(len(prompts), len(keep_prompts), batch_size, np.random.default_rng(seed))
     with frozen(model):
@@ -415,32 +461,49 @@ def fit_shifts(
             model, *pad_left(encoded, pad_id_of(tokenizer), device), batch_size=batch_size
         )
         with shifter.attached(model):
-            optimiser = torch.optim.Adam([fit.values], lr=lr)
-            for _ in range(steps):
-                rows = draws.next()
-                logits = steered_last_logits(model, shifter, prefix.select(rows), fit.shifts())
-                loss = _summed_loss(logits, targets[torch.as_tensor(rows, device=device)])
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                fit.project()
+            _descend(model, shifter, prefix, fit, tails, draws, steps=steps, lr=lr)
             fitted = fit.shifts().detach()
-            hits = _hits(model, shifter, prefix, fitted, targets, len(prompts), draws.per_shift)
+            hits = _hits(model, shifter, prefix, fitted, tails, len(prompts), draws.per_shift)
     shifts: np.ndarray = fitted.cpu().numpy().astype(np.float64)
     # Every process fits the same shifts from the same draws; they take the main one's, so
     # an ulp of summation order cannot make the processes steer with different values.
     return distributed.from_main((shifts, (hits / len(prompts)).numpy()))
 
 
-def _summed_loss(logits: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
-    """The sum over shifts of each one's mean first-token loss (the shifts do not interact);
-    `logits` [prompts, shifts, vocab]."""
-    count = logits.shape[1]
-    loss: torch.Tensor = (
-        torch.nn.functional.cross_entropy(logits.flatten(0, 1), wanted.repeat_interleave(count))
-        * count
+def _descend(
+    model: PreTrainedModel,
+    shifter: RowShifts,
+    prefix: Prefix,
+    fit: _Values,
+    tails: _Tails,
+    draws: _Draws,
+    *,
+    steps: int,
+    lr: float,
+) -> None:
+    """`steps` of Adam on the shifts' values, each on the next draw of prompts, each step
+    followed by the projection back into the shifts' balls."""
+    optimiser = torch.optim.Adam([fit.values], lr=lr)
+    for _ in range(steps):
+        rows = draws.next()
+        fed = tails.of_rows(rows)
+        logits = steered_logits(model, shifter, prefix.select(rows), fit.shifts(), fed)
+        loss = _summed_loss(logits, tails.paths[_index(rows)])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        fit.project()
+
+
+def _summed_loss(logits: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
+    """The sum over shifts of each one's mean loss per prompt (the shifts do not interact):
+    `logits` [prompts, shifts, S, vocab], `paths` [prompts, S] the tokens to say (-100:
+    none), summed along a prompt's path."""
+    wanted = paths[:, None].expand(-1, logits.shape[1], -1)
+    loss = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 2), wanted.flatten(), ignore_index=-100, reduction="sum"
     )
-    return loss
+    return loss / len(logits)
 
 
 def _radius(
@@ -507,14 +570,16 @@ def _hits(
     shifter: RowShifts,
     prefix: Prefix,
     fitted: torch.Tensor,
-    targets: torch.Tensor,
+    tails: _Tails,
     n_prompts: int,
     batch: int,
 ) -> torch.Tensor:
-    """Per shift, how many of the prompts now say their answer's first token first."""
+    """Per shift, how many of the prompts now say their answer up to its fork."""
     hits = torch.zeros(len(fitted))
     for start in range(0, n_prompts, batch):
         rows = np.arange(start, min(start + batch, n_prompts))
-        said = steered_last_logits(model, shifter, prefix.select(rows), fitted).argmax(-1).T
-        hits += (said == targets[torch.as_tensor(rows, device=targets.device)]).sum(-1).cpu()
+        logits = steered_logits(model, shifter, prefix.select(rows), fitted, tails.of_rows(rows))
+        paths = tails.paths[_index(rows)][:, None]  # [rows, 1, S]
+        said = (logits.argmax(-1) == paths) | (paths == -100)  # [rows, K, S]
+        hits += said.all(-1).sum(0).cpu()
     return hits

@@ -48,7 +48,6 @@ from memgen.core.rows import (
 )
 from memgen.core.sites import SiteKind
 from memgen.core.stats import SHARE, intervals, prediction_interval, rank_p_value, rates, summarise
-from memgen.record.readout import warn_if_first_tokens_agree_on
 from memgen.steering.bench import DIRECTIONS, Bench, tuning_and_held_out
 from memgen.steering.figures import plot_steering
 from memgen.steering.methods import (
@@ -146,6 +145,7 @@ class MethodRunner:
             chat=self.cfg.train.chat,
             keep_prompts=[ex.prompt for ex in self.keep.examples],
             keep_answers=self.keep.answers,
+            others=[ex.other_answer(toward) for ex in self.fitting],
         )
         return shifts
 
@@ -404,7 +404,6 @@ def _setup(step: Any) -> tuple[_Steer, list[tuple[Example, Behaviour]], list[Exa
     stats = SiteStats.from_record(read_record(record.path), kind)
     score = read_scores(neurons.path)["score"]
     labelled = read_test_answers(behave.path)
-    warn_if_first_tokens_agree_on(tokenizer, labelled, "steer")
     trained = read_split(data.path, "train")
     bench = Bench(model, tokenizer, task, cfg, kind)
     bounds = Bounds(sc.max_other, sc.min_retention, sc.screen_prompts, sc.screen_keep)

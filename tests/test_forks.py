@@ -1,0 +1,143 @@
+"""Where two answers part (`memgen.core.forks`), and the measures taken there: margins and
+fitted shifts read after the shared tokens, as generation writes them."""
+
+from __future__ import annotations
+
+import string
+
+import numpy as np
+import pytest
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+import memgen
+from memgen import Steering
+from memgen.core.errors import MemgenError
+from memgen.core.forks import Fork, answer_forks, fork_tokens
+from memgen.core.generation import encode_prompt
+from memgen.core.modeling import model_identity
+from memgen.steering.shifts import fit_shifts, fork_margins, generate_shifted
+
+PROMPTS = [
+    "Bob is cat . Eve is cat . Eve is red . what color is Bob ?",
+    "Ivy is owl . what color is Ivy ?",
+    "Kate is bat . Oscar is bat . Oscar is lime . what color is Kate ?",
+]
+
+
+def test_math_answers_part_after_the_piece_a_pretrained_tokenizer_splits_off() -> None:
+    """The scratch tokenizer keeps math's tag and `<scratch>` whole: they part at once.
+    Split a character at a time (as SmolLM2's BPE splits both after `<`), they share `<`."""
+    from memgen.tasks import make_task
+    from memgen.tasks.base import TokenizerSpec
+    from memgen.tasks.math import SCRATCH_OPEN, TAGS
+    from memgen.tasks.tokenizer import build_tokenizer
+
+    tag, pad = TAGS[0], f"{SCRATCH_OPEN}\n1+2+c0=3 w3 c0"
+    whole = build_tokenizer(make_task("math").tokenizer_spec())
+    (fork,) = answer_forks(whole, [tag], [pad])
+    assert fork.shared == () and fork.decides
+    split = build_tokenizer(TokenizerSpec(kind="char", vocabulary=tuple(string.printable)))
+    (fork,) = answer_forks(split, [tag], [pad])
+    assert split.decode(list(fork.shared)) == "<" and fork.decides
+    assert split.decode([fork.token, fork.other]) == f"{tag[1]}{pad[1]}"
+    assert fork.path == (*fork.shared, fork.token) and fork.swapped().token == fork.other
+
+
+def test_forks_of_answers_that_end_agree_or_are_missing(
+    tiny_gpt2_with_tokenizer: tuple[PreTrainedModel, PreTrainedTokenizerBase],
+) -> None:
+    _, tokenizer = tiny_gpt2_with_tokenizer
+    eos = tokenizer.eos_token_id
+    red, blue, olive = (tokenizer.convert_tokens_to_ids(w) for w in ("red", "blue", "olive"))
+    answers = ["red blue", "red", "red blue", "red", "olive"]
+    forks = answer_forks(tokenizer, answers, ["red olive", "red blue", "red blue", "", "red"])
+    assert forks[0] == Fork((red,), blue, olive)
+    assert forks[1] == Fork((red,), eos, blue)  # an answer that ends says the end token
+    assert not forks[2].decides and not forks[3].decides  # the same answer; no other one
+    assert forks[4] == Fork((), olive, red)
+    token, other = fork_tokens(forks)
+    assert token.tolist() == [blue, eos, -1, -1, olive]
+    assert other.tolist() == [olive, blue, -1, -1, red]
+    assert answer_forks(tokenizer, ["red"]) == [Fork((), red, -1)]
+    with pytest.raises(MemgenError, match="empty answer"):
+        answer_forks(tokenizer, ["red", ""], ["blue", "red"])
+    with pytest.raises(MemgenError, match="2 answers but 1"):
+        answer_forks(tokenizer, ["red", "blue"], ["blue"])
+
+
+def _generated_margin(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    fork: Fork,
+    shift: np.ndarray,
+) -> float:
+    """The margin at the fork as generation meets it: the prompt, then each shared token
+    fed on the cache, every pass steered at its last position."""
+    identity = model_identity(model)
+    with memgen.steer(model, Steering(identity, "resid", "last", shift)), torch.no_grad():
+        ids = torch.tensor([encode_prompt(tokenizer, prompt, False)])
+        out = model(input_ids=ids, use_cache=True)
+        for token in fork.shared:
+            out = model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values,
+                        use_cache=True)  # fmt: skip
+        logits = out.logits[0, -1]
+    return float(logits[fork.token] - logits[fork.other])
+
+
+def test_fork_margins_are_read_where_generation_meets_the_fork(
+    tiny_gpt2_with_tokenizer: tuple[PreTrainedModel, PreTrainedTokenizerBase],
+) -> None:
+    """Row 0 unsteered, row k under shift k, on prompts of different lengths batched
+    together, whose answers part at once, after one shared token, or after two."""
+    model, tokenizer = tiny_gpt2_with_tokenizer
+    wanted, unwanted = ["red", "red blue", "red red olive"], ["white", "red cyan", "red red lime"]
+    rng = np.random.default_rng(0)
+    shifts = np.zeros((2, 2, 32))
+    shifts[0, 0, :6] = rng.normal(0, 4, 6)
+    shifts[1, 1] = rng.normal(0, 2, 32)
+    got = fork_margins(model, tokenizer, PROMPTS, wanted, unwanted, shifts, "resid", batch_size=4)
+    forks = answer_forks(tokenizer, wanted, unwanted)
+    assert [len(fork.shared) for fork in forks] == [0, 1, 2]
+    expected = [
+        [_generated_margin(model, tokenizer, PROMPTS[i], forks[i], shift) for i in range(3)]
+        for shift in [np.zeros((2, 32)), *shifts]
+    ]
+    assert got.shape == (3, 3)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert np.abs(got[1:] - got[0]).max() > 0.1  # the shifts move the margins
+    same = fork_margins(model, tokenizer, PROMPTS[:1], ["red"], ["red"], shifts, "resid")
+    assert np.isnan(same).all()  # answers that never part have no margin
+
+
+def test_a_shift_fitted_at_the_fork_is_judged_as_generation_would_judge_it(
+    tiny_gpt2_with_tokenizer: tuple[PreTrainedModel, PreTrainedTokenizerBase],
+) -> None:
+    """Two shifts fitted together, each toward an answer that starts like the one it
+    steers away from. One shift added at every position can make this random model say
+    `olive olive` (it pushes `olive` everywhere), not `? red` (its `?` then `red`, where
+    it already says `? ?`). The in-sample fit must say which, as greedy generation does,
+    and the fitted branch must be the one taken."""
+    model, tokenizer = tiny_gpt2_with_tokenizer
+    plain = generate_shifted(model, tokenizer, PROMPTS, np.zeros((1, 2, 32)), "resid", "last",
+                             max_new_tokens=2)[0]  # fmt: skip
+    assert plain == ["? ?"] * 3
+    masks = np.ones((1, 2, 32), dtype=bool)
+    wanted, others = ["olive olive", "? red"], ["olive red", "? blue"]
+    unit = np.ones((2, 32))
+
+    def fit(want: str, other: str) -> tuple[np.ndarray, np.ndarray]:
+        return fit_shifts(model, tokenizer, PROMPTS, [want] * 3, masks, unit, "resid",
+                          budget=100.0, steps=150, others=[other] * 3)  # fmt: skip
+
+    fitted = [fit(want, other) for want, other in zip(wanted, others, strict=True)]
+    shifts = np.concatenate([shift for shift, _ in fitted])
+    outputs = generate_shifted(model, tokenizer, PROMPTS, shifts, "resid", "last",
+                               max_new_tokens=2)  # fmt: skip
+    for (_, fit), want, said in zip(fitted, wanted, outputs, strict=True):
+        assert fit[0] == np.mean([out == want for out in said])
+    assert outputs[0] == ["olive olive"] * 3 and "? red" not in outputs[1]
+    margins = fork_margins(model, tokenizer, PROMPTS, ["olive olive"] * 3, ["olive red"] * 3,
+                           shifts[:1], "resid")  # fmt: skip
+    assert (margins[1] > 0).all()  # at the fork, after `olive`, the wanted branch leads
