@@ -16,7 +16,7 @@ from memgen.core.errors import MemgenError
 from memgen.core.forks import Fork, answer_forks, fork_tokens
 from memgen.core.generation import encode_prompt
 from memgen.core.modeling import model_identity
-from memgen.steering.shifts import fit_shifts, fork_margins, generate_shifted
+from memgen.steering.shifts import fit_shifts, fork_margins, generate_shifted, next_token_kl
 
 PROMPTS = [
     "Bob is cat . Eve is cat . Eve is red . what color is Bob ?",
@@ -66,14 +66,14 @@ def test_forks_of_answers_that_end_agree_or_are_missing(
         answer_forks(tokenizer, ["red", "blue"], ["blue"])
 
 
-def _generated_margin(
+def _generated_logits(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompt: str,
     fork: Fork,
     shift: np.ndarray,
-) -> float:
-    """The margin at the fork as generation meets it: the prompt, then each shared token
+) -> torch.Tensor:
+    """The logits at the fork as generation meets it: the prompt, then each shared token
     fed on the cache, every pass steered at its last position."""
     identity = model_identity(model)
     with memgen.steer(model, Steering(identity, "resid", "last", shift)), torch.no_grad():
@@ -82,7 +82,17 @@ def _generated_margin(
         for token in fork.shared:
             out = model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values,
                         use_cache=True)  # fmt: skip
-        logits = out.logits[0, -1]
+    return out.logits[0, -1].float()
+
+
+def _generated_margin(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    fork: Fork,
+    shift: np.ndarray,
+) -> float:
+    logits = _generated_logits(model, tokenizer, prompt, fork, shift)
     return float(logits[fork.token] - logits[fork.other])
 
 
@@ -141,3 +151,23 @@ def test_a_shift_fitted_at_the_fork_is_judged_as_generation_would_judge_it(
     margins = fork_margins(model, tokenizer, PROMPTS, ["olive olive"] * 3, ["olive red"] * 3,
                            shifts[:1], "resid")  # fmt: skip
     assert (margins[1] > 0).all()  # at the fork, after `olive`, the wanted branch leads
+
+
+def test_the_kl_at_forks_is_that_of_the_distributions_generation_meets_there(
+    tiny_gpt2_with_tokenizer: tuple[PreTrainedModel, PreTrainedTokenizerBase],
+) -> None:
+    model, tokenizer = tiny_gpt2_with_tokenizer
+    forks = answer_forks(tokenizer, ["red", "red blue", "red red olive"],
+                         ["white", "red cyan", "red red lime"])  # fmt: skip
+    shifts = np.random.default_rng(1).normal(0, 1, (2, 2, 32))
+    got = next_token_kl(model, tokenizer, PROMPTS, shifts, "resid", forks=forks)
+    zero = np.zeros((2, 32))
+    for k, shift in enumerate(shifts):
+        kls = []
+        for prompt, fork in zip(PROMPTS, forks, strict=True):
+            base = torch.log_softmax(_generated_logits(model, tokenizer, prompt, fork, zero), -1)
+            moved = torch.log_softmax(_generated_logits(model, tokenizer, prompt, fork, shift), -1)
+            kls.append(float((base.exp() * (base - moved)).sum()))
+        assert got[k] == pytest.approx(np.mean(kls), rel=1e-3, abs=1e-6)
+    at_prompt = next_token_kl(model, tokenizer, PROMPTS, shifts, "resid")
+    assert not np.allclose(got, at_prompt)  # two of the three are read a token or two later

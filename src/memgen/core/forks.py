@@ -23,6 +23,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from memgen.core.errors import MemgenError
+from memgen.core.examples import Example
 from memgen.core.generation import encode_prompt
 
 
@@ -88,6 +89,17 @@ def answer_forks(
             raise MemgenError("an example has an empty answer; there is no token to fit toward")
         forks.append(_fork(first, _tokens(tokenizer, others[i]) if others else [], end))
     return forks
+
+
+def forks_toward(
+    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], toward: str
+) -> list[Fork]:
+    """Each example's answer by the `toward` behaviour, forked from the other behaviour's."""
+    return answer_forks(
+        tokenizer,
+        [ex.answer(toward) for ex in examples],
+        [ex.other_answer(toward) for ex in examples],
+    )
 
 
 def fork_tokens(forks: Sequence[Fork]) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ from transformers import PreTrainedModel
 from memgen.core.artifacts import Step, write_json
 from memgen.core.config import SpecificityConfig
 from memgen.core.examples import Example, read_test_answers
+from memgen.core.forks import forks_toward
 from memgen.core.modeling import load_run_model
 from memgen.core.recorded import read_record
 from memgen.core.rows import Direction, SpecificityRow, Spread, dump_rows, with_holm
@@ -56,8 +57,8 @@ def run_specificity(step: Step) -> None:
     # Collateral is measured where a shift toward a behaviour should change nothing: on
     # prompts the model already answers with it (none of them is fitted on), as many as
     # steer's held-out side effects use.
-    kl_prompts = {
-        toward: [ex.prompt for ex, label in labelled if label == toward][: sc.n_side_effect // 2]
+    kl_examples = {
+        toward: [ex for ex, label in labelled if label == toward][: sc.n_side_effect // 2]
         for _, toward in DIRECTIONS.values()
     }
     out = stage.begin()
@@ -93,7 +94,7 @@ def run_specificity(step: Step) -> None:
                         others=[ex.other_answer(toward) for ex in fitting],
                     )
                     outcomes = _measure(
-                        bench, held_out, kl_prompts[toward], shifts, direction, spec
+                        bench, held_out, kl_examples[toward], shifts, direction, spec
                     )
                     common = {"site": site, "scorer": scorer, "direction": direction}
                     rows += _size_rows(outcomes, spec, targeted, toward, held_out, common, budget)
@@ -119,17 +120,17 @@ class _Outcomes:
 def _measure(
     bench: Bench,
     held_out: Sequence[Example],
-    kl_prompts: Sequence[str],
+    kl_examples: Sequence[Example],
     shifts: np.ndarray,
     direction: Direction,
     spec: SpecificityConfig,
 ) -> _Outcomes:
     """Each shift's held-out answers; how far it moves each held-out prompt's logit gap
     toward the target answer where the two answers part (the target's token there minus
-    the source answer's, `fork_margins`); its KL on `kl_prompts`; and the gap moved by each
-    draw scaled to its size's top-set KL. The gap and the KL steer every fed position
-    after the prompt's last token ("last"), whatever `specificity.position` the answers
-    are steered at."""
+    the source answer's, `fork_margins`); its KL on `kl_examples`, at their forks from the
+    source answer (`next_token_kl`); and the gap moved by each draw scaled to its size's
+    top-set KL. The gap and the KL steer every fed position after the prompt's last
+    token ("last"), whatever `specificity.position` the answers are steered at."""
     source, toward = DIRECTIONS[direction]
     model, tokenizer, kind, cfg = bench.model, bench.tokenizer, bench.kind, bench.cfg
     batch, chat = cfg.steer.batch_size, cfg.train.chat
@@ -151,7 +152,11 @@ def _measure(
 
     labels = bench.labels(held_out, shifts, spec.position)
     moved = gains(shifts)
-    kl = next_token_kl(model, tokenizer, kl_prompts, shifts, kind, batch_size=batch, chat=chat)
+    kl_prompts = [ex.prompt for ex in kl_examples]
+    forks = forks_toward(tokenizer, kl_examples, toward)
+    kl = next_token_kl(
+        model, tokenizer, kl_prompts, shifts, kind, batch_size=batch, chat=chat, forks=forks
+    )
     scales, at_kl = np.ones(len(shifts)), moved.mean(axis=1)  # the top sets: as fitted
     if not kl_prompts:
         scales[:] = at_kl[:] = np.nan
@@ -159,16 +164,9 @@ def _measure(
     draws = np.arange(len(shifts)) % (1 + spec.draws) != 0
     target = np.repeat(kl[:: 1 + spec.draws], 1 + spec.draws)  # each draw: its top set's
     scales[draws] = scales_at_kl(
-        model,
-        tokenizer,
-        kl_prompts,
-        shifts[draws],
-        target[draws],
-        kind,
-        at_one=kl[draws],
-        batch_size=batch,
-        chat=chat,
-    )
+        model, tokenizer, kl_prompts, shifts[draws], target[draws], kind,
+        at_one=kl[draws], batch_size=batch, chat=chat, forks=forks,
+    )  # fmt: skip
     scaled = shifts[draws] * np.nan_to_num(scales[draws])[:, None, None]
     at_kl[draws] = np.where(np.isnan(scales[draws]), np.nan, gains(scaled).mean(axis=1))
     return _Outcomes(labels, moved, kl, scales, at_kl)

@@ -229,8 +229,11 @@ def next_token_kl(
     *,
     batch_size: int = 128,
     chat: bool = False,
+    forks: Sequence[Fork] | None = None,
 ) -> np.ndarray:
-    """[K]: mean KL(unsteered || steered) of the next-token distribution after each prompt."""
+    """[K]: mean KL(unsteered || steered) of the next-token distribution after each prompt,
+    or, given `forks`, at each prompt's fork (its answer's shared tokens fed after it,
+    shifted as generation would), where the behaviour is decided."""
     if not prompts:
         return np.full(len(shifts), np.nan)
 
@@ -241,8 +244,9 @@ def next_token_kl(
         return kl.sum(0).double().cpu()
 
     parts = _over_last_logits(
-        model, tokenizer, prompts, shifts, kind, kl_sums, batch_size=batch_size, chat=chat
-    )
+        model, tokenizer, prompts, shifts, kind, kl_sums, batch_size=batch_size, chat=chat,
+        forks=forks,
+    )  # fmt: skip
     total = torch.zeros(len(shifts), dtype=torch.float64)
     for part in parts:  # in order, as the sum always ran
         total += part
@@ -264,11 +268,12 @@ def scales_at_kl(
     steps: int = 6,
     batch_size: int = 128,
     chat: bool = False,
+    forks: Sequence[Fork] | None = None,
 ) -> np.ndarray:
     """[K]: per shift, the factor c at which `c * shift` moves the next-token distribution
-    after `prompts` by `target[k]` (`next_token_kl`), so shifts can be compared at equal
-    collateral instead of equal norm; NaN where no c up to `ceiling` gets there, or where
-    a target or a KL met on the way is not finite.
+    after `prompts` (at their `forks`, given) by `target[k]` (`next_token_kl`), so shifts
+    can be compared at equal collateral instead of equal norm; NaN where no c up to
+    `ceiling` gets there, or where a target or a KL met on the way is not finite.
 
     The bracket [lo, hi] (KL below the target at lo, at or above it at hi) starts at
     [0, 1], doubles hi up to `ceiling` while the KL there is short, then is halved `steps`
@@ -288,17 +293,11 @@ def scales_at_kl(
         return found
 
     def kl(scales: np.ndarray) -> np.ndarray:
-        return checked(
-            next_token_kl(
-                model,
-                tokenizer,
-                prompts,
-                shifts * scales[:, None, None],
-                kind,
-                batch_size=batch_size,
-                chat=chat,
-            )
+        scaled = shifts * scales[:, None, None]
+        found = next_token_kl(
+            model, tokenizer, prompts, scaled, kind, batch_size=batch_size, chat=chat, forks=forks
         )
+        return checked(found)
 
     lo, hi = np.zeros(len(shifts)), np.ones(len(shifts))
     kl_lo = np.zeros(len(shifts))

@@ -31,6 +31,7 @@ import numpy as np
 from memgen.core.artifacts import Step, write_json
 from memgen.core.config import RunConfig, set_name
 from memgen.core.examples import Behaviour, Example, read_split, read_test_answers
+from memgen.core.forks import forks_toward
 from memgen.core.hooks import Position
 from memgen.core.modeling import load_run_model, model_identity
 from memgen.core.neuron_set import NeuronSet, read_scores
@@ -69,10 +70,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SideSet:
-    """Training prompts the unsteered model answers with one behaviour, and its answers."""
+    """Training prompts the unsteered model answers with one behaviour (`toward`), and its
+    answers."""
 
     examples: list[Example]
     answers: list[str]
+    toward: Toward
 
     def retention(self, bench: Bench, shifts: np.ndarray, position: Position) -> list[float]:
         """Per shift: the share of these prompts whose answer stays the same."""
@@ -101,7 +104,8 @@ def side_sets(
     ][:n]
     first, second = tuning_and_held_out(len(kept), seed)
     pick = [
-        SideSet([kept[i][0] for i in rows], [kept[i][1] for i in rows]) for rows in (first, second)
+        SideSet([kept[i][0] for i in rows], [kept[i][1] for i in rows], toward)
+        for rows in (first, second)
     ]
     return pick[0], pick[1]
 
@@ -295,6 +299,7 @@ def _side_effect(
         run.kind,
         batch_size=run.cfg.behave.batch_size,
         chat=run.cfg.train.chat,
+        forks=forks_toward(run.bench.tokenizer, side_held.examples, side_held.toward),
     )
     return SideEffect(
         retention=retention,
