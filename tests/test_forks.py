@@ -60,6 +60,8 @@ def test_forks_of_answers_that_end_agree_or_are_missing(
     assert token.tolist() == [blue, eos, -1, -1, olive]
     assert other.tolist() == [olive, blue, -1, -1, red]
     assert answer_forks(tokenizer, ["red"]) == [Fork((), red, -1)]
+    ended = Fork((red,), -1, blue)  # an answer that ends where no end token can be said
+    assert not ended.decides and ended.path == (red,)
     with pytest.raises(MemgenError, match="empty answer"):
         answer_forks(tokenizer, ["red", ""], ["blue", "red"])
     with pytest.raises(MemgenError, match="2 answers but 1"):
@@ -72,11 +74,13 @@ def _generated_logits(
     prompt: str,
     fork: Fork,
     shift: np.ndarray,
+    position: str = "last",
 ) -> torch.Tensor:
     """The logits at the fork as generation meets it: the prompt, then each shared token
-    fed on the cache, every pass steered at its last position."""
+    fed on the cache, every pass steered at its last position ("prompt": the first)."""
     identity = model_identity(model)
-    with memgen.steer(model, Steering(identity, "resid", "last", shift)), torch.no_grad():
+    steering = Steering(identity, "resid", position, shift)  # type: ignore[arg-type]
+    with memgen.steer(model, steering), torch.no_grad():
         ids = torch.tensor([encode_prompt(tokenizer, prompt, False)])
         out = model(input_ids=ids, use_cache=True)
         for token in fork.shared:
@@ -91,8 +95,9 @@ def _generated_margin(
     prompt: str,
     fork: Fork,
     shift: np.ndarray,
+    position: str = "last",
 ) -> float:
-    logits = _generated_logits(model, tokenizer, prompt, fork, shift)
+    logits = _generated_logits(model, tokenizer, prompt, fork, shift, position)
     return float(logits[fork.token] - logits[fork.other])
 
 
@@ -119,6 +124,17 @@ def test_fork_margins_are_read_where_generation_meets_the_fork(
     assert np.abs(got[1:] - got[0]).max() > 0.1  # the shifts move the margins
     same = fork_margins(model, tokenizer, PROMPTS[:1], ["red"], ["red"], shifts, "resid")
     assert np.isnan(same).all()  # answers that never part have no margin
+    # Steered at the prompt's pass only, the shared tokens are fed unshifted.
+    first = fork_margins(model, tokenizer, PROMPTS, wanted, unwanted, shifts, "resid",
+                         position="prompt")  # fmt: skip
+    pairs = list(zip(PROMPTS, forks, strict=True))
+    at_prompt = [
+        [_generated_margin(model, tokenizer, p, f, shift, "prompt") for p, f in pairs]
+        for shift in shifts
+    ]
+    np.testing.assert_allclose(first[1:], at_prompt, atol=1e-4)
+    np.testing.assert_allclose(first[:, 0], got[:, 0], atol=1e-5)  # no shared token: as "last"
+    assert np.abs(first[1:, 1:] - got[1:, 1:]).max() > 1e-3
 
 
 def test_a_shift_fitted_at_the_fork_is_judged_as_generation_would_judge_it(

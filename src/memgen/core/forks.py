@@ -37,8 +37,10 @@ class Fork:
 
     @property
     def path(self) -> tuple[int, ...]:
-        """The answer up to and including its token at the fork: what a fit makes it say."""
-        return (*self.shared, self.token)
+        """The answer up to and including its token at the fork: what a fit makes it say
+        (up to the fork only, where the answer ends there and the tokenizer has no end
+        token to say)."""
+        return (*self.shared, self.token) if self.token >= 0 else self.shared
 
     def swapped(self) -> Fork:
         """The other answer's fork from this one: the same shared tokens, then its token."""
@@ -47,7 +49,7 @@ class Fork:
     @property
     def decides(self) -> bool:
         """Whether the fork tells the two answers apart (both exist and differ)."""
-        return self.other >= 0 and self.token != self.other
+        return self.token >= 0 and self.other >= 0 and self.token != self.other
 
 
 def _tokens(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:

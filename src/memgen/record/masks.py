@@ -147,10 +147,11 @@ def learned_mask(
     inner = unwrap(model)
     fed = fed_to_fork(tokenizer, prompts, forks, chat)
     rule_ids = np.array([fork.token for fork in forks])
+    usable = np.flatnonzero(rule_ids >= 0)  # an answer that ends at its fork, no end token
     with frozen(model):
         for _ in tqdm(range(steps), desc=f"mask {method}", disable=None, leave=False):
-            count = (min(batch_size, len(forks)),)
-            rows = torch.randint(len(forks), count, generator=generator).numpy()
+            count = (min(batch_size, len(usable)),)
+            rows = usable[torch.randint(len(usable), count, generator=generator).numpy()]
             ids, mask = pad_left([fed[i] for i in rows], pad_id_of(tokenizer), device)
             z = gates.sample(generator)  # on the gates' device
             edits = {

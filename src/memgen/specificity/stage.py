@@ -92,6 +92,7 @@ def run_specificity(step: Step) -> None:
                         seed=cfg.seed,
                         chat=cfg.train.chat,
                         others=[ex.other_answer(toward) for ex in fitting],
+                        position=spec.position,
                     )
                     outcomes = _measure(
                         bench, held_out, kl_examples[toward], shifts, direction, spec
@@ -110,6 +111,7 @@ class _Outcomes:
 
     labels: list[list[str]]  # [K][n held out]
     gains: np.ndarray  # [K, n held out]: logit gap moved toward the target, per prompt
+    # whose two answers part somewhere (`memgen.core.forks`)
     kl: np.ndarray  # [K]: next-token KL on prompts already at the target (NaN: none)
     # [K]: each shift's factor to reach its size's top-set KL (1 for the top sets; NaN
     # where it could not), and the mean gap moved with the shift so scaled.
@@ -129,8 +131,8 @@ def _measure(
     toward the target answer where the two answers part (the target's token there minus
     the source answer's, `fork_margins`); its KL on `kl_examples`, at their forks from the
     source answer (`next_token_kl`); and the gap moved by each draw scaled to its size's
-    top-set KL. The gap and the KL steer every fed position after the prompt's last
-    token ("last"), whatever `specificity.position` the answers are steered at."""
+    top-set KL. Shifts are fitted, and the gap and the KL read, as `specificity.position`
+    steers: at every token fed ("last") or at the prompt's last one ("prompt")."""
     source, toward = DIRECTIONS[direction]
     model, tokenizer, kind, cfg = bench.model, bench.tokenizer, bench.kind, bench.cfg
     batch, chat = cfg.steer.batch_size, cfg.train.chat
@@ -146,17 +148,20 @@ def _measure(
             kind,
             batch_size=batch,
             chat=chat,
+            position=spec.position,
         )
         moved: np.ndarray = margins[1:] - margins[0]
-        return moved
+        return moved[:, np.isfinite(margins).all(axis=0)]  # answers that never part: no gap
 
     labels = bench.labels(held_out, shifts, spec.position)
     moved = gains(shifts)
     kl_prompts = [ex.prompt for ex in kl_examples]
     forks = forks_toward(tokenizer, kl_examples, toward)
+    pos = spec.position
     kl = next_token_kl(
-        model, tokenizer, kl_prompts, shifts, kind, batch_size=batch, chat=chat, forks=forks
-    )
+        model, tokenizer, kl_prompts, shifts, kind, batch_size=batch, chat=chat, forks=forks,
+        position=pos,
+    )  # fmt: skip
     scales, at_kl = np.ones(len(shifts)), moved.mean(axis=1)  # the top sets: as fitted
     if not kl_prompts:
         scales[:] = at_kl[:] = np.nan
@@ -165,7 +170,7 @@ def _measure(
     target = np.repeat(kl[:: 1 + spec.draws], 1 + spec.draws)  # each draw: its top set's
     scales[draws] = scales_at_kl(
         model, tokenizer, kl_prompts, shifts[draws], target[draws], kind,
-        at_one=kl[draws], batch_size=batch, chat=chat, forks=forks,
+        at_one=kl[draws], batch_size=batch, chat=chat, forks=forks, position=pos,
     )  # fmt: skip
     scaled = shifts[draws] * np.nan_to_num(scales[draws])[:, None, None]
     at_kl[draws] = np.where(np.isnan(scales[draws]), np.nan, gains(scaled).mean(axis=1))

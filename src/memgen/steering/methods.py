@@ -17,7 +17,8 @@ same treatment. Sizes (`size`) are in each method's own unit:
   its own standard deviations: one grid fits every model.
 - `fitted`: per-neuron values fitted by gradient (model frozen) to make the target
   behaviour's answer, up to where it parts from the source behaviour's
-  (`memgen.core.forks`); `size` is the L2 budget in neuron sds.
+  (`memgen.core.forks`), as a shift at every position ("last") acts; the same values are
+  also tried at "prompt". `size` is the L2 budget in neuron sds.
 - `fitted_layer`: the fitted method on every neuron of one layer (a learned steering
   vector, as `memgen bound` fits); `size` is the budget. Its matched control is a random
   direction of the same norm at that layer: random neurons of a whole layer are the layer.

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import PreTrainedModel
 
+from memgen.core.hooks import Position
 from memgen.core.modeling import cache_argument
 from memgen.core.prefix import Prefix
 
@@ -44,12 +45,14 @@ def steered_logits(
     prefix: Prefix,
     shifts: torch.Tensor,
     tails: torch.Tensor | None = None,
+    position: Position = "last",
 ) -> torch.Tensor:
     """[N, K, 1 + T, vocab]: the logits at each prompt's last token and at each of its
     `tails` tokens [N, T] fed after it (teacher-forced; padding after a shorter tail is
     read by nothing before it), under each of `shifts` [K, L, W], every fed position
     shifted, as a shift at the last position of every pass shifts every token
-    generation feeds."""
+    generation feeds ("last"; "prompt": the prompt's last token only, as a shift of the
+    prompt's pass does)."""
     batch, copies = len(prefix.ids), len(shifts)
     fed = prefix.ids[:, -1:] if tails is None else torch.cat([prefix.ids[:, -1:], tails], 1)
     span = fed.shape[1]
@@ -69,6 +72,10 @@ def steered_logits(
     blocked = torch.zeros(seen.shape, dtype=dtype, device=seen.device)
     blocked = blocked.masked_fill(~seen, torch.finfo(dtype).min)[:, None]  # [N, 1, K*S, keys]
     rows = shifts[None, :, None].expand(batch, -1, span, -1, -1)
+    if position == "prompt" and span > 1:
+        first = torch.zeros(span, dtype=shifts.dtype, device=shifts.device)
+        first[0] = 1.0
+        rows = rows * first[:, None, None]
     shifter.rows = rows.reshape(batch, copies * span, *shifts.shape[1:])
     positions = prefix.positions[:, -1:] + torch.arange(span, device=device)
     try:

@@ -194,12 +194,13 @@ def _over_last_logits(
     batch_size: int,
     chat: bool,
     forks: Sequence[Fork] | None = None,
+    position: Position = "last",
 ) -> list[torch.Tensor]:
     """`reduce(rows, logits)` for each chunk of prompts, in order, where `logits` [chunk,
     K + 1, vocab] are each prompt's next-token logits unsteered (row group 0) and under
     each of `shifts` [K, L, W], the shared prompt run once (`steered_logits`): after its
     last token, or, given `forks`, after the answers' shared tokens fed as generation
-    would (shifted too)."""
+    would (shifted too at `position` "last", not at "prompt")."""
     model.eval()
     device = _device(model)
     encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in prompts]
@@ -207,12 +208,16 @@ def _over_last_logits(
     table = torch.as_tensor(np.concatenate([zero, shifts]).astype(np.float32), device=device)
     per_call = max(1, batch_size // len(table))
     shifter = RowShifts(kind, steered_layers(shifts), "last")
-    tails = _Tails.of(forks or [Fork((), 0, -1)] * len(prompts), pad_id_of(tokenizer), device)
+    if forks is not None and len(forks) != len(prompts):
+        raise MemgenError(f"{len(prompts)} prompts but {len(forks)} forks")
+    tails = _Tails.of(
+        forks or [Fork((), 0, -1)] * len(prompts), pad_id_of(tokenizer), device, position
+    )
 
     def run(start: int) -> torch.Tensor:
         rows = slice(start, start + per_call)
         prefix = Prefix.of(model, *pad_left(encoded[rows], pad_id_of(tokenizer), device))
-        logits = steered_logits(model, shifter, prefix, table, tails.of_rows(rows))
+        logits = tails.steered(model, shifter, prefix, table, rows)
         return reduce(rows, tails.at_fork(logits, rows))
 
     with shifter.attached(model):
@@ -230,10 +235,11 @@ def next_token_kl(
     batch_size: int = 128,
     chat: bool = False,
     forks: Sequence[Fork] | None = None,
+    position: Position = "last",
 ) -> np.ndarray:
     """[K]: mean KL(unsteered || steered) of the next-token distribution after each prompt,
     or, given `forks`, at each prompt's fork (its answer's shared tokens fed after it,
-    shifted as generation would), where the behaviour is decided."""
+    shifted as generation at `position` would), where the behaviour is decided."""
     if not prompts:
         return np.full(len(shifts), np.nan)
 
@@ -245,7 +251,7 @@ def next_token_kl(
 
     parts = _over_last_logits(
         model, tokenizer, prompts, shifts, kind, kl_sums, batch_size=batch_size, chat=chat,
-        forks=forks,
+        forks=forks, position=position,
     )  # fmt: skip
     total = torch.zeros(len(shifts), dtype=torch.float64)
     for part in parts:  # in order, as the sum always ran
@@ -269,6 +275,7 @@ def scales_at_kl(
     batch_size: int = 128,
     chat: bool = False,
     forks: Sequence[Fork] | None = None,
+    position: Position = "last",
 ) -> np.ndarray:
     """[K]: per shift, the factor c at which `c * shift` moves the next-token distribution
     after `prompts` (at their `forks`, given) by `target[k]` (`next_token_kl`), so shifts
@@ -295,8 +302,9 @@ def scales_at_kl(
     def kl(scales: np.ndarray) -> np.ndarray:
         scaled = shifts * scales[:, None, None]
         found = next_token_kl(
-            model, tokenizer, prompts, scaled, kind, batch_size=batch_size, chat=chat, forks=forks
-        )
+            model, tokenizer, prompts, scaled, kind, batch_size=batch_size, chat=chat,
+            forks=forks, position=position,
+        )  # fmt: skip
         return checked(found)
 
     lo, hi = np.zeros(len(shifts)), np.ones(len(shifts))
@@ -345,10 +353,11 @@ def fork_margins(
     *,
     batch_size: int = 128,
     chat: bool = False,
+    position: Position = "last",
 ) -> np.ndarray:
     """[K + 1, n]: logit of each wanted answer's token minus the unwanted one's where the
     two part (their shared tokens fed after the prompt, `memgen.core.forks`; NaN where
-    they never do), unsteered (row 0) and under each of `shifts` [K, L, W].
+    they never do), unsteered (row 0) and under each of `shifts` [K, L, W] at `position`.
 
     A continuous outcome beside the flip share: a shift can move every prompt's margin a
     long way and still flip none, or flip the few that sat near zero.
@@ -368,7 +377,7 @@ def fork_margins(
 
     parts = _over_last_logits(
         model, tokenizer, prompts, shifts, kind, gaps, batch_size=batch_size, chat=chat,
-        forks=forks,
+        forks=forks, position=position,
     )  # fmt: skip
     result: np.ndarray = torch.cat(parts).T.numpy()
     return result
@@ -380,15 +389,19 @@ class _Tails:
 
     `tokens` [N, T]: each fork's shared tokens, padded (None where no fork shares one);
     `lengths` [N]: where its fork is among the 1 + T positions fed; `paths` [N, 1 + T]:
-    the answer's tokens up to its fork, -100 after.
+    the answer's tokens up to its fork, -100 after; `position`: the positions a shift
+    moves ("last": every one fed, "prompt": the prompt's last token only).
     """
 
     tokens: torch.Tensor | None
     lengths: torch.Tensor
     paths: torch.Tensor
+    position: Position = "last"
 
     @classmethod
-    def of(cls, forks: Sequence[Fork], pad: int, device: torch.device) -> _Tails:
+    def of(
+        cls, forks: Sequence[Fork], pad: int, device: torch.device, position: Position = "last"
+    ) -> _Tails:
         longest = max((len(fork.shared) for fork in forks), default=0)
         tokens = torch.full((len(forks), longest), pad, dtype=torch.long)
         paths = torch.full((len(forks), 1 + longest), -100, dtype=torch.long)
@@ -397,10 +410,19 @@ class _Tails:
             paths[row, : len(fork.path)] = torch.tensor(fork.path, dtype=torch.long)
         lengths = torch.tensor([len(fork.shared) for fork in forks], dtype=torch.long)
         fed = tokens.to(device) if longest else None
-        return cls(fed, lengths.to(device), paths.to(device))
+        return cls(fed, lengths.to(device), paths.to(device), position)
 
-    def of_rows(self, rows: slice | np.ndarray) -> torch.Tensor | None:
-        return None if self.tokens is None else self.tokens[_index(rows)]
+    def steered(
+        self,
+        model: PreTrainedModel,
+        shifter: RowShifts,
+        prefix: Prefix,
+        shifts: torch.Tensor,
+        rows: slice | np.ndarray,
+    ) -> torch.Tensor:
+        """`steered_logits` [n, K, 1 + T, vocab] of `rows` (`prefix`: theirs), tails fed."""
+        fed = None if self.tokens is None else self.tokens[_index(rows)]
+        return steered_logits(model, shifter, prefix, shifts, fed, self.position)
 
     def at_fork(self, logits: torch.Tensor, rows: slice | np.ndarray) -> torch.Tensor:
         """[n, K, vocab]: the logits at each row's fork, of `steered_logits`' [n, K, S, vocab]."""
@@ -429,6 +451,7 @@ def fit_shifts(
     keep_prompts: Sequence[str] = (),
     keep_answers: Sequence[str] = (),
     others: Sequence[str] | None = None,
+    position: Position = "last",
 ) -> tuple[np.ndarray, np.ndarray]:
     """K shifts, each on its own neurons, fitted together so each makes `answers` come first.
 
@@ -441,7 +464,8 @@ def fit_shifts(
     position, the model frozen; given `others` (the answers to steer away from), of each
     answer's tokens up to where it parts from its other (`memgen.core.forks`), fed after
     the prompt and shifted as generation would, so two answers that start alike are told
-    apart where they differ. Returns the shifts [K, L, W] in activation units and, per
+    apart where they differ (`position`: as a shift at "last" or at "prompt" acts there).
+    Returns the shifts [K, L, W] in activation units and, per
     shift, the share of `prompts` whose greedy answer, with it added, is the answer's up
     to there (the in-sample fit).
     """
@@ -451,7 +475,7 @@ def fit_shifts(
     fit = _Values.zeros(masks, scale, _radius(budget, len(masks), device), device)
     encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in [*prompts, *keep_prompts]]
     forks = [*answer_forks(tokenizer, answers, others), *answer_forks(tokenizer, keep_answers)]
-    tails = _Tails.of(forks, pad_id_of(tokenizer), device)
+    tails = _Tails.of(forks, pad_id_of(tokenizer), device, position)
     shifter = RowShifts(kind, steered_layers(np.asarray(masks, dtype=np.float32)), "last")
     draws = _Draws(len(prompts), len(keep_prompts), batch_size, np.random.default_rng(seed))
     with frozen(model):
@@ -485,8 +509,7 @@ def _descend(
     optimiser = torch.optim.Adam([fit.values], lr=lr)
     for _ in range(steps):
         rows = draws.next()
-        fed = tails.of_rows(rows)
-        logits = steered_logits(model, shifter, prefix.select(rows), fit.shifts(), fed)
+        logits = tails.steered(model, shifter, prefix.select(rows), fit.shifts(), rows)
         loss = _summed_loss(logits, tails.paths[_index(rows)])
         optimiser.zero_grad()
         loss.backward()
@@ -577,7 +600,7 @@ def _hits(
     hits = torch.zeros(len(fitted))
     for start in range(0, n_prompts, batch):
         rows = np.arange(start, min(start + batch, n_prompts))
-        logits = steered_logits(model, shifter, prefix.select(rows), fitted, tails.of_rows(rows))
+        logits = tails.steered(model, shifter, prefix.select(rows), fitted, rows)
         paths = tails.paths[_index(rows)][:, None]  # [rows, 1, S]
         said = (logits.argmax(-1) == paths) | (paths == -100)  # [rows, K, S]
         hits += said.all(-1).sum(0).cpu()

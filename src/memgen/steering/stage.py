@@ -300,6 +300,7 @@ def _side_effect(
         batch_size=run.cfg.behave.batch_size,
         chat=run.cfg.train.chat,
         forks=forks_toward(run.bench.tokenizer, side_held.examples, side_held.toward),
+        position=position,
     )
     return SideEffect(
         retention=retention,
