@@ -89,15 +89,7 @@ def _generated_logits(
     return out.logits[0, -1].float()
 
 
-def _generated_margin(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompt: str,
-    fork: Fork,
-    shift: np.ndarray,
-    position: str = "last",
-) -> float:
-    logits = _generated_logits(model, tokenizer, prompt, fork, shift, position)
+def _margin(logits: torch.Tensor, fork: Fork) -> float:
     return float(logits[fork.token] - logits[fork.other])
 
 
@@ -115,8 +107,9 @@ def test_fork_margins_are_read_where_generation_meets_the_fork(
     got = fork_margins(model, tokenizer, PROMPTS, wanted, unwanted, shifts, "resid", batch_size=4)
     forks = answer_forks(tokenizer, wanted, unwanted)
     assert [len(fork.shared) for fork in forks] == [0, 1, 2]
+    pairs = list(zip(PROMPTS, forks, strict=True))
     expected = [
-        [_generated_margin(model, tokenizer, PROMPTS[i], forks[i], shift) for i in range(3)]
+        [_margin(_generated_logits(model, tokenizer, p, f, shift), f) for p, f in pairs]
         for shift in [np.zeros((2, 32)), *shifts]
     ]
     assert got.shape == (3, 3)
@@ -127,9 +120,8 @@ def test_fork_margins_are_read_where_generation_meets_the_fork(
     # Steered at the prompt's pass only, the shared tokens are fed unshifted.
     first = fork_margins(model, tokenizer, PROMPTS, wanted, unwanted, shifts, "resid",
                          position="prompt")  # fmt: skip
-    pairs = list(zip(PROMPTS, forks, strict=True))
     at_prompt = [
-        [_generated_margin(model, tokenizer, p, f, shift, "prompt") for p, f in pairs]
+        [_margin(_generated_logits(model, tokenizer, p, f, shift, "prompt"), f) for p, f in pairs]
         for shift in shifts
     ]
     np.testing.assert_allclose(first[1:], at_prompt, atol=1e-4)
