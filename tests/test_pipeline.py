@@ -21,7 +21,8 @@ from memgen.core.examples import read_jsonl, read_labelled, read_pairs
 from memgen.core.modeling import load_trained
 from memgen.core.recorded import read_record
 from memgen.core.stats import rates
-from memgen.neurons.selection import n_selected
+from memgen.neurons.attribution import site_score
+from memgen.neurons.selection import n_selected, select_top
 from memgen.pipeline import RUN_ORDER, STAGES, made_with, open_step, run_all, run_stage, upstream
 from memgen.report.compare import compare_runs, format_table
 from memgen.steering.bench import DIRECTIONS
@@ -446,6 +447,11 @@ def test_the_record_makes_causal_maps_that_select_for_delete(own_run: Path) -> N
     for name in ("patching", "hardconcrete", "slimming"):
         scores = recorded.causal_scores(name, "mlp")
         assert scores.shape == (2, 256) and np.isfinite(scores).all() and np.ptp(scores) > 0
+    for name in ("hardconcrete", "slimming"):  # a mask's top: its most open gates, by value
+        raw = recorded.causal_scores(name, "mlp")
+        chosen = np.zeros(raw.shape, dtype=bool)
+        chosen[select_top(site_score(name, recorded, "mlp"), 0.05)] = True
+        assert raw[chosen].min() >= raw[~chosen].max()
     stage = run_stage("delete", own_run, cfg)
     result = json.loads((stage.path / "delete.json").read_text())
     assert [row["scorer"] for row in result["rows"]] == ["patching", "hardconcrete", "slimming"]

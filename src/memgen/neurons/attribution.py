@@ -15,11 +15,14 @@ difference moves the answer most (Nanda 2023; Syed et al. 2023, "attribution pat
 
 from __future__ import annotations
 
+from typing import get_args
+
 import numpy as np
 
 from memgen.core.errors import MemgenError
 from memgen.core.recorded import CAUSAL_FIX, Recorded, pair_rows
 from memgen.neurons.scores import score
+from memgen.record.masks import MaskMethod
 
 
 def attribution(
@@ -42,6 +45,9 @@ def attribution(
     return result
 
 
+MASKS = get_args(MaskMethod)  # learned masks: one-signed gate scores
+
+
 def site_score(
     scorer: str, recorded: Recorded, site: str, rows: np.ndarray | None = None
 ) -> np.ndarray:
@@ -49,12 +55,20 @@ def site_score(
     gradients, "patching", "hardconcrete" and "slimming" from the maps `memgen record`
     made, any other name from the scorer registry on the activations and labels.
 
-    `rows`: score on these recorded rows only (whole pairs, for attribution).
+    `rows`: score on these recorded rows only (whole pairs, for attribution). A learned
+    mask's scores are shifted to be non-negative, so the top by |score| are its most open
+    gates (before 2026-12-06 late, `delete` and `specificity` took its most closed ones).
     """
     if scorer in CAUSAL_FIX:  # made by `memgen record` with the model, over its own pairs
         if rows is not None:
             raise MemgenError(f"{scorer} is scored on all the record's pairs, not on a subset")
-        return recorded.causal_scores(scorer, site)
+        scores = recorded.causal_scores(scorer, site)
+        if scorer in MASKS:
+            # A gate's score is one-signed (higher: ablating the neuron moves answers to the
+            # rule; most gates end closed, below their start). Selection ranks by |score|,
+            # which would pick the most firmly closed gates: shift so it ranks by value.
+            return scores - scores.min()
+        return scores
     every = slice(None) if rows is None else rows
     x, labels = recorded.activations(site)[every], recorded.labels[every]
     if scorer == "attribution":
