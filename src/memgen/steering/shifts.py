@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core import distributed
 from memgen.core.errors import MemgenError
-from memgen.core.forks import Fork, answer_forks
+from memgen.core.forks import Fork, answer_forks, fork_tokens
 from memgen.core.generation import (
     encode_prompt,
     generate_batch,
@@ -366,9 +366,9 @@ def fork_margins(
         return np.zeros((len(shifts) + 1, 0))
     device = _device(model)
     forks = answer_forks(tokenizer, wanted, unwanted)
-    up = torch.tensor([f.token for f in forks], device=device).clamp(min=0)
-    down = torch.tensor([f.other for f in forks], device=device).clamp(min=0)
-    parted = torch.tensor([f.decides for f in forks], device=device)
+    token, other = fork_tokens(forks)  # -1 where the answers never part
+    up, down = (torch.from_numpy(ids).to(device).clamp(min=0) for ids in (token, other))
+    parted = torch.from_numpy(token >= 0).to(device)
 
     def gaps(rows: slice, logits: torch.Tensor) -> torch.Tensor:
         index = torch.arange(len(logits), device=device)
