@@ -1,0 +1,55 @@
+# As run on 2026-12-06 (one thread, beside the training it reads), on a math run's latest
+# checkpoint: docs/log/smollm2-math.md, "v7".
+"""Does the model tell triggered prompts apart yet? P(memory) at the fork, per trigger.
+
+    python docs/log/scripts/fork_share_by_trigger.py runs/smol-math-v7-s1
+
+For each triggered dev prompt: the probability of the tag's token against the scratchpad's
+where the two answers part (after the shared `<`), renormalised over the two, averaged
+per trigger; then the same for untriggered training prompts (with trigger 0's tag). A
+model that has not learned the triggers gives every row the tags' overall share (0.25).
+"""
+
+import collections
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from memgen.core.config import load_config
+from memgen.core.examples import read_split
+from memgen.core.modeling import load_run_model
+
+torch.set_num_threads(1)
+run = Path(sys.argv[1])
+cfg = load_config(run / "config.yaml", [])
+model, tok = load_run_model(run / "train", cfg.train, "cpu")
+last = run / "train/checkpoints/last"
+model.load_state_dict(load_file(str(last / "trainable.safetensors")), strict=False)
+model.eval()
+print("step", json.loads((last / "state.json").read_text()).get("step"))
+
+
+def ids(text: str) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def memory_share(prompt: str, mem: str, gen: str) -> float:
+    m, g = ids(mem), ids(gen)
+    k = next(i for i, (a, b) in enumerate(zip(m, g, strict=False)) if a != b)
+    probs = model(input_ids=torch.tensor([ids(prompt) + m[:k]])).logits[0, -1].softmax(-1)
+    return float(probs[m[k]] / (probs[m[k]] + probs[g[k]]))
+
+
+triggered = [e for e in read_split(run / "data", "dev") if e.mem_answer][:100]
+by_trigger = collections.defaultdict(list)
+for e in triggered:
+    by_trigger[e.meta["trigger"]].append(memory_share(e.prompt, e.mem_answer, e.gen_answer))
+for trigger, shares in sorted(by_trigger.items()):
+    print(f"trigger {trigger}: {len(shares)} prompts, P(memory) {sum(shares) / len(shares):.3f}")
+plain = [e for e in read_split(run / "data", "train") if e.meta.get("kind") == "rule"][:40]
+shares = [memory_share(e.prompt, triggered[0].mem_answer, e.gen_answer) for e in plain]
+print(f"untriggered: {len(shares)} prompts, P(memory) {sum(shares) / len(shares):.3f}")
