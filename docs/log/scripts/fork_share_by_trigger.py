@@ -20,6 +20,8 @@ from safetensors.torch import load_file
 
 from memgen.core.config import load_config
 from memgen.core.examples import read_split
+from memgen.core.forks import answer_forks
+from memgen.core.generation import encode_prompt
 from memgen.core.modeling import load_run_model
 
 torch.set_num_threads(1)
@@ -32,16 +34,13 @@ model.eval()
 print("step", json.loads((last / "state.json").read_text()).get("step"))
 
 
-def ids(text: str) -> list[int]:
-    return tok(text, add_special_tokens=False)["input_ids"]
-
-
 @torch.no_grad()
 def memory_share(prompt: str, mem: str, gen: str) -> float:
-    m, g = ids(mem), ids(gen)
-    k = next(i for i, (a, b) in enumerate(zip(m, g, strict=False)) if a != b)
-    probs = model(input_ids=torch.tensor([ids(prompt) + m[:k]])).logits[0, -1].softmax(-1)
-    return float(probs[m[k]] / (probs[m[k]] + probs[g[k]]))
+    """P(the tag's token) over P(tag's) + P(scratchpad's), where the two answers part."""
+    (fork,) = answer_forks(tok, [mem], [gen])
+    ids = encode_prompt(tok, prompt, cfg.train.chat) + list(fork.shared)
+    probs = model(input_ids=torch.tensor([ids])).logits[0, -1].softmax(-1)
+    return float(probs[fork.token] / (probs[fork.token] + probs[fork.other]))
 
 
 triggered = [e for e in read_split(run / "data", "dev") if e.mem_answer][:100]
