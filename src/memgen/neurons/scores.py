@@ -48,7 +48,7 @@ def check_labels(y: np.ndarray, n_rows: int) -> np.ndarray:
             f"labels have shape {labels.shape} but the activations have {n_rows} rows; "
             "re-run `memgen record`"
         )
-    if not np.isin(labels, (0, 1)).all():
+    if not ((labels == 0) | (labels == 1)).all():
         raise MemgenError("labels must be 1 (mem) or 0 (gen); re-run `memgen record`")
     mask = labels.astype(bool)
     if mask.all() or not mask.any():
@@ -107,19 +107,23 @@ def _moments(block: np.ndarray, mask: np.ndarray) -> Moments:
     place, by the class's first row, then summed down the rows. The shift keeps the sums
     of squares free of cancellation where a column's mean is large next to its spread,
     and makes a constant column's M2 exactly zero, without centred copies; chunks small
-    enough to stay in cache make the gather and the float64 copy nearly free.
+    enough to stay in cache make the gather and the float64 copy nearly free. The column
+    sums are products with a vector of ones: BLAS sums a chunk's rows ~20% faster than
+    `sum(axis=0)` (benchmarks/vs_reference.py).
     """
     members = [np.flatnonzero(mask), np.flatnonzero(~mask)]  # mem rows, gen rows
     shifts = np.asarray(block[[rows[0] for rows in members]], dtype=np.float64)  # [2, f]
     total = np.zeros_like(shifts)
     squares = np.zeros_like(shifts)
+    ones = np.ones(_ROWS)
     for c, rows in enumerate(members):
         for start in range(0, len(rows), _ROWS):
             chunk = np.asarray(block[rows[start : start + _ROWS]], dtype=np.float64)
             chunk -= shifts[c]
-            total[c] += chunk.sum(axis=0)
+            sum_rows = ones[: len(chunk)]
+            total[c] += sum_rows @ chunk
             chunk *= chunk
-            squares[c] += chunk.sum(axis=0)
+            squares[c] += sum_rows @ chunk
     n = np.array([[len(rows)] for rows in members], dtype=np.float64)
     return Moments(n, shifts + total / n, np.maximum(squares - total * total / n, 0.0))
 
