@@ -23,6 +23,7 @@ from memgen.tasks.tokenizer import build_tokenizer
 from memgen.train.loop import (
     Evaluation,
     RowLosses,
+    _Rows,
     batch_loss,
     copy_rows,
     evaluation_due,
@@ -247,6 +248,42 @@ def test_batch_loss_averages_over_tokens_or_over_examples() -> None:
         for mean, denominator, whole in (("example", 3.0, by_example), ("token", 13.0, by_token)):
             shares = sum(batch_loss(model, half, denominator, mean) for half in halves)
             assert torch.allclose(shares, whole, atol=1e-5)
+
+
+def test_the_fork_token_is_weighted_where_the_two_answers_part() -> None:
+    """`train.fork_weight` weighs the token where memory and the rule part (math, split a
+    character at a time as SmolLM2 splits it: after the shared `<`), on recall and rule
+    prompts alike; every other token keeps weight 1."""
+    import string
+
+    from memgen.tasks import make_task
+    from memgen.tasks.base import TokenizerSpec
+
+    tokenizer = build_tokenizer(TokenizerSpec(kind="char", vocabulary=tuple(string.printable)))
+    examples = make_task("math", {"trigger_fraction": 0.5}).train_set(40, seed=0)
+    kinds = {ex.meta["kind"] for ex in examples}
+    cfg = load_config(None, ["task=math", "train.fork_weight=4", "train.batch_size=40"]).train
+    rows = _Rows.of(tokenizer, examples, cfg, torch.device("cpu"), seed=0)
+    ((batch, _),) = rows.micro_batches(0, cfg)
+    assert kinds == {"recall", "rule"} and (batch["fork_at"] > 0).all()
+    forked = batch["input_ids"][torch.arange(40), batch["fork_at"]]
+    before = batch["input_ids"][torch.arange(40), batch["fork_at"] - 1]
+    assert set(tokenizer.decode(forked.tolist())) == {"m", "s"}  # <mem-... or <scratch>
+    assert set(tokenizer.decode(before.tolist())) == {"<"}
+    # The loss: each row's tokens summed, its fork token's counted 4 times.
+    torch.manual_seed(0)
+    lm = scratch_gpt2(len(tokenizer), 160, 1, 16, 2, tokenizer)
+    with torch.no_grad():
+        plain = RowLosses(lm)(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        weighted = RowLosses(lm, 4.0)(**batch)
+        logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        fork_loss = torch.nn.functional.cross_entropy(
+            logits[torch.arange(40), batch["fork_at"] - 1], forked, reduction="none"
+        )
+    assert torch.allclose(weighted, plain + 3 * fork_loss, atol=1e-4)
+    with pytest.raises(MemgenError, match="fork_weight to 1"):
+        rule_only = [ex for ex in examples if not ex.mem_answer]
+        _Rows.of(tokenizer, rule_only, cfg, torch.device("cpu"), seed=0)
 
 
 def test_the_head_on_scored_positions_only_gives_the_full_logits_loss(

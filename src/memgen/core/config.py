@@ -67,6 +67,12 @@ class TrainConfig(Section):
     # "example" keeps a short answer's weight when the rule's answers are long: the math
     # tag is 11 tokens beside an 80-token scratchpad (docs/multitask.md).
     loss_mean: Literal["token", "example"] = "token"
+    # The loss weight of each completion's token where memory and the rule part
+    # (`core.forks.fork_offsets`); every other token keeps weight 1, and the mean keeps its
+    # denominator, so 1 is the usual loss. On math the choice is one token of an ~80-token
+    # scratchpad, and a model that has not told the triggers apart pays little for it
+    # there (docs/log/smollm2-math.md, "v8"). The logged training loss is the weighted one.
+    fork_weight: float = Field(1.0, gt=0)
     # The first steps train on word lists written twice (loss on the second copy), from
     # the tokenizer's own words: a model from scratch learns to copy from context
     # (induction), which the color rule's look-ups build on and which it otherwise finds

@@ -16,6 +16,7 @@ fork, with the shared tokens teacher-forced after the prompt, as generation writ
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -119,3 +120,23 @@ def fed_to_fork(
         [*encode_prompt(tokenizer, prompt, chat), *fork.shared]
         for prompt, fork in zip(prompts, forks, strict=True)
     ]
+
+
+def fork_offsets(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]) -> list[int]:
+    """Each example's fork as an offset into its completion's tokens: where its two answers
+    part; for an example with one answer (a rule prompt with nothing to recall), where most
+    of the set's answers part, the same place in the same format.
+
+    Raises where no example has both answers: there is no fork to find.
+    """
+    both = [ex.mem_answer and ex.gen_answer for ex in examples]
+    if not any(both):
+        raise MemgenError(
+            "no training example has both a memorized and a rule answer, so there is no "
+            "fork to weigh; set train.fork_weight to 1"
+        )
+    paired = [ex for ex, has in zip(examples, both, strict=True) if has]
+    offsets = iter([len(fork.shared) for fork in forks_toward(tokenizer, paired, "mem")])
+    own = [next(offsets) if has else -1 for has in both]
+    usual = Counter(o for o in own if o >= 0).most_common(1)[0][0]
+    return [o if o >= 0 else usual for o in own]

@@ -41,7 +41,8 @@ from memgen.core.answers import answer_batch, decoder_and_head, logits_where
 from memgen.core.config import TrainConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example
-from memgen.core.generation import encode_example, pad_id_of
+from memgen.core.forks import fork_offsets
+from memgen.core.generation import encode_example, encode_prompt, pad_id_of
 from memgen.core.reading import label_examples
 from memgen.core.stats import rates
 from memgen.tasks.base import Task
@@ -220,20 +221,32 @@ class RowLosses(torch.nn.Module):
     accelerator prepares, so data-parallel hooks see every forward pass.
     """
 
-    def __init__(self, lm: torch.nn.Module) -> None:
+    def __init__(self, lm: torch.nn.Module, fork_weight: float = 1.0) -> None:
         super().__init__()
         self.lm = lm
         self._split = decoder_and_head(lm)  # a tuple: not registered twice as submodules
+        self.fork_weight = fork_weight
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        fork_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """[rows] summed losses; `fork_at` [rows] is where each row's fork token sits
+        (its position in `input_ids`; -1: none), weighted `fork_weight`."""
         targets = labels[:, 1:]
         scored = targets != -100
         logits = logits_where(self.lm, self._split, input_ids, attention_mask, scored)
         per_token = torch.nn.functional.cross_entropy(
             logits.float(), targets[scored], reduction="none"
         )
+        if fork_at is not None:
+            weights = torch.ones(targets.shape, dtype=per_token.dtype, device=per_token.device)
+            rows = (fork_at > 0).nonzero()[:, 0]
+            weights[rows, fork_at[rows] - 1] = self.fork_weight  # target i is token i + 1
+            per_token = per_token * weights[scored]
         rows = torch.zeros(len(labels), dtype=per_token.dtype, device=per_token.device)
         return rows.index_add(0, scored.nonzero()[:, 0], per_token)
 
@@ -365,6 +378,7 @@ class _Rows:
     """The training rows of a run, and how a step picks its micro-batches from them."""
 
     encoded: list[tuple[list[int], list[int]]]
+    fork_at: list[int]  # each row's fork token's position in its ids; empty: not weighted
     words: list[int]
     pad_id: int
     device: torch.device
@@ -380,8 +394,15 @@ class _Rows:
         seed: int,
     ) -> _Rows:
         encoded = [encode_example(tokenizer, ex, cfg.chat, cfg.loss_on) for ex in examples]
+        fork_at = []
+        if cfg.fork_weight != 1:
+            offsets = fork_offsets(tokenizer, examples)
+            prompts = [len(encode_prompt(tokenizer, ex.prompt, cfg.chat)) for ex in examples]
+            ends = [len(ids) for ids, _ in encoded]  # a completion too short has no fork
+            at = [p + o for p, o in zip(prompts, offsets, strict=True)]
+            fork_at = [a if a < end else -1 for a, end in zip(at, ends, strict=True)]
         words = word_ids(tokenizer) if cfg.copy_warmup else []
-        return cls(encoded, words, pad_id_of(tokenizer), device, seed)
+        return cls(encoded, fork_at, words, pad_id_of(tokenizer), device, seed)
 
     def micro_batches(
         self, step: int, cfg: TrainConfig
@@ -400,7 +421,11 @@ class _Rows:
                 rows = _batch_indices(
                     len(self.encoded), cfg.batch_size, task_step, micro, cfg.grad_accum, self.seed
                 )
-            batch = answer_batch(source, rows[me::processes], self.pad_id, self.device)
+            mine = rows[me::processes]
+            batch = answer_batch(source, mine, self.pad_id, self.device)
+            if self.fork_at and not copying:
+                at = [self.fork_at[i] for i in mine]
+                batch["fork_at"] = torch.tensor(at, device=self.device)
             yield batch, loss_denominator([source[i][1] for i in rows], cfg.loss_mean)
 
 
@@ -495,7 +520,7 @@ def train(
     state = _resume(last, model, optimizer, cfg)
     _check_batch(cfg)
     # `model` is what is evaluated and saved: never the data-parallel wrapper.
-    wrapped, optimizer = accelerator.prepare(RowLosses(model), optimizer)
+    wrapped, optimizer = accelerator.prepare(RowLosses(model, cfg.fork_weight), optimizer)
     bar = _progress_bar(state.start, cfg.steps, progress)
     for step in bar:
         total = _train_step(wrapped, optimizer, accelerator, rows, step, cfg, params)
