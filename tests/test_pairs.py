@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from contextlib import nullcontext
 
 import pytest
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from memgen.behave.pairs import mine_pairs
+from memgen.behave.pairs import mine_pairs, require_flips
 from memgen.core.config import BehaveConfig
+from memgen.core.errors import MemgenError
 from memgen.core.examples import Example
 from memgen.tasks import make_task
 from memgen.tasks.color import ColorTask
@@ -35,6 +37,38 @@ def test_the_flip_rate_counts_pairs_up_to_the_target(
     search = mine_pairs(model, tokenizer, task, task.pairs(seed=0), cfg, chat=False,
                         progress=False)  # fmt: skip
     assert (len(search.flipped), search.evaluated, search.flip_rate) == (10, 10, 1.0)
+
+
+class FlipsEvery(ColorTask):
+    """Every `n`-th pair flips (its first member called mem); every other answer is gen."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n, self._calls = n, itertools.count()
+
+    def label(self, example: Example, output: str):  # type: ignore[no-untyped-def]
+        call = next(self._calls)
+        return "mem" if call % 2 == 0 and (call // 2) % self.n == 0 else "gen"
+
+
+@pytest.mark.parametrize(("n", "evaluated", "gave_up"), [(10**9, 256, True), (10, 391, False)])
+def test_mining_gives_up_only_when_min_flips_is_out_of_reach(
+    tiny_gpt2_with_tokenizer: tuple[PreTrainedModel, PreTrainedTokenizerBase],
+    n: int,
+    evaluated: int,
+    gave_up: bool,
+) -> None:
+    """A model that never flips is given up on after one round of 256 pairs, not mined to
+    max_pairs; one that flips a pair in ten is below min_flips then, but can reach it, and
+    is mined on to the target."""
+    model, tokenizer = tiny_gpt2_with_tokenizer
+    task = FlipsEvery(n)
+    cfg = BehaveConfig(target_flips=40, min_flips=40, max_pairs=600)
+    search = mine_pairs(model, tokenizer, task, task.pairs(seed=0), cfg, chat=False,
+                        progress=False)  # fmt: skip
+    assert (search.evaluated, search.gave_up) == (evaluated, gave_up)
+    with pytest.raises(MemgenError, match="stopped early") if gave_up else nullcontext():
+        require_flips(search, cfg)
 
 
 @pytest.mark.parametrize(

@@ -14,16 +14,20 @@ from memgen.core.config import BehaveConfig
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example, Labelled
 from memgen.core.reading import label_examples
+from memgen.core.stats import wilson
 from memgen.tasks.base import Task
 
 log = logging.getLogger(__name__)
 CHUNK = 256  # pairs generated per round: big batches, little overshoot past the target
+# How sure mining must be that `min_flips` is out of reach before it gives up early.
+GIVE_UP_CONFIDENCE = 0.99
 
 
 @dataclass(frozen=True)
 class PairSearch:
     flipped: list[tuple[Labelled, Labelled]]
     evaluated: int
+    gave_up: bool = False  # stopped before max_pairs: min_flips was out of reach
 
     @property
     def flip_rate(self) -> float:
@@ -61,14 +65,27 @@ def mine_pairs(
                 if len(flipped) == cfg.target_flips:
                     break
         bar.set_postfix(evaluated=evaluated, rate=f"{len(flipped) / evaluated:.3f}")
+        if out_of_reach(len(flipped), evaluated, cfg):
+            bar.close()
+            return PairSearch(flipped, evaluated, gave_up=True)
     bar.close()
     return PairSearch(flipped, evaluated)
 
 
+def out_of_reach(flips: int, evaluated: int, cfg: BehaveConfig) -> bool:
+    """Whether even the flip rate's upper bound (`GIVE_UP_CONFIDENCE`) over the pairs left
+    would not reach `min_flips`: a model that shows one behaviour (every test answer the
+    rule's, say) has no twin to flip, and mining its `max_pairs` would be time lost."""
+    _, ceiling = wilson(flips, evaluated, GIVE_UP_CONFIDENCE)
+    return flips < cfg.min_flips and flips + ceiling * (cfg.max_pairs - evaluated) < cfg.min_flips
+
+
 def require_flips(search: PairSearch, cfg: BehaveConfig) -> None:
     if len(search.flipped) < cfg.min_flips:
+        stopped = " (stopped early: the rest could not reach it)" if search.gave_up else ""
         raise MemgenError(
             f"found {len(search.flipped)} flipped pairs in {search.evaluated} evaluated "
-            f"(flip rate {search.flip_rate:.3%}), fewer than behave.min_flips={cfg.min_flips}; "
-            "raise behave.max_pairs, or train a model whose test rates show both behaviours"
+            f"(flip rate {search.flip_rate:.3%}), fewer than behave.min_flips={cfg.min_flips}"
+            f"{stopped}; train a model whose test rates show both behaviours, or raise "
+            "behave.max_pairs"
         )

@@ -13,12 +13,12 @@ from memgen.core.examples import BEHAVIOURS
 SHARE = (0.0, 1.0)  # the range of a rate, for `summarise(..., bounds=SHARE)`
 
 
-def wilson(successes: int, total: int) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion (well behaved near 0 and 1); none of an
+def wilson(successes: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval for a proportion (well behaved near 0 and 1); none of an
     empty sample."""
     if total == 0:
         return 0.0, 1.0
-    ci = stats.binomtest(successes, total).proportion_ci(0.95, method="wilson")
+    ci = stats.binomtest(successes, total).proportion_ci(confidence, method="wilson")
     return float(ci.low), float(ci.high)
 
 
