@@ -13,7 +13,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 import memgen
 from memgen import Steering
 from memgen.core.errors import MemgenError
-from memgen.core.forks import Fork, answer_forks, fork_tokens
+from memgen.core.examples import Example
+from memgen.core.forks import Fork, answer_forks, fork_offsets, fork_tokens
 from memgen.core.generation import encode_prompt
 from memgen.core.modeling import model_identity
 from memgen.steering.shifts import fit_shifts, fork_margins, generate_shifted, next_token_kl
@@ -42,6 +43,26 @@ def test_math_answers_part_after_the_piece_a_pretrained_tokenizer_splits_off() -
     assert split.decode(list(fork.shared)) == "<" and fork.decides
     assert split.decode([fork.token, fork.other]) == f"{tag[1]}{pad[1]}"
     assert fork.path == (*fork.shared, fork.token) and fork.swapped().token == fork.other
+
+
+def test_fork_offsets_fall_back_on_the_groups_usual_fork() -> None:
+    """A rule-only prompt is weighed where its own task's answers part; a task whose two
+    answers always agree (or one that has no fork) is not weighed; no fork at all is refused."""
+    from memgen.tasks.base import TokenizerSpec
+    from memgen.tasks.tokenizer import build_tokenizer
+
+    split = build_tokenizer(TokenizerSpec(kind="char", vocabulary=tuple(string.printable)))
+    math_like = [
+        Example("p", "<mem-1>", "<mem-1>", "<scratch>"),
+        Example("p", "<scratch>", "", "<scratch>"),
+    ]
+    color_like = [Example("q", "red", "red", "red"), Example("q", "blue", "", "blue")]
+    plain = [Example("q", "red", "blue", "red"), Example("q", "blue", "", "blue")]
+    examples = math_like + color_like + plain
+    assert fork_offsets(split, examples, [[0, 1], [2, 3], [4, 5]]) == [1, 1, -1, -1, 0, 0]
+    assert fork_offsets(split, examples) == [1, 1, 1, 1, 0, 1]  # one group: the usual fork
+    with pytest.raises(MemgenError, match="fork_weight to 1"):
+        fork_offsets(split, color_like)
 
 
 def test_forks_of_answers_that_end_agree_or_are_missing(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from contextlib import nullcontext
 
 import pytest
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -51,24 +50,31 @@ class FlipsEvery(ColorTask):
         return "mem" if call % 2 == 0 and (call // 2) % self.n == 0 else "gen"
 
 
-@pytest.mark.parametrize(("n", "evaluated", "gave_up"), [(10**9, 256, True), (10, 391, False)])
+@pytest.mark.parametrize(
+    ("n", "max_pairs", "evaluated", "gave_up"),
+    [(10**9, 600, 256, True), (10, 600, 391, False), (10**9, 100, 100, False)],
+)
 def test_mining_gives_up_only_when_min_flips_is_out_of_reach(
     tiny_gpt2_with_tokenizer: tuple[PreTrainedModel, PreTrainedTokenizerBase],
     n: int,
+    max_pairs: int,
     evaluated: int,
     gave_up: bool,
 ) -> None:
-    """A model that never flips is given up on after one round of 256 pairs, not mined to
-    max_pairs; one that flips a pair in ten is below min_flips then, but can reach it, and
-    is mined on to the target."""
+    """A model that flips one pair (the first) is given up on after one round of 256
+    pairs, not mined to max_pairs; one that flips a pair in ten is below min_flips then,
+    but can reach it, and is mined on to the target; mining that ends at max_pairs has
+    not given up."""
     model, tokenizer = tiny_gpt2_with_tokenizer
     task = FlipsEvery(n)
-    cfg = BehaveConfig(target_flips=40, min_flips=40, max_pairs=600)
+    cfg = BehaveConfig(target_flips=40, min_flips=40, max_pairs=max_pairs)
     search = mine_pairs(model, tokenizer, task, task.pairs(seed=0), cfg, chat=False,
                         progress=False)  # fmt: skip
     assert (search.evaluated, search.gave_up) == (evaluated, gave_up)
-    with pytest.raises(MemgenError, match="stopped early") if gave_up else nullcontext():
-        require_flips(search, cfg)
+    if len(search.flipped) < cfg.min_flips:
+        with pytest.raises(MemgenError, match="fewer than") as error:
+            require_flips(search, cfg)
+        assert ("stopped early" in str(error.value)) == gave_up
 
 
 @pytest.mark.parametrize(

@@ -73,11 +73,13 @@ def mine_pairs(
 
 
 def out_of_reach(flips: int, evaluated: int, cfg: BehaveConfig) -> bool:
-    """Whether even the flip rate's upper bound (`GIVE_UP_CONFIDENCE`) over the pairs left
-    would not reach `min_flips`: a model that shows one behaviour (every test answer the
-    rule's, say) has no twin to flip, and mining its `max_pairs` would be time lost."""
+    """Whether the pairs left, at the flip rate's upper bound (a two-sided
+    `GIVE_UP_CONFIDENCE` Wilson interval's, checked after every round), would still not
+    reach `min_flips`: a model that shows one behaviour (every test answer the rule's, say)
+    has no twin to flip, and mining its `max_pairs` would be time lost."""
+    left = cfg.max_pairs - evaluated  # none left: mining ended, it did not give up
     _, ceiling = wilson(flips, evaluated, GIVE_UP_CONFIDENCE)
-    return flips < cfg.min_flips and flips + ceiling * (cfg.max_pairs - evaluated) < cfg.min_flips
+    return left > 0 and flips < cfg.min_flips and flips + ceiling * left < cfg.min_flips
 
 
 def require_flips(search: PairSearch, cfg: BehaveConfig) -> None:

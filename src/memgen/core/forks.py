@@ -122,21 +122,33 @@ def fed_to_fork(
     ]
 
 
-def fork_offsets(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]) -> list[int]:
+def fork_offsets(
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    groups: Sequence[Sequence[int]] | None = None,
+) -> list[int]:
     """Each example's fork as an offset into its completion's tokens: where its two answers
-    part; for an example with one answer (a rule prompt with nothing to recall), where most
-    of the set's answers part, the same place in the same format.
+    part; for an example without two different answers (a rule prompt with nothing to
+    recall), where most of its group's answers part, the same place in the same format
+    (`groups`: positions per component task of a mixture; default one group). -1 where its
+    group has no fork at all.
 
-    Raises where no example has both answers: there is no fork to find.
+    Raises where no example has two different answers: there is no fork to weigh.
     """
-    both = [ex.mem_answer and ex.gen_answer for ex in examples]
-    if not any(both):
+    forked = [bool(ex.mem_answer and ex.gen_answer and ex.mem_answer != ex.gen_answer)
+              for ex in examples]  # fmt: skip
+    if not any(forked):
         raise MemgenError(
-            "no training example has both a memorized and a rule answer, so there is no "
-            "fork to weigh; set train.fork_weight to 1"
+            "no training example has a memorized and a rule answer that differ, so there is "
+            "no fork to weigh; set train.fork_weight to 1"
         )
-    paired = [ex for ex, has in zip(examples, both, strict=True) if has]
-    offsets = iter([len(fork.shared) for fork in forks_toward(tokenizer, paired, "mem")])
-    own = [next(offsets) if has else -1 for has in both]
-    usual = Counter(o for o in own if o >= 0).most_common(1)[0][0]
-    return [o if o >= 0 else usual for o in own]
+    paired = [ex for ex, has in zip(examples, forked, strict=True) if has]
+    shared = iter([len(fork.shared) for fork in forks_toward(tokenizer, paired, "mem")])
+    own = [next(shared) if has else -1 for has in forked]
+    offsets = list(own)
+    for group in groups if groups is not None else [range(len(examples))]:
+        known = Counter(own[i] for i in group if own[i] >= 0)
+        usual = known.most_common(1)[0][0] if known else -1
+        for i in group:
+            offsets[i] = own[i] if own[i] >= 0 else usual
+    return offsets

@@ -392,15 +392,19 @@ class _Rows:
         cfg: TrainConfig,
         device: torch.device,
         seed: int,
+        groups: Sequence[Sequence[int]] | None = None,
     ) -> _Rows:
+        """`groups`: the positions of each component task's examples (a mixture's)."""
         encoded = [encode_example(tokenizer, ex, cfg.chat, cfg.loss_on) for ex in examples]
-        fork_at = []
+        fork_at: list[int] = []
         if cfg.fork_weight != 1:
-            offsets = fork_offsets(tokenizer, examples)
+            offsets = fork_offsets(tokenizer, examples, groups)
             prompts = [len(encode_prompt(tokenizer, ex.prompt, cfg.chat)) for ex in examples]
             ends = [len(ids) for ids, _ in encoded]  # a completion too short has no fork
             at = [p + o for p, o in zip(prompts, offsets, strict=True)]
-            fork_at = [a if a < end else -1 for a, end in zip(at, ends, strict=True)]
+            fork_at = [
+                a if o >= 0 and a < end else -1 for a, o, end in zip(at, offsets, ends, strict=True)
+            ]
         words = word_ids(tokenizer) if cfg.copy_warmup else []
         return cls(encoded, fork_at, words, pad_id_of(tokenizer), device, seed)
 
@@ -513,7 +517,8 @@ def train(
     device = next(model.parameters()).device
     accelerator = _accelerator(cfg, device)
     decoder = decoder or Decoder()
-    rows = _Rows.of(tokenizer, train_examples, cfg, device, seed)
+    groups = [positions for _, _, positions in task.split_by_task(train_examples)]
+    rows = _Rows.of(tokenizer, train_examples, cfg, device, seed, groups)
     params = [p for p in model.parameters() if p.requires_grad]  # clipped in this order
     optimizer = _optimizer(model, cfg)
     last = out_dir / "checkpoints" / "last"
