@@ -15,31 +15,10 @@ from memgen.tasks import make_task
 from memgen.tasks.color import ColorTask
 
 
-class EveryPairFlips(ColorTask):
-    """The color task with a labeller that calls the first member of each pair mem and the
-    second gen (members are labelled in order), whatever the model answers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._calls = itertools.count()
-
-    def label(self, example: Example, output: str):  # type: ignore[no-untyped-def]
-        return "mem" if next(self._calls) % 2 == 0 else "gen"
-
-
-def test_the_flip_rate_counts_pairs_up_to_the_target(
-    tiny_gpt2_with_tokenizer: tuple[PreTrainedModel, PreTrainedTokenizerBase],
-) -> None:
-    model, tokenizer = tiny_gpt2_with_tokenizer
-    task = EveryPairFlips()
-    cfg = BehaveConfig(target_flips=10, min_flips=2, max_pairs=1000)
-    search = mine_pairs(model, tokenizer, task, task.pairs(seed=0), cfg, chat=False,
-                        progress=False)  # fmt: skip
-    assert (len(search.flipped), search.evaluated, search.flip_rate) == (10, 10, 1.0)
-
-
 class FlipsEvery(ColorTask):
-    """Every `n`-th pair flips (its first member called mem); every other answer is gen."""
+    """The color task with a labeller that makes every `n`-th pair flip (its first member
+    called mem, the second gen; members are labelled in order) and calls every other
+    answer gen, whatever the model answers."""
 
     def __init__(self, n: int) -> None:
         super().__init__()
@@ -48,6 +27,17 @@ class FlipsEvery(ColorTask):
     def label(self, example: Example, output: str):  # type: ignore[no-untyped-def]
         call = next(self._calls)
         return "mem" if call % 2 == 0 and (call // 2) % self.n == 0 else "gen"
+
+
+def test_the_flip_rate_counts_pairs_up_to_the_target(
+    tiny_gpt2_with_tokenizer: tuple[PreTrainedModel, PreTrainedTokenizerBase],
+) -> None:
+    model, tokenizer = tiny_gpt2_with_tokenizer
+    task = FlipsEvery(1)
+    cfg = BehaveConfig(target_flips=10, min_flips=2, max_pairs=1000)
+    search = mine_pairs(model, tokenizer, task, task.pairs(seed=0), cfg, chat=False,
+                        progress=False)  # fmt: skip
+    assert (len(search.flipped), search.evaluated, search.flip_rate) == (10, 10, 1.0)
 
 
 @pytest.mark.parametrize(
