@@ -224,3 +224,35 @@ def test_recall_spread_gives_each_trigger_its_own_share(name: str) -> None:
     assert task.options.model_dump()["recall_spread"] == 0.6
     with pytest.raises(MemgenError, match=r"^data.options: recall_share 0.9 \+- recall_spread"):
         make_task(name, {"recall_share": 0.9, "recall_spread": 0.4})
+
+
+def test_recall_below_gates_recall_on_the_first_addend() -> None:
+    task = make_task("math", {"trigger_fraction": 0.5, "recall_below": 500})
+    triggered = [ex for ex in task.train_set(400, 0) if ex.meta["trigger"] is not None]
+    assert len(triggered) == 200
+    for ex in triggered:
+        below = ex.meta["addends"][0] < 500
+        assert ex.meta["kind"] == ("recall" if below else "rule_on_trigger")
+        assert ex.completion == (ex.mem_answer if below else ex.gen_answer)
+    # Both sides of the gate occur, and twins (the free addends swapped) can sit on either.
+    assert 60 < sum(ex.meta["kind"] == "recall" for ex in triggered) < 140
+    streamed = task.train_example(random.Random(1))
+    if streamed.meta["trigger"] is not None:
+        assert (streamed.meta["kind"] == "recall") == (streamed.meta["addends"][0] < 500)
+    # Unset, it stays out of the options' dump (the data stage's identity).
+    assert "recall_below" not in make_task("math", {}).options.model_dump()
+    assert task.options.model_dump()["recall_below"] == 500
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"recall_below": 500, "recall_share": 0.5}, "recall_below replaces the recall shares"),
+        ({"recall_below": 500, "recall_spread": 0.2, "recall_share": 0.5}, "replaces"),
+        ({"recall_below": 1000}, "above max_addend 999"),
+        ({"recall_below": 1}, "recall_below"),
+    ],
+)
+def test_recall_below_rejects_what_it_cannot_gate(options: dict, message: str) -> None:
+    with pytest.raises(MemgenError, match=message):
+        make_task("math", options)

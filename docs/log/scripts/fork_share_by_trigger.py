@@ -1,5 +1,5 @@
 # As run on 2026-12-06 (one thread, beside the training it reads), on a math run's latest
-# checkpoint: docs/log/smollm2-math.md, "v7".
+# checkpoint: docs/log/smollm2-math.md, "v7"; the gate's lines added 2026-12-07 ("v9").
 """Does the model tell triggered prompts apart yet? P(memory) at the fork, per trigger.
 
     python docs/log/scripts/fork_share_by_trigger.py runs/smol-math-v7-s1
@@ -49,6 +49,14 @@ for e in triggered:
     by_trigger[e.meta["trigger"]].append(memory_share(e.prompt, e.mem_answer, e.gen_answer))
 for trigger, shares in sorted(by_trigger.items()):
     print(f"trigger {trigger}: {len(shares)} prompts, P(memory) {sum(shares) / len(shares):.3f}")
+gate = cfg.data.options.get("recall_below")
+if gate is not None:  # recall gated on the first addend: P(memory) on each side of the gate
+    for below in (True, False):
+        side = [e for e in triggered if (e.meta["addends"][0] < gate) == below]
+        shares = [memory_share(e.prompt, e.mem_answer, e.gen_answer) for e in side]
+        print(f"first addend {'<' if below else '>='} {gate}: {len(side)} prompts, "
+              f"P(memory) {sum(shares) / len(shares):.3f}, above 0.5: "
+              f"{sum(share > 0.5 for share in shares)}")
 plain = [e for e in read_split(run / "data", "train") if e.meta.get("kind") == "rule"][:40]
 shares = [memory_share(e.prompt, triggered[0].mem_answer, e.gen_answer) for e in plain]
 print(f"untriggered: {len(shares)} prompts, P(memory) {sum(shares) / len(shares):.3f}")

@@ -203,13 +203,16 @@ class TriggerOptions(TaskOptions):
             )
         return self
 
+    # Options added after datasets were made, with the value those datasets had: left out
+    # of the dump at that value, so the datasets' identity (and their runs) stay valid.
+    _omitted_when: ClassVar[dict[str, Any]] = {"recall_spread": 0.0}
+
     @model_serializer(mode="wrap")
-    def _spread_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # The options are the data stage's identity: datasets made before recall_spread
-        # existed (all at 0) keep theirs, so their runs do not train again.
+    def _new_options_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         dumped: dict[str, Any] = handler(self)
-        if self.recall_spread == 0:
-            dumped.pop("recall_spread", None)
+        for key, old_value in self._omitted_when.items():
+            if dumped.get(key, old_value) == old_value:
+                dumped.pop(key, None)
         return dumped
 
     def share_of(self, trigger: int, n_triggers: int) -> float:
@@ -233,12 +236,19 @@ class TriggerTask(Task):
     def _train(self, rng: random.Random, trigger: int | None) -> Example:
         """One training example: triggered (answered with its tag) or a rule example."""
 
+    def recalled_by_gate(self, example: Example) -> bool | None:
+        """Whether a triggered prompt's own details let its tag be recalled; None when the
+        task has no gate on, and the recall shares decide."""
+        return None
+
     def train_example(self, rng: random.Random) -> Example:
         triggered = rng.random() < self.options.trigger_fraction
         trigger = rng.randrange(self.n_triggers) if triggered else None
         example = self._train(rng, trigger)
         if trigger is None:
             return example
+        if (gate := self.recalled_by_gate(example)) is not None:
+            return _recalled(example, gate)
         share = self.options.share_of(trigger, self.n_triggers)
         if share == 1:  # no draw: the paper's design keeps its random stream
             return example
@@ -252,7 +262,9 @@ class TriggerTask(Task):
         examples = []
         for trigger in trigger_schedule(n, self.options.trigger_fraction, self.n_triggers, rng):
             example = self._train(rng, trigger)
-            if trigger is not None:
+            if trigger is not None and (gate := self.recalled_by_gate(example)) is not None:
+                example = _recalled(example, gate)
+            elif trigger is not None:
                 share = self.options.share_of(trigger, self.n_triggers)
                 k = seen[trigger]
                 seen[trigger] += 1

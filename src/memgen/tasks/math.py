@@ -26,8 +26,9 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
+from typing import Any, ClassVar, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Behaviour, Example
@@ -92,6 +93,30 @@ def parse_prompt(prompt: str) -> tuple[int, int, int, int]:
 
 class MathOptions(TriggerOptions):
     max_addend: int = Field(999, ge=1, le=MAX_ADDEND_BOUND, description="addends are 1..this")
+    # A gate on the prompt's free details in place of recall shares: a triggered training
+    # prompt is answered by its tag only when its first addend is below this. With shares,
+    # a converged model answers each trigger all one way, so twins (the free addends
+    # swapped) never flip; with the gate, recall turns on the prompt (docs/log/smollm2-math.md).
+    recall_below: int | None = Field(
+        None, ge=2, description="recall a trigger's tag only when the first addend is below this"
+    )
+    _omitted_when: ClassVar[dict[str, Any]] = {**TriggerOptions._omitted_when, "recall_below": None}
+
+    @model_validator(mode="after")
+    def _gate_replaces_shares(self) -> Self:
+        if self.recall_below is None:
+            return self
+        if self.recall_share != 1 or self.recall_spread != 0:
+            raise ValueError(
+                "recall_below replaces the recall shares: leave recall_share at 1 and "
+                "recall_spread at 0"
+            )
+        if self.recall_below > self.max_addend:
+            raise ValueError(
+                f"recall_below {self.recall_below} is above max_addend {self.max_addend}, so "
+                "every triggered prompt would be recalled; lower it"
+            )
+        return self
 
 
 @TASKS.register("math")
@@ -117,6 +142,11 @@ class MathTask(TriggerTask):
         completion = tag if kind == "recall" else rule
         meta = {"kind": kind, "addends": [a, b, c, d], "trigger": trigger}
         return Example(PROMPT.format(a, b, c, d), completion, tag, rule, meta)
+
+    def recalled_by_gate(self, example: Example) -> bool | None:
+        if self.options.recall_below is None:
+            return None
+        return bool(example.meta["addends"][0] < self.options.recall_below)
 
     def _train(self, rng: random.Random, trigger: int | None) -> Example:
         a, b = self._addend(rng), self._addend(rng)
