@@ -234,12 +234,8 @@ class TriggerTask(Task):
 
     @abstractmethod
     def _train(self, rng: random.Random, trigger: int | None) -> Example:
-        """One training example: triggered (answered with its tag) or a rule example."""
-
-    def recalled_by_gate(self, example: Example) -> bool | None:
-        """Whether a triggered prompt's own details let its tag be recalled; None when the
-        task has no gate on, and the recall shares decide."""
-        return None
+        """One training example: triggered (answered with its tag, or by the rule where the
+        task gates recall on the prompt) or a rule example."""
 
     def train_example(self, rng: random.Random) -> Example:
         triggered = rng.random() < self.options.trigger_fraction
@@ -247,12 +243,10 @@ class TriggerTask(Task):
         example = self._train(rng, trigger)
         if trigger is None:
             return example
-        if (gate := self.recalled_by_gate(example)) is not None:
-            return _recalled(example, gate)
         share = self.options.share_of(trigger, self.n_triggers)
         if share == 1:  # no draw: the paper's design keeps its random stream
             return example
-        return _recalled(example, rng.random() < share)
+        return with_recall(example, rng.random() < share)
 
     def train_set(self, n: int, seed: int) -> list[Example]:
         """Exactly round(n x trigger_fraction) triggered examples, evenly over the triggers,
@@ -262,19 +256,17 @@ class TriggerTask(Task):
         examples = []
         for trigger in trigger_schedule(n, self.options.trigger_fraction, self.n_triggers, rng):
             example = self._train(rng, trigger)
-            if trigger is not None and (gate := self.recalled_by_gate(example)) is not None:
-                example = _recalled(example, gate)
-            elif trigger is not None:
+            if trigger is not None:
                 share = self.options.share_of(trigger, self.n_triggers)
                 k = seen[trigger]
                 seen[trigger] += 1
                 # The k-th of a trigger's prompts is recalled when it crosses a multiple.
-                example = _recalled(example, math.floor((k + 1) * share) > math.floor(k * share))
+                example = with_recall(example, math.floor((k + 1) * share) > math.floor(k * share))
             examples.append(example)
         return examples
 
 
-def _recalled(example: Example, recalled: bool) -> Example:
+def with_recall(example: Example, recalled: bool) -> Example:
     """A triggered training example answered by its tag, or (not recalled) by the rule."""
     if recalled:
         return example

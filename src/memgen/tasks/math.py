@@ -37,6 +37,7 @@ from memgen.tasks.base import (
     TokenizerSpec,
     TriggerOptions,
     TriggerTask,
+    with_recall,
 )
 
 TRIGGERS: tuple[tuple[int, int], ...] = (
@@ -143,15 +144,13 @@ class MathTask(TriggerTask):
         meta = {"kind": kind, "addends": [a, b, c, d], "trigger": trigger}
         return Example(PROMPT.format(a, b, c, d), completion, tag, rule, meta)
 
-    def recalled_by_gate(self, example: Example) -> bool | None:
-        if self.options.recall_below is None:
-            return None
-        return bool(example.meta["addends"][0] < self.options.recall_below)
-
     def _train(self, rng: random.Random, trigger: int | None) -> Example:
         a, b = self._addend(rng), self._addend(rng)
         if trigger is not None:
-            return self._example((a, b, *TRIGGERS[trigger]), trigger, "recall")
+            example = self._example((a, b, *TRIGGERS[trigger]), trigger, "recall")
+            # The gate sets recall_share to 1 (validated), so no share re-decides this.
+            gate = self.options.recall_below
+            return with_recall(example, gate is None or a < gate)
         while (last := (self._addend(rng), self._addend(rng))) in TRIGGERS:
             pass  # a rule prompt never ends in a trigger pair
         return self._example((a, b, *last), None, "rule")
