@@ -2,6 +2,7 @@
 families saved as local folders; the adapter, its reload, the frozen base, and bad input."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from conftest import build_tiny
+from conftest import Exited, build_tiny
 from memgen.core.config import load_config
 from memgen.core.errors import MemgenError
 from memgen.core.examples import read_jsonl
@@ -150,6 +151,32 @@ def test_a_bad_model_path_is_a_one_line_error(kind: str, tmp_path: Path) -> None
     message = str(info.value)
     assert "\n" not in message and str(path) in message
     assert not (tmp_path / "run" / "train" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(("kind", "message"), [("missing", "no model folder at"),
+                                               ("no_config", "holds no config.json"),
+                                               ("hub", "cannot fetch model")])  # fmt: skip
+def test_a_bad_model_source_is_refused_before_any_work(
+    kind: str,
+    message: str,
+    tmp_path: Path,
+    memgen_cli: Callable[..., Exited],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "models" / "nothing"
+    if kind == "no_config":
+        path.mkdir(parents=True)
+    source = str(path)
+    if kind == "hub":  # a hub name in no cache, the hub out of reach (no network in tests)
+        import huggingface_hub.constants
+
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        source = "memgen-tests/no-such-model-3f9c"
+    run_dir = tmp_path / "run"
+    done = memgen_cli("run", "--run-dir", run_dir, f"train.model={source}", *TINY)
+    assert done.returncode == 2 and len(done.errors) == 1, done.stderr
+    assert message in done.errors[0]
+    assert not run_dir.exists()  # no data made, no config written, no empty train/
 
 
 def test_a_corrupt_adapter_config_is_a_one_line_error(tmp_path: Path) -> None:

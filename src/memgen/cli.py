@@ -61,10 +61,9 @@ def _load(config: Path | None, overrides: list[str] | None) -> RunConfig:
     SCORERS.get(cfg.neurons.scorer)
     _check_scorers(cfg)
     PROBES.get(cfg.probe.classifier)
-    from memgen.core.gguf import check_gguf, is_gguf_source
+    from memgen.core.modeling import check_model_source
 
-    if is_gguf_source(cfg.train.model):
-        check_gguf(cfg.train.model)
+    check_model_source(cfg.train.model)
     from memgen.pipeline import check_trained_on
 
     check_trained_on(cfg)
@@ -157,7 +156,18 @@ def _setup(
     folder = run_dir or default_run_dir(cfg)
     if main:
         _writable(folder)
+        _fetchable(cfg, folder)
     return cfg, folder
+
+
+def _fetchable(cfg: RunConfig, folder: Path) -> None:
+    """A hub model that training will load can be fetched, asked before the data stage;
+    a finished run's later commands (a report offline, say) do not ask the hub."""
+    from memgen.core.artifacts import Stage
+    from memgen.core.modeling import check_model_source
+
+    if not Stage(folder, "train").is_finished():
+        check_model_source(cfg.train.model, fetch=True)
 
 
 def _writing(folder: Path) -> contextlib.AbstractContextManager[None]:

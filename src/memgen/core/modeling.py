@@ -30,7 +30,7 @@ from memgen.core import distributed
 from memgen.core.config import TrainConfig
 from memgen.core.device import resolve_device, resolve_dtype
 from memgen.core.errors import MemgenError
-from memgen.core.gguf import dequantized, gguf_name, is_gguf_source
+from memgen.core.gguf import check_gguf, dequantized, gguf_name, is_gguf_source
 
 log = logging.getLogger(__name__)
 ADAPTER_CONFIG = "adapter_config.json"
@@ -64,13 +64,49 @@ def scratch_gpt2(
 
 def resolve_model_source(name_or_path: str) -> str:
     """A local folder as an absolute path (adapters record it), a GGUF as its dequantized
-    cache folder (memgen.core.gguf), or a hub name unchanged.
+    cache folder (memgen.core.gguf), or a hub name unchanged."""
+    if is_gguf_source(name_or_path):
+        return str(dequantized(name_or_path))
+    folder = local_model_folder(name_or_path)
+    return name_or_path if folder is None else str(folder)
+
+
+def check_model_source(name_or_path: str, fetch: bool = False) -> None:
+    """Refuse, before any work and writing nothing, a `train.model` that cannot load: a
+    GGUF that is missing or not a GGUF, a path that is no model folder and, with `fetch`
+    (for a command about to load it), a hub name neither cached nor on a reachable hub."""
+    if is_gguf_source(name_or_path):
+        check_gguf(name_or_path)
+    elif name_or_path != "scratch" and local_model_folder(name_or_path) is None and fetch:
+        check_hub_model(name_or_path)
+
+
+def check_hub_model(name: str) -> None:
+    """Refuse a hub name that is neither in the local cache nor on a reachable hub, in one
+    request: without it the hub client's retries took 4 minutes, after the data stage."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    try:
+        HfApi().model_info(name, timeout=10)
+    # The hub client raises its HTTP library's errors (requests or httpx, by version) as
+    # well as its own: any of them means the model cannot be fetched now.
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MemgenError(
+            f"cannot fetch model {name!r} from the Hugging Face hub ({reason}) and it is not "
+            "in the local cache; give a local folder with config.json and *.safetensors, a "
+            ".gguf file, or a hub name you can download"
+        ) from None
+
+
+def local_model_folder(name_or_path: str) -> Path | None:
+    """The model folder `name_or_path` names, resolved, or None where it is a hub name.
 
     Something that can only be a path (`./x`, `/x`, `a/b/c`, `runs/x` where `runs/`
     exists) and is not a folder fails here, at once, instead of after the hub's retries.
     """
-    if is_gguf_source(name_or_path):
-        return str(dequantized(name_or_path))
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -78,7 +114,7 @@ def resolve_model_source(name_or_path: str) -> str:
                 f"{path} holds no config.json; give a folder written by save_pretrained "
                 "(or made by `memgen pretrain --out DIR`)"
             )
-        return str(path.resolve())
+        return path.resolve()
     looks_local = (
         name_or_path.startswith((".", "/", "~"))
         or name_or_path.count("/") > 1
@@ -89,7 +125,7 @@ def resolve_model_source(name_or_path: str) -> str:
             f"no model folder at {name_or_path}; give a folder with config.json and "
             "*.safetensors, or a hub name such as meta-llama/Llama-3.2-1B-Instruct"
         )
-    return name_or_path
+    return None
 
 
 @contextlib.contextmanager
