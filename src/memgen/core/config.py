@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from memgen.core.errors import MemgenError
 
+# The learned deletion masks (memgen.record.masks), named here so the config stays light.
+MaskMethod = Literal["hardconcrete", "slimming"]
+
 
 class Section(BaseModel):
     """Base of every config section: frozen, and unknown keys are errors."""
@@ -171,7 +174,7 @@ class RecordConfig(Section):
     patching_pairs: int = Field(64, ge=1, description="flipped pairs patched")
     # Learned deletion masks over the MLP neurons (memgen.record.masks), for the scorers
     # of the same names; each trains mask_steps Adam steps on the pair prompts.
-    masks: list[Literal["hardconcrete", "slimming"]] = Field([], description="masks to learn")
+    masks: list[MaskMethod] = Field([], description="masks to learn")
     # Chosen on a planted control (tests/test_localize.py, planting seed 1): penalty 10
     # finds 6-7 of 10 planted neurons, penalty 1 only 2-3; fresh seeds 2 and 3 gave 7 and 9
     # (hardconcrete), 5 and 7 (slimming).

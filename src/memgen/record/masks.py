@@ -30,20 +30,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from memgen.core.config import MaskMethod
 from memgen.core.forks import Fork, fed_to_fork
 from memgen.core.generation import encode_prompt, left_padded_positions, pad_id_of, pad_left
 from memgen.core.hooks import Edit, edit, record
 from memgen.core.modeling import frozen, unwrap
 from memgen.core.sites import Site, n_layers, site_width
 
-MaskMethod = Literal["hardconcrete", "slimming"]
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1  # hard-concrete temperature and stretch (Louizos et al.)
 
 
