@@ -153,30 +153,51 @@ def test_a_bad_model_path_is_a_one_line_error(kind: str, tmp_path: Path) -> None
     assert not (tmp_path / "run" / "train" / "manifest.json").exists()
 
 
-@pytest.mark.parametrize(("kind", "message"), [("missing", "no model folder at"),
-                                               ("no_config", "holds no config.json"),
-                                               ("hub", "cannot fetch model")])  # fmt: skip
-def test_a_bad_model_source_is_refused_before_any_work(
-    kind: str,
-    message: str,
-    tmp_path: Path,
-    memgen_cli: Callable[..., Exited],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    path = tmp_path / "models" / "nothing"
-    if kind == "no_config":
-        path.mkdir(parents=True)
-    source = str(path)
-    if kind == "hub":  # a hub name in no cache, the hub out of reach (no network in tests)
-        import huggingface_hub.constants
+@pytest.fixture
+def hub_out_of_reach(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub answering every question as an unreachable one does (no network in tests)."""
+    from huggingface_hub import HfApi
 
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        source = "memgen-tests/no-such-model-3f9c"
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(HfApi, "model_info", unreachable)
+
+
+@pytest.mark.usefixtures("hub_out_of_reach")
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("missing", "no model folder at"),
+        ("no_config", "holds no config.json"),
+        ("hub", "cannot fetch model 'memgen-tests/no-such-model'"),
+        ("malformed", "cannot fetch model 'Org/Model 0.5B'"),
+    ],
+)
+def test_a_bad_model_source_is_refused_before_any_work(
+    kind: str, message: str, tmp_path: Path, memgen_cli: Callable[..., Exited]
+) -> None:
+    source = {"hub": "memgen-tests/no-such-model", "malformed": "Org/Model 0.5B"}.get(kind)
+    if source is None:
+        path = tmp_path / "models" / "nothing"
+        if kind == "no_config":
+            path.mkdir(parents=True)
+        source = str(path)
     run_dir = tmp_path / "run"
     done = memgen_cli("run", "--run-dir", run_dir, f"train.model={source}", *TINY)
     assert done.returncode == 2 and len(done.errors) == 1, done.stderr
     assert message in done.errors[0]
     assert not run_dir.exists()  # no data made, no config written, no empty train/
+
+
+@pytest.mark.usefixtures("hub_out_of_reach")
+def test_commands_that_do_not_train_do_not_ask_the_hub(
+    tmp_path: Path, memgen_cli: Callable[..., Exited]
+) -> None:
+    run_dir = tmp_path / "run"
+    done = memgen_cli("data", "--run-dir", run_dir, "train.model=memgen-tests/no-such-model", *TINY)
+    assert done.returncode == 0, done.stderr
+    assert (run_dir / "data" / "manifest.json").is_file()
 
 
 def test_a_corrupt_adapter_config_is_a_one_line_error(tmp_path: Path) -> None:

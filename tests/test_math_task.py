@@ -254,7 +254,7 @@ def test_recall_below_gates_recall_on_the_first_addend() -> None:
         ({"recall_below": 500, "recall_share": 0.5}, "recall_below replaces the recall shares"),
         ({"recall_below": 500, "recall_spread": 0.2, "recall_share": 0.5}, "replaces"),
         ({"recall_below": 1000}, "above max_addend 999"),
-        ({"recall_below": 1}, "recall_below"),
+        ({"recall_below": 1}, "recall_below: Input should be greater than or equal to 2"),
     ],
 )
 def test_recall_below_rejects_what_it_cannot_gate(options: dict, message: str) -> None:

@@ -128,7 +128,7 @@ def _quiet_library_bars() -> None:
 
 
 def _setup(
-    config: Path | None, overrides: list[str] | None, run_dir: Path | None
+    config: Path | None, overrides: list[str] | None, run_dir: Path | None, trains: bool
 ) -> tuple[RunConfig, Path]:
     from memgen.core import distributed
 
@@ -156,18 +156,19 @@ def _setup(
     folder = run_dir or default_run_dir(cfg)
     if main:
         _writable(folder)
+    if main and trains:
         _fetchable(cfg, folder)
     return cfg, folder
 
 
 def _fetchable(cfg: RunConfig, folder: Path) -> None:
-    """A hub model that training will load can be fetched, asked before the data stage;
-    a finished run's later commands (a report offline, say) do not ask the hub."""
+    """A hub model that training is about to load can be fetched, asked before the data
+    stage; commands that do not train (a report offline, say) never ask the hub."""
     from memgen.core.artifacts import Stage
-    from memgen.core.modeling import check_model_source
+    from memgen.core.modeling import check_hub_model, is_hub_name
 
-    if not Stage(folder, "train").is_finished():
-        check_model_source(cfg.train.model, fetch=True)
+    if is_hub_name(cfg.train.model) and not Stage(folder, "train").is_finished():
+        check_hub_model(cfg.train.model)
 
 
 def _writing(folder: Path) -> contextlib.AbstractContextManager[None]:
@@ -187,7 +188,7 @@ def _stage_command(name: str, summary: str) -> None:
         run_dir: RunDirOption = None,
         force: ForceOption = False,
     ) -> None:
-        cfg, folder = _setup(config, overrides, run_dir)
+        cfg, folder = _setup(config, overrides, run_dir, trains=name == "train")
         from memgen.core import distributed
         from memgen.pipeline import run_stage
 
@@ -213,7 +214,7 @@ def run(
     until: Annotated[str | None, typer.Option(help="Stop after this stage.")] = None,
 ) -> None:
     """Run the whole pipeline (data -> train -> ... -> report), skipping finished stages."""
-    cfg, folder = _setup(config, overrides, run_dir)
+    cfg, folder = _setup(config, overrides, run_dir, trains=until != "data")
     from memgen.core import distributed
     from memgen.pipeline import RUN_ORDER, run_all
 

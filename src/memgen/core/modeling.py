@@ -71,24 +71,32 @@ def resolve_model_source(name_or_path: str) -> str:
     return name_or_path if folder is None else str(folder)
 
 
-def check_model_source(name_or_path: str, fetch: bool = False) -> None:
+def check_model_source(name_or_path: str) -> None:
     """Refuse, before any work and writing nothing, a `train.model` that cannot load: a
-    GGUF that is missing or not a GGUF, a path that is no model folder and, with `fetch`
-    (for a command about to load it), a hub name neither cached nor on a reachable hub."""
+    GGUF that is missing or not a GGUF, or a path that is no model folder."""
     if is_gguf_source(name_or_path):
         check_gguf(name_or_path)
-    elif name_or_path != "scratch" and local_model_folder(name_or_path) is None and fetch:
-        check_hub_model(name_or_path)
+    elif name_or_path != "scratch":
+        local_model_folder(name_or_path)  # refuses a path that is no model folder
+
+
+def is_hub_name(name_or_path: str) -> bool:
+    """Whether `train.model` names a model on the Hugging Face hub (not GGUF, path, scratch)."""
+    return (
+        name_or_path != "scratch"
+        and not is_gguf_source(name_or_path)
+        and local_model_folder(name_or_path) is None
+    )
 
 
 def check_hub_model(name: str) -> None:
-    """Refuse a hub name that is neither in the local cache nor on a reachable hub, in one
+    """Refuse a hub name that is malformed, or neither cached nor on a reachable hub, in one
     request: without it the hub client's retries took 4 minutes, after the data stage."""
     from huggingface_hub import HfApi, try_to_load_from_cache
 
-    if isinstance(try_to_load_from_cache(name, "config.json"), str):
-        return
     try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return
         HfApi().model_info(name, timeout=10)
     # The hub client raises its HTTP library's errors (requests or httpx, by version) as
     # well as its own: any of them means the model cannot be fetched now.

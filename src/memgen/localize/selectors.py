@@ -37,6 +37,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memgen.core.answers import answer_batches, answer_loss, decoder_and_head
+from memgen.core.config import MaskMethod
 from memgen.core.errors import MemgenError
 from memgen.core.examples import Example
 from memgen.core.hooks import edit
@@ -44,7 +45,7 @@ from memgen.core.modeling import embeddings_as_leaf, frozen
 from memgen.core.progress import progress
 from memgen.core.registry import Registry
 from memgen.core.sites import Site, n_layers, site_width
-from memgen.record.masks import Gates, MaskMethod, toward_mean
+from memgen.record.masks import Gates, toward_mean
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from typing import get_args
 
 import numpy as np
 
+from memgen.core.config import MaskMethod
 from memgen.core.errors import MemgenError
 from memgen.core.recorded import CAUSAL_FIX, Recorded, pair_rows
 from memgen.neurons.scores import score
-from memgen.record.masks import MaskMethod
 
 
 def attribution(
