@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from memgen.core.artifacts import file_hash, write_json
-from memgen.core.errors import MemgenError
+from memgen.core.errors import MemgenError, first_line
 from memgen.core.locks import exclusive
 
 if TYPE_CHECKING:
@@ -179,8 +179,9 @@ def _convert(path: Path, folder: Path) -> None:
                 path.parent, gguf_file=path.name, dtype=torch.float32
             )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MemgenError(f"transformers cannot read {path} ({first}); re-download it") from None
+        raise MemgenError(
+            f"transformers cannot read {path} ({first_line(exc)}); re-download it"
+        ) from None
     plain = _without_quantization(model)
     plain.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)

@@ -29,7 +29,7 @@ from transformers import (
 from memgen.core import distributed
 from memgen.core.config import TrainConfig
 from memgen.core.device import resolve_device, resolve_dtype
-from memgen.core.errors import MemgenError
+from memgen.core.errors import MemgenError, first_line
 from memgen.core.gguf import check_gguf, dequantized, gguf_name, is_gguf_source
 
 log = logging.getLogger(__name__)
@@ -101,11 +101,10 @@ def check_hub_model(name: str) -> None:
     # The hub client raises its HTTP library's errors (requests or httpx, by version) as
     # well as its own: any of them means the model cannot be fetched now.
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise MemgenError(
-            f"cannot fetch model {name!r} from the Hugging Face hub ({reason}) and it is not "
-            "in the local cache; give a local folder with config.json and *.safetensors, a "
-            ".gguf file, or a hub name you can download"
+            f"cannot fetch model {name!r} from the Hugging Face hub ({first_line(error)}) and "
+            "it is not in the local cache; give a local folder with config.json and "
+            "*.safetensors, a .gguf file, or a hub name you can download"
         ) from None
 
 
@@ -176,9 +175,8 @@ def load_pretrained(
             **placement,
         )
     except (OSError, ValueError, SafetensorError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MemgenError(
-            f"cannot load model {name_or_path!r} ({first_line}); give a local folder with "
+            f"cannot load model {name_or_path!r} ({first_line(exc)}); give a local folder with "
             "config.json and *.safetensors, or a hub name that is already in the cache"
         ) from None
     if is_gguf_source(source):

@@ -9,7 +9,7 @@ from peft import PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
 from memgen.core.config import LoraConfig
-from memgen.core.errors import MemgenError
+from memgen.core.errors import MemgenError, first_line
 from memgen.core.modeling import quiet_peft
 
 
@@ -27,9 +27,8 @@ def add_lora(model: PreTrainedModel, cfg: LoraConfig) -> PreTrainedModel:
             return get_peft_model(model, peft_config)  # type: ignore[return-value]
     except ValueError as exc:
         # Unknown architecture without targets, or targets that match no module.
-        first_line = str(exc).strip().splitlines()[0]
         raise MemgenError(
-            f"LoRA cannot wrap this {model.config.model_type} model ({first_line}); set "
+            f"LoRA cannot wrap this {model.config.model_type} model ({first_line(exc)}); set "
             "train.lora.target_modules to its linear layers, e.g. [q_proj,v_proj]"
         ) from None
 
