@@ -115,6 +115,20 @@ def test_rebuilding_the_base_reruns_training(tmp_path: Path) -> None:
     assert stage.manifest_path.stat().st_mtime_ns != first[1]
 
 
+def test_a_base_that_no_longer_loads_keeps_the_finished_training(tmp_path: Path) -> None:
+    base_dir = _save_base("llama", tmp_path / "base")
+    cfg = load_config(None, [f"train.model={base_dir}", *TINY])
+    run_stage("data", tmp_path / "run", cfg)
+    stage = run_stage("train", tmp_path / "run", cfg)
+    before = stage.manifest()
+    weights = base_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])  # the base changed: training would re-run
+    with pytest.raises(MemgenError):
+        run_stage("train", tmp_path / "run", cfg)
+    assert stage.manifest() == before  # the finished training stands, adapter and all
+    assert (stage.path / "model" / "adapter_model.safetensors").is_file()
+
+
 def test_remote_code_is_not_run_by_default(tmp_path: Path) -> None:
     base_dir = _save_base("llama", tmp_path / "base")
     marker = tmp_path / "remote_code_ran"

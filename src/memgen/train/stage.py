@@ -157,18 +157,11 @@ def keep_as_it_is(
     return history, model
 
 
-def run_train(step: Step) -> None:
-    cfg, stage = step.cfg, step.stage
-    data = step.inputs["data"]
-    task = make_task(cfg.task, cfg.data.options)
-    train_examples = read_split(data.path, "train")
-    dev_examples = read_split(data.path, "dev")
-    test_examples = read_split(data.path, "test")
-    out = stage.begin()
-    # The run folder's checkpoints, in every process: all resume from the step the main
-    # process saved (the others write their own files to a scratch folder).
-    state_dir = step.run_dir / "train"
-    identity = json_hash(stage.identity(step.config, list(step.inputs.values())))
+def _begin(step: Step, state_dir: Path, identity: str) -> Path:
+    """Open the stage's folder, dropping the run's checkpoints where another config (or
+    --force) made them: every process resumes from the step the main process saved in
+    `state_dir` (the others write their own files to a scratch folder)."""
+    out = step.stage.begin()
     if distributed.is_main() and (
         step.force or not checkpoint.made_by(state_dir / "checkpoints" / "last", identity)
     ):
@@ -176,12 +169,29 @@ def run_train(step: Step) -> None:
             log.info("train: the saved checkpoint was made with another config; from step 0")
         shutil.rmtree(state_dir / "checkpoints", ignore_errors=True)
     distributed.barrier()
+    return out
+
+
+def run_train(step: Step) -> None:
+    cfg, stage = step.cfg, step.stage
+    data = step.inputs["data"]
+    task = make_task(cfg.task, cfg.data.options)
+    train_examples = read_split(data.path, "train")
+    dev_examples = read_split(data.path, "dev")
+    test_examples = read_split(data.path, "test")
+    # The run folder's checkpoints, in every process.
+    state_dir = step.run_dir / "train"
+    identity = json_hash(stage.identity(step.config, list(step.inputs.values())))
     if cfg.train.steps == 0:  # no training: only the prompts it will answer must fit
+        out = _begin(step, state_dir, identity)
         history, model = keep_as_it_is(cfg, task, dev_examples + test_examples, dev_examples, out)
         _finish(step, cfg, history, model, out)
         return
+    # Loaded before the stage opens its folder: a base that cannot load (a truncated file,
+    # an unreachable hub) leaves a finished training and its checkpoint as they were.
     device = resolve_device(cfg.device)
     model, tokenizer = build_model(cfg, task, train_examples + dev_examples + test_examples, device)
+    out = _begin(step, state_dir, identity)
     best_dir = out / "model"
 
     def save_best(trained: PreTrainedModel) -> None:
