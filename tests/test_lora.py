@@ -214,6 +214,21 @@ def test_commands_that_do_not_train_do_not_ask_the_hub(
     assert (run_dir / "data" / "manifest.json").is_file()
 
 
+@pytest.mark.usefixtures("hub_out_of_reach")
+def test_a_finished_run_given_an_unreachable_hub_model_is_left_as_it_was(
+    tmp_path: Path, memgen_cli: Callable[..., Exited]
+) -> None:
+    run_dir = tmp_path / "run"
+    assert memgen_cli("run", "--run-dir", run_dir, "--until", "train", *TINY).returncode == 0
+    files = (run_dir / "config.yaml", run_dir / "train" / "manifest.json")
+    kept = {p: p.read_bytes() for p in files}
+    done = memgen_cli("run", "--run-dir", run_dir, "--until", "train",
+                      "train.model=memgen-tests/no-such-model", *TINY)  # fmt: skip
+    assert done.returncode == 2 and len(done.errors) == 1, done.stderr
+    assert "cannot fetch model" in done.errors[0]
+    assert {p: p.read_bytes() for p in kept} == kept  # config and training untouched
+
+
 def test_a_corrupt_adapter_config_is_a_one_line_error(tmp_path: Path) -> None:
     folder = tmp_path / "adapter"
     folder.mkdir()

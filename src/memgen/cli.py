@@ -163,11 +163,12 @@ def _setup(
 
 def _fetchable(cfg: RunConfig, folder: Path) -> None:
     """A hub model that training is about to load can be fetched, asked before the data
-    stage; commands that do not train (a report offline, say) never ask the hub."""
-    from memgen.core.artifacts import Stage
+    stage; commands that do not train (a report offline, say), and a training that is up
+    to date, never ask the hub."""
     from memgen.core.modeling import check_hub_model, is_hub_name
+    from memgen.pipeline import would_run
 
-    if is_hub_name(cfg.train.model) and not Stage(folder, "train").is_finished():
+    if is_hub_name(cfg.train.model) and would_run("train", folder, cfg):
         check_hub_model(cfg.train.model)
 
 
