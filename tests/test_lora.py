@@ -20,7 +20,7 @@ from memgen.core.errors import MemgenError
 from memgen.core.examples import read_jsonl
 from memgen.core.generation import generate
 from memgen.core.modeling import load_trained, unwrap
-from memgen.pipeline import run_stage
+from memgen.pipeline import run_all, run_stage
 from memgen.tasks import make_task
 from memgen.tasks.tokenizer import build_tokenizer
 from memgen.train.stage import build_model
@@ -127,6 +127,19 @@ def test_a_base_that_no_longer_loads_keeps_the_finished_training(tmp_path: Path)
         run_stage("train", tmp_path / "run", cfg)
     assert stage.manifest() == before  # the finished training stands, adapter and all
     assert (stage.path / "model" / "adapter_model.safetensors").is_file()
+
+
+def test_a_run_that_fails_on_another_base_keeps_the_folder_s_config(tmp_path: Path) -> None:
+    run_dir, base = tmp_path / "run", _save_base("llama", tmp_path / "a")
+    run_all(run_dir, load_config(None, [f"train.model={base}", *TINY]), until="train")
+    other = _save_base("llama", tmp_path / "b")
+    weights = other / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])  # passes the preflight, fails to load
+    kept = (run_dir / "config.yaml").read_bytes()
+    with pytest.raises(MemgenError):
+        run_all(run_dir, load_config(None, [f"train.model={other}", *TINY]), until="train")
+    # data was skipped, train failed: config.yaml still describes what the folder holds
+    assert (run_dir / "config.yaml").read_bytes() == kept
 
 
 def test_remote_code_is_not_run_by_default(tmp_path: Path) -> None:

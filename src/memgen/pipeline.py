@@ -339,14 +339,15 @@ def default_run_dir(cfg: RunConfig) -> Path:
 def run_stage(name: str, run_dir: Path, cfg: RunConfig, force: bool = False) -> Stage:
     import memgen.tasks  # noqa: F401  (registers the tasks)
 
-    spec, started = spec_of(name), time.perf_counter()
+    spec, started, ran = spec_of(name), time.perf_counter(), False
     if spec.parallel or distributed.world_size() == 1:
-        _open_and_run(spec, run_dir, cfg, force)
+        ran = _open_and_run(spec, run_dir, cfg, force)
     elif distributed.is_main():
         with distributed.solo():
-            _open_and_run(spec, run_dir, cfg, force)
+            ran = _open_and_run(spec, run_dir, cfg, force)
     distributed.barrier()  # its files are written before any process reads them
-    remember(cfg, run_dir)
+    if ran:  # a skipped stage leaves config.yaml alone: a later stage may yet fail
+        remember(cfg, run_dir)
     log.info("%s: %.1f s", name, time.perf_counter() - started)
     return Stage(run_dir, name)
 
@@ -368,16 +369,20 @@ def finished_stages(run_dir: Path) -> list[str]:
     return [spec.name for spec in STAGES if Stage(run_dir, spec.name).is_finished()]
 
 
-def _open_and_run(spec: StageSpec, run_dir: Path, cfg: RunConfig, force: bool) -> None:
-    """The stage's function on its opened Step; nothing when it is up to date."""
+def _open_and_run(spec: StageSpec, run_dir: Path, cfg: RunConfig, force: bool) -> bool:
+    """The stage's function on its opened Step; nothing when it is up to date.
+
+    Returns whether it ran.
+    """
     step = open_step(run_dir, spec.name, cfg, force)
     if step is None:
-        return
+        return False
     # numpy's and scipy's OpenBLAS on one thread: their matrices here are small (probes,
     # scores), and its spinning threads beside torch's made the probe stage 10-20x slower
     # on two cores (benchmarks/stages.py, "probe"). torch's own threads are left alone.
     with threadpool_limits(limits=1, user_api="blas"):
         _function(spec.run)(step)
+    return True
 
 
 def run_all(run_dir: Path, cfg: RunConfig, force: bool = False, until: str | None = None) -> None:
@@ -385,3 +390,4 @@ def run_all(run_dir: Path, cfg: RunConfig, force: bool = False, until: str | Non
         run_stage(name, run_dir, cfg, force=force)
         if name == until:
             break
+    remember(cfg, run_dir)  # every stage stands: the config is the folder's, unread sections too
