@@ -162,6 +162,18 @@ def test_steering_is_chosen_on_prompts_it_is_not_reported_on(tiny_run: Path) -> 
         )
 
 
+def test_a_best_steering_that_moves_nothing_is_said_to(
+    own_run: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    idle = ["steer.methods=[nmd]", "steer.alphas=[1e-9]", "steer.positions=[last]"]
+    with caplog.at_level("WARNING"):
+        run_stage("steer", own_run, load_config(None, [*TINY, *idle]), force=True)
+    best = json.loads((own_run / "steer" / "steering.json").read_text())["best"]
+    assert best and all(row["tuning"]["rates"][row["direction"][-3:]] == 0 for row in best.values())
+    for direction in best:
+        assert f"so best/{direction} does nothing" in caplog.text
+
+
 def test_the_saved_best_steering_reproduces_its_rates_in_a_new_process(tiny_run: Path) -> None:
     steering = json.loads((tiny_run / "steer" / "steering.json").read_text())
     labelled = read_labelled(tiny_run / "behave" / "test_outputs.jsonl")

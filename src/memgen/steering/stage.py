@@ -473,6 +473,7 @@ def run_steer(step: Step) -> None:
             log.info("steer  %s", held_out_line(row))
         if chosen_rows:
             best[direction] = _save_best(run, direction, chosen_rows, retention, out)
+            _warn_if_idle(best[direction], toward, run.bounds)
     written = {
         "rows": dump_rows(rows),
         "best": {d: r.model_dump(mode="json") for d, r in best.items()},
@@ -482,6 +483,17 @@ def run_steer(step: Step) -> None:
     step.finish(written)
     for row in best.values():
         log.info("steer  best  %s", held_out_line(row))
+
+
+def _warn_if_idle(best: SteeringRow, toward: str, bounds: Bounds) -> None:
+    """A best that moved no tuning prompt is what the limits left, not a result to report."""
+    if best.tuning.rates[toward] == 0:
+        log.warning(
+            "steer: the setting chosen %s moved no tuning prompt (limits: other <= %g, "
+            "retention >= %g), so best/%s does nothing; widen steer's sizes (alphas, budgets)",
+            best.direction.replace("_", " "), bounds.max_other, bounds.min_retention,
+            best.direction,
+        )  # fmt: skip
 
 
 def _retention(bench: Bench, side: SideSet, settings: list[Tried]) -> list[float]:
