@@ -240,9 +240,9 @@ def stale(name: str, run_dir: Path, cfg: RunConfig) -> list[str]:
 def would_run(name: str, run_dir: Path, cfg: RunConfig) -> bool:
     """Whether `memgen run` would run `name` for this config rather than skip it: an
     upstream stage is stale, or its own finished outputs were made for another config."""
-    inputs = [Stage(run_dir, read) for read in SPECS[name].reads]
     if stale(name, run_dir, cfg):
         return True
+    inputs = [Stage(run_dir, read) for read in SPECS[name].reads]
     return not Stage(run_dir, name).matches(identity(name, cfg), inputs)
 
 

@@ -473,7 +473,7 @@ def run_steer(step: Step) -> None:
             log.info("steer  %s", held_out_line(row))
         if chosen_rows:
             best[direction] = _save_best(run, direction, chosen_rows, retention, out)
-            _warn_if_idle(best[direction], toward, run.bounds)
+            _warn_if_idle(best[direction], run.bounds)
     written = {
         "rows": dump_rows(rows),
         "best": {d: r.model_dump(mode="json") for d, r in best.items()},
@@ -485,9 +485,9 @@ def run_steer(step: Step) -> None:
         log.info("steer  best  %s", held_out_line(row))
 
 
-def _warn_if_idle(best: SteeringRow, toward: str, bounds: Bounds) -> None:
+def _warn_if_idle(best: SteeringRow, bounds: Bounds) -> None:
     """A best that moved no tuning prompt is what the limits left, not a result to report."""
-    if best.tuning.rates[toward] == 0:
+    if best.tuning.rates[best.toward] == 0:
         log.warning(
             "steer: the setting chosen %s moved no tuning prompt (limits: other <= %g, "
             "retention >= %g), so best/%s does nothing; widen steer's sizes (alphas, budgets)",
