@@ -8,6 +8,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from memgen.core.errors import MemgenError
 from memgen.core.generation import encode_prompt, left_padded_positions, pad_id_of, pad_left
 from memgen.steering.bench import tuning_and_held_out
+from memgen.steering.methods import SiteStats, activation_scale, shift_size
 from memgen.steering.shifts import fit_shifts, generate_shifted
 
 PROMPTS = [
@@ -53,6 +54,33 @@ def test_fitted_shifts_make_one_answer_win_and_leave_the_model_as_it_was(
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]) and p.requires_grad
     assert _first_tokens(model, tokenizer) == unsteered
+
+
+def test_a_budget_in_norm_units_is_the_push_each_model_feels(
+    tiny_gpt2_with_tokenizer: tuple[PreTrainedModel, PreTrainedTokenizerBase],
+) -> None:
+    """With `SiteStats.norm_metric`, a budget is the shift's norm over the layer's mean
+    activation norm (`shift_size`'s `relative_norm`) for whatever neuron sds the model
+    has; in sd units the same budget pushes in proportion to the sds."""
+    model, tokenizer = tiny_gpt2_with_tokenizer
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (64, 2, 32)) * np.array([1.0, 3.0])[None, :, None]
+    masks = np.zeros((1, 2, 32), dtype=bool)
+    masks[0, 1, :6] = True
+    pushes = {}
+    for spread in (1.0, 4.0):  # the same layer norms, neurons 4x as spread on the second
+        sd, mean_norm = activation_scale(x)
+        stats = SiteStats("resid", x, np.arange(64) % 2, np.zeros((2, 32)), sd * spread, mean_norm)
+        for unit, metric in (("sd", None), ("norm", stats.norm_metric())):
+            shifts, _ = fit_shifts(
+                model, tokenizer, PROMPTS, ["olive"] * 4, masks, stats.unit(), "resid",
+                budget=0.05, steps=30, metric=metric,
+            )  # fmt: skip
+            pushes[unit, spread] = shift_size(shifts[0], stats)["relative_norm"]
+    assert pushes["norm", 1.0] == pytest.approx(0.05, rel=1e-3)
+    assert pushes["norm", 4.0] == pytest.approx(0.05, rel=1e-3)
+    # (up to where on the ball the fit ends: its neurons' sds differ a little)
+    assert pushes["sd", 4.0] == pytest.approx(4 * pushes["sd", 1.0], rel=0.02)
 
 
 def test_fit_shifts_refuses_empty_input_and_a_bad_budget(

@@ -18,7 +18,9 @@ same treatment. Sizes (`size`) are in each method's own unit:
 - `fitted`: per-neuron values fitted by gradient (model frozen) to make the target
   behaviour's answer, up to where it parts from the source behaviour's
   (`memgen.core.forks`), as a shift at every position ("last") acts; the same values are
-  also tried at "prompt". `size` is the L2 budget in neuron sds.
+  also tried at "prompt". `size` is the L2 budget in neuron sds, or with
+  `steer.budget_unit: norm` the shift's norm as a share of each layer's mean activation
+  norm (summed in quadrature over layers).
 - `fitted_layer`: the fitted method on every neuron of one layer (a learned steering
   vector, as `memgen bound` fits); `size` is the budget. Its matched control is a random
   direction of the same norm at that layer: random neurons of a whole layer are the layer.
@@ -109,6 +111,16 @@ class SiteStats:
         activation units whatever a neuron's own spread (a near-dead neuron, in its own
         sd, gets a push as small as its spread)."""
         return np.broadcast_to(self.unit().mean(axis=1, keepdims=True), self.shape).copy()
+
+    def norm_metric(self) -> np.ndarray:
+        """[L, W]: one sd of each neuron as a share of its layer's mean activation norm, so a
+        fitted budget counts the push (`shift_size`'s `relative_norm`) instead of sds: the
+        same budget moves every model's layers as far, however spread its neurons are."""
+        norms = self.mean_norm
+        positive = norms[norms > 0]
+        floor = float(np.median(positive)) if positive.size else 1.0
+        metric: np.ndarray = self.unit() / np.where(norms > 0, norms, floor)[:, None]
+        return metric
 
     def write_unit(self, writes: np.ndarray) -> np.ndarray:
         """`layer_unit` over each neuron's write norm (`memgen.core.sites.write_norms`)

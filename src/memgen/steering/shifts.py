@@ -452,6 +452,7 @@ def fit_shifts(
     keep_answers: Sequence[str] = (),
     others: Sequence[str] | None = None,
     position: Position = "last",
+    metric: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """K shifts, each on its own neurons, fitted together so each makes `answers` come first.
 
@@ -459,20 +460,21 @@ def fit_shifts(
     prompts each shift sees per step (the same ones for all); `scale` [L, W] is the unit
     each neuron's value is fitted in (its standard deviation, or ones), so one learning
     rate and one `budget` fit every neuron: a shift's values, in those units, are kept
-    within an L2 ball of radius `budget` (one per shift, or one for all; None: no limit).
-    Minimises the cross-entropy of each answer's first token at the prompt's last
-    position, the model frozen; given `others` (the answers to steer away from), of each
-    answer's tokens up to where it parts from its other (`memgen.core.forks`), fed after
-    the prompt and shifted as generation would, so two answers that start alike are told
-    apart where they differ (`position`: as a shift at "last" or at "prompt" acts there).
-    Returns the shifts [K, L, W] in activation units and, per
-    shift, the share of `prompts` whose greedy answer, with it added, is the answer's up
-    to there (the in-sample fit).
+    within an L2 ball of radius `budget` (one per shift, or one for all; None: no limit),
+    or, given `metric` [L, W], `values x metric` is (`SiteStats.norm_metric`: a budget in
+    push, the same on every model). Minimises the cross-entropy of each answer's first
+    token at the prompt's last position, the model frozen; given `others` (the answers to
+    steer away from), of each answer's tokens up to where it parts from its other
+    (`memgen.core.forks`), fed after the prompt and shifted as generation would, so two
+    answers that start alike are told apart where they differ (`position`: as a shift at
+    "last" or at "prompt" acts there). Returns the shifts [K, L, W] in activation units
+    and, per shift, the share of `prompts` whose greedy answer, with it added, is the
+    answer's up to there (the in-sample fit).
     """
     if not prompts:
         raise MemgenError("no prompts to fit a shift on")
     device = _device(model)
-    fit = _Values.zeros(masks, scale, _radius(budget, len(masks), device), device)
+    fit = _Values.zeros(masks, scale, _radius(budget, len(masks), device), device, metric)
     encoded = [encode_prompt(tokenizer, prompt, chat) for prompt in [*prompts, *keep_prompts]]
     forks = [*answer_forks(tokenizer, answers, others), *answer_forks(tokenizer, keep_answers)]
     tails = _Tails.of(forks, pad_id_of(tokenizer), device, position)
@@ -543,31 +545,42 @@ def _radius(
 
 @dataclass(frozen=True)
 class _Values:
-    """K shifts being fitted, in units of `unit`, each moving only its `allowed` neurons."""
+    """K shifts being fitted, in units of `unit`, each moving only its `allowed` neurons and
+    held within `radius` as `metric` measures it."""
 
     values: torch.Tensor  # [K, L, W], trained
     allowed: torch.Tensor
     unit: torch.Tensor
     radius: torch.Tensor | None
+    metric: torch.Tensor  # [L, W]: what one fitted unit of each neuron counts in the budget
 
     @classmethod
     def zeros(
-        cls, masks: np.ndarray, scale: np.ndarray, radius: torch.Tensor | None, device: torch.device
+        cls,
+        masks: np.ndarray,
+        scale: np.ndarray,
+        radius: torch.Tensor | None,
+        device: torch.device,
+        metric: np.ndarray | None = None,
     ) -> _Values:
-        allowed = torch.as_tensor(np.asarray(masks, dtype=np.float32), device=device)
-        unit = torch.as_tensor(np.asarray(scale, dtype=np.float32), device=device)
-        return cls(torch.zeros_like(allowed, requires_grad=True), allowed, unit, radius)
+        allowed, unit, measure = (
+            torch.as_tensor(np.asarray(a, dtype=np.float32), device=device)
+            for a in (masks, scale, np.ones_like(scale) if metric is None else metric)
+        )
+        return cls(torch.zeros_like(allowed, requires_grad=True), allowed, unit, radius, measure)
 
     def shifts(self) -> torch.Tensor:
         """The shifts in activation units."""
         return self.values * self.allowed * self.unit
 
     def project(self) -> None:
-        """Each shift back into its L2 ball (in the fitting units)."""
+        """Each shift scaled back into its L2 ball (the nearest point of it where `metric` is
+        uniform)."""
         if self.radius is None:
             return
         with torch.no_grad():
-            norms = (self.values * self.allowed).flatten(1).norm(dim=1).clamp(min=1e-12)
+            measured = self.values * self.allowed * self.metric
+            norms = measured.flatten(1).norm(dim=1).clamp(min=1e-12)
             self.values.mul_((self.radius / norms).clamp(max=1.0).view(-1, 1, 1))
 
 

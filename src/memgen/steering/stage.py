@@ -150,6 +150,7 @@ class MethodRunner:
             keep_prompts=[ex.prompt for ex in self.keep.examples],
             keep_answers=self.keep.answers,
             others=[ex.other_answer(toward) for ex in self.fitting],
+            metric=self.stats.norm_metric() if sc.budget_unit == "norm" else None,
         )
         return shifts
 
