@@ -251,9 +251,9 @@ class SteerConfig(Section):
         description="fitted: L2 norm of the fitted values, in budget_unit (neuron sds)",
     )
     # sd: a budget counts the fitted values in neuron sds. norm: it counts the shift's norm
-    # as a share of each layer's mean activation norm (in quadrature over layers), the
-    # push every model feels alike: one sd-budget moved seeds of one recipe > 4x apart
-    # (docs/log/smollm2-math.md).
+    # as a share of each layer's mean activation norm (in quadrature over layers), a push
+    # that means the same on every model (one sd budget pushed SmolLM2 math seeds 0.01-0.07;
+    # pushed alike, they still steered apart: docs/log/smollm2-math.md).
     budget_unit: Literal["sd", "norm"] = Field("sd", description="fitted: what a budget counts")
     dense_alphas: list[Positive] = Field(
         [2.0, 4.0, 8.0, 16.0, 32.0],
