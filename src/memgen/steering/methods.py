@@ -102,9 +102,7 @@ class SiteStats:
 
     def unit(self) -> np.ndarray:
         """Each neuron's sd, with a dead neuron's 0 replaced so nothing divides by it."""
-        positive = self.sd[self.sd > 0]
-        floor = float(np.median(positive)) if positive.size else 1.0
-        return np.where(self.sd > 0, self.sd, floor)
+        return _zeros_to_median(self.sd)
 
     def layer_unit(self) -> np.ndarray:
         """Each layer's mean neuron sd, for every neuron of the layer: the same push in
@@ -116,10 +114,7 @@ class SiteStats:
         """[L, W]: one sd of each neuron as a share of its layer's mean activation norm, so a
         fitted budget counts the push (`shift_size`'s `relative_norm`) instead of sds: the
         same budget moves every model's layers as far, however spread its neurons are."""
-        norms = self.mean_norm
-        positive = norms[norms > 0]
-        floor = float(np.median(positive)) if positive.size else 1.0
-        metric: np.ndarray = self.unit() / np.where(norms > 0, norms, floor)[:, None]
+        metric: np.ndarray = self.unit() / _zeros_to_median(self.mean_norm)[:, None]
         return metric
 
     def write_unit(self, writes: np.ndarray) -> np.ndarray:
@@ -128,6 +123,15 @@ class SiteStats:
         as far per unit, and the layer's average neuron as far as in `layer_unit`."""
         mean = writes.mean(axis=1, keepdims=True)
         return self.layer_unit() * mean / np.where(writes > 0, writes, mean)
+
+
+def _zeros_to_median(values: np.ndarray) -> np.ndarray:
+    """`values` with each 0 (a dead neuron or layer) replaced by the median of the positive
+    ones (1 if none is), so a unit or norm made of them can be divided by."""
+    positive = values[values > 0]
+    floor = float(np.median(positive)) if positive.size else 1.0
+    floored: np.ndarray = np.where(values > 0, values, floor)
+    return floored
 
 
 Sparse = Callable[[SiteStats, np.ndarray, Size, Toward, Fit | None], np.ndarray]
